@@ -1,0 +1,72 @@
+// Command cachesync keeps Redis caches in line with PostgreSQL: it reads the
+// database's logical replication stream and applies the invalidations, version
+// bumps and write-through refreshes declared in rules.hcl.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/urfave/cli/v2"
+)
+
+// exitError carries an exit code (1: bad input or failure) and a message that
+// was already printed or is printed by main.
+type exitError struct {
+	code int
+	msg  string
+}
+
+func (e *exitError) Error() string { return e.msg }
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	err := newApp().RunContext(ctx, os.Args)
+	if err == nil {
+		return
+	}
+	var ee *exitError
+	if errors.As(err, &ee) {
+		if ee.msg != "" {
+			fmt.Fprintln(os.Stderr, ee.msg)
+		}
+		os.Exit(ee.code)
+	}
+	fmt.Fprintln(os.Stderr, "cachesync:", err)
+	os.Exit(1)
+}
+
+func newApp() *cli.App {
+	return &cli.App{
+		Name:  "cachesync",
+		Usage: "turn committed PostgreSQL row changes into Redis cache invalidations",
+		Description: "cachesync consumes logical replication (pgoutput), maps each committed row change " +
+			"through the rules in rules.hcl to Redis operations, applies them, and only then confirms the WAL position.",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "config", Aliases: []string{"c"}, Value: "rules.hcl", EnvVars: []string{"CACHESYNC_CONFIG"}, Usage: "rules file"},
+			&cli.StringFlag{Name: "log-format", Value: "json", EnvVars: []string{"CACHESYNC_LOG_FORMAT"}, Usage: "json or console"},
+			&cli.StringFlag{Name: "log-level", Value: "info", EnvVars: []string{"CACHESYNC_LOG_LEVEL"}, Usage: "debug, info, warn or error"},
+		},
+		Commands: []*cli.Command{
+			runCommand(),
+			validateCommand(),
+			setupCommand(),
+			statusCommand(),
+			teardownCommand(),
+		},
+		HideHelpCommand: true,
+	}
+}
+
+func databaseURLFlag() *cli.StringFlag {
+	return &cli.StringFlag{Name: "database-url", EnvVars: []string{"DATABASE_URL"}, Usage: "PostgreSQL URL (overrides postgres.url in the rules file)"}
+}
+
+func redisURLFlag() *cli.StringFlag {
+	return &cli.StringFlag{Name: "redis-url", EnvVars: []string{"REDIS_URL"}, Usage: "Redis URL (overrides redis.url in the rules file)"}
+}

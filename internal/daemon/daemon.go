@@ -1,0 +1,486 @@
+// Package daemon wires the pipeline of `cachesync run`:
+//
+//	replication.Stream ─events─▶ mapping.Mapper ─batches─▶ Applier (writer) ─▶ Journal ─▶ Stream.Confirm
+//
+// Every stage is connected by a bounded channel, so a slow or absent Redis
+// slows reading from PostgreSQL instead of growing memory, and the stream only
+// ever confirms the end LSN of transactions whose effects were applied.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"time"
+
+	"github.com/hashicorp/hcl/v2"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/rs/zerolog"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/cachesync/cachesync/config"
+	"github.com/cachesync/cachesync/mapping"
+	"github.com/cachesync/cachesync/replication"
+	"github.com/cachesync/cachesync/wal"
+)
+
+// Applier applies batches to the cache. writer.Writer is the real one; the dry
+// run prints instead. Apply returns nil only when every operation is applied.
+type Applier interface {
+	Apply(ctx context.Context, batches []mapping.Batch) error
+}
+
+// Journal records applied batches before their LSN is confirmed, for replay.
+// The daemon calls it after Apply and before Confirm.
+type Journal interface {
+	Append(ctx context.Context, batches []mapping.Batch) error
+}
+
+// Options configure a Daemon.
+type Options struct {
+	Config      *config.Config
+	DatabaseURL string
+	Applier     Applier
+	Journal     Journal // optional
+	// Marker remembers that a slot's key spaces were flushed after the slot
+	// was created; nil in dry runs.
+	Marker Marker
+	// DryRun streams from a temporary slot and never touches the real one.
+	DryRun bool
+	KeyCap int
+	// StatusInterval bounds the time between standby status updates.
+	StatusInterval time.Duration
+	// DrainTimeout bounds the graceful stop: applying what was received.
+	DrainTimeout time.Duration
+	// MaxBackoff caps the reconnect backoff (default 30s).
+	MaxBackoff time.Duration
+	// FormatDiagnostics renders preflight findings (with source lines when
+	// the parser's files are at hand).
+	FormatDiagnostics func(hcl.Diagnostics) string
+	Logger            zerolog.Logger
+}
+
+// Marker stores, beside the cache, which slot incarnation the cache was
+// flushed for. A slot without a marker (created, then a crash before the
+// flush finished; or the cache was emptied) gets its key spaces flushed.
+type Marker interface {
+	Get(ctx context.Context, slot string) (string, error)
+	Set(ctx context.Context, slot, value string) error
+}
+
+// Daemon runs the pipeline, reconnecting after failures.
+type Daemon struct {
+	opts   Options
+	mapper *mapping.Mapper
+	log    zerolog.Logger
+	// pendingFlush are tables whose key spaces must be flushed before the
+	// next session streams (tables just added to the publication).
+	pendingFlush []string
+}
+
+// ErrConfig marks failures that retrying cannot fix: the rules do not fit the
+// database. The message says what to change.
+var ErrConfig = errors.New("configuration does not fit the database")
+
+// New prepares a daemon.
+func New(opts Options) (*Daemon, error) {
+	if opts.StatusInterval <= 0 {
+		opts.StatusInterval = 10 * time.Second
+	}
+	if opts.DrainTimeout <= 0 {
+		opts.DrainTimeout = 10 * time.Second
+	}
+	if opts.FormatDiagnostics == nil {
+		opts.FormatDiagnostics = func(diags hcl.Diagnostics) string { return config.FormatDiagnostics(diags, nil) }
+	}
+	if opts.MaxBackoff <= 0 {
+		opts.MaxBackoff = 30 * time.Second
+	}
+	m, err := mapping.New(opts.Config.Rules, mapping.Options{KeyCap: opts.KeyCap, Logger: opts.Logger})
+	if err != nil {
+		return nil, err
+	}
+	return &Daemon{opts: opts, mapper: m, log: opts.Logger}, nil
+}
+
+// Run prepares the database (preflight, publication) and streams until ctx is
+// done, then drains, confirms the last applied position and returns nil.
+func (d *Daemon) Run(ctx context.Context) error {
+	if err := d.prepare(ctx); err != nil {
+		return err
+	}
+	backoff := time.Second
+	for {
+		started := time.Now()
+		err := d.session(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if errors.Is(err, ErrConfig) {
+			return err
+		}
+		if time.Since(started) > time.Minute {
+			backoff = time.Second
+		}
+		wait := backoff/2 + rand.N(backoff/2+1)
+		d.log.Warn().Err(err).Dur("retry_in", wait).Msg("replication session ended; reconnecting")
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(wait):
+		}
+		backoff = min(backoff*2, d.opts.MaxBackoff)
+	}
+}
+
+func (d *Daemon) connect(ctx context.Context) (*pgx.Conn, error) {
+	conn, err := pgx.Connect(ctx, d.opts.DatabaseURL)
+	if err != nil {
+		return nil, fmt.Errorf("connect to PostgreSQL: %w", err)
+	}
+	return conn, nil
+}
+
+// prepare runs the preflight checks and brings the publication in line with
+// the rules, retrying while PostgreSQL is unreachable.
+func (d *Daemon) prepare(ctx context.Context) error {
+	pgc := d.opts.Config.Postgres
+	for backoff := time.Second; ; backoff = min(backoff*2, d.opts.MaxBackoff) {
+		err := d.prepareOnce(ctx, pgc)
+		if err == nil || errors.Is(err, ErrConfig) || ctx.Err() != nil {
+			return err
+		}
+		d.log.Warn().Err(err).Dur("retry_in", backoff).Msg("cannot prepare the database; retrying")
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(backoff):
+		}
+	}
+}
+
+func (d *Daemon) prepareOnce(ctx context.Context, pgc config.Postgres) error {
+	conn, err := d.connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	diags, err := replication.Preflight(ctx, conn, d.opts.Config.Rules, replication.PreflightOptions{Publication: pgc.Publication})
+	if err != nil {
+		return err
+	}
+	if diags.HasErrors() {
+		return fmt.Errorf("%w:\n%s", ErrConfig, d.opts.FormatDiagnostics(diags))
+	}
+	if d.opts.DryRun {
+		pub, err := replication.ReadPublication(ctx, conn, pgc.Publication)
+		if err != nil {
+			return err
+		}
+		if pub == nil {
+			return fmt.Errorf("%w: publication %q does not exist: run cachesync setup first (a dry run changes nothing)", ErrConfig, pgc.Publication)
+		}
+		return nil
+	}
+	added, err := replication.EnsurePublication(ctx, conn, pgc.Publication, d.mapper.Tables())
+	if err != nil {
+		return err
+	}
+	if len(added) > 0 {
+		d.log.Info().Strs("tables", added).Str("publication", pgc.Publication).Msg("tables added to publication")
+		d.pendingFlush = append(d.pendingFlush, added...)
+	}
+	return nil
+}
+
+// session is one replication connection's life: slot check or creation,
+// any pending flush, then the streaming pipeline.
+func (d *Daemon) session(ctx context.Context) error {
+	pgc := d.opts.Config.Postgres
+	conn, err := d.connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	var dbname string
+	if err := conn.QueryRow(ctx, "SELECT current_database()").Scan(&dbname); err != nil {
+		return fmt.Errorf("read database name: %w", err)
+	}
+	repl, err := replication.ConnectReplication(ctx, d.opts.DatabaseURL)
+	if err != nil {
+		return err
+	}
+	defer repl.Close(context.WithoutCancel(ctx))
+
+	slot := pgc.Slot
+	var start wal.LSN
+	if d.opts.DryRun {
+		slot = fmt.Sprintf("%s_dryrun_%d", pgc.Slot, rand.N(1_000_000))
+		if start, err = replication.CreateSlot(ctx, repl, slot, true); err != nil {
+			return err
+		}
+		d.log.Info().Str("slot", slot).Msg("dry run: streaming from a temporary slot; nothing is applied or confirmed on the real slot")
+	} else if start, err = d.ensureSlot(ctx, conn, repl, dbname); err != nil {
+		return err
+	}
+
+	stream := replication.NewStream(repl, replication.StreamOptions{
+		Slot: slot, Publication: pgc.Publication, StatusInterval: d.opts.StatusInterval,
+		MessagePrefix: "cachesync", Logger: d.log,
+	})
+	d.mapper.Abandon()
+	err = d.pipeline(ctx, stream, start)
+	if ctx.Err() != nil {
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if ferr := stream.Finish(fctx); ferr != nil {
+			d.log.Warn().Err(ferr).Msg("could not send the final confirmation; the next start redelivers from the last confirmed position")
+		} else {
+			d.log.Info().Stringer("confirmed_lsn", stream.Applied()).Msg("stopped")
+		}
+	}
+	return err
+}
+
+// ensureSlot returns the position to stream from, creating the slot when
+// missing. After creation, and whenever the cache carries no marker for the
+// slot, every rule's key space is flushed before streaming: entries cached
+// before the slot's consistent point would never be invalidated.
+func (d *Daemon) ensureSlot(ctx context.Context, conn *pgx.Conn, repl *pgconn.PgConn, dbname string) (wal.LSN, error) {
+	name := d.opts.Config.Postgres.Slot
+	info, err := replication.ReadSlot(ctx, conn, name)
+	if err != nil {
+		return 0, err
+	}
+	created := false
+	if info == nil {
+		lsn, err := replication.CreateSlot(ctx, repl, name, false)
+		if err != nil {
+			return 0, err
+		}
+		created = true
+		d.log.Warn().Str("slot", name).Stringer("consistent_point", lsn).Msg("replication slot created; flushing every rule's key space before streaming")
+		if info, err = replication.ReadSlot(ctx, conn, name); err != nil {
+			return 0, err
+		}
+		if info == nil {
+			return 0, fmt.Errorf("slot %q vanished right after creation", name)
+		}
+	}
+	if err := replication.CheckSlot(info, dbname); err != nil {
+		return 0, fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	if d.opts.Marker != nil {
+		marker, err := d.opts.Marker.Get(ctx, name)
+		if err != nil {
+			return 0, err
+		}
+		if created || marker == "" {
+			if !created {
+				d.log.Warn().Str("slot", name).Msg("the cache has no record of being flushed for this slot (new cache, or a crash right after the slot was created); flushing every rule's key space")
+			}
+			if err := d.flush(ctx, d.mapper.FlushAll(mapping.ReasonSlot), info.ConfirmedFlushLSN); err != nil {
+				return 0, err
+			}
+			if err := d.opts.Marker.Set(ctx, name, info.ConfirmedFlushLSN.String()); err != nil {
+				return 0, err
+			}
+			d.pendingFlush = nil
+		}
+	}
+	if len(d.pendingFlush) > 0 {
+		if err := d.flush(ctx, d.mapper.FlushTables(d.pendingFlush, mapping.ReasonTableAdd), info.ConfirmedFlushLSN); err != nil {
+			return 0, err
+		}
+		d.pendingFlush = nil
+	}
+	return info.ConfirmedFlushLSN, nil
+}
+
+func (d *Daemon) flush(ctx context.Context, ops []mapping.Op, lsn wal.LSN) error {
+	if len(ops) == 0 {
+		return nil
+	}
+	for _, op := range ops {
+		d.log.Info().Str("rule", op.Rule).Str("reason", op.Reason).Msg("flushing key space")
+	}
+	return d.opts.Applier.Apply(ctx, []mapping.Batch{{EndLSN: lsn, Ops: ops}})
+}
+
+// Channel sizes: bounded so that memory stays flat whatever Redis does.
+const (
+	eventQueue  = 4096
+	batchQueue  = 256
+	groupMaxTxn = 512
+	groupMaxOps = 8192
+)
+
+// pipeline runs stream → mapper → applier → journal → confirm until ctx is
+// done (graceful: drain what was received, within DrainTimeout) or a stage
+// fails (the others stop; nothing unapplied is confirmed).
+func (d *Daemon) pipeline(ctx context.Context, stream *replication.Stream, start wal.LSN) error {
+	hard, hardCancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer hardCancel()
+	stopDrain := context.AfterFunc(ctx, func() {
+		time.AfterFunc(d.opts.DrainTimeout, hardCancel)
+	})
+	defer stopDrain()
+	g, gctx := errgroup.WithContext(hard)
+	readCtx, stopReading := context.WithCancel(gctx)
+	defer stopReading()
+	stopOnSignal := context.AfterFunc(ctx, stopReading)
+	defer stopOnSignal()
+
+	events := make(chan replication.Event, eventQueue)
+	batches := make(chan mapping.Batch, batchQueue)
+	g.Go(func() error {
+		defer close(events)
+		return stream.Run(readCtx, start, events)
+	})
+	g.Go(func() error {
+		defer close(batches)
+		return d.mapEvents(gctx, events, batches)
+	})
+	g.Go(func() error {
+		return d.applyBatches(gctx, batches, stream)
+	})
+	err := g.Wait()
+	if ctx.Err() != nil && errors.Is(err, context.Canceled) {
+		d.log.Warn().Dur("drain_timeout", d.opts.DrainTimeout).Msg("stopped before everything received was applied; it will be redelivered")
+		return nil
+	}
+	return err
+}
+
+func (d *Daemon) mapEvents(ctx context.Context, events <-chan replication.Event, batches chan<- mapping.Batch) error {
+	send := func(b mapping.Batch) error {
+		select {
+		case batches <- b:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	for ev := range events {
+		var err error
+		switch ev.Kind {
+		case replication.EventBegin:
+			err = d.mapper.Begin(ev.Begin)
+		case replication.EventChange:
+			err = d.mapper.Change(ev.Change)
+		case replication.EventMessage:
+			err = d.mapper.Message(ev.Message)
+		case replication.EventCommit:
+			var b mapping.Batch
+			if b, err = d.mapper.Commit(ev.Commit); err == nil {
+				err = send(b)
+			}
+		case replication.EventBarrier:
+			err = send(mapping.Batch{EndLSN: ev.Barrier})
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (d *Daemon) applyBatches(ctx context.Context, batches <-chan mapping.Batch, stream *replication.Stream) error {
+	group := make([]mapping.Batch, 0, groupMaxTxn)
+	for {
+		group = group[:0]
+		var b mapping.Batch
+		var ok bool
+		select {
+		case b, ok = <-batches:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		if !ok {
+			return nil
+		}
+		group = append(group, b)
+		ops := len(b.Ops)
+		closed := false
+	fill:
+		for len(group) < groupMaxTxn && ops < groupMaxOps {
+			select {
+			case b, ok = <-batches:
+				if !ok {
+					closed = true
+					break fill
+				}
+				group = append(group, b)
+				ops += len(b.Ops)
+			default:
+				break fill
+			}
+		}
+		if ops > 0 {
+			if err := d.opts.Applier.Apply(ctx, group); err != nil {
+				return err
+			}
+			if d.opts.Journal != nil {
+				if err := d.opts.Journal.Append(ctx, group); err != nil {
+					return err
+				}
+			}
+			d.logApplied(group)
+		}
+		stream.Confirm(group[len(group)-1].EndLSN)
+		if closed {
+			return nil
+		}
+	}
+}
+
+// logApplied logs each transaction's effects at debug level: which change
+// invalidated which keys, for people watching (make demo).
+func (d *Daemon) logApplied(group []mapping.Batch) {
+	if d.log.GetLevel() > zerolog.DebugLevel {
+		return
+	}
+	for _, b := range group {
+		if len(b.Ops) == 0 {
+			continue
+		}
+		ev := d.log.Debug().Uint32("xid", b.XID).Stringer("end_lsn", b.EndLSN).Int("ops", len(b.Ops))
+		const show = 8
+		desc := make([]string, 0, min(len(b.Ops), show))
+		for _, op := range b.Ops[:min(len(b.Ops), show)] {
+			if op.Kind == mapping.OpFlush {
+				desc = append(desc, fmt.Sprintf("flush(%s: %s)", op.Rule, op.Reason))
+				continue
+			}
+			desc = append(desc, op.Kind.String()+" "+op.Key)
+		}
+		ev.Strs("effects", desc).Msg("applied")
+	}
+}
+
+// Setup prepares everything run needs without streaming: preflight, the
+// publication, the slot and the flush that follows its creation. It is
+// idempotent.
+func (d *Daemon) Setup(ctx context.Context) error {
+	if err := d.prepareOnce(ctx, d.opts.Config.Postgres); err != nil {
+		return err
+	}
+	conn, err := d.connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	var dbname string
+	if err := conn.QueryRow(ctx, "SELECT current_database()").Scan(&dbname); err != nil {
+		return fmt.Errorf("read database name: %w", err)
+	}
+	repl, err := replication.ConnectReplication(ctx, d.opts.DatabaseURL)
+	if err != nil {
+		return err
+	}
+	defer repl.Close(context.WithoutCancel(ctx))
+	_, err = d.ensureSlot(ctx, conn, repl, dbname)
+	return err
+}

@@ -1,0 +1,722 @@
+// Package mapping turns committed row changes into Redis operations according
+// to the compiled rules of rules.hcl. It is pure: no network, no clock, no
+// randomness. The daemon feeds it one transaction at a time (Begin, Change…,
+// Commit) so that a huge transaction never has to be held in memory: per rule,
+// at most KeyCap distinct operations are kept, above which the rule's whole key
+// space is flushed instead.
+//
+// Template semantics (design.md): key, tag and namespace templates are
+// evaluated once per row image (INSERT: new; DELETE: old; UPDATE: old and new,
+// deduplicated) with row bound to that image and old/new bound to the two
+// images (null where absent). A value that was not sent (unchanged TOAST, or a
+// non-identity column of the old row) is unknown: a key that depends on it
+// cannot be computed, so the rule's key space is flushed; a refresh whose
+// value depends on it deletes the key instead of guessing. A NULL key skips
+// that key. For invalidate and bump_version rules, `when` is evaluated per
+// image too, and an image whose `when` cannot be decided is acted on (an extra
+// invalidation is harmless, a missed one is not). For refresh rules, `when` is
+// evaluated against the new row: true writes the row, false deletes the key.
+package mapping
+
+import (
+	"fmt"
+
+	"github.com/hashicorp/hcl/v2"
+	"github.com/rs/zerolog"
+	"github.com/zclconf/go-cty/cty"
+	"github.com/zclconf/go-cty/cty/convert"
+	"github.com/zclconf/go-cty/cty/function"
+
+	"github.com/cachesync/cachesync/config"
+	"github.com/cachesync/cachesync/keyspace"
+	"github.com/cachesync/cachesync/wal"
+)
+
+// DefaultKeyCap bounds the distinct operations one rule may accumulate in one
+// transaction before its key space is flushed instead.
+const DefaultKeyCap = 10000
+
+// Flush reasons, as reported in Op.Reason and in Stats.
+const (
+	ReasonTruncate  = "truncate"
+	ReasonKeyCap    = "key_cap"
+	ReasonNotSent   = "not_sent"
+	ReasonEvalError = "eval_error"
+	ReasonSlot      = "slot_created"
+	ReasonTableAdd  = "table_added"
+)
+
+// Options tune a Mapper.
+type Options struct {
+	// KeyCap is the per-rule, per-transaction operation cap (DefaultKeyCap if 0).
+	KeyCap int
+	// Logger receives warnings (evaluation errors, replica identity mismatches).
+	Logger zerolog.Logger
+}
+
+// Stats counts what the mapper decided; the daemon exports them as metrics.
+type Stats struct {
+	Transactions  uint64
+	Changes       uint64
+	NullKeys      uint64            // keys skipped because a template gave NULL
+	Incomplete    uint64            // refreshes turned into deletes: value not sent
+	Flushes       map[string]uint64 // by reason
+	EvalErrors    uint64
+	UnmappedTable uint64 // changes of tables no rule reads
+}
+
+// Mapper maps transactions to batches. It is not safe for concurrent use.
+type Mapper struct {
+	rules   []*rule
+	byTable map[string][]*rule
+	keyCap  int
+	log     zerolog.Logger
+	funcs   map[string]function.Function
+	dec     *decoder
+
+	bindings map[*wal.Relation]*binding
+	txn      txnState
+	stats    Stats
+}
+
+type rule struct {
+	idx      int
+	cfg      *config.Rule
+	keyspace Keyspace
+	// columns read anywhere by the rule; all is set when a whole image is read.
+	columns map[string]bool
+	all     bool
+}
+
+// binding caches what a relation's changes need: which columns to decode.
+type binding struct {
+	rules  []*rule
+	decode []bool // per relation column
+}
+
+type opKey struct {
+	rule int
+	kind OpKind
+	key  string
+}
+
+type txnState struct {
+	open      bool
+	begin     wal.Begin
+	ops       []Op
+	opRule    []int
+	index     map[opKey]int
+	ruleCount []int
+	flushed   []bool
+}
+
+// New compiles rules. It fails only on rules the config package should have
+// refused (no action).
+func New(rules []*config.Rule, opts Options) (*Mapper, error) {
+	m := &Mapper{
+		byTable:  map[string][]*rule{},
+		keyCap:   opts.KeyCap,
+		log:      opts.Logger,
+		funcs:    config.Functions(),
+		dec:      newDecoder(),
+		bindings: map[*wal.Relation]*binding{},
+		stats:    Stats{Flushes: map[string]uint64{}},
+	}
+	if m.keyCap <= 0 {
+		m.keyCap = DefaultKeyCap
+	}
+	for i, rc := range rules {
+		r := &rule{idx: i, cfg: rc, columns: map[string]bool{}}
+		ks, err := ruleKeyspace(rc)
+		if err != nil {
+			return nil, err
+		}
+		r.keyspace = ks
+		refs := append(append(rc.KeyColumns(), rc.WhenColumns()...), rc.ValueColumns()...)
+		for _, ref := range refs {
+			if ref.Column == "" {
+				r.all = true
+			} else {
+				r.columns[ref.Column] = true
+			}
+		}
+		m.rules = append(m.rules, r)
+		t := rc.Table.String()
+		m.byTable[t] = append(m.byTable[t], r)
+	}
+	m.txn.ruleCount = make([]int, len(m.rules))
+	m.txn.flushed = make([]bool, len(m.rules))
+	m.txn.index = map[opKey]int{}
+	return m, nil
+}
+
+// Tables returns the tables the rules read, as "schema.table".
+func (m *Mapper) Tables() []string {
+	out := make([]string, 0, len(m.byTable))
+	for _, r := range m.rules {
+		t := r.cfg.Table.String()
+		if len(out) == 0 || !contains(out, t) {
+			out = append(out, t)
+		}
+	}
+	return out
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// Stats returns a copy of the mapper's counters.
+func (m *Mapper) Stats() Stats {
+	s := m.stats
+	s.Flushes = make(map[string]uint64, len(m.stats.Flushes))
+	for k, v := range m.stats.Flushes {
+		s.Flushes[k] = v
+	}
+	return s
+}
+
+// FlushAll returns operations that flush every rule's key space, for slot
+// creation and similar events where every cached entry is suspect.
+func (m *Mapper) FlushAll(reason string) []Op {
+	return m.FlushTables(nil, reason)
+}
+
+// FlushTables returns flush operations for the rules of the given tables
+// ("schema.table"); nil means every rule.
+func (m *Mapper) FlushTables(tables []string, reason string) []Op {
+	var ops []Op
+	for _, r := range m.rules {
+		if tables != nil && !contains(tables, r.cfg.Table.String()) {
+			continue
+		}
+		ks := r.keyspace
+		ops = append(ops, Op{Kind: OpFlush, Keyspace: &ks, Rule: r.cfg.Name, Reason: reason})
+	}
+	return ops
+}
+
+// Begin opens a transaction. A Begin while one is open is a protocol error.
+func (m *Mapper) Begin(b wal.Begin) error {
+	if m.txn.open {
+		return fmt.Errorf("begin of xid %d while xid %d is open", b.XID, m.txn.begin.XID)
+	}
+	m.txn.open = true
+	m.txn.begin = b
+	return nil
+}
+
+// Abandon drops the open transaction, if any (the stream reconnected).
+func (m *Mapper) Abandon() {
+	m.resetTxn()
+	m.bindings = map[*wal.Relation]*binding{}
+}
+
+func (m *Mapper) resetTxn() {
+	m.txn.open = false
+	m.txn.ops = nil
+	m.txn.opRule = nil
+	clear(m.txn.index)
+	clear(m.txn.ruleCount)
+	clear(m.txn.flushed)
+}
+
+// Commit closes the open transaction and returns its operations.
+func (m *Mapper) Commit(c wal.Commit) (Batch, error) {
+	if !m.txn.open {
+		return Batch{}, fmt.Errorf("commit of xid %d outside a transaction", c.XID)
+	}
+	b := Batch{XID: m.txn.begin.XID, CommitLSN: c.CommitLSN, EndLSN: c.EndLSN, CommitTime: c.CommitTime, Ops: m.txn.ops}
+	m.stats.Transactions++
+	m.resetTxn()
+	return b, nil
+}
+
+// Map maps a whole in-memory transaction.
+func (m *Mapper) Map(t wal.Txn) (Batch, error) {
+	if err := m.Begin(wal.Begin{XID: t.XID, FinalLSN: t.CommitLSN, CommitTime: t.CommitTime}); err != nil {
+		return Batch{}, err
+	}
+	for _, c := range t.Changes {
+		if err := m.Change(c); err != nil {
+			m.resetTxn()
+			return Batch{}, err
+		}
+	}
+	for _, msg := range t.Messages {
+		if err := m.Message(msg); err != nil {
+			m.resetTxn()
+			return Batch{}, err
+		}
+	}
+	return m.Commit(wal.Commit{XID: t.XID, CommitLSN: t.CommitLSN, EndLSN: t.EndLSN, CommitTime: t.CommitTime})
+}
+
+// Message handles a transactional logical decoding message. Messages on other
+// prefixes belong to other consumers and are ignored.
+func (m *Mapper) Message(msg wal.Message) error {
+	if !m.txn.open {
+		return fmt.Errorf("logical message %q outside a transaction", msg.Prefix)
+	}
+	return nil
+}
+
+// Change maps one row change of the open transaction.
+func (m *Mapper) Change(c wal.Change) error {
+	if !m.txn.open {
+		return fmt.Errorf("%s on %s outside a transaction", c.Kind, c.Relation.QualifiedName())
+	}
+	m.stats.Changes++
+	b := m.bind(c.Relation)
+	if len(b.rules) == 0 {
+		m.stats.UnmappedTable++
+		return nil
+	}
+	if c.Kind == wal.Truncate {
+		for _, r := range b.rules {
+			m.flush(r, ReasonTruncate)
+		}
+		return nil
+	}
+	if err := checkTuples(c); err != nil {
+		return err
+	}
+	oldObj, newObj := m.images(c, b)
+	for _, r := range b.rules {
+		if m.txn.flushed[r.idx] {
+			continue
+		}
+		switch r.cfg.Action {
+		case config.ActionRefresh:
+			m.refresh(r, c.Kind, oldObj, newObj)
+		default:
+			m.invalidate(r, c.Kind, oldObj, newObj)
+		}
+	}
+	return nil
+}
+
+func checkTuples(c wal.Change) error {
+	n := len(c.Relation.Columns)
+	if c.New != nil && len(c.New) != n {
+		return fmt.Errorf("%s on %s: new tuple has %d columns, relation has %d", c.Kind, c.Relation.QualifiedName(), len(c.New), n)
+	}
+	if c.Old != nil && len(c.Old) != n {
+		return fmt.Errorf("%s on %s: old tuple has %d columns, relation has %d", c.Kind, c.Relation.QualifiedName(), len(c.Old), n)
+	}
+	switch c.Kind {
+	case wal.Insert, wal.Update:
+		if c.New == nil {
+			return fmt.Errorf("%s on %s without a new tuple", c.Kind, c.Relation.QualifiedName())
+		}
+	case wal.Delete:
+		if c.Old == nil {
+			return fmt.Errorf("delete on %s without an old tuple: the table's replica identity is NOTHING", c.Relation.QualifiedName())
+		}
+	}
+	return nil
+}
+
+func (m *Mapper) bind(rel *wal.Relation) *binding {
+	if b, ok := m.bindings[rel]; ok {
+		return b
+	}
+	b := &binding{rules: m.byTable[rel.QualifiedName()], decode: make([]bool, len(rel.Columns))}
+	for _, r := range b.rules {
+		for i, col := range rel.Columns {
+			if r.all || r.columns[col.Name] {
+				b.decode[i] = true
+			}
+		}
+		m.checkIdentity(r, rel)
+	}
+	m.bindings[rel] = b
+	return b
+}
+
+// checkIdentity warns when the relation's replica identity cannot carry the
+// columns the rule's key templates read from the old row. Such changes still
+// map safely (unknown values flush the key space) but cost more.
+func (m *Mapper) checkIdentity(r *rule, rel *wal.Relation) {
+	if rel.ReplicaIdentity == wal.IdentityFull {
+		return
+	}
+	keyCols := map[string]bool{}
+	for _, c := range rel.Columns {
+		if c.Key {
+			keyCols[c.Name] = true
+		}
+	}
+	for _, ref := range r.cfg.KeyColumns() {
+		if ref.Column == "" || !keyCols[ref.Column] {
+			m.log.Warn().Str("rule", r.cfg.Name).Str("table", rel.QualifiedName()).
+				Str("replica_identity", string(rel.ReplicaIdentity)).Str("column", ref.Column).
+				Msg("replica identity does not carry a column the rule's keys read; updates and deletes will flush the rule's key space. Fix: ALTER TABLE " + rel.QualifiedName() + " REPLICA IDENTITY FULL")
+			return
+		}
+	}
+}
+
+// images builds the old and new row objects of a change. Missing images are
+// null objects; values that were not sent are unknown.
+func (m *Mapper) images(c wal.Change, b *binding) (oldObj, newObj cty.Value) {
+	rel := c.Relation
+	null := cty.NullVal(cty.DynamicPseudoType)
+	oldObj, newObj = null, null
+	var oldVals map[string]cty.Value
+	if c.Kind == wal.Update || c.Kind == wal.Delete {
+		oldVals = make(map[string]cty.Value)
+		for i, col := range rel.Columns {
+			if !b.decode[i] {
+				continue
+			}
+			switch {
+			case c.OldKind == wal.OldNone:
+				// No old tuple: the identity did not change, so identity
+				// columns equal the new row's; the rest is unknown.
+				if col.Key && c.New != nil {
+					oldVals[col.Name] = m.value(col, c.New[i])
+				} else {
+					oldVals[col.Name] = cty.DynamicVal
+				}
+			case c.OldKind == wal.OldKey && !col.Key:
+				oldVals[col.Name] = cty.DynamicVal
+			default:
+				oldVals[col.Name] = m.value(col, c.Old[i])
+			}
+		}
+		oldObj = cty.ObjectVal(oldVals)
+	}
+	if c.Kind == wal.Insert || c.Kind == wal.Update {
+		newVals := make(map[string]cty.Value)
+		for i, col := range rel.Columns {
+			if !b.decode[i] {
+				continue
+			}
+			v := m.value(col, c.New[i])
+			if !v.IsKnown() && oldVals != nil {
+				// Unchanged TOAST: equal to the old value when that is known.
+				v = oldVals[col.Name]
+			}
+			newVals[col.Name] = v
+		}
+		newObj = cty.ObjectVal(newVals)
+	}
+	return oldObj, newObj
+}
+
+func (m *Mapper) value(col wal.Column, v wal.Value) cty.Value {
+	switch v.Kind {
+	case wal.Null:
+		return cty.NullVal(cty.DynamicPseudoType)
+	case wal.Text:
+		return m.dec.decode(col.TypeOID, v.Text)
+	}
+	return cty.DynamicVal
+}
+
+func (m *Mapper) evalCtx(row, oldObj, newObj cty.Value) *hcl.EvalContext {
+	return &hcl.EvalContext{
+		Variables: map[string]cty.Value{"row": row, "old": oldObj, "new": newObj},
+		Functions: m.funcs,
+	}
+}
+
+// rowImages lists the images a change's keys are computed from.
+func rowImages(kind wal.Kind, oldObj, newObj cty.Value) []cty.Value {
+	switch kind {
+	case wal.Insert:
+		return []cty.Value{newObj}
+	case wal.Delete:
+		return []cty.Value{oldObj}
+	}
+	return []cty.Value{oldObj, newObj}
+}
+
+// evalWhen reports whether a `when` condition holds; an undecidable
+// condition (unknown or failing) counts as true, so that nothing is missed.
+func (m *Mapper) evalWhen(r *rule, ctx *hcl.EvalContext) (ok, decided bool) {
+	if r.cfg.When == nil {
+		return true, true
+	}
+	v, diags := r.cfg.When.Value(ctx)
+	if diags.HasErrors() {
+		m.evalError(r, "when", diags)
+		return true, false
+	}
+	if !v.IsWhollyKnown() {
+		return true, false
+	}
+	if v.IsNull() {
+		return false, true
+	}
+	v, err := convert.Convert(v, cty.Bool)
+	if err != nil {
+		m.evalError(r, "when", hcl.Diagnostics{{Severity: hcl.DiagError, Summary: "when must be a bool", Detail: err.Error()}})
+		return true, false
+	}
+	return v.True(), true
+}
+
+func (m *Mapper) invalidate(r *rule, kind wal.Kind, oldObj, newObj cty.Value) {
+	for _, img := range rowImages(kind, oldObj, newObj) {
+		ctx := m.evalCtx(img, oldObj, newObj)
+		if ok, _ := m.evalWhen(r, ctx); !ok {
+			continue
+		}
+		if r.cfg.Invalidate != nil {
+			for _, t := range r.cfg.Invalidate.Keys {
+				if !m.emitTemplate(r, t, ctx, OpDelete) {
+					return
+				}
+			}
+			for _, t := range r.cfg.Invalidate.Tags {
+				if !m.emitTemplate(r, t, ctx, OpDeleteTag) {
+					return
+				}
+			}
+		}
+		if r.cfg.BumpVersion != nil {
+			for _, t := range r.cfg.BumpVersion.Namespaces {
+				if !m.emitTemplate(r, t, ctx, OpBumpVersion) {
+					return
+				}
+			}
+		}
+	}
+}
+
+// emitTemplate evaluates a key template and records the operation. It
+// returns false when the rule's key space was flushed instead.
+func (m *Mapper) emitTemplate(r *rule, t *config.Template, ctx *hcl.EvalContext, kind OpKind) bool {
+	key, ok := m.evalKey(r, t, ctx)
+	if !ok {
+		return false
+	}
+	if key == "" {
+		return true
+	}
+	return m.add(r, Op{Kind: kind, Key: key, Rule: r.cfg.Name})
+}
+
+// evalKey evaluates a key template. ok=false means the rule was flushed;
+// an empty key with ok=true means NULL (skip).
+func (m *Mapper) evalKey(r *rule, t *config.Template, ctx *hcl.EvalContext) (string, bool) {
+	v, diags := t.Expr.Value(ctx)
+	if diags.HasErrors() && readsNull(t.Expr, ctx) {
+		// "user:${lower(row.email)}" with a NULL email: no such key.
+		m.stats.NullKeys++
+		return "", true
+	}
+	if diags.HasErrors() {
+		m.evalError(r, "key", diags)
+		m.flush(r, ReasonEvalError)
+		return "", false
+	}
+	if !v.IsWhollyKnown() {
+		m.flush(r, ReasonNotSent)
+		return "", false
+	}
+	if v.IsNull() {
+		m.stats.NullKeys++
+		return "", true
+	}
+	s, err := convert.Convert(v, cty.String)
+	if err != nil || s.IsNull() {
+		m.evalError(r, "key", hcl.Diagnostics{{Severity: hcl.DiagError, Summary: "key template must give a string", Subject: t.Range.Ptr()}})
+		m.flush(r, ReasonEvalError)
+		return "", false
+	}
+	if s.AsString() == "" {
+		m.stats.NullKeys++
+	}
+	return s.AsString(), true
+}
+
+// readsNull reports whether the expression reads a NULL value, which makes
+// functions and string interpolation fail.
+func readsNull(expr hcl.Expression, ctx *hcl.EvalContext) bool {
+	for _, tr := range expr.Variables() {
+		v, diags := tr.TraverseAbs(ctx)
+		if !diags.HasErrors() && v.IsKnown() && v.IsNull() {
+			return true
+		}
+	}
+	return false
+}
+
+func (m *Mapper) refresh(r *rule, kind wal.Kind, oldObj, newObj cty.Value) {
+	rf := r.cfg.Refresh
+	lsn := m.txn.begin.FinalLSN
+	var oldKey string
+	if kind == wal.Update || kind == wal.Delete {
+		k, ok := m.evalKey(r, rf.Key, m.evalCtx(oldObj, oldObj, newObj))
+		if !ok {
+			return
+		}
+		oldKey = k
+	}
+	if kind == wal.Delete {
+		if oldKey != "" {
+			m.add(r, Op{Kind: OpUnset, Key: oldKey, LSN: lsn, Rule: r.cfg.Name})
+		}
+		return
+	}
+	ctx := m.evalCtx(newObj, oldObj, newObj)
+	newKey, ok := m.evalKey(r, rf.Key, ctx)
+	if !ok {
+		return
+	}
+	if oldKey != "" && oldKey != newKey {
+		if !m.add(r, Op{Kind: OpUnset, Key: oldKey, LSN: lsn, Rule: r.cfg.Name}) {
+			return
+		}
+	}
+	if newKey == "" {
+		return
+	}
+	unset := Op{Kind: OpUnset, Key: newKey, LSN: lsn, Rule: r.cfg.Name}
+	if when, decided := m.evalWhen(r, ctx); !when || !decided {
+		m.add(r, unset)
+		return
+	}
+	v, diags := rf.Value.Value(ctx)
+	if diags.HasErrors() {
+		m.evalError(r, "value", diags)
+		m.add(r, unset)
+		return
+	}
+	if !v.IsWhollyKnown() {
+		// A TOASTed column was not sent and is not known from the old row:
+		// never guess, drop the key instead.
+		m.stats.Incomplete++
+		m.add(r, unset)
+		return
+	}
+	if v.IsNull() {
+		m.add(r, unset)
+		return
+	}
+	s, err := convert.Convert(v, cty.String)
+	if err != nil {
+		m.evalError(r, "value", hcl.Diagnostics{{Severity: hcl.DiagError, Summary: "value must be a string: wrap it in jsonencode()", Detail: err.Error(), Subject: rf.Value.Range().Ptr()}})
+		m.add(r, unset)
+		return
+	}
+	m.add(r, Op{Kind: OpSet, Key: newKey, Value: []byte(s.AsString()), TTL: rf.TTL, Jitter: rf.Jitter, LSN: lsn, Rule: r.cfg.Name})
+}
+
+func (m *Mapper) evalError(r *rule, what string, diags hcl.Diagnostics) {
+	m.stats.EvalErrors++
+	m.log.Warn().Str("rule", r.cfg.Name).Str("template", what).Str("error", diags.Error()).Msg("template evaluation failed; acting conservatively")
+}
+
+// add records an operation, deduplicated per rule and key. Set and Unset of
+// one key replace each other: the last change of the transaction wins. It
+// returns false when the operation pushed the rule over the key cap and the
+// rule's key space is flushed instead.
+func (m *Mapper) add(r *rule, op Op) bool {
+	t := &m.txn
+	kind := op.Kind
+	if kind == OpUnset {
+		kind = OpSet
+	}
+	k := opKey{rule: r.idx, kind: kind, key: op.Key}
+	if i, ok := t.index[k]; ok {
+		t.ops[i] = op
+		return true
+	}
+	if t.ruleCount[r.idx] >= m.keyCap {
+		m.flush(r, ReasonKeyCap)
+		return false
+	}
+	t.ruleCount[r.idx]++
+	t.index[k] = len(t.ops)
+	t.ops = append(t.ops, op)
+	t.opRule = append(t.opRule, r.idx)
+	return true
+}
+
+// flush replaces every operation of the rule in the open transaction with one
+// flush of its key space; later changes of the transaction add nothing for it.
+func (m *Mapper) flush(r *rule, reason string) {
+	t := &m.txn
+	if t.flushed[r.idx] {
+		return
+	}
+	t.flushed[r.idx] = true
+	m.stats.Flushes[reason]++
+	kept := t.ops[:0]
+	keptRule := t.opRule[:0]
+	for i, op := range t.ops {
+		if t.opRule[i] == r.idx {
+			continue
+		}
+		kept = append(kept, op)
+		keptRule = append(keptRule, t.opRule[i])
+	}
+	t.ops, t.opRule = kept, keptRule
+	clear(t.index)
+	for i, op := range t.ops {
+		kind := op.Kind
+		if kind == OpUnset {
+			kind = OpSet
+		}
+		t.index[opKey{rule: t.opRule[i], kind: kind, key: op.Key}] = i
+	}
+	ks := r.keyspace
+	t.ops = append(t.ops, Op{Kind: OpFlush, Keyspace: &ks, Rule: r.cfg.Name, Reason: reason})
+	t.opRule = append(t.opRule, r.idx)
+	t.ruleCount[r.idx] = 0
+}
+
+// ruleKeyspace derives the Redis patterns a rule's templates can produce.
+func ruleKeyspace(rc *config.Rule) (Keyspace, error) {
+	var ks Keyspace
+	declared := rc.Keyspace
+	pattern := func(t *config.Template) []string {
+		switch {
+		case t.Literal:
+			return []string{keyspace.EscapeGlob(t.Prefix)}
+		case t.Prefix != "":
+			return []string{keyspace.EscapeGlob(t.Prefix) + "*"}
+		}
+		return declared
+	}
+	ks.Keys = append(ks.Keys, declared...)
+	switch rc.Action {
+	case config.ActionInvalidate:
+		for _, t := range rc.Invalidate.Keys {
+			ks.Keys = appendUnique(ks.Keys, pattern(t)...)
+		}
+		for _, t := range rc.Invalidate.Tags {
+			ks.Tags = appendUnique(ks.Tags, pattern(t)...)
+		}
+	case config.ActionBumpVersion:
+		for _, t := range rc.BumpVersion.Namespaces {
+			ks.Versions = appendUnique(ks.Versions, pattern(t)...)
+		}
+	case config.ActionRefresh:
+		ks.Keys = appendUnique(ks.Keys, pattern(rc.Refresh.Key)...)
+	default:
+		return ks, fmt.Errorf("rule %q: no invalidate, bump_version or refresh block", rc.Name)
+	}
+	if len(ks.Keys)+len(ks.Tags)+len(ks.Versions) == 0 {
+		return ks, fmt.Errorf("rule %q has no key space: declare keyspace = [\"prefix:*\"]", rc.Name)
+	}
+	return ks, nil
+}
+
+func appendUnique(list []string, items ...string) []string {
+	for _, s := range items {
+		if !contains(list, s) {
+			list = append(list, s)
+		}
+	}
+	return list
+}

@@ -1,0 +1,361 @@
+package mapping
+
+import (
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cachesync/cachesync/config"
+	"github.com/cachesync/cachesync/wal"
+)
+
+const testRules = `
+rule "user" {
+  table = "public.users"
+  invalidate {
+    keys = ["user:${row.id}", "user:email:${lower(row.email)}"]
+    tags = ["org:${row.org_id}"]
+  }
+}
+rule "order_lists" {
+  table = "public.orders"
+  bump_version {
+    namespaces = ["orders:customer:${row.customer_id}"]
+  }
+}
+rule "product" {
+  table = "public.products"
+  when  = row.published
+  refresh {
+    key    = "product:${row.id}"
+    value  = jsonencode(row)
+    ttl    = "1h"
+    jitter = "5m"
+  }
+}
+`
+
+const (
+	oidText = 25
+)
+
+func rel(id uint32, name string, identity byte, cols ...wal.Column) *wal.Relation {
+	return &wal.Relation{ID: id, Namespace: "public", Name: name, ReplicaIdentity: identity, Columns: cols}
+}
+
+var (
+	users = rel(1, "users", wal.IdentityFull,
+		wal.Column{Name: "id", TypeOID: oidInt8, Key: true},
+		wal.Column{Name: "email", TypeOID: oidText, Key: true},
+		wal.Column{Name: "org_id", TypeOID: oidInt4, Key: true},
+		wal.Column{Name: "name", TypeOID: oidText, Key: true})
+	usersDefault = rel(1, "users", wal.IdentityDefault,
+		wal.Column{Name: "id", TypeOID: oidInt8, Key: true},
+		wal.Column{Name: "email", TypeOID: oidText},
+		wal.Column{Name: "org_id", TypeOID: oidInt4},
+		wal.Column{Name: "name", TypeOID: oidText})
+	orders = rel(2, "orders", wal.IdentityDefault,
+		wal.Column{Name: "id", TypeOID: oidInt8, Key: true},
+		wal.Column{Name: "customer_id", TypeOID: oidInt8})
+	products = rel(3, "products", wal.IdentityDefault,
+		wal.Column{Name: "id", TypeOID: oidInt8, Key: true},
+		wal.Column{Name: "name", TypeOID: oidText},
+		wal.Column{Name: "price", TypeOID: oidNumeric},
+		wal.Column{Name: "published", TypeOID: oidBool},
+		wal.Column{Name: "description", TypeOID: oidText})
+	other = rel(4, "audit", wal.IdentityDefault, wal.Column{Name: "id", TypeOID: oidInt8, Key: true})
+)
+
+// tup builds a tuple: "\x00" means NULL, "\x01" means not sent.
+func tup(vals ...string) wal.Tuple {
+	t := make(wal.Tuple, len(vals))
+	for i, v := range vals {
+		switch v {
+		case "\x00":
+			t[i] = wal.Value{Kind: wal.Null}
+		case "\x01":
+			t[i] = wal.Value{Kind: wal.NotSent}
+		default:
+			t[i] = wal.Value{Kind: wal.Text, Text: v}
+		}
+	}
+	return t
+}
+
+const (
+	null    = "\x00"
+	notSent = "\x01"
+)
+
+func newMapper(t *testing.T, src string, keyCap int) *Mapper {
+	t.Helper()
+	cfg, diags := config.Parse([]byte(src), "rules.hcl")
+	if diags.HasErrors() {
+		t.Fatalf("rules: %s", diags.Error())
+	}
+	m, err := New(cfg.Rules, Options{KeyCap: keyCap})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// describe renders ops compactly for comparison.
+func describe(ops []Op) []string {
+	out := make([]string, len(ops))
+	for i, op := range ops {
+		switch op.Kind {
+		case OpFlush:
+			out[i] = fmt.Sprintf("flush %s %s keys=%v tags=%v versions=%v", op.Rule, op.Reason, op.Keyspace.Keys, op.Keyspace.Tags, op.Keyspace.Versions)
+		case OpSet:
+			out[i] = fmt.Sprintf("set %s %s", op.Key, op.Value)
+		default:
+			out[i] = op.Kind.String() + " " + op.Key
+		}
+	}
+	return out
+}
+
+func TestMap(t *testing.T) {
+	tests := []struct {
+		name    string
+		changes []wal.Change
+		want    []string
+	}{
+		{
+			name:    "insert invalidates the new row's keys and tags",
+			changes: []wal.Change{{Relation: users, Kind: wal.Insert, New: tup("1", "A@x.io", "7", "Ann")}},
+			want:    []string{"delete user:1", "delete user:email:a@x.io", "delete_tag org:7"},
+		},
+		{
+			name: "update moving email and org invalidates old and new keys",
+			changes: []wal.Change{{Relation: users, Kind: wal.Update, OldKind: wal.OldFull,
+				Old: tup("1", "a@x.io", "7", "Ann"), New: tup("1", "b@x.io", "8", "Ann")}},
+			want: []string{"delete user:1", "delete user:email:a@x.io", "delete_tag org:7", "delete user:email:b@x.io", "delete_tag org:8"},
+		},
+		{
+			name: "update without old tuple: identity columns equal the new row's",
+			changes: []wal.Change{{Relation: products, Kind: wal.Update, OldKind: wal.OldNone,
+				New: tup("5", "Cap", "3.10", "t", "red")}},
+			want: []string{`set product:5 {"description":"red","id":5,"name":"Cap","price":"3.10","published":true}`},
+		},
+		{
+			name: "update without old tuple whose keys read a non-identity column flushes",
+			changes: []wal.Change{{Relation: orders, Kind: wal.Update, OldKind: wal.OldNone,
+				New: tup("5", "42")}},
+			want: []string{"flush order_lists not_sent keys=[] tags=[] versions=[orders:customer:*]"},
+		},
+		{
+			name: "update under DEFAULT whose keys read a column the old row lacks flushes",
+			changes: []wal.Change{{Relation: usersDefault, Kind: wal.Update, OldKind: wal.OldNone,
+				New: tup("1", "b@x.io", "8", "Ann")}},
+			want: []string{"flush user not_sent keys=[user:* user:email:*] tags=[org:*] versions=[]"},
+		},
+		{
+			name: "key-only old tuple: non-key slots are not sent, not NULL",
+			changes: []wal.Change{{Relation: orders, Kind: wal.Update, OldKind: wal.OldKey,
+				Old: tup("4", notSent), New: tup("5", "42")}},
+			want: []string{"flush order_lists not_sent keys=[] tags=[] versions=[orders:customer:*]"},
+		},
+		{
+			name:    "delete invalidates the old row",
+			changes: []wal.Change{{Relation: users, Kind: wal.Delete, OldKind: wal.OldFull, Old: tup("2", "c@x.io", "9", "Cy")}},
+			want:    []string{"delete user:2", "delete user:email:c@x.io", "delete_tag org:9"},
+		},
+		{
+			name: "truncate flushes the whole key space and later changes add nothing",
+			changes: []wal.Change{
+				{Relation: users, Kind: wal.Insert, New: tup("1", "a@x.io", "7", "Ann")},
+				{Relation: users, Kind: wal.Truncate},
+				{Relation: users, Kind: wal.Insert, New: tup("3", "d@x.io", "7", "Di")},
+			},
+			want: []string{"flush user truncate keys=[user:* user:email:*] tags=[org:*] versions=[]"},
+		},
+		{
+			name:    "NULL key is skipped",
+			changes: []wal.Change{{Relation: users, Kind: wal.Insert, New: tup("1", null, null, "Ann")}},
+			want:    []string{"delete user:1"},
+		},
+		{
+			name: "repeated updates of one row dedupe",
+			changes: []wal.Change{
+				{Relation: orders, Kind: wal.Insert, New: tup("1", "42")},
+				{Relation: orders, Kind: wal.Insert, New: tup("2", "42")},
+				{Relation: orders, Kind: wal.Delete, OldKind: wal.OldFull, Old: tup("2", "42")},
+			},
+			want: []string{"bump_version orders:customer:42"},
+		},
+		{
+			name:    "tables without rules map to nothing",
+			changes: []wal.Change{{Relation: other, Kind: wal.Insert, New: tup("1")}},
+			want:    []string{},
+		},
+		{
+			name:    "refresh writes the committed row as JSON",
+			changes: []wal.Change{{Relation: products, Kind: wal.Insert, New: tup("7", "Pen", "42.50", "t", "blue")}},
+			want:    []string{`set product:7 {"description":"blue","id":7,"name":"Pen","price":"42.50","published":true}`},
+		},
+		{
+			name:    "refresh with when false deletes the key",
+			changes: []wal.Change{{Relation: products, Kind: wal.Update, New: tup("7", "Pen", "42.50", "f", "blue")}},
+			want:    []string{"unset product:7"},
+		},
+		{
+			name:    "refresh delete removes the key",
+			changes: []wal.Change{{Relation: products, Kind: wal.Delete, OldKind: wal.OldKey, Old: tup("7", notSent, notSent, notSent, notSent)}},
+			want:    []string{"unset product:7"},
+		},
+		{
+			name:    "refresh with an unchanged TOAST column and no old row deletes instead of guessing",
+			changes: []wal.Change{{Relation: products, Kind: wal.Update, New: tup("7", "Pen", "1.00", "t", notSent)}},
+			want:    []string{"unset product:7"},
+		},
+		{
+			name: "refresh takes an unchanged TOAST value from the full old row",
+			changes: []wal.Change{{Relation: rel(3, "products", wal.IdentityFull, products.Columns...), Kind: wal.Update, OldKind: wal.OldFull,
+				Old: tup("7", "Pen", "1.00", "t", "long text"), New: tup("7", "Pen", "2.00", "t", notSent)}},
+			want: []string{`set product:7 {"description":"long text","id":7,"name":"Pen","price":"2.00","published":true}`},
+		},
+		{
+			name: "last write-through of a key in a transaction wins",
+			changes: []wal.Change{
+				{Relation: products, Kind: wal.Insert, New: tup("7", "Pen", "1.00", "t", "a")},
+				{Relation: products, Kind: wal.Update, New: tup("7", "Pen", "2.00", "t", "a")},
+				{Relation: products, Kind: wal.Delete, OldKind: wal.OldKey, Old: tup("8", notSent, notSent, notSent, notSent)},
+			},
+			want: []string{`set product:7 {"description":"a","id":7,"name":"Pen","price":"2.00","published":true}`, "unset product:8"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m := newMapper(t, testRules, 0)
+			b, err := m.Map(wal.Txn{XID: 9, CommitLSN: 100, EndLSN: 120, Changes: tt.changes})
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := describe(b.Ops)
+			if !slices.Equal(got, tt.want) {
+				t.Errorf("ops:\n got %q\nwant %q", got, tt.want)
+			}
+			if b.EndLSN != 120 || b.XID != 9 {
+				t.Errorf("batch EndLSN %v XID %d", b.EndLSN, b.XID)
+			}
+			for _, op := range b.Ops {
+				if (op.Kind == OpSet || op.Kind == OpUnset) && op.LSN != 100 {
+					t.Errorf("%s %s carries LSN %v, want the commit LSN 100", op.Kind, op.Key, op.LSN)
+				}
+				if op.Kind == OpSet && (op.TTL != time.Hour || op.Jitter != 5*time.Minute) {
+					t.Errorf("set TTL %v jitter %v", op.TTL, op.Jitter)
+				}
+			}
+		})
+	}
+}
+
+func TestKeyCapFlushesAndBoundsMemory(t *testing.T) {
+	m := newMapper(t, testRules, 100)
+	if err := m.Begin(wal.Begin{XID: 1, FinalLSN: 10}); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 100_000 {
+		id := fmt.Sprint(i)
+		if err := m.Change(wal.Change{Relation: users, Kind: wal.Insert, New: tup(id, id+"@x", "1", "n")}); err != nil {
+			t.Fatal(err)
+		}
+		if err := m.Change(wal.Change{Relation: orders, Kind: wal.Insert, New: tup(id, "3")}); err != nil {
+			t.Fatal(err)
+		}
+		if n := len(m.txn.ops); n > 2*100+2 {
+			t.Fatalf("after %d rows the transaction holds %d ops; the cap is 100 per rule", i, n)
+		}
+	}
+	b, err := m.Commit(wal.Commit{XID: 1, CommitLSN: 10, EndLSN: 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"bump_version orders:customer:3", "flush user key_cap keys=[user:* user:email:*] tags=[org:*] versions=[]"}
+	if got := describe(b.Ops); !slices.Equal(got, want) {
+		t.Errorf("ops:\n got %q\nwant %q", got, want)
+	}
+	if s := m.Stats(); s.Flushes[ReasonKeyCap] != 1 || s.Changes != 200_000 {
+		t.Errorf("stats %+v", s)
+	}
+}
+
+func TestProtocolOrder(t *testing.T) {
+	m := newMapper(t, testRules, 0)
+	if err := m.Change(wal.Change{Relation: users, Kind: wal.Insert, New: tup("1", "a", "1", "n")}); err == nil {
+		t.Error("change outside a transaction: want an error")
+	}
+	if _, err := m.Commit(wal.Commit{XID: 1}); err == nil {
+		t.Error("commit outside a transaction: want an error")
+	}
+	if err := m.Begin(wal.Begin{XID: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Begin(wal.Begin{XID: 2}); err == nil {
+		t.Error("nested begin: want an error")
+	}
+	if err := m.Change(wal.Change{Relation: users, Kind: wal.Insert, New: tup("1")}); err == nil {
+		t.Error("tuple with the wrong column count: want an error")
+	}
+}
+
+func TestValuesAreTyped(t *testing.T) {
+	src := `
+rule "typed" {
+  table = "public.t"
+  refresh {
+    key   = "t:${row.id}"
+    value = jsonencode(row)
+    ttl   = "1m"
+  }
+}`
+	cols := []wal.Column{
+		{Name: "id", TypeOID: oidInt8, Key: true},
+		{Name: "f", TypeOID: oidFloat8},
+		{Name: "n", TypeOID: oidNumeric},
+		{Name: "b", TypeOID: oidBool},
+		{Name: "j", TypeOID: oidJSONB},
+		{Name: "ts", TypeOID: oidTimestampTZ},
+		{Name: "tsn", TypeOID: oidTimestamp},
+		{Name: "arr", TypeOID: 1007},  // int4[]
+		{Name: "tags", TypeOID: 1009}, // text[]
+		{Name: "e", TypeOID: 99999},   // an enum: text
+		{Name: "z", TypeOID: oidText}, // NULL
+		{Name: "inf", TypeOID: oidFloat8},
+	}
+	m := newMapper(t, src, 0)
+	b, err := m.Map(wal.Txn{XID: 1, CommitLSN: 1, EndLSN: 2, Changes: []wal.Change{{
+		Relation: rel(9, "t", wal.IdentityDefault, cols...), Kind: wal.Insert,
+		New: tup("12", "1.5", "42.50", "f", `{"a":[1,"x"],"b":null}`, "2024-03-01 10:20:30.5+00",
+			"2024-03-01 10:20:30", "{1,NULL,3}", `{"a b",c}`, "happy", null, "Infinity"),
+	}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(b.Ops) != 1 || b.Ops[0].Key != "t:12" {
+		t.Fatalf("ops %q", describe(b.Ops))
+	}
+	var got map[string]any
+	if err := json.Unmarshal(b.Ops[0].Value, &got); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]any{
+		"id": 12.0, "f": 1.5, "n": "42.50", "b": false,
+		"j":  map[string]any{"a": []any{1.0, "x"}, "b": nil},
+		"ts": "2024-03-01T10:20:30.5Z", "tsn": "2024-03-01T10:20:30Z",
+		"arr": []any{1.0, nil, 3.0}, "tags": []any{"a b", "c"}, "e": "happy", "z": nil, "inf": "Infinity",
+	}
+	for k, w := range want {
+		if g := fmt.Sprint(got[k]); g != fmt.Sprint(w) {
+			t.Errorf("%s = %s, want %s", k, g, fmt.Sprint(w))
+		}
+	}
+	if !strings.Contains(string(b.Ops[0].Value), `"id":12,`) {
+		t.Errorf("integers must print without a decimal point: %s", b.Ops[0].Value)
+	}
+}

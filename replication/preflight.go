@@ -1,0 +1,284 @@
+package replication
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sort"
+	"strings"
+
+	"github.com/hashicorp/hcl/v2"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/cachesync/cachesync/config"
+)
+
+// PreflightOptions select the checks that depend on the command.
+type PreflightOptions struct {
+	// Publication, when set, checks that the role may create or alter it.
+	Publication string
+}
+
+// Preflight checks the database against the rules before anything is created
+// or streamed: wal_level, privileges, every rule table and column, and that
+// each table's replica identity lets the old row carry every column the rules'
+// keys read. Every finding is an error diagnostic that says what to run.
+func Preflight(ctx context.Context, conn *pgx.Conn, rules []*config.Rule, opts PreflightOptions) (hcl.Diagnostics, error) {
+	var diags hcl.Diagnostics
+	var walLevel string
+	if err := conn.QueryRow(ctx, "SHOW wal_level").Scan(&walLevel); err != nil {
+		return nil, fmt.Errorf("read wal_level: %w", err)
+	}
+	if walLevel != "logical" {
+		diags = append(diags, &hcl.Diagnostic{
+			Severity: hcl.DiagError,
+			Summary:  fmt.Sprintf("wal_level is %q, logical replication needs \"logical\"", walLevel),
+			Detail:   "Run ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL.",
+		})
+	}
+	var role string
+	var super, repl, canCreate bool
+	err := conn.QueryRow(ctx, `SELECT rolname, rolsuper, rolreplication,
+			has_database_privilege(current_database(), 'CREATE')
+		FROM pg_roles WHERE rolname = current_user`).Scan(&role, &super, &repl, &canCreate)
+	if err != nil {
+		return nil, fmt.Errorf("read role attributes: %w", err)
+	}
+	if !super && !repl {
+		diags = append(diags, &hcl.Diagnostic{
+			Severity: hcl.DiagError,
+			Summary:  fmt.Sprintf("role %q may not use replication", role),
+			Detail:   fmt.Sprintf("Run ALTER ROLE %s REPLICATION; (as a superuser).", pgx.Identifier{role}.Sanitize()),
+		})
+	}
+	if opts.Publication != "" {
+		d, err := checkPublicationPrivileges(ctx, conn, opts.Publication, role, super, canCreate)
+		if err != nil {
+			return nil, err
+		}
+		diags = append(diags, d...)
+	}
+	checked := map[string]*tableInfo{}
+	for _, r := range rules {
+		name := r.Table.String()
+		ti, ok := checked[name]
+		if !ok {
+			if ti, err = readTable(ctx, conn, r.Table); err != nil {
+				return nil, err
+			}
+			checked[name] = ti
+		}
+		diags = append(diags, checkRule(r, ti, role, super, opts.Publication != "")...)
+	}
+	return diags, nil
+}
+
+func checkPublicationPrivileges(ctx context.Context, conn *pgx.Conn, pub, role string, super, canCreate bool) (hcl.Diagnostics, error) {
+	var owner *string
+	err := conn.QueryRow(ctx, `SELECT pg_get_userbyid(pubowner) FROM pg_publication WHERE pubname = $1`, pub).Scan(&owner)
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		return nil, fmt.Errorf("read publication %q: %w", pub, err)
+	}
+	switch {
+	case owner == nil && !super && !canCreate:
+		return hcl.Diagnostics{{
+			Severity: hcl.DiagError,
+			Summary:  fmt.Sprintf("role %q may not create publication %q", role, pub),
+			Detail:   fmt.Sprintf("Run GRANT CREATE ON DATABASE <db> TO %s; or create the publication yourself with cachesync setup as the tables' owner.", pgx.Identifier{role}.Sanitize()),
+		}}, nil
+	case owner != nil && *owner != role && !super:
+		var member bool
+		if err := conn.QueryRow(ctx, `SELECT pg_has_role(current_user, $1, 'USAGE')`, *owner).Scan(&member); err != nil {
+			return nil, fmt.Errorf("check ownership of publication %q: %w", pub, err)
+		}
+		if !member {
+			return hcl.Diagnostics{{
+				Severity: hcl.DiagError,
+				Summary:  fmt.Sprintf("publication %q belongs to %q, not %q", pub, *owner, role),
+				Detail:   fmt.Sprintf("Run ALTER PUBLICATION %s OWNER TO %s; so cachesync can keep its table list in line with the rules.", pgx.Identifier{pub}.Sanitize(), pgx.Identifier{role}.Sanitize()),
+			}}, nil
+		}
+	}
+	return nil, nil
+}
+
+type tableInfo struct {
+	exists      bool
+	kind        byte // relkind
+	persistence byte
+	identity    byte
+	ownedByUs   bool
+	columns     map[string]string // name → attgenerated ("" when not generated)
+	identCols   []string          // columns the old tuple carries under the identity
+}
+
+func readTable(ctx context.Context, conn *pgx.Conn, t config.TableName) (*tableInfo, error) {
+	ti := &tableInfo{columns: map[string]string{}}
+	var oid uint32
+	var kind, persistence, identity string
+	err := conn.QueryRow(ctx, `SELECT c.oid, c.relkind::text, c.relpersistence::text, c.relreplident::text,
+			pg_has_role(current_user, c.relowner, 'USAGE')
+		FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+		WHERE n.nspname = $1 AND c.relname = $2`, t.Schema, t.Name).
+		Scan(&oid, &kind, &persistence, &identity, &ti.ownedByUs)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return ti, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read table %s: %w", t, err)
+	}
+	ti.exists, ti.kind, ti.persistence, ti.identity = true, kind[0], persistence[0], identity[0]
+	rows, err := conn.Query(ctx, `SELECT attname, attgenerated::text FROM pg_attribute
+		WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped`, oid)
+	if err != nil {
+		return nil, fmt.Errorf("read columns of %s: %w", t, err)
+	}
+	for rows.Next() {
+		var name, gen string
+		if err := rows.Scan(&name, &gen); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		ti.columns[name] = gen
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	// The identity columns: primary key under DEFAULT, the chosen index
+	// under USING INDEX, every column under FULL.
+	var indexCond string
+	switch ti.identity {
+	case 'd':
+		indexCond = "i.indisprimary"
+	case 'i':
+		indexCond = "i.indisreplident"
+	case 'f':
+		for c := range ti.columns {
+			ti.identCols = append(ti.identCols, c)
+		}
+		sort.Strings(ti.identCols)
+		return ti, nil
+	default:
+		return ti, nil
+	}
+	err = conn.QueryRow(ctx, `SELECT coalesce(array_agg(a.attname::text ORDER BY a.attnum), '{}')
+		FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
+		WHERE i.indrelid = $1 AND `+indexCond, oid).Scan(&ti.identCols)
+	if err != nil {
+		return nil, fmt.Errorf("read replica identity of %s: %w", t, err)
+	}
+	return ti, nil
+}
+
+func ruleDiag(r *config.Rule, subject hcl.Range, summary, detail string) *hcl.Diagnostic {
+	return &hcl.Diagnostic{
+		Severity: hcl.DiagError,
+		Summary:  fmt.Sprintf("rule %q: %s", r.Name, summary),
+		Detail:   detail,
+		Subject:  subject.Ptr(),
+	}
+}
+
+func checkRule(r *config.Rule, ti *tableInfo, role string, super, creating bool) hcl.Diagnostics {
+	t := r.Table.String()
+	quoted := pgx.Identifier{r.Table.Schema, r.Table.Name}.Sanitize()
+	if !ti.exists {
+		return hcl.Diagnostics{ruleDiag(r, r.DeclRange, fmt.Sprintf("table %s does not exist", t),
+			"Create the table, or fix the rule's table attribute (schema.table, case-sensitive).")}
+	}
+	var diags hcl.Diagnostics
+	switch {
+	case ti.kind != 'r' && ti.kind != 'p':
+		diags = append(diags, ruleDiag(r, r.DeclRange, fmt.Sprintf("%s is not a table (relkind %q)", t, ti.kind),
+			"Only ordinary and partitioned tables can be published; point the rule at the underlying table."))
+	case ti.persistence == 'u':
+		diags = append(diags, ruleDiag(r, r.DeclRange, fmt.Sprintf("%s is UNLOGGED: its changes never reach the WAL", t),
+			fmt.Sprintf("Run ALTER TABLE %s SET LOGGED;", quoted)))
+	}
+	if creating && !ti.ownedByUs && !super {
+		diags = append(diags, ruleDiag(r, r.DeclRange, fmt.Sprintf("role %q does not own %s, so it cannot add it to the publication", role, t),
+			fmt.Sprintf("Run ALTER TABLE %s OWNER TO %s; or run cachesync setup as the table owner.", quoted, pgx.Identifier{role}.Sanitize())))
+	}
+	refs := append(append(r.KeyColumns(), r.WhenColumns()...), r.ValueColumns()...)
+	for _, ref := range refs {
+		if ref.Column == "" {
+			continue
+		}
+		gen, ok := ti.columns[ref.Column]
+		switch {
+		case !ok:
+			diags = append(diags, ruleDiag(r, ref.Range, fmt.Sprintf("table %s has no column %q", t, ref.Column),
+				fmt.Sprintf("Columns: %s.", strings.Join(sortedKeys(ti.columns), ", "))))
+		case gen != "":
+			diags = append(diags, ruleDiag(r, ref.Range, fmt.Sprintf("column %q of %s is generated, and PostgreSQL 15 does not publish generated columns", ref.Column, t),
+				"Compute the value in the template from the columns it is generated from."))
+		}
+	}
+	diags = append(diags, checkIdentity(r, ti, quoted)...)
+	return diags
+}
+
+// oldColumns lists what the old tuple must carry for the rule: every column
+// read by key, tag and namespace templates through row or old, and columns
+// that `when` reads through old. "" means every column.
+func oldColumns(r *config.Rule) []config.ColumnRef {
+	var out []config.ColumnRef
+	for _, ref := range r.KeyColumns() {
+		if ref.Image != "new" {
+			out = append(out, ref)
+		}
+	}
+	for _, ref := range r.WhenColumns() {
+		if ref.Image == "old" {
+			out = append(out, ref)
+		}
+	}
+	return out
+}
+
+func checkIdentity(r *config.Rule, ti *tableInfo, quoted string) hcl.Diagnostics {
+	t := r.Table.String()
+	fix := fmt.Sprintf("Run ALTER TABLE %s REPLICA IDENTITY FULL;", quoted)
+	switch {
+	case ti.identity == 'n':
+		return hcl.Diagnostics{ruleDiag(r, r.DeclRange, fmt.Sprintf("%s has REPLICA IDENTITY NOTHING: deletes would carry no old row, and updates and deletes on it fail once it is published", t), fix)}
+	case ti.identity == 'd' && len(ti.identCols) == 0:
+		return hcl.Diagnostics{ruleDiag(r, r.DeclRange, fmt.Sprintf("%s has no primary key and REPLICA IDENTITY DEFAULT: once published, every UPDATE and DELETE on it would fail", t),
+			fmt.Sprintf("Add a primary key, or %s", fix))}
+	case ti.identity == 'i' && len(ti.identCols) == 0:
+		return hcl.Diagnostics{ruleDiag(r, r.DeclRange, fmt.Sprintf("%s uses REPLICA IDENTITY USING INDEX but the index is gone", t), fix)}
+	}
+	var diags hcl.Diagnostics
+	seen := map[string]bool{}
+	for _, ref := range oldColumns(r) {
+		if seen[ref.Column] || (ref.Column != "" && slices.Contains(ti.identCols, ref.Column)) {
+			continue
+		}
+		if ref.Column == "" && ti.identity == 'f' {
+			continue
+		}
+		if _, ok := ti.columns[ref.Column]; ref.Column != "" && !ok {
+			continue // reported as a missing column
+		}
+		seen[ref.Column] = true
+		what := fmt.Sprintf("column %q", ref.Column)
+		if ref.Column == "" {
+			what = "the whole row"
+		}
+		diags = append(diags, ruleDiag(r, ref.Range,
+			fmt.Sprintf("%s is read to find the old row's keys, but the old row of %s carries only (%s) under its replica identity", what, t, strings.Join(ti.identCols, ", ")),
+			"Without it, updates and deletes could not invalidate the old keys (a moved email or tenant would stay cached). "+fix))
+	}
+	return diags
+}
+
+func sortedKeys(m map[string]string) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}

@@ -1,0 +1,316 @@
+package replication
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/rs/zerolog"
+
+	"github.com/cachesync/cachesync/wal"
+)
+
+// Session settings pinned on the replication connection so that the text
+// forms of values, and hence cache keys, never depend on server defaults.
+var sessionSettings = map[string]string{
+	"TimeZone":           "UTC",
+	"DateStyle":          "ISO, MDY",
+	"IntervalStyle":      "postgres",
+	"bytea_output":       "hex",
+	"client_encoding":    "UTF8",
+	"extra_float_digits": "1",
+	"application_name":   "cachesync",
+}
+
+// ConnectReplication opens a logical replication connection (replication=database)
+// with pinned output settings and TCP keepalives.
+func ConnectReplication(ctx context.Context, url string) (*pgconn.PgConn, error) {
+	cfg, err := pgconn.ParseConfig(url)
+	if err != nil {
+		return nil, fmt.Errorf("parse database URL: %w", err)
+	}
+	cfg.RuntimeParams["replication"] = "database"
+	for k, v := range sessionSettings {
+		if k == "application_name" && cfg.RuntimeParams[k] != "" {
+			continue
+		}
+		cfg.RuntimeParams[k] = v
+	}
+	dialer := &net.Dialer{KeepAlive: 15 * time.Second, Timeout: 10 * time.Second}
+	cfg.DialFunc = dialer.DialContext
+	conn, err := pgconn.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("open replication connection to %s:%d/%s: %w", cfg.Host, cfg.Port, cfg.Database, err)
+	}
+	return conn, nil
+}
+
+// StreamOptions configure a Stream.
+type StreamOptions struct {
+	Slot        string
+	Publication string
+	// StatusInterval is the longest time between standby status updates
+	// (default 10s). Keep it well below the server's wal_sender_timeout.
+	StatusInterval time.Duration
+	// MessagePrefix selects the logical decoding messages passed on.
+	MessagePrefix string
+	Logger        zerolog.Logger
+}
+
+// Stream owns one replication connection: it reads pgoutput, answers
+// keepalives, and reports as flushed only what Confirm was told is applied.
+// Only the goroutine running Run touches the connection.
+type Stream struct {
+	conn    *pgconn.PgConn
+	opts    StreamOptions
+	dec     *Decoder
+	applied atomic.Uint64
+
+	received    wal.LSN
+	lastBarrier wal.LSN
+	lastStatus  time.Time
+	lastFlush   wal.LSN
+	lastMsg     time.Time
+	pinged      bool
+}
+
+// NewStream prepares a stream on an open replication connection.
+func NewStream(conn *pgconn.PgConn, opts StreamOptions) *Stream {
+	if opts.StatusInterval <= 0 {
+		opts.StatusInterval = 10 * time.Second
+	}
+	return &Stream{conn: conn, opts: opts, dec: NewDecoder(opts.MessagePrefix)}
+}
+
+// Confirm records that everything up to lsn is applied (and journaled). It may
+// be called from any goroutine; the position never moves backwards.
+func (s *Stream) Confirm(lsn wal.LSN) {
+	for {
+		cur := s.applied.Load()
+		if uint64(lsn) <= cur || s.applied.CompareAndSwap(cur, uint64(lsn)) {
+			return
+		}
+	}
+}
+
+// Applied returns the highest confirmed position.
+func (s *Stream) Applied() wal.LSN { return wal.LSN(s.applied.Load()) }
+
+// PluginArgs are the pgoutput options: protocol 1 (whole transactions after
+// commit, no streaming of in-progress ones), text values, our messages.
+func PluginArgs(publication string) []string {
+	return []string{
+		"proto_version '1'",
+		fmt.Sprintf("publication_names '%s'", publication),
+		"messages 'true'",
+	}
+}
+
+// Run starts replication at start (the slot's confirmed_flush_lsn, read just
+// before) and sends events until ctx is done or the session fails. It returns
+// nil when ctx is done; the caller then drains the pipeline and calls Finish.
+func (s *Stream) Run(ctx context.Context, start wal.LSN, events chan<- Event) error {
+	s.Confirm(start)
+	s.received = start
+	s.lastFlush = start
+	err := pglogrepl.StartReplication(ctx, s.conn, s.opts.Slot, pglogrepl.LSN(start),
+		pglogrepl.StartReplicationOptions{PluginArgs: PluginArgs(s.opts.Publication)})
+	if err != nil {
+		return classify(fmt.Errorf("start replication on slot %q at %s: %w", s.opts.Slot, start, err))
+	}
+	s.opts.Logger.Info().Str("slot", s.opts.Slot).Stringer("start_lsn", start).Msg("streaming")
+	s.lastMsg = time.Now()
+	s.lastStatus = time.Now()
+	for {
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err := s.maybeSendStatus(ctx); err != nil {
+			return err
+		}
+		if err := s.checkSilence(ctx); err != nil {
+			return err
+		}
+		rctx, cancel := context.WithTimeout(ctx, time.Second)
+		raw, err := s.conn.ReceiveMessage(rctx)
+		cancel()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			if pgconn.Timeout(err) {
+				continue
+			}
+			return classify(fmt.Errorf("receive from slot %q: %w", s.opts.Slot, err))
+		}
+		s.lastMsg, s.pinged = time.Now(), false
+		switch msg := raw.(type) {
+		case *pgproto3.CopyData:
+			if err := s.handleCopyData(ctx, msg.Data, events); err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				return err
+			}
+		case *pgproto3.ErrorResponse:
+			return classify(fmt.Errorf("slot %q: %w", s.opts.Slot, pgconn.ErrorResponseToPgError(msg)))
+		case *pgproto3.CopyDone:
+			return fmt.Errorf("slot %q: server ended the replication stream", s.opts.Slot)
+		default:
+			return fmt.Errorf("%w: unexpected %T on the replication connection", ErrProtocol, raw)
+		}
+	}
+}
+
+func (s *Stream) handleCopyData(ctx context.Context, data []byte, events chan<- Event) error {
+	if len(data) == 0 {
+		return fmt.Errorf("%w: empty CopyData", ErrProtocol)
+	}
+	switch data[0] {
+	case pglogrepl.PrimaryKeepaliveMessageByteID:
+		ka, err := pglogrepl.ParsePrimaryKeepaliveMessage(data[1:])
+		if err != nil {
+			return fmt.Errorf("%w: keepalive: %v", ErrProtocol, err)
+		}
+		end := wal.LSN(ka.ServerWALEnd)
+		// Idle advancement: nothing before end is still to come, so once
+		// everything already received is applied, end may be confirmed.
+		// Only between transactions, and only through the ordered pipeline.
+		if !s.dec.InTransaction() && end > s.lastBarrier && end > s.received {
+			s.lastBarrier = end
+			if err := s.emit(ctx, events, Event{Kind: EventBarrier, Barrier: end}); err != nil {
+				return err
+			}
+		}
+		if ka.ReplyRequested {
+			return s.sendStatus(ctx, false)
+		}
+		return nil
+	case pglogrepl.XLogDataByteID:
+		xld, err := pglogrepl.ParseXLogData(data[1:])
+		if err != nil {
+			return fmt.Errorf("%w: XLogData: %v", ErrProtocol, err)
+		}
+		if l := wal.LSN(xld.WALStart); l > s.received {
+			s.received = l
+		}
+		return s.dec.Decode(xld.WALData, func(ev Event) error { return s.emit(ctx, events, ev) })
+	}
+	return fmt.Errorf("%w: unknown CopyData message %q", ErrProtocol, data[0])
+}
+
+// emit hands an event to the pipeline. While the pipeline is full (Redis is
+// slow or down) it keeps the session alive with status updates.
+func (s *Stream) emit(ctx context.Context, events chan<- Event, ev Event) error {
+	select {
+	case events <- ev:
+		return nil
+	default:
+	}
+	tick := time.NewTicker(s.opts.StatusInterval / 2)
+	defer tick.Stop()
+	for {
+		select {
+		case events <- ev:
+			s.lastMsg = time.Now()
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tick.C:
+			if err := s.sendStatus(ctx, false); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// maybeSendStatus sends an update when one is due, or soon after the applied
+// position moved so that the slot (and retained WAL) follows promptly.
+func (s *Stream) maybeSendStatus(ctx context.Context) error {
+	since := time.Since(s.lastStatus)
+	if since >= s.opts.StatusInterval || (s.Applied() != s.lastFlush && since >= 200*time.Millisecond) {
+		return s.sendStatus(ctx, false)
+	}
+	return nil
+}
+
+// checkSilence asks the server for a reply when nothing arrived for two status
+// intervals, and gives up on the connection after three.
+func (s *Stream) checkSilence(ctx context.Context) error {
+	silent := time.Since(s.lastMsg)
+	switch {
+	case silent > 3*s.opts.StatusInterval:
+		return fmt.Errorf("slot %q: nothing received from the server for %s; reconnecting", s.opts.Slot, silent.Round(time.Second))
+	case silent > 2*s.opts.StatusInterval && !s.pinged:
+		s.pinged = true
+		return s.sendStatus(ctx, true)
+	}
+	return nil
+}
+
+func (s *Stream) sendStatus(ctx context.Context, replyRequested bool) error {
+	flush := s.Applied()
+	write := s.received
+	if flush > write {
+		write = flush
+	}
+	// All three positions are always set: pglogrepl would substitute the
+	// write position for a zero flush, confirming unapplied data.
+	err := pglogrepl.SendStandbyStatusUpdate(ctx, s.conn, pglogrepl.StandbyStatusUpdate{
+		WALWritePosition: pglogrepl.LSN(write),
+		WALFlushPosition: pglogrepl.LSN(flush),
+		WALApplyPosition: pglogrepl.LSN(flush),
+		ClientTime:       time.Now(),
+		ReplyRequested:   replyRequested,
+	})
+	if err != nil {
+		return fmt.Errorf("send standby status to slot %q: %w", s.opts.Slot, err)
+	}
+	if flush != s.lastFlush {
+		s.opts.Logger.Debug().Stringer("flush_lsn", flush).Msg("confirmed")
+	}
+	s.lastStatus, s.lastFlush = time.Now(), flush
+	return nil
+}
+
+// Finish confirms the final applied position and ends the session cleanly,
+// which frees the slot at once for the next holder.
+func (s *Stream) Finish(ctx context.Context) error {
+	err := s.sendStatus(ctx, false)
+	if _, cerr := pglogrepl.SendStandbyCopyDone(ctx, s.conn); cerr != nil && err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// Errors the daemon branches on.
+var (
+	// ErrSlotMissing: the replication slot does not exist (SQLSTATE 42704).
+	ErrSlotMissing = errors.New("replication slot does not exist")
+	// ErrSlotActive: another session streams from the slot (SQLSTATE 55006).
+	ErrSlotActive = errors.New("replication slot is active for another process")
+	// ErrSlotInvalidated: the slot lost required WAL (SQLSTATE 55000).
+	ErrSlotInvalidated = errors.New("replication slot can no longer be read")
+)
+
+func classify(err error) error {
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) {
+		return err
+	}
+	switch pgErr.Code {
+	case "42704":
+		return fmt.Errorf("%w: %w", ErrSlotMissing, err)
+	case "55006":
+		return fmt.Errorf("%w: %w", ErrSlotActive, err)
+	case "55000":
+		return fmt.Errorf("%w: %w", ErrSlotInvalidated, err)
+	}
+	return err
+}
