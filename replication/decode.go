@@ -4,7 +4,7 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/jackc/pglogrepl"
+	"strings"
 
 	"github.com/cachesync/cachesync/wal"
 )
@@ -62,129 +62,149 @@ func protocolErr(format string, args ...any) error {
 	return fmt.Errorf("%w: "+format, append([]any{ErrProtocol}, args...)...)
 }
 
-// parse wraps pglogrepl.Parse, which indexes into the buffer without bounds
-// checks: a truncated message must become an error, never a crash.
-func parse(data []byte) (msg pglogrepl.Message, err error) {
-	if len(data) == 0 {
-		return nil, protocolErr("empty message")
-	}
-	defer func() {
-		if r := recover(); r != nil {
-			msg, err = nil, protocolErr("malformed %q message (%d bytes): %v", data[0], len(data), r)
-		}
-	}()
-	msg, err = pglogrepl.Parse(data)
-	if err != nil {
-		return nil, protocolErr("message %q: %v", data[0], err)
-	}
-	return msg, nil
-}
-
 // Decode decodes one pgoutput message and passes the resulting events to emit.
 // data may alias the connection's read buffer: nothing emitted refers to it.
 func (d *Decoder) Decode(data []byte, emit func(Event) error) error {
-	msg, err := parse(data)
-	if err != nil {
-		return err
+	if len(data) == 0 {
+		return protocolErr("empty message")
 	}
-	switch m := msg.(type) {
-	case *pglogrepl.RelationMessage:
-		rel := &wal.Relation{ID: m.RelationID, Namespace: m.Namespace, Name: m.RelationName, ReplicaIdentity: m.ReplicaIdentity}
-		if int(m.ColumnNum) != len(m.Columns) {
-			return protocolErr("relation %s.%s announces %d columns, carries %d", m.Namespace, m.RelationName, m.ColumnNum, len(m.Columns))
+	r := &reader{buf: data[1:]}
+	switch typ := data[0]; typ {
+	case 'R':
+		rel := &wal.Relation{ID: r.u32(), Namespace: r.str(), Name: r.str(), ReplicaIdentity: r.u8()}
+		n := int(r.u16())
+		if n > len(r.buf)/10 {
+			// each column takes at least 10 bytes: flags, name NUL, oid, typmod
+			return protocolErr("relation %s announces %d columns in %d bytes", rel.QualifiedName(), n, len(r.buf))
 		}
-		rel.Columns = make([]wal.Column, len(m.Columns))
-		for i, c := range m.Columns {
-			rel.Columns[i] = wal.Column{Name: c.Name, TypeOID: c.DataType, TypeMod: c.TypeModifier, Key: c.Flags&1 != 0}
+		rel.Columns = make([]wal.Column, n)
+		for i := range rel.Columns {
+			flags := r.u8()
+			rel.Columns[i] = wal.Column{Key: flags&1 != 0, Name: r.str(), TypeOID: r.u32(), TypeMod: int32(r.u32())}
+		}
+		if err := r.done(); err != nil {
+			return err
 		}
 		// Replace, never merge: ADD/DROP COLUMN, renames and replica
 		// identity changes all arrive as a new Relation message.
-		d.relations[m.RelationID] = rel
+		d.relations[rel.ID] = rel
 		return nil
-	case *pglogrepl.TypeMessage, *pglogrepl.OriginMessage:
-		// Types: unknown OIDs stay text. Origin: changes applied by a
+	case 'Y', 'O':
+		// Type: unknown OIDs stay text. Origin: changes applied by a
 		// subscriber are still changes; the origin itself does not matter.
 		return nil
-	case *pglogrepl.BeginMessage:
-		if d.inTxn {
-			return protocolErr("begin of xid %d inside xid %d", m.Xid, d.xid)
+	case 'B':
+		b := wal.Begin{FinalLSN: wal.LSN(r.u64()), CommitTime: r.time(), XID: r.u32()}
+		if err := r.done(); err != nil {
+			return err
 		}
-		d.inTxn, d.xid = true, m.Xid
-		return emit(Event{Kind: EventBegin, Begin: wal.Begin{XID: m.Xid, FinalLSN: wal.LSN(m.FinalLSN), CommitTime: m.CommitTime.UTC()}})
-	case *pglogrepl.CommitMessage:
+		if d.inTxn {
+			return protocolErr("begin of xid %d inside xid %d", b.XID, d.xid)
+		}
+		d.inTxn, d.xid = true, b.XID
+		return emit(Event{Kind: EventBegin, Begin: b})
+	case 'C':
+		r.u8() // flags, unused
+		c := wal.Commit{XID: d.xid, CommitLSN: wal.LSN(r.u64()), EndLSN: wal.LSN(r.u64()), CommitTime: r.time()}
+		if err := r.done(); err != nil {
+			return err
+		}
 		if !d.inTxn {
-			return protocolErr("commit at %s outside a transaction", m.CommitLSN)
+			return protocolErr("commit at %s outside a transaction", c.CommitLSN)
 		}
 		d.inTxn = false
-		return emit(Event{Kind: EventCommit, Commit: wal.Commit{XID: d.xid, CommitLSN: wal.LSN(m.CommitLSN), EndLSN: wal.LSN(m.TransactionEndLSN), CommitTime: m.CommitTime.UTC()}})
-	case *pglogrepl.LogicalDecodingMessage:
-		if !m.Transactional {
+		return emit(Event{Kind: EventCommit, Commit: c})
+	case 'M':
+		transactional := r.u8()&1 != 0
+		r.u64() // the message's LSN
+		prefix := r.str()
+		content := r.bytes(r.u32())
+		if err := r.done(); err != nil {
+			return err
+		}
+		if !transactional {
 			return nil
 		}
 		if !d.inTxn {
-			return protocolErr("transactional message %q outside a transaction", m.Prefix)
+			return protocolErr("transactional message %q outside a transaction", prefix)
 		}
-		if d.messagePrefix == "" || len(m.Prefix) < len(d.messagePrefix) || m.Prefix[:len(d.messagePrefix)] != d.messagePrefix {
+		if d.messagePrefix == "" || !strings.HasPrefix(prefix, d.messagePrefix) {
 			return nil
 		}
-		return emit(Event{Kind: EventMessage, Message: wal.Message{Prefix: m.Prefix, Content: append([]byte(nil), m.Content...)}})
-	case *pglogrepl.InsertMessage:
-		rel, err := d.change("insert", m.RelationID)
+		return emit(Event{Kind: EventMessage, Message: wal.Message{Prefix: prefix, Content: append([]byte(nil), content...)}})
+	case 'I':
+		rel, err := d.change("insert", r.u32())
 		if err != nil {
 			return err
 		}
-		newT, err := tuple(rel, m.Tuple, 'N')
-		if err != nil {
+		if t := r.u8(); t != 'N' && r.err == nil {
+			return protocolErr("insert on %s: tuple type %q", rel.QualifiedName(), t)
+		}
+		c := wal.Change{Relation: rel, Kind: wal.Insert, New: tuple(r, rel, 'N')}
+		if err := r.done(); err != nil {
 			return err
 		}
-		return emit(Event{Kind: EventChange, Change: wal.Change{Relation: rel, Kind: wal.Insert, New: newT}})
-	case *pglogrepl.UpdateMessage:
-		rel, err := d.change("update", m.RelationID)
+		return emit(Event{Kind: EventChange, Change: c})
+	case 'U':
+		rel, err := d.change("update", r.u32())
 		if err != nil {
 			return err
 		}
 		c := wal.Change{Relation: rel, Kind: wal.Update}
-		if m.OldTuple != nil {
-			if c.OldKind, c.Old, err = oldTuple(rel, m.OldTupleType, m.OldTuple); err != nil {
-				return err
-			}
+		t := r.u8()
+		if t == 'K' || t == 'O' {
+			c.OldKind, c.Old = oldKind(t), tuple(r, rel, t)
+			t = r.u8()
 		}
-		if m.NewTuple == nil {
-			return protocolErr("update on %s without a new tuple", rel.QualifiedName())
+		if t != 'N' && r.err == nil {
+			return protocolErr("update on %s: tuple type %q", rel.QualifiedName(), t)
 		}
-		if c.New, err = tuple(rel, m.NewTuple, 'N'); err != nil {
+		c.New = tuple(r, rel, 'N')
+		if err := r.done(); err != nil {
 			return err
 		}
 		return emit(Event{Kind: EventChange, Change: c})
-	case *pglogrepl.DeleteMessage:
-		rel, err := d.change("delete", m.RelationID)
+	case 'D':
+		rel, err := d.change("delete", r.u32())
 		if err != nil {
 			return err
 		}
-		c := wal.Change{Relation: rel, Kind: wal.Delete}
-		if m.OldTuple == nil {
-			return protocolErr("delete on %s without an old tuple", rel.QualifiedName())
+		t := r.u8()
+		if t != 'K' && t != 'O' && r.err == nil {
+			return protocolErr("delete on %s: tuple type %q", rel.QualifiedName(), t)
 		}
-		if c.OldKind, c.Old, err = oldTuple(rel, m.OldTupleType, m.OldTuple); err != nil {
+		c := wal.Change{Relation: rel, Kind: wal.Delete, OldKind: oldKind(t), Old: tuple(r, rel, t)}
+		if err := r.done(); err != nil {
 			return err
 		}
 		return emit(Event{Kind: EventChange, Change: c})
-	case *pglogrepl.TruncateMessage:
+	case 'T':
+		n := r.u32()
+		r.u8() // options: cascade, restart identity (informational)
+		if uint64(n)*4 != uint64(len(r.buf)) {
+			return protocolErr("truncate of %d relations in %d bytes", n, len(r.buf))
+		}
 		if !d.inTxn {
 			return protocolErr("truncate outside a transaction")
 		}
-		for _, id := range m.RelationIDs {
+		rels := make([]*wal.Relation, n)
+		for i := range rels {
+			id := r.u32()
 			rel, ok := d.relations[id]
 			if !ok {
 				return protocolErr("truncate of unknown relation id %d", id)
 			}
+			rels[i] = rel
+		}
+		for _, rel := range rels {
 			if err := emit(Event{Kind: EventChange, Change: wal.Change{Relation: rel, Kind: wal.Truncate}}); err != nil {
 				return err
 			}
 		}
 		return nil
+	default:
+		return protocolErr("unexpected message type %q (only protocol version 1 is requested)", typ)
 	}
-	return protocolErr("unexpected message type %q", data[0])
 }
 
 func (d *Decoder) change(kind string, relID uint32) (*wal.Relation, error) {
@@ -198,43 +218,43 @@ func (d *Decoder) change(kind string, relID uint32) (*wal.Relation, error) {
 	return rel, nil
 }
 
-func oldTuple(rel *wal.Relation, typ uint8, td *pglogrepl.TupleData) (wal.OldKind, wal.Tuple, error) {
-	switch typ {
-	case pglogrepl.UpdateMessageTupleTypeKey:
-		t, err := tuple(rel, td, 'K')
-		return wal.OldKey, t, err
-	case pglogrepl.UpdateMessageTupleTypeOld:
-		t, err := tuple(rel, td, 'O')
-		return wal.OldFull, t, err
+func oldKind(t byte) wal.OldKind {
+	if t == 'O' {
+		return wal.OldFull
 	}
-	return 0, nil, protocolErr("old tuple of %s has type %q", rel.QualifiedName(), typ)
+	return wal.OldKey
 }
 
-// tuple converts pgoutput tuple data. In a key-only old tuple ('K'), the
-// non-key slots are sent as 'n' but mean "not sent", not NULL.
-func tuple(rel *wal.Relation, td *pglogrepl.TupleData, typ byte) (wal.Tuple, error) {
-	if td == nil {
-		return nil, protocolErr("missing tuple for %s", rel.QualifiedName())
+// tuple decodes tuple data. In a key-only old tuple ('K'), the non-key slots
+// are sent as 'n' but mean "not sent", not NULL.
+func tuple(r *reader, rel *wal.Relation, typ byte) wal.Tuple {
+	n := int(r.u16())
+	if r.err != nil {
+		return nil
 	}
-	if len(td.Columns) != len(rel.Columns) || int(td.ColumnNum) != len(td.Columns) {
-		return nil, protocolErr("tuple of %s has %d columns, relation has %d", rel.QualifiedName(), len(td.Columns), len(rel.Columns))
+	if n != len(rel.Columns) {
+		r.err = protocolErr("tuple of %s has %d columns, relation has %d", rel.QualifiedName(), n, len(rel.Columns))
+		return nil
 	}
-	out := make(wal.Tuple, len(td.Columns))
-	for i, c := range td.Columns {
-		switch c.DataType {
-		case pglogrepl.TupleDataTypeNull:
+	out := make(wal.Tuple, n)
+	for i := range out {
+		switch kind := r.u8(); kind {
+		case 'n':
 			if typ == 'K' && !rel.Columns[i].Key {
 				out[i] = wal.Value{Kind: wal.NotSent}
 			} else {
 				out[i] = wal.Value{Kind: wal.Null}
 			}
-		case pglogrepl.TupleDataTypeToast:
+		case 'u':
 			out[i] = wal.Value{Kind: wal.NotSent}
-		case pglogrepl.TupleDataTypeText:
-			out[i] = wal.Value{Kind: wal.Text, Text: string(c.Data)}
+		case 't':
+			out[i] = wal.Value{Kind: wal.Text, Text: string(r.bytes(r.u32()))}
 		default:
-			return nil, protocolErr("column %s of %s has data type %q (binary output was not requested)", rel.Columns[i].Name, rel.QualifiedName(), c.DataType)
+			if r.err == nil {
+				r.err = protocolErr("column %s of %s: value kind %q (binary output was not requested)", rel.Columns[i].Name, rel.QualifiedName(), kind)
+			}
+			return nil
 		}
 	}
-	return out, nil
+	return out
 }

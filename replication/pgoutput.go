@@ -1,0 +1,101 @@
+package replication
+
+import (
+	"encoding/binary"
+	"time"
+)
+
+// reader decodes the fields of one pgoutput message with bounds checks on
+// every read: a truncated or corrupt message sets err instead of panicking
+// or allocating what a bogus length asks for. pglogrepl's own decoders do
+// neither, hence this small decoder.
+type reader struct {
+	buf []byte
+	err error
+}
+
+func (r *reader) fail() {
+	if r.err == nil {
+		r.err = protocolErr("message truncated")
+	}
+	r.buf = nil
+}
+
+func (r *reader) u8() byte {
+	if len(r.buf) < 1 {
+		r.fail()
+		return 0
+	}
+	v := r.buf[0]
+	r.buf = r.buf[1:]
+	return v
+}
+
+func (r *reader) u16() uint16 {
+	if len(r.buf) < 2 {
+		r.fail()
+		return 0
+	}
+	v := binary.BigEndian.Uint16(r.buf)
+	r.buf = r.buf[2:]
+	return v
+}
+
+func (r *reader) u32() uint32 {
+	if len(r.buf) < 4 {
+		r.fail()
+		return 0
+	}
+	v := binary.BigEndian.Uint32(r.buf)
+	r.buf = r.buf[4:]
+	return v
+}
+
+func (r *reader) u64() uint64 {
+	if len(r.buf) < 8 {
+		r.fail()
+		return 0
+	}
+	v := binary.BigEndian.Uint64(r.buf)
+	r.buf = r.buf[8:]
+	return v
+}
+
+// bytes returns n bytes, aliasing the buffer.
+func (r *reader) bytes(n uint32) []byte {
+	if uint64(len(r.buf)) < uint64(n) {
+		r.fail()
+		return nil
+	}
+	v := r.buf[:n]
+	r.buf = r.buf[n:]
+	return v
+}
+
+// str reads a NUL-terminated string (copied).
+func (r *reader) str() string {
+	for i, b := range r.buf {
+		if b == 0 {
+			s := string(r.buf[:i])
+			r.buf = r.buf[i+1:]
+			return s
+		}
+	}
+	r.fail()
+	return ""
+}
+
+// pgEpoch is the origin of PostgreSQL timestamps.
+var pgEpoch = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
+
+func (r *reader) time() time.Time {
+	us := int64(r.u64())
+	return pgEpoch.Add(time.Duration(us) * time.Microsecond)
+}
+
+func (r *reader) done() error {
+	if r.err == nil && len(r.buf) != 0 {
+		r.err = protocolErr("%d unexpected trailing bytes", len(r.buf))
+	}
+	return r.err
+}
