@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -110,6 +111,7 @@ func (e *env) daemon(applier daemon.Applier, marker daemon.Marker, c *cli.Contex
 		StatusInterval:    c.Duration("status-interval"),
 		DrainTimeout:      c.Duration("drain-timeout"),
 		FormatDiagnostics: e.parser.FormatDiagnostics,
+		Failpoint:         failpoint(os.Getenv("CACHESYNC_FAILPOINT")),
 		Logger:            e.log,
 	})
 }
@@ -118,13 +120,13 @@ func runCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "run",
 		Usage: "set up the publication and slot if missing, then stream changes into Redis",
-		Flags: []cli.Flag{
+		Flags: flags(
 			databaseURLFlag(), redisURLFlag(),
 			&cli.BoolFlag{Name: "dry-run", EnvVars: []string{"CACHESYNC_DRY_RUN"}, Usage: "print operations as JSON lines instead of applying them (streams from a temporary slot)"},
 			&cli.IntFlag{Name: "key-cap", Value: mapping.DefaultKeyCap, EnvVars: []string{"CACHESYNC_KEY_CAP"}, Usage: "distinct keys per rule and transaction above which the rule's key space is flushed instead"},
 			&cli.DurationFlag{Name: "status-interval", Value: 10 * time.Second, EnvVars: []string{"CACHESYNC_STATUS_INTERVAL"}, Usage: "longest time between standby status updates"},
 			&cli.DurationFlag{Name: "drain-timeout", Value: 10 * time.Second, EnvVars: []string{"CACHESYNC_DRAIN_TIMEOUT"}, Usage: "on SIGTERM, how long to keep applying what was received"},
-		},
+		),
 		Action: func(c *cli.Context) error {
 			e, err := setupEnv(c, true)
 			if err != nil {
@@ -150,6 +152,21 @@ func runCommand() *cli.Command {
 			}
 			return nil
 		},
+	}
+}
+
+// failpoint returns a hook that kills the process with SIGKILL at the named
+// point of the pipeline, for crash tests (CACHESYNC_FAILPOINT=after-apply).
+func failpoint(name string) func(string) {
+	if name == "" {
+		return nil
+	}
+	return func(at string) {
+		if at == name {
+			fmt.Fprintf(os.Stderr, "cachesync: failpoint %s: killing the process\n", at)
+			_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
+			select {}
+		}
 	}
 }
 
@@ -182,7 +199,7 @@ func validateCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "validate",
 		Usage:     "check the rules file; with --database-url also tables, columns and replica identity",
-		Flags:     []cli.Flag{databaseURLFlag()},
+		Flags:     flags(databaseURLFlag()),
 		ArgsUsage: " ",
 		Action: func(c *cli.Context) error {
 			e, err := setupEnv(c, false)
@@ -213,7 +230,7 @@ func setupCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "setup",
 		Usage: "create or update the publication, create the slot and flush the rules' key spaces; idempotent",
-		Flags: []cli.Flag{databaseURLFlag(), redisURLFlag()},
+		Flags: flags(databaseURLFlag(), redisURLFlag()),
 		Action: func(c *cli.Context) error {
 			e, err := setupEnv(c, true)
 			if err != nil {
@@ -241,7 +258,7 @@ func statusCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "status",
 		Usage: "show the slot: confirmed LSN, lag, retained WAL, activity",
-		Flags: []cli.Flag{databaseURLFlag(), &cli.BoolFlag{Name: "json", Usage: "print JSON"}},
+		Flags: flags(databaseURLFlag(), &cli.BoolFlag{Name: "json", Usage: "print JSON"}),
 		Action: func(c *cli.Context) error {
 			e, err := setupEnv(c, true)
 			if err != nil {
@@ -329,7 +346,7 @@ func teardownCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "teardown",
 		Usage: "drop the slot and the publication (stop cachesync first)",
-		Flags: []cli.Flag{databaseURLFlag(), redisURLFlag()},
+		Flags: flags(databaseURLFlag(), redisURLFlag()),
 		Action: func(c *cli.Context) error {
 			e, err := setupEnv(c, true)
 			if err != nil {

@@ -47,11 +47,6 @@ func newApp() *cli.App {
 		Usage: "turn committed PostgreSQL row changes into Redis cache invalidations",
 		Description: "cachesync consumes logical replication (pgoutput), maps each committed row change " +
 			"through the rules in rules.hcl to Redis operations, applies them, and only then confirms the WAL position.",
-		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "config", Aliases: []string{"c"}, Value: "rules.hcl", EnvVars: []string{"CACHESYNC_CONFIG"}, Usage: "rules file"},
-			&cli.StringFlag{Name: "log-format", Value: "json", EnvVars: []string{"CACHESYNC_LOG_FORMAT"}, Usage: "json or console"},
-			&cli.StringFlag{Name: "log-level", Value: "info", EnvVars: []string{"CACHESYNC_LOG_LEVEL"}, Usage: "debug, info, warn or error"},
-		},
 		Commands: []*cli.Command{
 			runCommand(),
 			validateCommand(),
@@ -61,6 +56,16 @@ func newApp() *cli.App {
 		},
 		HideHelpCommand: true,
 	}
+}
+
+// flags returns the command's own flags after the ones every command takes, so
+// that they can follow the command name (cachesync run --config rules.hcl).
+func flags(own ...cli.Flag) []cli.Flag {
+	return append([]cli.Flag{
+		&cli.StringFlag{Name: "config", Aliases: []string{"c"}, Value: "rules.hcl", EnvVars: []string{"CACHESYNC_CONFIG"}, Usage: "rules file"},
+		&cli.StringFlag{Name: "log-format", Value: "json", EnvVars: []string{"CACHESYNC_LOG_FORMAT"}, Usage: "json or console"},
+		&cli.StringFlag{Name: "log-level", Value: "info", EnvVars: []string{"CACHESYNC_LOG_LEVEL"}, Usage: "debug, info, warn or error"},
+	}, own...)
 }
 
 func databaseURLFlag() *cli.StringFlag {

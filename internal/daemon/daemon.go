@@ -56,6 +56,10 @@ type Options struct {
 	DrainTimeout time.Duration
 	// MaxBackoff caps the reconnect backoff (default 30s).
 	MaxBackoff time.Duration
+	// Failpoint, when set, is called at named points of the pipeline
+	// ("after-apply": Redis acknowledged a group, nothing confirmed yet) so
+	// that tests can crash the process exactly there.
+	Failpoint func(name string)
 	// FormatDiagnostics renders preflight findings (with source lines when
 	// the parser's files are at hand).
 	FormatDiagnostics func(hcl.Diagnostics) string
@@ -428,6 +432,9 @@ func (d *Daemon) applyBatches(ctx context.Context, batches <-chan mapping.Batch,
 				}
 			}
 			d.logApplied(group)
+			if d.opts.Failpoint != nil {
+				d.opts.Failpoint("after-apply")
+			}
 		}
 		stream.Confirm(group[len(group)-1].EndLSN)
 		if closed {

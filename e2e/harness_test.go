@@ -1,0 +1,310 @@
+// Package e2e tests the built cachesync binary against real PostgreSQL and
+// Redis servers started by internal/testenv. Each test gets its own database,
+// Redis server, rules file and daemon process.
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/cachesync/cachesync/internal/testenv"
+	"github.com/cachesync/cachesync/wal"
+)
+
+var binary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "cachesync-e2e")
+	if err != nil {
+		panic(err)
+	}
+	binary = filepath.Join(dir, "cachesync")
+	build := exec.Command("go", "build", "-race", "-o", binary, "../cmd/cachesync")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "e2e: building cachesync failed:", err)
+		os.Exit(1)
+	}
+	defer os.RemoveAll(dir)
+	testenv.Main(m)
+}
+
+// env is one test's world: a database, a Redis server, a rules file.
+type env struct {
+	t      *testing.T
+	dbURL  string
+	db     *pgx.Conn
+	redis  *testenv.RedisServer
+	rdb    *redis.Client
+	rules  string
+	slot   string
+	ctx    context.Context
+	extra  []string
+	logDir string
+}
+
+// setup creates the schema and writes the rules file.
+func setup(t *testing.T, schema, rules string) *env {
+	t.Helper()
+	t.Parallel()
+	e := &env{t: t, dbURL: testenv.Database(t), redis: testenv.StartRedis(t), ctx: context.Background(), logDir: t.TempDir()}
+	e.rdb = e.redis.Client(t)
+	conn, err := pgx.Connect(e.ctx, e.dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	e.db = conn
+	e.exec(schema)
+	// Slots are cluster-wide, databases are not: name the slot after the
+	// test's database so that parallel tests never share one.
+	if err := conn.QueryRow(e.ctx, "SELECT left(current_database(), 63)").Scan(&e.slot); err != nil {
+		t.Fatal(err)
+	}
+	e.rules = filepath.Join(t.TempDir(), "rules.hcl")
+	body := fmt.Sprintf("postgres {\n  slot = %q\n  publication = \"cachesync\"\n}\n%s", e.slot, rules)
+	if err := os.WriteFile(e.rules, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+func (e *env) exec(sql string, args ...any) {
+	e.t.Helper()
+	if _, err := e.db.Exec(e.ctx, sql, args...); err != nil {
+		e.t.Fatalf("exec %q: %v", sql, err)
+	}
+}
+
+// daemon is a running cachesync process.
+type daemon struct {
+	e    *env
+	cmd  *exec.Cmd
+	log  *lockedBuffer
+	done chan struct{}
+	err  error
+}
+
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// cli runs a cachesync command to completion and returns its output and exit code.
+func (e *env) cli(args ...string) (string, int) {
+	e.t.Helper()
+	cmd := exec.Command(binary, args...)
+	cmd.Env = append(os.Environ(), "DATABASE_URL="+e.dbURL, "REDIS_URL="+e.redis.URL(), "CACHESYNC_CONFIG="+e.rules)
+	out, err := cmd.CombinedOutput()
+	code := 0
+	if exit, ok := err.(*exec.ExitError); ok {
+		code = exit.ExitCode()
+	} else if err != nil {
+		e.t.Fatal(err)
+	}
+	return string(out), code
+}
+
+// start runs `cachesync run` with a short status interval.
+func (e *env) start(extraEnv ...string) *daemon {
+	e.t.Helper()
+	d := &daemon{e: e, log: &lockedBuffer{}, done: make(chan struct{})}
+	d.cmd = exec.Command(binary, "run", "--log-level", "debug", "--status-interval", "1s")
+	d.cmd.Env = append(os.Environ(), "DATABASE_URL="+e.dbURL, "REDIS_URL="+e.redis.URL(), "CACHESYNC_CONFIG="+e.rules)
+	d.cmd.Env = append(d.cmd.Env, extraEnv...)
+	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
+	if err := d.cmd.Start(); err != nil {
+		e.t.Fatal(err)
+	}
+	go func() {
+		d.err = d.cmd.Wait()
+		close(d.done)
+	}()
+	e.t.Cleanup(func() {
+		d.kill()
+		if e.t.Failed() {
+			e.t.Logf("daemon log:\n%s", d.log.String())
+		}
+	})
+	return d
+}
+
+func (d *daemon) exited() bool {
+	select {
+	case <-d.done:
+		return true
+	default:
+		return false
+	}
+}
+
+func (d *daemon) kill() {
+	if !d.exited() {
+		_ = d.cmd.Process.Signal(syscall.SIGKILL)
+		<-d.done
+	}
+}
+
+// stop sends SIGTERM and returns the exit code.
+func (d *daemon) stop() int {
+	d.e.t.Helper()
+	_ = d.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-d.done:
+	case <-time.After(30 * time.Second):
+		d.e.t.Fatalf("daemon did not stop within 30s of SIGTERM\n%s", d.log.String())
+	}
+	return d.cmd.ProcessState.ExitCode()
+}
+
+// waitExit waits for the process to end by itself (a failpoint).
+func (d *daemon) waitExit(timeout time.Duration) {
+	d.e.t.Helper()
+	select {
+	case <-d.done:
+	case <-time.After(timeout):
+		d.e.t.Fatalf("daemon still running after %s\n%s", timeout, d.log.String())
+	}
+}
+
+// eventually polls cond until it holds or the deadline passes.
+func eventually(t *testing.T, timeout time.Duration, what string, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var last string
+	for {
+		ok, detail := cond()
+		if ok {
+			return
+		}
+		last = detail
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not true after %s: %s", what, timeout, last)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// currentLSN returns the server's WAL insert position.
+func (e *env) currentLSN() wal.LSN {
+	e.t.Helper()
+	var s string
+	if err := e.db.QueryRow(e.ctx, "SELECT pg_current_wal_lsn()::text").Scan(&s); err != nil {
+		e.t.Fatal(err)
+	}
+	l, err := wal.ParseLSN(s)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return l
+}
+
+// confirmedLSN returns the slot's confirmed_flush_lsn (0 when there is no slot).
+func (e *env) confirmedLSN() wal.LSN {
+	e.t.Helper()
+	var s *string
+	err := e.db.QueryRow(e.ctx, "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1", e.slot).Scan(&s)
+	if err == pgx.ErrNoRows || s == nil {
+		return 0
+	}
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	l, err := wal.ParseLSN(*s)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return l
+}
+
+// caughtUp waits until the slot confirmed everything committed so far: every
+// effect of those transactions is then applied.
+func (e *env) caughtUp(d *daemon, timeout time.Duration) {
+	e.t.Helper()
+	target := e.currentLSN()
+	eventually(e.t, timeout, "slot confirms "+target.String(), func() (bool, string) {
+		if d != nil && d.exited() {
+			e.t.Fatalf("daemon exited: %v\n%s", d.err, d.log.String())
+		}
+		got := e.confirmedLSN()
+		return got >= target, "confirmed " + got.String()
+	})
+}
+
+// waitStreaming waits until the daemon holds the slot.
+func (e *env) waitStreaming(d *daemon) {
+	e.t.Helper()
+	eventually(e.t, 60*time.Second, "daemon streaming", func() (bool, string) {
+		if d.exited() {
+			e.t.Fatalf("daemon exited: %v\n%s", d.err, d.log.String())
+		}
+		var active bool
+		err := e.db.QueryRow(e.ctx, "SELECT active FROM pg_replication_slots WHERE slot_name = $1", e.slot).Scan(&active)
+		return err == nil && active && strings.Contains(d.log.String(), `"streaming"`), fmt.Sprint(err)
+	})
+}
+
+func (e *env) exists(key string) bool {
+	e.t.Helper()
+	n, err := e.rdb.Exists(e.ctx, key).Result()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return n == 1
+}
+
+func (e *env) set(keys ...string) {
+	e.t.Helper()
+	for _, k := range keys {
+		if err := e.rdb.Set(e.ctx, k, "cached", 0).Err(); err != nil {
+			e.t.Fatal(err)
+		}
+	}
+}
+
+// gone waits until none of the keys exists.
+func (e *env) gone(keys ...string) {
+	e.t.Helper()
+	eventually(e.t, 30*time.Second, fmt.Sprintf("keys %v deleted", keys), func() (bool, string) {
+		for _, k := range keys {
+			if e.exists(k) {
+				return false, k + " still exists"
+			}
+		}
+		return true, ""
+	})
+}
+
+// present asserts the keys exist (not invalidated by mistake).
+func (e *env) present(keys ...string) {
+	e.t.Helper()
+	for _, k := range keys {
+		if !e.exists(k) {
+			e.t.Errorf("key %s was deleted but nothing invalidated it", k)
+		}
+	}
+}
