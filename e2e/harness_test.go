@@ -117,8 +117,15 @@ func (b *lockedBuffer) String() string {
 // cli runs a cachesync command to completion and returns its output and exit code.
 func (e *env) cli(args ...string) (string, int) {
 	e.t.Helper()
+	return e.cliEnv(nil, args...)
+}
+
+// cliEnv is cli with extra environment variables (later ones win).
+func (e *env) cliEnv(extraEnv []string, args ...string) (string, int) {
+	e.t.Helper()
 	cmd := exec.Command(binary, args...)
 	cmd.Env = append(os.Environ(), "DATABASE_URL="+e.dbURL, "REDIS_URL="+e.redis.URL(), "CACHESYNC_CONFIG="+e.rules)
+	cmd.Env = append(cmd.Env, extraEnv...)
 	out, err := cmd.CombinedOutput()
 	code := 0
 	if exit, ok := err.(*exec.ExitError); ok {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"regexp"
 	"slices"
 	"sort"
 	"strings"
@@ -49,7 +50,7 @@ func Preflight(ctx context.Context, conn *pgx.Conn, rules []*config.Rule, opts P
 		diags = append(diags, &hcl.Diagnostic{
 			Severity: hcl.DiagError,
 			Summary:  fmt.Sprintf("role %q may not use replication", role),
-			Detail:   fmt.Sprintf("Run ALTER ROLE %s REPLICATION; (as a superuser).", pgx.Identifier{role}.Sanitize()),
+			Detail:   fmt.Sprintf("Run ALTER ROLE %s REPLICATION; (as a superuser).", sqlName(role)),
 		})
 	}
 	if opts.Publication != "" {
@@ -85,7 +86,7 @@ func checkPublicationPrivileges(ctx context.Context, conn *pgx.Conn, pub, role s
 		return hcl.Diagnostics{{
 			Severity: hcl.DiagError,
 			Summary:  fmt.Sprintf("role %q may not create publication %q", role, pub),
-			Detail:   fmt.Sprintf("Run GRANT CREATE ON DATABASE <db> TO %s; or create the publication yourself with cachesync setup as the tables' owner.", pgx.Identifier{role}.Sanitize()),
+			Detail:   fmt.Sprintf("Run GRANT CREATE ON DATABASE <db> TO %s; or create the publication yourself with cachesync setup as the tables' owner.", sqlName(role)),
 		}}, nil
 	case owner != nil && *owner != role && !super:
 		var member bool
@@ -96,7 +97,7 @@ func checkPublicationPrivileges(ctx context.Context, conn *pgx.Conn, pub, role s
 			return hcl.Diagnostics{{
 				Severity: hcl.DiagError,
 				Summary:  fmt.Sprintf("publication %q belongs to %q, not %q", pub, *owner, role),
-				Detail:   fmt.Sprintf("Run ALTER PUBLICATION %s OWNER TO %s; so cachesync can keep its table list in line with the rules.", pgx.Identifier{pub}.Sanitize(), pgx.Identifier{role}.Sanitize()),
+				Detail:   fmt.Sprintf("Run ALTER PUBLICATION %s OWNER TO %s; so cachesync can keep its table list in line with the rules.", sqlName(pub), sqlName(role)),
 			}}, nil
 		}
 	}
@@ -183,7 +184,7 @@ func ruleDiag(r *config.Rule, subject hcl.Range, summary, detail string) *hcl.Di
 
 func checkRule(r *config.Rule, ti *tableInfo, role string, super, creating bool) hcl.Diagnostics {
 	t := r.Table.String()
-	quoted := pgx.Identifier{r.Table.Schema, r.Table.Name}.Sanitize()
+	quoted := sqlName(r.Table.Schema, r.Table.Name)
 	if !ti.exists {
 		return hcl.Diagnostics{ruleDiag(r, r.DeclRange, fmt.Sprintf("table %s does not exist", t),
 			"Create the table, or fix the rule's table attribute (schema.table, case-sensitive).")}
@@ -199,7 +200,7 @@ func checkRule(r *config.Rule, ti *tableInfo, role string, super, creating bool)
 	}
 	if creating && !ti.ownedByUs && !super {
 		diags = append(diags, ruleDiag(r, r.DeclRange, fmt.Sprintf("role %q does not own %s, so it cannot add it to the publication", role, t),
-			fmt.Sprintf("Run ALTER TABLE %s OWNER TO %s; or run cachesync setup as the table owner.", quoted, pgx.Identifier{role}.Sanitize())))
+			fmt.Sprintf("Run ALTER TABLE %s OWNER TO %s; or run cachesync setup as the table owner.", quoted, sqlName(role))))
 	}
 	refs := append(append(r.KeyColumns(), r.WhenColumns()...), r.ValueColumns()...)
 	for _, ref := range refs {
@@ -272,6 +273,22 @@ func checkIdentity(r *config.Rule, ti *tableInfo, quoted string) hcl.Diagnostics
 			"Without it, updates and deletes could not invalidate the old keys (a moved email or tenant would stay cached). "+fix))
 	}
 	return diags
+}
+
+var plainIdent = regexp.MustCompile(`^[a-z_][a-z0-9_]*$`)
+
+// sqlName renders a qualified name for a command the user will paste,
+// quoting only the parts that need it.
+func sqlName(parts ...string) string {
+	out := make([]string, len(parts))
+	for i, p := range parts {
+		if plainIdent.MatchString(p) {
+			out[i] = p
+		} else {
+			out[i] = pgx.Identifier{p}.Sanitize()
+		}
+	}
+	return strings.Join(out, ".")
 }
 
 func sortedKeys(m map[string]string) []string {

@@ -1,0 +1,240 @@
+package e2e
+
+import (
+	"bufio"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+func TestValidate(t *testing.T) {
+	e := setup(t, schema+`ALTER TABLE users REPLICA IDENTITY DEFAULT;`, rules)
+	if out, code := e.cliEnv([]string{"DATABASE_URL="}, "validate"); code != 0 || !strings.Contains(out, "3 rules OK") {
+		t.Fatalf("validate without a database: exit %d\n%s", code, out)
+	}
+	// users is back to REPLICA IDENTITY DEFAULT while its rule reads email
+	// and org_id: the old row could not be found on UPDATE/DELETE.
+	out, code := e.cli("validate", "--database-url", e.dbURL)
+	if code != 1 {
+		t.Fatalf("validate --database-url: exit %d, want 1\n%s", code, out)
+	}
+	for _, want := range []string{"rules.hcl:", `rule "user"`, `"email"`, "ALTER TABLE public.users REPLICA IDENTITY FULL"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("validate output lacks %q:\n%s", want, out)
+		}
+	}
+	// run refuses to start on the same finding, and creates nothing.
+	out, code = e.cli("run")
+	if code != 1 || !strings.Contains(out, "REPLICA IDENTITY FULL") {
+		t.Fatalf("run with insufficient replica identity: exit %d\n%s", code, out)
+	}
+	var slots int
+	if err := e.db.QueryRow(e.ctx, "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1", e.slot).Scan(&slots); err != nil || slots != 0 {
+		t.Errorf("a refused run left %d slots (err %v)", slots, err)
+	}
+
+	bad := filepath.Join(t.TempDir(), "bad.hcl")
+	os.WriteFile(bad, []byte("rule \"x\" {\n  table = \"public.users\"\n  invalidate {\n    keys = [\"${row.id}\"]\n  }\n  colour = 1\n}\n"), 0o644)
+	out, code = e.cliEnv([]string{"DATABASE_URL="}, "validate", "--config", bad)
+	if code != 1 {
+		t.Fatalf("bad rules: exit %d\n%s", code, out)
+	}
+	for _, want := range []string{"bad.hcl:4:13", "bad.hcl:6:3", "literal"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("diagnostics lack %q:\n%s", want, out)
+		}
+	}
+}
+
+func TestValidateMissingTableAndColumn(t *testing.T) {
+	e := setup(t, `CREATE TABLE users (id bigint PRIMARY KEY, org_id int);`, `
+rule "user" {
+  table = "public.users"
+  invalidate { keys = ["user:${row.id}", "user:email:${row.email}"] }
+}
+rule "gone" {
+  table = "public.nope"
+  invalidate { keys = ["nope:${row.id}"] }
+}`)
+	out, code := e.cli("validate", "--database-url", e.dbURL)
+	if code != 1 {
+		t.Fatalf("exit %d\n%s", code, out)
+	}
+	for _, want := range []string{`has no column "email"`, "public.nope does not exist", "rules.hcl:"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+func (e *env) publicationTables() []string {
+	e.t.Helper()
+	var tables []string
+	err := e.db.QueryRow(e.ctx, `SELECT coalesce(array_agg(schemaname || '.' || tablename ORDER BY schemaname, tablename), '{}') FROM pg_publication_tables WHERE pubname = 'cachesync'`).Scan(&tables)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return tables
+}
+
+func TestSetupStatusTeardown(t *testing.T) {
+	e := setup(t, schema, rules)
+	e.set("user:1", "product:9", "unrelated:1")
+	for range 2 {
+		if out, code := e.cli("setup"); code != 0 {
+			t.Fatalf("setup: exit %d\n%s", code, out)
+		}
+	}
+	if got := strings.Join(e.publicationTables(), ","); got != "public.orders,public.products,public.users" {
+		t.Errorf("publication tables %s", got)
+	}
+	var viaRoot, ins, upd, del, trunc bool
+	e.db.QueryRow(e.ctx, `SELECT pubviaroot, pubinsert, pubupdate, pubdelete, pubtruncate FROM pg_publication WHERE pubname = 'cachesync'`).Scan(&viaRoot, &ins, &upd, &del, &trunc)
+	if !viaRoot || !ins || !upd || !del || !trunc {
+		t.Errorf("publication options: via_root=%v insert=%v update=%v delete=%v truncate=%v", viaRoot, ins, upd, del, trunc)
+	}
+	var temporary bool
+	var plugin string
+	if err := e.db.QueryRow(e.ctx, `SELECT temporary, plugin FROM pg_replication_slots WHERE slot_name = $1`, e.slot).Scan(&temporary, &plugin); err != nil || temporary || plugin != "pgoutput" {
+		t.Errorf("slot: temporary=%v plugin=%q err=%v", temporary, plugin, err)
+	}
+	// Entries cached before the slot existed are flushed once it does.
+	e.gone("user:1", "product:9")
+	e.present("unrelated:1")
+
+	out, code := e.cli("status", "--json")
+	if code != 0 {
+		t.Fatalf("status: %d\n%s", code, out)
+	}
+	var st struct {
+		Exists bool `json:"exists"`
+		Info   struct {
+			Active            bool
+			ConfirmedFlushLSN uint64
+			LagBytes          int64
+		} `json:"info"`
+		Tables []string `json:"publication_tables"`
+	}
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		t.Fatalf("status --json: %v\n%s", err, out)
+	}
+	if !st.Exists || st.Info.ConfirmedFlushLSN == 0 || st.Info.Active || len(st.Tables) != 3 {
+		t.Errorf("status: %+v", st)
+	}
+	if out, code := e.cli("status"); code != 0 || !strings.Contains(out, "confirmed LSN") || !strings.Contains(out, "retained WAL") {
+		t.Errorf("status table: %d\n%s", code, out)
+	}
+
+	// Dropping a rule removes its table from the publication; adding one
+	// adds the table and flushes its key space.
+	two := strings.Replace(rules, `rule "order_lists" {
+  table = "public.orders"
+  bump_version {
+    namespaces = ["orders:customer:${row.customer_id}"]
+  }
+}`, `rule "unrelated" {
+  table = "public.unrelated"
+  invalidate { keys = ["unrelated:${row.id}"] }
+}`, 1)
+	os.WriteFile(e.rules, []byte(strings.Replace(mustRead(t, e.rules), rules, two, 1)), 0o644)
+	e.set("unrelated:1", "orders:customer:2:v0:x")
+	if out, code := e.cli("setup"); code != 0 {
+		t.Fatalf("setup after a rule change: %d\n%s", code, out)
+	}
+	if got := strings.Join(e.publicationTables(), ","); got != "public.products,public.unrelated,public.users" {
+		t.Errorf("publication tables after a rule change: %s", got)
+	}
+	e.gone("unrelated:1")
+	e.present("orders:customer:2:v0:x")
+
+	if out, code := e.cli("teardown"); code != 0 {
+		t.Fatalf("teardown: %d\n%s", code, out)
+	}
+	var n int
+	e.db.QueryRow(e.ctx, `SELECT (SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1) + (SELECT count(*) FROM pg_publication WHERE pubname = 'cachesync')`, e.slot).Scan(&n)
+	if n != 0 {
+		t.Errorf("teardown left %d slot/publication", n)
+	}
+	if out, code := e.cli("teardown"); code != 0 || !strings.Contains(out, "absent") {
+		t.Errorf("second teardown: %d\n%s", code, out)
+	}
+}
+
+func mustRead(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+func TestDryRun(t *testing.T) {
+	e := setup(t, schema, rules)
+	if out, code := e.cli("setup"); code != 0 {
+		t.Fatalf("setup: %d\n%s", code, out)
+	}
+	confirmed := e.confirmedLSN()
+	cmd := exec.Command(binary, "run", "--dry-run", "--status-interval", "1s")
+	cmd.Env = append(os.Environ(), "DATABASE_URL="+e.dbURL, "REDIS_URL=redis://127.0.0.1:1", "CACHESYNC_CONFIG="+e.rules)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := &lockedBuffer{}
+	cmd.Stderr = logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	eventually(t, 30*time.Second, "dry run streaming", func() (bool, string) {
+		return strings.Contains(logs.String(), `"streaming"`), logs.String()
+	})
+	e.set("user:1")
+	e.exec(`INSERT INTO users VALUES (1, 'A@x.io', 7, 'Ann')`)
+	lines := make(chan map[string]any)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			var m map[string]any
+			if json.Unmarshal(sc.Bytes(), &m) == nil {
+				lines <- m
+			}
+		}
+		close(lines)
+	}()
+	want := map[string]bool{"delete user:1": false, "delete user:email:a@x.io": false, "delete_tag org:7": false}
+	deadline := time.After(30 * time.Second)
+	for missing := len(want); missing > 0; {
+		select {
+		case m, ok := <-lines:
+			if !ok {
+				t.Fatalf("dry run ended early:\n%s", logs.String())
+			}
+			k := m["op"].(string) + " " + m["key"].(string)
+			if seen, ok := want[k]; ok && !seen {
+				want[k] = true
+				missing--
+			}
+			if m["rule"] != "user" || m["end_lsn"] == "" {
+				t.Errorf("line %v", m)
+			}
+		case <-deadline:
+			t.Fatalf("dry run printed %v of the expected operations\n%s", want, logs.String())
+		}
+	}
+	// Nothing applied, nothing confirmed on the real slot.
+	e.present("user:1")
+	if got := e.confirmedLSN(); got != confirmed {
+		t.Errorf("the dry run moved the real slot from %s to %s", confirmed, got)
+	}
+	cmd.Process.Signal(syscall.SIGTERM)
+	if err := cmd.Wait(); err != nil {
+		t.Errorf("dry run exit: %v\n%s", err, logs.String())
+	}
+}
