@@ -1,0 +1,110 @@
+// Package keyspace is what the cachesync daemon and the application-side
+// client (cacheaside) must agree on: the names of the Redis keys each side
+// reads and writes, the LSN encoding of write-through guards, and the Lua
+// scripts that change several keys atomically.
+//
+// # Naming scheme
+//
+//	<key>                       a cache entry, named by the application (rules.hcl templates)
+//	tag:<tag>                   a SET of cache keys registered under <tag>; TagKey
+//	version:<ns>                the current version of namespace <ns>, an integer
+//	                            string INCR'd by the daemon; absent means 0; VersionKey
+//	<ns>:v<n>:<key>             an entry of namespace <ns> cached at version <n>; VersionedKey
+//	cachesync:lsn:{<slot>}...   the guard of a write-through key: the commit LSN of
+//	                            the last write-through effect on it; GuardKey
+//
+// Tags: the client adds every key it caches under a tag to the tag's set; the
+// daemon deletes the members and the set in one script (DeleteTagScript).
+//
+// Versions: the client reads version:<ns> (absent = 0) and then reads or
+// writes <ns>:v<n>:<key>. Bumping the version retires every entry of the
+// namespace at once; the old entries are left to expire, or are dropped by a
+// flush. Version keys are never deleted: a client would fall back to version 0
+// and could read entries cached at version 0 long ago.
+//
+// Write-through keys (refresh rules) are written only by the daemon, through
+// GuardedSetScript and GuardedUnsetScript, which compare the commit LSN of the
+// change with the one stored in the key's guard so that a redelivered older
+// change never overwrites a newer one.
+//
+// Every multi-key script touches only keys in one Redis Cluster hash slot
+// (GuardKey(k) hashes to the slot of k), except DeleteTagScript: see its
+// documentation.
+package keyspace
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+)
+
+const (
+	tagPrefix     = "tag:"
+	versionPrefix = "version:"
+	guardPrefix   = "cachesync:lsn:"
+)
+
+// TagKey returns the name of the Redis SET that holds the keys registered
+// under tag.
+func TagKey(tag string) string { return tagPrefix + tag }
+
+// VersionKey returns the name of the counter holding the current version of
+// namespace ns. The daemon INCRs it; an absent key means version 0.
+func VersionKey(ns string) string { return versionPrefix + ns }
+
+// VersionedKey returns the name under which key is cached in namespace ns at
+// version: ns + ":v" + version + ":" + key. A namespace's entries therefore
+// all match the glob pattern EscapeGlob(ns) + ":v*".
+func VersionedKey(ns string, version int64, key string) string {
+	return ns + ":v" + strconv.FormatInt(version, 10) + ":" + key
+}
+
+// GuardKey returns the key that stores the commit LSN (EncodeLSN) of the last
+// write-through effect on key. It always hashes to the same Redis Cluster slot
+// as key, so that a script may use both:
+//
+//   - key has a hash tag {T} (the first '{' followed later by a '}' with at
+//     least one character between): "cachesync:lsn:{T}:" + key.
+//   - key has no hash tag and no '}' (most keys): "cachesync:lsn:{" + key + "}".
+//   - key has no hash tag but contains a '}' (such as "a}b" or "x{}y"), or is
+//     empty, so that wrapping it in braces would not make it the hash tag:
+//     "cachesync:lsn:{S}:" + key, where S is a short fixed string of letters
+//     and digits that hashes to Slot(key).
+//
+// Distinct keys have distinct guards.
+func GuardKey(key string) string {
+	if tag, ok := hashTag(key); ok {
+		return guardPrefix + "{" + tag + "}:" + key
+	}
+	if key != "" && !strings.Contains(key, "}") {
+		return guardPrefix + "{" + key + "}"
+	}
+	return guardPrefix + "{" + slotTag(Slot(key)) + "}:" + key
+}
+
+// EncodeLSN formats a PostgreSQL LSN as 16 zero-padded upper-case hex digits.
+// Encoded LSNs of equal length order the same way as the LSNs, which lets the
+// scripts compare them without converting them to Lua numbers (doubles, which
+// cannot hold every 64-bit LSN exactly).
+func EncodeLSN(lsn uint64) string { return fmt.Sprintf("%016X", lsn) }
+
+// EscapeGlob escapes the characters that are special in a Redis glob pattern
+// (SCAN MATCH, KEYS): * ? [ ] and the backslash, so that s matches only
+// itself. Append "*" to the result to match every key that starts with s.
+func EscapeGlob(s string) string {
+	if !strings.ContainsAny(s, `*?[]\`) {
+		return s
+	}
+	var b strings.Builder
+	b.Grow(len(s) + 8)
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; c {
+		case '*', '?', '[', ']', '\\':
+			b.WriteByte('\\')
+			b.WriteByte(c)
+		default:
+			b.WriteByte(c)
+		}
+	}
+	return b.String()
+}

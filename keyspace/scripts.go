@@ -1,0 +1,122 @@
+package keyspace
+
+// DeleteTagScript deletes every key registered under a tag, then the tag's
+// set, atomically, so that no reader sees some members gone and others not.
+//
+//	KEYS[1]  the tag set (TagKey)
+//	returns  the number of member keys that existed and were deleted
+//
+// Members are UNLINKed in chunks of at most 1000 (Lua's unpack has a stack
+// limit). A key of another type at KEYS[1] is deleted and 0 is returned: the
+// tag: prefix belongs to cachesync, and failing forever on it would stop
+// invalidation.
+//
+// Redis Cluster: the members are not declared in KEYS, so the script works on
+// a cluster only when every member hashes to the tag set's slot (members
+// named with the tag as their hash tag); otherwise the server refuses it.
+// Standalone and Sentinel deployments have no such restriction.
+const DeleteTagScript = `
+local kind = redis.call('TYPE', KEYS[1]).ok
+if kind == 'none' then
+  return 0
+end
+if kind ~= 'set' then
+  redis.call('UNLINK', KEYS[1])
+  return 0
+end
+local members = redis.call('SMEMBERS', KEYS[1])
+local deleted = 0
+for first = 1, #members, 1000 do
+  local last = math.min(first + 999, #members)
+  deleted = deleted + redis.call('UNLINK', unpack(members, first, last))
+end
+redis.call('DEL', KEYS[1])
+return deleted
+`
+
+// lsnHelpers is the Lua shared by the guarded scripts.
+//
+// LSNs are compared as two exact 32-bit halves rather than as strings: Lua
+// numbers are doubles (53-bit), and Lua compares strings with strcoll, which
+// follows the server's locale. A guard that is missing, of another type or
+// not 16 hex digits counts as no guard (the value is then overwritten).
+const lsnHelpers = `
+local function lsn_halves(s)
+  if type(s) ~= 'string' or #s ~= 16 then
+    return nil
+  end
+  local hi = tonumber(string.sub(s, 1, 8), 16)
+  local lo = tonumber(string.sub(s, 9, 16), 16)
+  if hi == nil or lo == nil then
+    return nil
+  end
+  return hi, lo
+end
+
+local function guard_halves(guard)
+  local v = redis.pcall('GET', guard)
+  return lsn_halves(v)
+end
+
+local function set_with_ttl(key, value, ttl_ms)
+  if ttl_ms == '0' then
+    redis.call('SET', key, value)
+  else
+    redis.call('SET', key, value, 'PX', ttl_ms)
+  end
+end
+`
+
+// GuardedSetScript writes a write-through value unless the key's guard holds
+// the same or a later commit LSN.
+//
+//	KEYS[1]  the cache key
+//	KEYS[2]  its guard (GuardKey(KEYS[1]))
+//	ARGV[1]  the value
+//	ARGV[2]  the commit LSN of the change (EncodeLSN)
+//	ARGV[3]  the value's TTL in milliseconds, "0" for no expiry
+//	ARGV[4]  the guard's TTL in milliseconds, "0" for no expiry
+//	returns  1 when written, 0 when the guard held an LSN >= ARGV[2]
+//
+// Redelivering a change is therefore harmless, and an older change never
+// overwrites a newer one while the guard lives.
+const GuardedSetScript = lsnHelpers + `
+local hi, lo = lsn_halves(ARGV[2])
+if hi == nil then
+  return redis.error_reply('ERR cachesync: the LSN argument must be 16 hex digits')
+end
+local ghi, glo = guard_halves(KEYS[2])
+if ghi ~= nil and (ghi > hi or (ghi == hi and glo >= lo)) then
+  return 0
+end
+set_with_ttl(KEYS[1], ARGV[1], ARGV[3])
+set_with_ttl(KEYS[2], ARGV[2], ARGV[4])
+return 1
+`
+
+// GuardedUnsetScript deletes a write-through key and records the change's
+// commit LSN in the guard (a tombstone), so that a redelivered older
+// GuardedSetScript cannot bring the value back.
+//
+//	KEYS[1]  the cache key
+//	KEYS[2]  its guard (GuardKey(KEYS[1]))
+//	ARGV[1]  the commit LSN of the change (EncodeLSN)
+//	ARGV[2]  the guard's TTL in milliseconds, "0" for no expiry
+//	returns  1 when applied, 0 when the guard held a later LSN
+//
+// Unlike a set, an unset also applies when the guard holds the same LSN: two
+// effects of one transaction on one key share its commit LSN, and deleting a
+// cache entry is always safe, so the delete wins the tie.
+const GuardedUnsetScript = lsnHelpers + `
+local hi, lo = lsn_halves(ARGV[1])
+if hi == nil then
+  return redis.error_reply('ERR cachesync: the LSN argument must be 16 hex digits')
+end
+local ghi, glo = guard_halves(KEYS[2])
+if ghi ~= nil and (ghi > hi or (ghi == hi and glo > lo)) then
+  return 0
+end
+redis.call('DEL', KEYS[1])
+set_with_ttl(KEYS[2], ARGV[1], ARGV[2])
+return 1
+`

@@ -1,0 +1,141 @@
+package writer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/cachesync/cachesync/keyspace"
+	"github.com/cachesync/cachesync/mapping"
+)
+
+// flush drops a rule's key space: see the package documentation.
+func (w *Writer) flush(ctx context.Context, op *mapping.Op) error {
+	ks := op.Keyspace
+	for _, pattern := range ks.Keys {
+		if err := w.scan(ctx, pattern, "", w.unlinkPage); err != nil {
+			return fmt.Errorf("flush of rule %q, keys %q: %w", op.Rule, pattern, err)
+		}
+	}
+	for _, pattern := range ks.Tags {
+		if err := w.scan(ctx, keyspace.TagKey(pattern), "set", w.deleteTagsPage); err != nil {
+			return fmt.Errorf("flush of rule %q, tags %q: %w", op.Rule, pattern, err)
+		}
+	}
+	for _, pattern := range ks.Versions {
+		// Bump first: that retires the namespaces at once for every reader;
+		// dropping the entries afterwards only frees their memory.
+		if err := w.scan(ctx, keyspace.VersionKey(pattern), "string", w.bumpVersionsPage); err != nil {
+			return fmt.Errorf("flush of rule %q, versions %q: %w", op.Rule, pattern, err)
+		}
+		if err := w.scan(ctx, pattern+":v*", "", w.unlinkPage); err != nil {
+			return fmt.Errorf("flush of rule %q, entries of namespaces %q: %w", op.Rule, pattern, err)
+		}
+	}
+	return nil
+}
+
+// scan calls page with every page of keys that SCAN MATCH match (TYPE
+// keyType, unless empty) returns, on every master of a cluster. Pages of
+// different masters are handled concurrently.
+func (w *Writer) scan(ctx context.Context, match, keyType string, page func(context.Context, []string) error) error {
+	if w.cluster != nil {
+		return w.cluster.ForEachMaster(ctx, func(ctx context.Context, master *redis.Client) error {
+			return w.scanNode(ctx, master, match, keyType, page)
+		})
+	}
+	return w.scanNode(ctx, w.client, match, keyType, page)
+}
+
+func (w *Writer) scanNode(ctx context.Context, node redis.Cmdable, match, keyType string, page func(context.Context, []string) error) error {
+	count := int64(w.opts.ScanCount)
+	var cursor uint64
+	for {
+		var cmd *redis.ScanCmd
+		if keyType == "" {
+			cmd = node.Scan(ctx, cursor, match, count)
+		} else {
+			cmd = node.ScanType(ctx, cursor, match, count, keyType)
+		}
+		keys, next, err := cmd.Result()
+		if err != nil {
+			return fmt.Errorf("SCAN: %w", err)
+		}
+		if len(keys) > 0 {
+			if err := page(ctx, keys); err != nil {
+				return err
+			}
+		}
+		if next == 0 {
+			return nil
+		}
+		cursor = next
+	}
+}
+
+// unlinkPage deletes keys found by a flush.
+func (w *Writer) unlinkPage(ctx context.Context, keys []string) error {
+	if w.cluster == nil {
+		n, err := w.client.Unlink(ctx, keys...).Result()
+		if err != nil {
+			return fmt.Errorf("UNLINK: %w", err)
+		}
+		w.counters.flushKeysDeleted.Add(uint64(n))
+		return nil
+	}
+	// A cluster refuses a multi-key UNLINK across slots: one command per key.
+	return w.perKey(ctx, keys, func(pipe redis.Pipeliner, key string) { pipe.Unlink(ctx, key) },
+		&w.counters.flushKeysDeleted, true)
+}
+
+// deleteTagsPage runs DeleteTagScript on tag sets found by a flush.
+func (w *Writer) deleteTagsPage(ctx context.Context, tagKeys []string) error {
+	return w.perKey(ctx, tagKeys, func(pipe redis.Pipeliner, key string) {
+		pipe.EvalSha(ctx, w.scripts.deleteTag.Hash(), []string{key})
+	}, &w.counters.flushKeysDeleted, true)
+}
+
+// bumpVersionsPage increments version keys found by a flush.
+func (w *Writer) bumpVersionsPage(ctx context.Context, versionKeys []string) error {
+	return w.perKey(ctx, versionKeys, func(pipe redis.Pipeliner, key string) { pipe.Incr(ctx, key) },
+		&w.counters.flushVersionsBumped, false)
+}
+
+// perKey pipelines one command per key, MaxPipeline at a time, and adds to
+// counter either the commands' integer results (sumResults) or the number of
+// commands.
+func (w *Writer) perKey(ctx context.Context, keys []string, queue func(redis.Pipeliner, string),
+	counter *atomic.Uint64, sumResults bool,
+) error {
+	for len(keys) > 0 {
+		chunk := keys[:min(len(keys), w.opts.MaxPipeline)]
+		keys = keys[len(chunk):]
+		cmds, err := w.pipelined(ctx, func(pipe redis.Pipeliner) {
+			for _, key := range chunk {
+				queue(pipe, key)
+			}
+		})
+		if err != nil {
+			var cmdErr *commandError
+			if errors.As(err, &cmdErr) {
+				return fmt.Errorf("key %q: %w", chunk[cmdErr.index], cmdErr.err)
+			}
+			return err
+		}
+		if !sumResults {
+			counter.Add(uint64(len(cmds)))
+			continue
+		}
+		for _, cmd := range cmds {
+			if c, ok := cmd.(*redis.IntCmd); ok {
+				counter.Add(uint64(c.Val()))
+			} else {
+				counter.Add(uint64(scriptResult(cmd)))
+			}
+		}
+	}
+	return nil
+}

@@ -1,0 +1,213 @@
+package writer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/cachesync/cachesync/keyspace"
+	"github.com/cachesync/cachesync/mapping"
+)
+
+// applyPipeline applies ops, none of them a flush, in one round trip and
+// returns how many of them, from the first, Redis acknowledged. When a
+// command fails with NOSCRIPT (Redis restarted, or SCRIPT FLUSH), it loads the
+// scripts and sends the unacknowledged remainder once more at once.
+func (w *Writer) applyPipeline(ctx context.Context, ops []*mapping.Op) (int, error) {
+	acked := 0
+	reloaded := false
+	for {
+		rest := ops[acked:]
+		cmds, err := w.execPipeline(ctx, func(pipe redis.Pipeliner) {
+			for _, op := range rest {
+				w.queue(ctx, pipe, op)
+			}
+		})
+		n := len(rest)
+		if err != nil {
+			n = acknowledged(err)
+		}
+		w.record(rest[:n], cmds[:n])
+		acked += n
+		if err == nil {
+			return acked, nil
+		}
+		if needsScripts(err) && !reloaded {
+			reloaded = true
+			if err := w.loadScripts(ctx); err != nil {
+				return acked, err
+			}
+			continue
+		}
+		var cmdErr *commandError
+		if errors.As(err, &cmdErr) {
+			op := rest[cmdErr.index]
+			return acked, fmt.Errorf("%s %q (rule %q): %w", op.Kind, op.Key, op.Rule, cmdErr.err)
+		}
+		return acked, err
+	}
+}
+
+// acknowledged returns how many commands of a failed pipeline, from the
+// first, Redis answered without error: those before the first failed one.
+func acknowledged(err error) int {
+	var cmdErr *commandError
+	if errors.As(err, &cmdErr) {
+		return cmdErr.index
+	}
+	return 0
+}
+
+// record counts acknowledged operations and their results.
+func (w *Writer) record(ops []*mapping.Op, cmds []redis.Cmder) {
+	for i, op := range ops {
+		w.counters.applied[op.Kind].Add(1)
+		switch op.Kind {
+		case mapping.OpDeleteTag:
+			w.counters.tagKeysDeleted.Add(uint64(scriptResult(cmds[i])))
+		case mapping.OpSet:
+			if scriptResult(cmds[i]) == 0 {
+				w.counters.setsSkipped.Add(1)
+			}
+		case mapping.OpUnset:
+			if scriptResult(cmds[i]) == 0 {
+				w.counters.unsetsSkipped.Add(1)
+			}
+		}
+	}
+}
+
+// queue adds the command of op to pipe.
+func (w *Writer) queue(ctx context.Context, pipe redis.Pipeliner, op *mapping.Op) {
+	switch op.Kind {
+	case mapping.OpDelete:
+		pipe.Unlink(ctx, op.Key)
+	case mapping.OpDeleteTag:
+		pipe.EvalSha(ctx, w.scripts.deleteTag.Hash(), []string{keyspace.TagKey(op.Key)})
+	case mapping.OpBumpVersion:
+		pipe.Incr(ctx, keyspace.VersionKey(op.Key))
+	case mapping.OpSet:
+		ttl := w.valueTTLMillis(op)
+		var guardTTL int64 // no expiry, like the value
+		if ttl > 0 {
+			guardTTL = ttl + w.opts.GuardTTL.Milliseconds()
+		}
+		pipe.EvalSha(ctx, w.scripts.guardedSet.Hash(),
+			[]string{op.Key, keyspace.GuardKey(op.Key)},
+			op.Value, keyspace.EncodeLSN(uint64(op.LSN)), ttl, guardTTL)
+	case mapping.OpUnset:
+		pipe.EvalSha(ctx, w.scripts.guardedUnset.Hash(),
+			[]string{op.Key, keyspace.GuardKey(op.Key)},
+			keyspace.EncodeLSN(uint64(op.LSN)), w.opts.GuardTTL.Milliseconds())
+	default:
+		// collectOps let through only the kinds above; a flush never reaches a pipeline.
+		panic(fmt.Sprintf("writer: cannot pipeline a %s operation", op.Kind))
+	}
+}
+
+// valueTTLMillis returns the TTL of an OpSet's value in milliseconds, 0 for
+// no expiry: op.TTL plus a uniform jitter in [-op.Jitter, +op.Jitter], never
+// below minJitteredTTL (nor below op.TTL, when op.TTL is shorter than that).
+func (w *Writer) valueTTLMillis(op *mapping.Op) int64 {
+	if op.TTL <= 0 {
+		return 0
+	}
+	base := max(op.TTL.Milliseconds(), 1)
+	ttl := base
+	if j := op.Jitter.Milliseconds(); j > 0 {
+		ttl += w.opts.Rand(2*j+1) - j
+	}
+	return max(ttl, min(base, minJitteredTTL.Milliseconds()))
+}
+
+// commandError is the first failed command of a pipeline.
+type commandError struct {
+	index    int   // in the order the commands were queued
+	err      error // its error
+	noScript bool  // a command, this one or a later one, failed with NOSCRIPT
+}
+
+func (e *commandError) Error() string { return fmt.Sprintf("command %d: %v", e.index, e.err) }
+func (e *commandError) Unwrap() error { return e.err }
+
+// pipelined sends the commands that fill queues in one round trip and checks
+// every command's result. When a command failed with NOSCRIPT (Redis
+// restarted and lost its script cache), it loads the scripts and sends all
+// the commands once more: the flushes that use it repeat harmlessly. The
+// error, if any, is a *commandError or the pipeline's own.
+func (w *Writer) pipelined(ctx context.Context, fill func(redis.Pipeliner)) ([]redis.Cmder, error) {
+	cmds, err := w.execPipeline(ctx, fill)
+	if err != nil && needsScripts(err) {
+		if err := w.loadScripts(ctx); err != nil {
+			return nil, err
+		}
+		cmds, err = w.execPipeline(ctx, fill)
+	}
+	return cmds, err
+}
+
+// execPipeline sends the commands that fill queues in one round trip and
+// checks every command's result, not only the pipeline's: the error is the
+// first failed command's, as a *commandError.
+func (w *Writer) execPipeline(ctx context.Context, fill func(redis.Pipeliner)) ([]redis.Cmder, error) {
+	pipe := w.client.Pipeline()
+	fill(pipe)
+	cmds, execErr := pipe.Exec(ctx)
+	var first *commandError
+	for i, cmd := range cmds {
+		err := cmd.Err()
+		if err == nil {
+			continue
+		}
+		if first == nil {
+			first = &commandError{index: i, err: err}
+		}
+		if isNoScript(err) {
+			first.noScript = true
+		}
+	}
+	if first != nil {
+		return cmds, first
+	}
+	if execErr != nil {
+		return cmds, fmt.Errorf("pipeline: %w", execErr)
+	}
+	return cmds, nil
+}
+
+// loadScripts loads every keyspace script into Redis's script cache (on
+// every master of a cluster).
+func (w *Writer) loadScripts(ctx context.Context) error {
+	for _, s := range []*redis.Script{w.scripts.deleteTag, w.scripts.guardedSet, w.scripts.guardedUnset} {
+		if err := s.Load(ctx, w.client).Err(); err != nil {
+			return fmt.Errorf("SCRIPT LOAD: %w", err)
+		}
+	}
+	return nil
+}
+
+// needsScripts reports whether err, or a later failure in its pipeline, is
+// NOSCRIPT: the scripts must be loaded.
+func needsScripts(err error) bool {
+	var cmdErr *commandError
+	if errors.As(err, &cmdErr) && cmdErr.noScript {
+		return true
+	}
+	return isNoScript(err)
+}
+
+func isNoScript(err error) bool {
+	return errors.Is(err, redis.ErrNoScript) || redis.HasErrorPrefix(err, "NOSCRIPT")
+}
+
+// scriptResult returns the integer a keyspace script returned.
+func scriptResult(cmd redis.Cmder) int64 {
+	c, ok := cmd.(*redis.Cmd)
+	if !ok {
+		return 0
+	}
+	n, _ := c.Int64()
+	return n
+}

@@ -1,0 +1,399 @@
+// Package writer applies the operations of committed transactions
+// (mapping.Batch) to Redis: pipelined, through the keyspace scripts, retried
+// until Redis acknowledges them.
+//
+// Apply returns nil only when Redis acknowledged every operation, so the
+// caller may then confirm the batches' end LSN; it never skips an operation.
+// Every effect is idempotent or guarded by the commit LSN, so re-applying a
+// batch after a crash or a retry is harmless.
+//
+// # Effects
+//
+//	OpDelete       UNLINK key
+//	OpDeleteTag    DeleteTagScript on keyspace.TagKey(key): the members and the set, atomically
+//	OpBumpVersion  INCR keyspace.VersionKey(key)
+//	OpSet          GuardedSetScript: SET key (TTL ± jitter, at least 1s) unless the guard holds the same or a later LSN
+//	OpUnset        GuardedUnsetScript: DEL key and leave the LSN in the guard for Options.GuardTTL
+//	OpFlush        SCAN the rule's key space and drop what matches (see below)
+//
+// Write-through TTLs: a value with a TTL gets a guard that lives Options.GuardTTL
+// longer than the value, so that an older change redelivered soon after the
+// value expired still cannot write it back. A value without a TTL (op.TTL == 0)
+// gets a guard without a TTL too: the value lives forever, so a guard that
+// expired first would let an old redelivered change overwrite it for good. An
+// unset leaves a tombstone guard for Options.GuardTTL. Redelivery older than
+// GuardTTL after the last effect on a key is not guarded.
+//
+// # Flushes
+//
+// A flush is not one round trip. For each pattern of the rule's key space:
+//
+//   - Keys: SCAN MATCH pattern, UNLINK each page.
+//   - Tags: SCAN MATCH keyspace.TagKey(pattern) TYPE set, DeleteTagScript on each set found.
+//   - Versions: SCAN MATCH keyspace.VersionKey(pattern) TYPE string, INCR each
+//     version found (versions are never deleted: a client would fall back to
+//     version 0 and could read entries cached at version 0 long ago), then
+//     SCAN MATCH pattern + ":v*", UNLINK each page: that pattern matches every
+//     keyspace.VersionedKey of the namespaces, whether pattern is a glob
+//     ("orders:customer:*") or a single namespace ("orders:all").
+//
+// The operations before a flush go out first, then the flush, then the rest:
+// the order of the batches is kept. A flush interrupted by an error is run
+// again from the start (SCAN cursors do not survive a Redis restart).
+//
+// Flushes leave guards in place, so that no change older than the flush can
+// write its value back. A redelivered flush therefore also drops write-through
+// values written after it, and their guards keep the redelivered sets from
+// writing them again: those keys stay missing until their rows change, a
+// cache miss and never an old value.
+//
+// # Failures
+//
+// Any error (network, server, script) is retried with exponential backoff and
+// full jitter between Options.MinBackoff and Options.MaxBackoff, forever, until
+// the context is done, from the first pipeline that was not fully
+// acknowledged: the operations before the first failed command of a pipeline
+// count as applied. After any error the scripts are loaded (SCRIPT LOAD)
+// before the next attempt, since Redis may have restarted and lost its script
+// cache; a command that still fails with NOSCRIPT (SCRIPT FLUSH, a restart the
+// client's own retries hid) makes the writer load the scripts and resend the
+// rest of its pipeline at once. Resent operations are harmless: deletes and
+// guarded scripts are idempotent, and a repeated INCR only retires a
+// namespace once more.
+//
+// # Redis Cluster
+//
+// Every single-key command and the guarded scripts are cluster-safe, and
+// flushes SCAN every master of a *redis.ClusterClient (a path not yet tested
+// against a real cluster). DeleteTagScript needs the members of a tag to share
+// the tag set's hash slot there (see keyspace.DeleteTagScript). Within one
+// pipeline, commands on keys of different cluster nodes run in parallel: only
+// effects on the same key keep their order, which is all the operations need.
+// A *redis.Ring is not supported: a flush would scan one shard only.
+package writer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/rs/zerolog"
+
+	"github.com/cachesync/cachesync/keyspace"
+	"github.com/cachesync/cachesync/mapping"
+)
+
+// Defaults of Options.
+const (
+	DefaultMinBackoff  = 50 * time.Millisecond
+	DefaultMaxBackoff  = 5 * time.Second
+	DefaultMaxPipeline = 1000
+	DefaultScanCount   = 1000
+	DefaultGuardTTL    = time.Hour
+)
+
+// minJitteredTTL is the lowest TTL that jitter may bring a value's TTL down
+// to (a TTL configured below it is kept as it is).
+const minJitteredTTL = time.Second
+
+// ErrInvalidOp reports an operation Apply cannot execute (an unknown kind, a
+// flush without a key space). It is a bug in the producer of the batch, not a
+// Redis failure, so Apply returns it at once without applying anything.
+var ErrInvalidOp = errors.New("invalid operation")
+
+// Options tune a Writer. Zero values take the defaults.
+type Options struct {
+	// Logger receives one warning when Redis starts failing and one info line
+	// when it recovers. The zero Logger discards.
+	Logger zerolog.Logger
+	// MinBackoff and MaxBackoff bound the wait between retries after a Redis
+	// error (defaults 50ms and 5s). The wait doubles per attempt, with full
+	// jitter.
+	MinBackoff, MaxBackoff time.Duration
+	// MaxPipeline is the number of commands per pipeline round trip (default 1000).
+	MaxPipeline int
+	// ScanCount is the COUNT hint of SCAN during flushes (default 1000).
+	ScanCount int
+	// GuardTTL is how much longer a write-through guard lives than its value,
+	// and how long an unset's tombstone lives (default 1h). It bounds how
+	// late a redelivered change can be and still be recognised as old.
+	GuardTTL time.Duration
+	// Rand returns a uniform random number in [0, n), for TTL and backoff
+	// jitter (default math/rand/v2's Int64N).
+	Rand func(n int64) int64
+}
+
+func (o Options) withDefaults() Options {
+	if o.MinBackoff <= 0 {
+		o.MinBackoff = DefaultMinBackoff
+	}
+	if o.MaxBackoff <= 0 {
+		o.MaxBackoff = DefaultMaxBackoff
+	}
+	if o.MaxBackoff < o.MinBackoff {
+		o.MaxBackoff = o.MinBackoff
+	}
+	if o.MaxPipeline <= 0 {
+		o.MaxPipeline = DefaultMaxPipeline
+	}
+	if o.ScanCount <= 0 {
+		o.ScanCount = DefaultScanCount
+	}
+	if o.GuardTTL <= 0 {
+		o.GuardTTL = DefaultGuardTTL
+	}
+	if o.Rand == nil {
+		o.Rand = rand.Int64N
+	}
+	return o
+}
+
+// Writer applies batches of operations to Redis. Apply is safe to call from
+// one goroutine at a time; Stats from any goroutine.
+type Writer struct {
+	client  redis.UniversalClient
+	cluster *redis.ClusterClient // client, when it is a cluster client
+	opts    Options
+	log     zerolog.Logger
+	scripts scripts
+
+	counters counters
+
+	// Touched only by the goroutine running Apply:
+	failingSince        time.Time // start of the outage being retried, if any
+	failRetries         uint64    // retries in that outage
+	scriptsMayBeMissing bool      // load the scripts before the next attempt
+}
+
+// scripts are the keyspace scripts with their SHA1 digests.
+type scripts struct {
+	deleteTag, guardedSet, guardedUnset *redis.Script
+}
+
+// New returns a Writer that applies batches through client: a *redis.Client,
+// a failover client or a *redis.ClusterClient.
+func New(client redis.UniversalClient, opts Options) *Writer {
+	opts = opts.withDefaults()
+	w := &Writer{
+		client: client,
+		opts:   opts,
+		log:    opts.Logger.With().Str("component", "writer").Logger(),
+		scripts: scripts{
+			deleteTag:    redis.NewScript(keyspace.DeleteTagScript),
+			guardedSet:   redis.NewScript(keyspace.GuardedSetScript),
+			guardedUnset: redis.NewScript(keyspace.GuardedUnsetScript),
+		},
+	}
+	w.cluster, _ = client.(*redis.ClusterClient)
+	w.scriptsMayBeMissing = true // a fresh or restarted Redis has none
+	return w
+}
+
+// Apply applies every operation of the batches, in order, and returns nil
+// only when Redis acknowledged all of them. On a Redis error it retries the
+// unacknowledged remainder with backoff, forever, until ctx is done; it then
+// returns ctx's error wrapped. Applying the same batches twice is harmless.
+//
+// An invalid operation (ErrInvalidOp) is reported before anything is applied.
+func (w *Writer) Apply(ctx context.Context, batches []mapping.Batch) error {
+	ops, err := collectOps(batches)
+	if err != nil {
+		return err
+	}
+	retry := 0 // consecutive failed attempts
+	for done := 0; done < len(ops); {
+		n, err := w.attempt(ctx, ops[done:])
+		done += n
+		if err == nil {
+			retry = 0
+			w.recovered()
+			continue
+		}
+		if ctx.Err() != nil {
+			return w.stopped(ctx, len(ops)-done, len(ops))
+		}
+		// Whatever failed, Redis may have restarted meanwhile and lost
+		// the scripts: load them before the next attempt rather than
+		// meet NOSCRIPT halfway through a pipeline.
+		w.scriptsMayBeMissing = true
+		w.failed(err, retry)
+		if !w.sleep(ctx, w.backoff(retry)) {
+			return w.stopped(ctx, len(ops)-done, len(ops))
+		}
+		retry++
+	}
+	return nil
+}
+
+// stopped is Apply's error when ctx ends it: ctx.Err() wrapped, and the
+// cause too when it says more.
+func (w *Writer) stopped(ctx context.Context, remaining, total int) error {
+	err := ctx.Err()
+	if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, err) {
+		err = fmt.Errorf("%w: %w", err, cause)
+	}
+	return fmt.Errorf("writer: stopped with %d of %d operations not acknowledged by Redis: %w",
+		remaining, total, err)
+}
+
+// collectOps flattens the batches and checks that every operation can be
+// executed.
+func collectOps(batches []mapping.Batch) ([]*mapping.Op, error) {
+	n := 0
+	for i := range batches {
+		n += len(batches[i].Ops)
+	}
+	ops := make([]*mapping.Op, 0, n)
+	for i := range batches {
+		b := &batches[i]
+		for j := range b.Ops {
+			op := &b.Ops[j]
+			switch {
+			case op.Kind < mapping.OpDelete || op.Kind > mapping.OpFlush:
+				return nil, fmt.Errorf("writer: batch with end LSN %s, operation %d (rule %q): kind %d: %w",
+					b.EndLSN, j, op.Rule, op.Kind, ErrInvalidOp)
+			case op.Kind == mapping.OpFlush && op.Keyspace == nil:
+				return nil, fmt.Errorf("writer: batch with end LSN %s, operation %d (rule %q): flush without a key space: %w",
+					b.EndLSN, j, op.Rule, ErrInvalidOp)
+			}
+			ops = append(ops, op)
+		}
+	}
+	return ops, nil
+}
+
+// attempt applies the first round of ops, a flush or a pipeline of up to
+// MaxPipeline other operations, and returns how many operations, from the
+// first, Redis acknowledged: all of the round's when err is nil.
+func (w *Writer) attempt(ctx context.Context, ops []*mapping.Op) (int, error) {
+	if w.scriptsMayBeMissing {
+		if err := w.loadScripts(ctx); err != nil {
+			return 0, err
+		}
+		w.scriptsMayBeMissing = false
+	}
+	if ops[0].Kind == mapping.OpFlush {
+		if err := w.flush(ctx, ops[0]); err != nil {
+			return 0, err
+		}
+		w.counters.applied[mapping.OpFlush].Add(1)
+		return 1, nil
+	}
+	n := 1
+	for n < len(ops) && n < w.opts.MaxPipeline && ops[n].Kind != mapping.OpFlush {
+		n++
+	}
+	return w.applyPipeline(ctx, ops[:n])
+}
+
+// backoff returns the wait before retry number retry (from 0): uniform in
+// [MinBackoff, min(MaxBackoff, MinBackoff·2^(retry+1))].
+func (w *Writer) backoff(retry int) time.Duration {
+	lo, hi := w.opts.MinBackoff, w.opts.MaxBackoff
+	ceiling := lo
+	for i := 0; i <= retry && ceiling < hi; i++ {
+		ceiling *= 2
+	}
+	ceiling = min(ceiling, hi)
+	return lo + time.Duration(w.opts.Rand(int64(ceiling-lo)+1))
+}
+
+// sleep waits for d or until ctx is done, and reports whether it waited d.
+func (w *Writer) sleep(ctx context.Context, d time.Duration) bool {
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	select {
+	case <-timer.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// failed records a failed attempt; the first of an outage is logged.
+func (w *Writer) failed(err error, retry int) {
+	w.counters.retries.Add(1)
+	w.failRetries++
+	if w.failingSince.IsZero() {
+		w.failingSince = time.Now()
+		w.counters.failing.Store(true)
+		w.log.Warn().Err(err).
+			Msg("Redis is failing; retrying with backoff until it recovers, and confirming no LSN meanwhile")
+		return
+	}
+	w.log.Debug().Err(err).Int("retry", retry+1).Msg("Redis still failing")
+}
+
+// recovered ends an outage, if one was going on, and logs it.
+func (w *Writer) recovered() {
+	if w.failingSince.IsZero() {
+		return
+	}
+	w.log.Info().
+		Dur("down_for", time.Since(w.failingSince)).
+		Uint64("retries", w.failRetries).
+		Msg("Redis recovered")
+	w.failingSince = time.Time{}
+	w.failRetries = 0
+	w.counters.failing.Store(false)
+}
+
+// counters are the Writer's statistics, updated as Redis acknowledges.
+type counters struct {
+	applied             [mapping.OpFlush + 1]atomic.Uint64
+	retries             atomic.Uint64
+	tagKeysDeleted      atomic.Uint64
+	flushKeysDeleted    atomic.Uint64
+	flushVersionsBumped atomic.Uint64
+	setsSkipped         atomic.Uint64
+	unsetsSkipped       atomic.Uint64
+	failing             atomic.Bool
+}
+
+// Stats are counters since the Writer was created. Operations count once
+// Redis acknowledged them; an operation in a pipeline that was retried counts
+// once.
+type Stats struct {
+	// Operations applied, per kind.
+	Deletes, TagDeletes, VersionBumps, Sets, Unsets, Flushes uint64
+	// Retries is the number of failed attempts that were retried.
+	Retries uint64
+	// KeysDeletedByTags counts the member keys that OpDeleteTag deleted.
+	KeysDeletedByTags uint64
+	// KeysDeletedByFlushes counts the keys that flushes deleted: keys, tag
+	// members and namespace entries.
+	KeysDeletedByFlushes uint64
+	// VersionsBumpedByFlushes counts the version keys that flushes incremented.
+	VersionsBumpedByFlushes uint64
+	// SetsSkipped counts OpSet not written because the guard held the same or
+	// a later LSN (redelivery); UnsetsSkipped likewise for a later LSN.
+	SetsSkipped, UnsetsSkipped uint64
+	// Failing is true from the first failed attempt until an attempt
+	// succeeds, also between Apply calls when one gave up on a failing Redis.
+	Failing bool
+}
+
+// Stats returns a snapshot of the counters. It is safe to call concurrently
+// with Apply.
+func (w *Writer) Stats() Stats {
+	c := &w.counters
+	return Stats{
+		Deletes:                 c.applied[mapping.OpDelete].Load(),
+		TagDeletes:              c.applied[mapping.OpDeleteTag].Load(),
+		VersionBumps:            c.applied[mapping.OpBumpVersion].Load(),
+		Sets:                    c.applied[mapping.OpSet].Load(),
+		Unsets:                  c.applied[mapping.OpUnset].Load(),
+		Flushes:                 c.applied[mapping.OpFlush].Load(),
+		Retries:                 c.retries.Load(),
+		KeysDeletedByTags:       c.tagKeysDeleted.Load(),
+		KeysDeletedByFlushes:    c.flushKeysDeleted.Load(),
+		VersionsBumpedByFlushes: c.flushVersionsBumped.Load(),
+		SetsSkipped:             c.setsSkipped.Load(),
+		UnsetsSkipped:           c.unsetsSkipped.Load(),
+		Failing:                 c.failing.Load(),
+	}
+}
