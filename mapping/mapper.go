@@ -74,7 +74,7 @@ type Mapper struct {
 	funcs   map[string]function.Function
 	dec     *decoder
 
-	bindings map[*wal.Relation]*binding
+	bindings map[uint32]*binding
 	txn      txnState
 	stats    Stats
 }
@@ -89,7 +89,9 @@ type rule struct {
 }
 
 // binding caches what a relation's changes need: which columns to decode.
+// It is rebuilt when a new Relation message replaces the relation.
 type binding struct {
+	rel    *wal.Relation
 	rules  []*rule
 	decode []bool // per relation column
 }
@@ -119,7 +121,7 @@ func New(rules []*config.Rule, opts Options) (*Mapper, error) {
 		log:      opts.Logger,
 		funcs:    config.Functions(),
 		dec:      newDecoder(),
-		bindings: map[*wal.Relation]*binding{},
+		bindings: map[uint32]*binding{},
 		stats:    Stats{Flushes: map[string]uint64{}},
 	}
 	if m.keyCap <= 0 {
@@ -154,10 +156,7 @@ func New(rules []*config.Rule, opts Options) (*Mapper, error) {
 func (m *Mapper) Tables() []string {
 	out := make([]string, 0, len(m.byTable))
 	for _, r := range m.rules {
-		t := r.cfg.Table.String()
-		if len(out) == 0 || !contains(out, t) {
-			out = append(out, t)
-		}
+		out = appendUnique(out, r.cfg.Table.String())
 	}
 	return out
 }
@@ -214,7 +213,7 @@ func (m *Mapper) Begin(b wal.Begin) error {
 // Abandon drops the open transaction, if any (the stream reconnected).
 func (m *Mapper) Abandon() {
 	m.resetTxn()
-	m.bindings = map[*wal.Relation]*binding{}
+	clear(m.bindings)
 }
 
 func (m *Mapper) resetTxn() {
@@ -323,10 +322,10 @@ func checkTuples(c wal.Change) error {
 }
 
 func (m *Mapper) bind(rel *wal.Relation) *binding {
-	if b, ok := m.bindings[rel]; ok {
+	if b, ok := m.bindings[rel.ID]; ok && b.rel == rel {
 		return b
 	}
-	b := &binding{rules: m.byTable[rel.QualifiedName()], decode: make([]bool, len(rel.Columns))}
+	b := &binding{rel: rel, rules: m.byTable[rel.QualifiedName()], decode: make([]bool, len(rel.Columns))}
 	for _, r := range b.rules {
 		for i, col := range rel.Columns {
 			if r.all || r.columns[col.Name] {
@@ -335,7 +334,7 @@ func (m *Mapper) bind(rel *wal.Relation) *binding {
 		}
 		m.checkIdentity(r, rel)
 	}
-	m.bindings[rel] = b
+	m.bindings[rel.ID] = b
 	return b
 }
 
