@@ -260,7 +260,7 @@ func TestKeyCapFlushesAndBoundsMemory(t *testing.T) {
 	if err := m.Begin(wal.Begin{XID: 1, FinalLSN: 10}); err != nil {
 		t.Fatal(err)
 	}
-	for i := range 100_000 {
+	for i := range 30_000 {
 		id := fmt.Sprint(i)
 		if err := m.Change(wal.Change{Relation: users, Kind: wal.Insert, New: tup(id, id+"@x", "1", "n")}); err != nil {
 			t.Fatal(err)
@@ -280,7 +280,7 @@ func TestKeyCapFlushesAndBoundsMemory(t *testing.T) {
 	if got := describe(b.Ops); !slices.Equal(got, want) {
 		t.Errorf("ops:\n got %q\nwant %q", got, want)
 	}
-	if s := m.Stats(); s.Flushes[ReasonKeyCap] != 1 || s.Changes != 200_000 {
+	if s := m.Stats(); s.Flushes[ReasonKeyCap] != 1 || s.Changes != 60_000 {
 		t.Errorf("stats %+v", s)
 	}
 }

@@ -1,0 +1,284 @@
+package testenv
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// RedisServer is a Redis server for one test: a private redis-server on a loopback
+// port, or the server of REDIS_URL.
+type RedisServer struct {
+	url      string
+	addr     string
+	external bool // REDIS_URL's server: not ours to stop, flush or restart
+
+	bin     string
+	tmp     *tempDir
+	dir     string // tmp.path: working directory, removed at shutdown
+	logPath string
+	port    int
+
+	mu       sync.Mutex
+	proc     *process // nil while stopped
+	shutDown bool
+}
+
+// Redis returns a Redis server for this test: a private redis-server started for this
+// test (fresh, empty) unless REDIS_URL is set, in which case that server is used. That
+// server is shared and never flushed, so tests keep to keys of their own (a prefix
+// from t.Name()); tests that need Stop/Start skip themselves when !r.Controllable().
+func Redis(t testing.TB) *RedisServer {
+	t.Helper()
+	if rawURL := os.Getenv("REDIS_URL"); rawURL != "" {
+		opts, err := redis.ParseURL(rawURL)
+		if err != nil {
+			t.Fatalf("testenv: REDIS_URL: %v (use redis://HOST:PORT/DB, or unset it to start a private redis-server)", err)
+		}
+		return &RedisServer{url: rawURL, addr: opts.Addr, external: true}
+	}
+	return StartRedis(t)
+}
+
+// StartRedis always starts a private redis-server for this test and stops it at cleanup.
+func StartRedis(t testing.TB) *RedisServer {
+	t.Helper()
+	started := time.Now()
+	r, err := startRedis()
+	if err != nil {
+		fail(t, err)
+	}
+	t.Cleanup(func() {
+		if err := r.shutdown(); err != nil {
+			t.Errorf("testenv: %v", err)
+		}
+	})
+	t.Logf("testenv: redis-server started on %s in %s", r.addr, durationString(time.Since(started)))
+	return r
+}
+
+// URL returns the server's URL, redis://127.0.0.1:PORT/0 for a private server.
+func (r *RedisServer) URL() string {
+	if r.external {
+		return r.url
+	}
+	return fmt.Sprintf("redis://%s/0", r.addr)
+}
+
+// Addr returns the server's host:port.
+func (r *RedisServer) Addr() string { return r.addr }
+
+// Client returns a client of the server, closed at cleanup. It reconnects by itself
+// after Stop and Start.
+func (r *RedisServer) Client(t testing.TB) *redis.Client {
+	t.Helper()
+	opts, err := redis.ParseURL(r.URL())
+	if err != nil {
+		t.Fatalf("testenv: redis URL %s: %v", r.URL(), err)
+	}
+	client := redis.NewClient(opts)
+	t.Cleanup(func() { _ = client.Close() })
+	return client
+}
+
+// Controllable reports whether Stop and Start may be used: true for a private server,
+// false for REDIS_URL's.
+func (r *RedisServer) Controllable() bool { return !r.external }
+
+// Stop kills the server (SIGKILL: there is nothing to persist) and waits until its port
+// refuses connections. Stopping a stopped server does nothing.
+func (r *RedisServer) Stop(t testing.TB) {
+	t.Helper()
+	r.mustControl(t, "Stop")
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err := r.stopLocked(); err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
+}
+
+// Start starts the stopped server again on the same port, with an empty dataset.
+func (r *RedisServer) Start(t testing.TB) {
+	t.Helper()
+	r.mustControl(t, "Start")
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.shutDown {
+		t.Fatalf("testenv: RedisServer.Start on %s: the server was already shut down at cleanup", r.addr)
+	}
+	if r.proc != nil {
+		t.Fatalf("testenv: RedisServer.Start on %s: the server is running; Stop it first", r.addr)
+	}
+	if err := r.startLocked(); err != nil {
+		if errors.Is(err, errPortInUse) {
+			t.Fatalf("testenv: %v (another process took the port while the server was stopped)", err)
+		}
+		t.Fatalf("testenv: %v", err)
+	}
+}
+
+func (r *RedisServer) mustControl(t testing.TB, method string) {
+	t.Helper()
+	if r.external {
+		t.Fatalf("testenv: RedisServer.%s: the REDIS_URL server is not testenv's to control; "+
+			"skip the test when !r.Controllable()", method)
+	}
+}
+
+func startRedis() (_ *RedisServer, err error) {
+	bin, err := redisBinary()
+	if err != nil {
+		return nil, err
+	}
+	tmp, err := newTempDir("redis")
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			_ = tmp.remove()
+		}
+	}()
+	r := &RedisServer{bin: bin, tmp: tmp, dir: tmp.path, logPath: filepath.Join(tmp.path, "redis.log")}
+
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for attempt := 1; ; attempt++ {
+		if r.port, err = freePort(); err != nil {
+			return nil, err
+		}
+		r.addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(r.port))
+		err = r.startLocked()
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, errPortInUse) {
+			return nil, err
+		}
+		if attempt == portAttempts {
+			return nil, fmt.Errorf("no free port after %d attempts: %w", portAttempts, err)
+		}
+	}
+	registerServer(r)
+	return r, nil
+}
+
+// startLocked starts redis-server and waits until it answers.
+func (r *RedisServer) startLocked() error {
+	logStart := fileSize(r.logPath)
+	proc, err := currentUserRunner.startServer(syscall.SIGKILL, r.dir, r.logPath, r.bin,
+		"--port", strconv.Itoa(r.port),
+		"--bind", "127.0.0.1",
+		"--save", "",
+		"--appendonly", "no",
+		"--dir", r.dir,
+		"--protected-mode", "no",
+	)
+	if err != nil {
+		return fmt.Errorf("redis-server: %w", err)
+	}
+	pid := proc.cmd.Process.Pid
+	err = pollUntil(startTimeout, proc.done, func(ctx context.Context) error { return r.ping(ctx, pid) })
+	if err == nil {
+		r.proc = proc
+		return nil
+	}
+	if !proc.exited() {
+		_ = proc.kill()
+	}
+	if strings.Contains(logSince(r.logPath, logStart), "Address already in use") {
+		return fmt.Errorf("redis-server on %s: %w", r.addr, errPortInUse)
+	}
+	if errors.Is(err, errStopped) {
+		err = fmt.Errorf("server exited: %v", proc.err)
+	}
+	return fmt.Errorf("redis-server did not start on %s: %w\n--- tail of %s ---\n%s",
+		r.addr, err, r.logPath, logTail(r.logPath))
+}
+
+// ping succeeds when the redis-server with process id pid, not another server that
+// took the port, answers.
+func (r *RedisServer) ping(ctx context.Context, pid int) error {
+	client := redis.NewClient(&redis.Options{
+		Addr:         r.addr,
+		MaxRetries:   -1,
+		DialTimeout:  time.Second,
+		ReadTimeout:  500 * time.Millisecond, // go-redis does not abort a read when ctx is canceled
+		WriteTimeout: 500 * time.Millisecond,
+	})
+	defer client.Close()
+	info, err := client.Info(ctx, "server").Result()
+	if err != nil {
+		return err
+	}
+	want := "process_id:" + strconv.Itoa(pid)
+	for line := range strings.Lines(info) {
+		if strings.TrimSpace(line) == want {
+			return nil
+		}
+	}
+	return fmt.Errorf("%s is served by another redis-server: %w", r.addr, errPortInUse)
+}
+
+// stopLocked kills the server and waits until the port refuses connections.
+func (r *RedisServer) stopLocked() error {
+	proc := r.proc
+	if proc == nil {
+		return nil
+	}
+	r.proc = nil
+	if err := proc.kill(); err != nil {
+		return fmt.Errorf("redis-server on %s: %w", r.addr, err)
+	}
+	err := pollUntil(stopTimeout, nil, func(ctx context.Context) error {
+		var d net.Dialer
+		conn, err := d.DialContext(ctx, "tcp", r.addr)
+		if err != nil {
+			return nil
+		}
+		_ = conn.Close()
+		return errors.New("port still accepts connections")
+	})
+	if err != nil {
+		return fmt.Errorf("redis-server on %s was killed: %w", r.addr, err)
+	}
+	return nil
+}
+
+// shutdown stops the server for good and removes its files.
+func (r *RedisServer) shutdown() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.shutDown {
+		return nil
+	}
+	r.shutDown = true
+	unregisterServer(r)
+	return errors.Join(r.stopLocked(), r.tmp.remove())
+}
+
+// redisBinary finds redis-server on PATH or in the usual package directories.
+func redisBinary() (string, error) {
+	if path, err := exec.LookPath("redis-server"); err == nil {
+		return path, nil
+	}
+	for _, dir := range []string{"/usr/bin", "/usr/sbin", "/usr/local/bin", "/opt/homebrew/bin"} {
+		if path := filepath.Join(dir, "redis-server"); isExecutable(path) {
+			return path, nil
+		}
+	}
+	return "", &missingBinariesError{"redis-server not found: run `make deps` " +
+		"(Debian: apt-get install -y postgresql redis-server) or set REDIS_URL"}
+}
