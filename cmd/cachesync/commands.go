@@ -75,6 +75,15 @@ func redisClient(c *cli.Context, cfg *config.Config) (*redis.Client, error) {
 	return redis.NewClient(opts), nil
 }
 
+// connectPG opens a normal (catalog) connection; a failure is an exit error.
+func connectPG(c *cli.Context, url string) (*pgx.Conn, error) {
+	conn, err := pgx.Connect(c.Context, url)
+	if err != nil {
+		return nil, &exitError{code: 1, msg: fmt.Sprintf("connect to PostgreSQL: %v", err)}
+	}
+	return conn, nil
+}
+
 type env struct {
 	cfg    *config.Config
 	parser *config.Parser
@@ -207,9 +216,9 @@ func validateCommand() *cli.Command {
 				return err
 			}
 			if u := c.String("database-url"); u != "" {
-				conn, err := pgx.Connect(c.Context, u)
+				conn, err := connectPG(c, u)
 				if err != nil {
-					return &exitError{code: 1, msg: fmt.Sprintf("connect to PostgreSQL: %v", err)}
+					return err
 				}
 				defer conn.Close(context.WithoutCancel(c.Context))
 				diags, err := replication.Preflight(c.Context, conn, e.cfg.Rules, replication.PreflightOptions{})
@@ -264,9 +273,9 @@ func statusCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			conn, err := pgx.Connect(c.Context, e.dbURL)
+			conn, err := connectPG(c, e.dbURL)
 			if err != nil {
-				return &exitError{code: 1, msg: fmt.Sprintf("connect to PostgreSQL: %v", err)}
+				return err
 			}
 			defer conn.Close(context.WithoutCancel(c.Context))
 			slot, err := replication.ReadSlot(c.Context, conn, e.cfg.Postgres.Slot)
@@ -352,9 +361,9 @@ func teardownCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			conn, err := pgx.Connect(c.Context, e.dbURL)
+			conn, err := connectPG(c, e.dbURL)
 			if err != nil {
-				return &exitError{code: 1, msg: fmt.Sprintf("connect to PostgreSQL: %v", err)}
+				return err
 			}
 			defer conn.Close(context.WithoutCancel(c.Context))
 			dropped, err := replication.DropSlot(c.Context, conn, e.cfg.Postgres.Slot)

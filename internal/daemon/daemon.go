@@ -203,20 +203,12 @@ func (d *Daemon) prepareOnce(ctx context.Context, pgc config.Postgres) error {
 // any pending flush, then the streaming pipeline.
 func (d *Daemon) session(ctx context.Context) error {
 	pgc := d.opts.Config.Postgres
-	conn, err := d.connect(ctx)
+	conns, err := d.open(ctx)
 	if err != nil {
 		return err
 	}
-	defer conn.Close(context.WithoutCancel(ctx))
-	var dbname string
-	if err := conn.QueryRow(ctx, "SELECT current_database()").Scan(&dbname); err != nil {
-		return fmt.Errorf("read database name: %w", err)
-	}
-	repl, err := replication.ConnectReplication(ctx, d.opts.DatabaseURL)
-	if err != nil {
-		return err
-	}
-	defer repl.Close(context.WithoutCancel(ctx))
+	defer conns.close(ctx)
+	conn, repl := conns.conn, conns.repl
 
 	slot := pgc.Slot
 	var start wal.LSN
@@ -226,7 +218,7 @@ func (d *Daemon) session(ctx context.Context) error {
 			return err
 		}
 		d.log.Info().Str("slot", slot).Msg("dry run: streaming from a temporary slot; nothing is applied or confirmed on the real slot")
-	} else if start, err = d.ensureSlot(ctx, conn, repl, dbname); err != nil {
+	} else if start, err = d.ensureSlot(ctx, conn, repl, conns.dbname); err != nil {
 		return err
 	}
 
@@ -474,20 +466,42 @@ func (d *Daemon) Setup(ctx context.Context) error {
 	if err := d.prepareOnce(ctx, d.opts.Config.Postgres); err != nil {
 		return err
 	}
+	conns, err := d.open(ctx)
+	if err != nil {
+		return err
+	}
+	defer conns.close(ctx)
+	_, err = d.ensureSlot(ctx, conns.conn, conns.repl, conns.dbname)
+	return err
+}
+
+// sessionConns are the two connections of a session: a normal one for
+// catalog queries, and the replication connection that streams.
+type sessionConns struct {
+	conn   *pgx.Conn
+	repl   *pgconn.PgConn
+	dbname string
+}
+
+func (d *Daemon) open(ctx context.Context) (*sessionConns, error) {
 	conn, err := d.connect(ctx)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer conn.Close(context.WithoutCancel(ctx))
-	var dbname string
-	if err := conn.QueryRow(ctx, "SELECT current_database()").Scan(&dbname); err != nil {
-		return fmt.Errorf("read database name: %w", err)
+	s := &sessionConns{conn: conn}
+	if err := conn.QueryRow(ctx, "SELECT current_database()").Scan(&s.dbname); err != nil {
+		conn.Close(context.WithoutCancel(ctx))
+		return nil, fmt.Errorf("read database name: %w", err)
 	}
-	repl, err := replication.ConnectReplication(ctx, d.opts.DatabaseURL)
-	if err != nil {
-		return err
+	if s.repl, err = replication.ConnectReplication(ctx, d.opts.DatabaseURL); err != nil {
+		conn.Close(context.WithoutCancel(ctx))
+		return nil, err
 	}
-	defer repl.Close(context.WithoutCancel(ctx))
-	_, err = d.ensureSlot(ctx, conn, repl, dbname)
-	return err
+	return s, nil
+}
+
+func (s *sessionConns) close(ctx context.Context) {
+	ctx = context.WithoutCancel(ctx)
+	s.repl.Close(ctx)
+	s.conn.Close(ctx)
 }
