@@ -38,7 +38,6 @@ import (
 	"fmt"
 	"os"
 	"sort"
-	"strings"
 	"time"
 
 	"github.com/hashicorp/hcl/v2"
@@ -327,16 +326,4 @@ func sortDiagnostics(diags hcl.Diagnostics) {
 // rangeString renders a range's start as file:line:col.
 func rangeString(r hcl.Range) string {
 	return fmt.Sprintf("%s:%d:%d", r.Filename, r.Start.Line, r.Start.Column)
-}
-
-// quoteList renders names as `"a", "b" and "c"`.
-func quoteList(names []string) string {
-	q := make([]string, len(names))
-	for i, n := range names {
-		q[i] = fmt.Sprintf("%q", n)
-	}
-	if len(q) <= 1 {
-		return strings.Join(q, "")
-	}
-	return strings.Join(q[:len(q)-1], ", ") + " and " + q[len(q)-1]
 }

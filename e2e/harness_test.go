@@ -51,7 +51,6 @@ type env struct {
 	rules  string
 	slot   string
 	ctx    context.Context
-	extra  []string
 	logDir string
 }
 

@@ -234,8 +234,9 @@ func (p *process) kill() error {
 type credentialMode int
 
 const (
-	// credSetgroups switches uid and gid and clears supplementary groups.
-	credSetgroups credentialMode = iota
+	// credSetgroups (the zero value) switches uid and gid and clears
+	// supplementary groups.
+	_ credentialMode = iota
 	// credKeepGroups switches uid and gid only, for user namespaces that deny setgroups.
 	credKeepGroups
 	// credRunuser wraps the command in `runuser -u USER --`. The parent-death signal then
