@@ -113,6 +113,9 @@ func New(opts Options) (*Daemon, error) {
 // done, then drains, confirms the last applied position and returns nil.
 func (d *Daemon) Run(ctx context.Context) error {
 	if err := d.prepare(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped while waiting for the database
+		}
 		return err
 	}
 	backoff := time.Second
