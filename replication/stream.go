@@ -137,7 +137,9 @@ func (s *Stream) Run(ctx context.Context, start wal.LSN, events chan<- Event) er
 		if err := s.checkSilence(ctx); err != nil {
 			return err
 		}
-		rctx, cancel := context.WithTimeout(ctx, time.Second)
+		// A short read timeout lets a freshly applied position reach the
+		// server promptly even when nothing else arrives.
+		rctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
 		raw, err := s.conn.ReceiveMessage(rctx)
 		cancel()
 		if err != nil {
@@ -234,7 +236,7 @@ func (s *Stream) emit(ctx context.Context, events chan<- Event, ev Event) error 
 // position moved so that the slot (and retained WAL) follows promptly.
 func (s *Stream) maybeSendStatus(ctx context.Context) error {
 	since := time.Since(s.lastStatus)
-	if since >= s.opts.StatusInterval || (s.Applied() != s.lastFlush && since >= 200*time.Millisecond) {
+	if since >= s.opts.StatusInterval || (s.Applied() != s.lastFlush && since >= 100*time.Millisecond) {
 		return s.sendStatus(ctx, false)
 	}
 	return nil

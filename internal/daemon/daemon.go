@@ -174,7 +174,11 @@ func (d *Daemon) prepareOnce(ctx context.Context, pgc config.Postgres) error {
 		return err
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	diags, err := replication.Preflight(ctx, conn, d.opts.Config.Rules, replication.PreflightOptions{Publication: pgc.Publication})
+	pf := replication.PreflightOptions{Publication: pgc.Publication}
+	if d.opts.DryRun {
+		pf.Publication = "" // a dry run creates and alters nothing
+	}
+	diags, err := replication.Preflight(ctx, conn, d.opts.Config.Rules, pf)
 	if err != nil {
 		return err
 	}
@@ -216,7 +220,8 @@ func (d *Daemon) session(ctx context.Context) error {
 	slot := pgc.Slot
 	var start wal.LSN
 	if d.opts.DryRun {
-		slot = fmt.Sprintf("%s_dryrun_%d", pgc.Slot, rand.N(1_000_000))
+		// A temporary slot of its own, within the 63-character limit.
+		slot = fmt.Sprintf("%s_dryrun_%d", pgc.Slot[:min(len(pgc.Slot), 48)], rand.N(1_000_000))
 		if start, err = replication.CreateSlot(ctx, repl, slot, true); err != nil {
 			return err
 		}
