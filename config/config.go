@@ -77,9 +77,24 @@ type Postgres struct {
 type Redis struct {
 	// URL may be "": the command line's value (REDIS_URL) then applies.
 	URL string
+	// OnReset says how to heal a cache that lost applied effects (restarted
+	// without persistence, restored from a backup, failed over).
+	OnReset ResetPolicy
 	// Range is the block header's range; zero when the block is absent.
 	Range hcl.Range
 }
+
+// ResetPolicy is the value of redis { on_redis_reset }.
+type ResetPolicy string
+
+// Reset policies.
+const (
+	// ResetReplay re-applies the journal from the cache's last applied
+	// position, and flushes when the journal does not reach back that far.
+	ResetReplay ResetPolicy = "replay"
+	// ResetFlush drops every rule's key space.
+	ResetFlush ResetPolicy = "flush"
+)
 
 // Rule maps the row changes of one table to Redis effects.
 type Rule struct {

@@ -1057,3 +1057,31 @@ func TestFunctions(t *testing.T) {
 		}
 	}
 }
+
+func TestOnRedisReset(t *testing.T) {
+	base := "rule \"u\" {\n  table = \"public.users\"\n  invalidate { keys = [\"user:${row.id}\"] }\n}\n"
+	for _, tt := range []struct {
+		block string
+		want  config.ResetPolicy
+		err   string
+	}{
+		{"", "", ""},
+		{"redis {}\n", config.ResetReplay, ""},
+		{"redis {\n  on_redis_reset = \"flush\"\n}\n", config.ResetFlush, ""},
+		{"redis {\n  on_redis_reset = \"ignore\"\n}\n", "", "rules.hcl:2:20"},
+	} {
+		cfg, diags := config.Parse([]byte(tt.block+base), "rules.hcl")
+		if tt.err != "" {
+			if !diags.HasErrors() || !strings.Contains(config.FormatDiagnostics(diags, nil), tt.err) {
+				t.Errorf("%q: want an error at %s, got %v", tt.block, tt.err, diags)
+			}
+			continue
+		}
+		if diags.HasErrors() {
+			t.Fatalf("%q: %v", tt.block, diags)
+		}
+		if cfg.Redis.OnReset != tt.want {
+			t.Errorf("%q: on_redis_reset %q, want %q", tt.block, cfg.Redis.OnReset, tt.want)
+		}
+	}
+}

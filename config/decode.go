@@ -26,7 +26,7 @@ var (
 		Attributes: []hcl.AttributeSchema{{Name: "url"}, {Name: "slot"}, {Name: "publication"}},
 	}
 	redisSchema = &hcl.BodySchema{
-		Attributes: []hcl.AttributeSchema{{Name: "url"}},
+		Attributes: []hcl.AttributeSchema{{Name: "url"}, {Name: "on_redis_reset"}},
 	}
 	// Required attributes are checked by hand so that the message names the
 	// rule and shows what to write.
@@ -198,6 +198,24 @@ func (p *Parser) decodeRedis(b *hcl.Block, r *Redis) hcl.Diagnostics {
 		if !ds.HasErrors() && s != "" {
 			if d := checkRedisURL(s, attr.Expr.Range()); d != nil {
 				diags = append(diags, d)
+			}
+		}
+	}
+	r.OnReset = ResetReplay
+	if attr, ok := content.Attributes["on_redis_reset"]; ok {
+		s, ds := settingString(attr, p.settingsEvalContext(), "redis")
+		diags = append(diags, ds...)
+		switch ResetPolicy(s) {
+		case ResetReplay, ResetFlush:
+			r.OnReset = ResetPolicy(s)
+		default:
+			if !ds.HasErrors() {
+				diags = append(diags, &hcl.Diagnostic{
+					Severity: hcl.DiagError,
+					Summary:  fmt.Sprintf("redis: on_redis_reset %q is not a policy", s),
+					Detail:   `write on_redis_reset = "replay" (re-apply the journal since the cache's last applied position, flushing when the journal does not reach back) or "flush" (drop every rule's key space)`,
+					Subject:  attr.Expr.Range().Ptr(),
+				})
 			}
 		}
 	}

@@ -38,12 +38,14 @@ const DefaultKeyCap = 10000
 
 // Flush reasons, as reported in Op.Reason and in Stats.
 const (
-	ReasonTruncate  = "truncate"
-	ReasonKeyCap    = "key_cap"
-	ReasonNotSent   = "not_sent"
-	ReasonEvalError = "eval_error"
-	ReasonSlot      = "slot_created"
-	ReasonTableAdd  = "table_added"
+	ReasonTruncate   = "truncate"
+	ReasonKeyCap     = "key_cap"
+	ReasonNotSent    = "not_sent"
+	ReasonEvalError  = "eval_error"
+	ReasonSlot       = "slot_created"
+	ReasonSlotLost   = "slot_lost"
+	ReasonCacheReset = "cache_reset"
+	ReasonTableAdd   = "table_added"
 )
 
 // Options tune a Mapper.

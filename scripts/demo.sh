@@ -347,8 +347,8 @@ say "First start: cachesync created the slot and flushed every rule's key space,
 say "nothing cached before the slot's consistent point would ever be invalidated."
 expect_deleted user:1
 expect_kept session:abc
-marker=$(rcli GET "cachesync:slot:$slot:flushed")
-if [[ -n "$marker" ]]; then ok "cachesync:slot:$slot:flushed = $marker (the next start will not flush again)"; else bad "no slot marker cachesync:slot:$slot:flushed"; fi
+marker=$(rcli GET "cachesync:slot:$slot:applied")
+if [[ -n "$marker" ]]; then ok "cachesync:slot:$slot:applied = $marker (the cache's applied position, advanced before each confirm)"; else bad "no applied position cachesync:slot:$slot:applied"; fi
 
 # settle: wait until the slot confirmed everything committed so far (cachesync confirms
 # a transaction's end only after its effects are applied), then show the daemon's log.

@@ -15,6 +15,7 @@
 //	OpSet          GuardedSetScript: SET key (TTL ± jitter, at least 1s) unless the guard holds the same or a later LSN
 //	OpUnset        GuardedUnsetScript: DEL key and leave the LSN in the guard for Options.GuardTTL
 //	OpFlush        SCAN the rule's key space and drop what matches (see below)
+//	OpMark         SET key value, no expiry (the daemon's applied position)
 //
 // Write-through TTLs: a value with a TTL gets a guard that lives Options.GuardTTL
 // longer than the value, so that an older change redelivered soon after the
@@ -253,7 +254,7 @@ func collectOps(batches []mapping.Batch) ([]*mapping.Op, error) {
 		for j := range b.Ops {
 			op := &b.Ops[j]
 			switch {
-			case op.Kind < mapping.OpDelete || op.Kind > mapping.OpFlush:
+			case op.Kind < mapping.OpDelete || op.Kind > mapping.OpMark:
 				return nil, fmt.Errorf("writer: batch with end LSN %s, operation %d (rule %q): kind %d: %w",
 					b.EndLSN, j, op.Rule, op.Kind, ErrInvalidOp)
 			case op.Kind == mapping.OpFlush && op.Keyspace == nil:
@@ -344,7 +345,7 @@ func (w *Writer) recovered() {
 
 // counters are the Writer's statistics, updated as Redis acknowledges.
 type counters struct {
-	applied             [mapping.OpFlush + 1]atomic.Uint64
+	applied             [mapping.OpMark + 1]atomic.Uint64
 	retries             atomic.Uint64
 	tagKeysDeleted      atomic.Uint64
 	flushKeysDeleted    atomic.Uint64

@@ -3,9 +3,11 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -18,8 +20,10 @@ import (
 
 	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/internal/daemon"
+	"github.com/cachesync/cachesync/journal"
 	"github.com/cachesync/cachesync/mapping"
 	"github.com/cachesync/cachesync/replication"
+	"github.com/cachesync/cachesync/wal"
 	"github.com/cachesync/cachesync/writer"
 )
 
@@ -109,49 +113,113 @@ func setupEnv(c *cli.Context, needDB bool) (*env, error) {
 	return e, nil
 }
 
-func (e *env) daemon(applier daemon.Applier, marker daemon.Marker, c *cli.Context, dryRun bool) (*daemon.Daemon, error) {
-	return daemon.New(daemon.Options{
+// stack is what run, setup and replay apply with: the Redis client, the
+// writer and the journal.
+type stack struct {
+	redis   *redis.Client
+	writer  *writer.Writer
+	journal *journal.Journal
+}
+
+func (s *stack) close() {
+	if s.journal != nil {
+		s.journal.Close()
+	}
+	if s.redis != nil {
+		s.redis.Close()
+	}
+}
+
+// journalDir is where the slot's journal lives: --data-dir (default
+// .cachesync beside the rules file), one directory per slot.
+func journalDir(c *cli.Context, cfg *config.Config) string {
+	dir := c.String("data-dir")
+	if dir == "" {
+		dir = filepath.Join(filepath.Dir(cfg.Filename), ".cachesync")
+	}
+	return filepath.Join(dir, cfg.Postgres.Slot)
+}
+
+func (e *env) stack(c *cli.Context, withJournal bool) (*stack, error) {
+	rc, err := redisClient(c, e.cfg)
+	if err != nil {
+		return nil, err
+	}
+	s := &stack{redis: rc, writer: writer.New(rc, writer.Options{Logger: e.log})}
+	if withJournal {
+		s.journal, err = journal.Open(journal.Options{
+			Dir:      journalDir(c, e.cfg),
+			MaxAge:   c.Duration("journal-max-age"),
+			MaxBytes: c.Int64("journal-max-bytes"),
+			Logger:   e.log,
+		})
+		if err != nil {
+			rc.Close()
+			return nil, &exitError{code: 1, msg: "cachesync: " + err.Error()}
+		}
+	}
+	return s, nil
+}
+
+func (e *env) daemon(c *cli.Context, s *stack, dryRun bool) (*daemon.Daemon, error) {
+	opts := daemon.Options{
 		Config:            e.cfg,
 		DatabaseURL:       e.dbURL,
-		Applier:           applier,
-		Marker:            marker,
 		DryRun:            dryRun,
 		KeyCap:            c.Int("key-cap"),
 		StatusInterval:    c.Duration("status-interval"),
+		HeartbeatInterval: c.Duration("heartbeat-interval"),
 		DrainTimeout:      c.Duration("drain-timeout"),
 		FormatDiagnostics: e.parser.FormatDiagnostics,
 		Failpoint:         failpoint(os.Getenv("CACHESYNC_FAILPOINT")),
 		Logger:            e.log,
-	})
+	}
+	if dryRun {
+		opts.Applier = &jsonLines{out: os.Stdout}
+	} else {
+		opts.Applier, opts.Journal, opts.Cache = s.writer, s.journal, daemon.RedisCacheState{Client: s.redis}
+	}
+	return daemon.New(opts)
+}
+
+// journalFlags are the flags of the commands that write the journal.
+func journalFlags() []cli.Flag {
+	return []cli.Flag{
+		dataDirFlag(),
+		&cli.DurationFlag{Name: "journal-max-age", Value: journal.DefaultMaxAge, EnvVars: []string{"CACHESYNC_JOURNAL_MAX_AGE"}, Usage: "keep journaled batches this long (replay reaches back this far)"},
+		&cli.Int64Flag{Name: "journal-max-bytes", Value: journal.DefaultMaxBytes, EnvVars: []string{"CACHESYNC_JOURNAL_MAX_BYTES"}, Usage: "keep at most this many bytes of journal"},
+	}
+}
+
+func dataDirFlag() cli.Flag {
+	return &cli.StringFlag{Name: "data-dir", EnvVars: []string{"CACHESYNC_DATA_DIR"}, Usage: "local state: the replay journal (default: .cachesync beside the rules file)"}
 }
 
 func runCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "run",
 		Usage: "set up the publication and slot if missing, then stream changes into Redis",
-		Flags: flags(
+		Flags: flags(append(journalFlags(),
 			databaseURLFlag(), redisURLFlag(),
 			&cli.BoolFlag{Name: "dry-run", EnvVars: []string{"CACHESYNC_DRY_RUN"}, Usage: "print operations as JSON lines instead of applying them (streams from a temporary slot)"},
 			&cli.IntFlag{Name: "key-cap", Value: mapping.DefaultKeyCap, EnvVars: []string{"CACHESYNC_KEY_CAP"}, Usage: "distinct keys per rule and transaction above which the rule's key space is flushed instead"},
 			&cli.DurationFlag{Name: "status-interval", Value: 10 * time.Second, EnvVars: []string{"CACHESYNC_STATUS_INTERVAL"}, Usage: "longest time between standby status updates"},
+			&cli.DurationFlag{Name: "heartbeat-interval", Value: 10 * time.Second, EnvVars: []string{"CACHESYNC_HEARTBEAT_INTERVAL"}, Usage: "how often to write a heartbeat message into the WAL (0: never); keeps the slot moving on an idle database"},
 			&cli.DurationFlag{Name: "drain-timeout", Value: 10 * time.Second, EnvVars: []string{"CACHESYNC_DRAIN_TIMEOUT"}, Usage: "on SIGTERM, how long to keep applying what was received"},
-		),
+		)...),
 		Action: func(c *cli.Context) error {
 			e, err := setupEnv(c, true)
 			if err != nil {
 				return err
 			}
-			var d *daemon.Daemon
-			if c.Bool("dry-run") {
-				d, err = e.daemon(&jsonLines{out: os.Stdout}, nil, c, true)
-			} else {
-				var rc *redis.Client
-				if rc, err = redisClient(c, e.cfg); err != nil {
+			s := &stack{}
+			if !c.Bool("dry-run") {
+				if s, err = e.stack(c, true); err != nil {
 					return err
 				}
-				defer rc.Close()
-				d, err = e.daemon(writer.New(rc, writer.Options{Logger: e.log}), daemon.RedisMarker{Client: rc}, c, false)
 			}
+			defer s.close()
+			d, err := e.daemon(c, s, c.Bool("dry-run"))
 			if err != nil {
 				return err
 			}
@@ -239,18 +307,18 @@ func setupCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "setup",
 		Usage: "create or update the publication, create the slot and flush the rules' key spaces; idempotent",
-		Flags: flags(databaseURLFlag(), redisURLFlag()),
+		Flags: flags(append(journalFlags(), databaseURLFlag(), redisURLFlag())...),
 		Action: func(c *cli.Context) error {
 			e, err := setupEnv(c, true)
 			if err != nil {
 				return err
 			}
-			rc, err := redisClient(c, e.cfg)
+			s, err := e.stack(c, true)
 			if err != nil {
 				return err
 			}
-			defer rc.Close()
-			d, err := e.daemon(writer.New(rc, writer.Options{Logger: e.log}), daemon.RedisMarker{Client: rc}, c, false)
+			defer s.close()
+			d, err := e.daemon(c, s, false)
 			if err != nil {
 				return err
 			}
@@ -267,7 +335,8 @@ func statusCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "status",
 		Usage: "show the slot: confirmed LSN, lag, retained WAL, activity",
-		Flags: flags(databaseURLFlag(), &cli.BoolFlag{Name: "json", Usage: "print JSON"}),
+		Flags: flags(databaseURLFlag(), dataDirFlag(), &cli.BoolFlag{Name: "json", Usage: "print JSON"},
+			&cli.Int64Flag{Name: "warn-retained-bytes", Value: 1 << 30, EnvVars: []string{"CACHESYNC_WARN_RETAINED_BYTES"}, Usage: "warn when the slot retains more WAL than this"}),
 		Action: func(c *cli.Context) error {
 			e, err := setupEnv(c, true)
 			if err != nil {
@@ -286,7 +355,11 @@ func statusCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			return printStatus(c.App.Writer, c.Bool("json"), e.cfg, slot, pub)
+			var jr *journal.Range
+			if r, err := journal.Inspect(journalDir(c, e.cfg)); err == nil {
+				jr = &r
+			}
+			return printStatus(c.App.Writer, c.Bool("json"), e.cfg, slot, pub, jr, c.Int64("warn-retained-bytes"))
 		},
 	}
 }
@@ -297,11 +370,21 @@ type statusReport struct {
 	Info        *replication.SlotInfo `json:"info,omitempty"`
 	Publication string                `json:"publication"`
 	Tables      []string              `json:"publication_tables"`
+	Journal     *journal.Range        `json:"journal,omitempty"`
+	Warnings    []string              `json:"warnings,omitempty"`
 	Rules       int                   `json:"rules"`
 }
 
-func printStatus(w io.Writer, asJSON bool, cfg *config.Config, slot *replication.SlotInfo, pub *replication.Publication) error {
-	r := statusReport{Slot: cfg.Postgres.Slot, Exists: slot != nil, Info: slot, Publication: cfg.Postgres.Publication, Rules: len(cfg.Rules)}
+func printStatus(w io.Writer, asJSON bool, cfg *config.Config, slot *replication.SlotInfo, pub *replication.Publication, jr *journal.Range, warnRetained int64) error {
+	r := statusReport{Slot: cfg.Postgres.Slot, Exists: slot != nil, Info: slot, Publication: cfg.Postgres.Publication, Rules: len(cfg.Rules), Journal: jr}
+	if slot != nil {
+		if slot.RetainedBytes > warnRetained {
+			r.Warnings = append(r.Warnings, fmt.Sprintf("the slot retains %s of WAL (over %s): is cachesync running and keeping up? Set max_slot_wal_keep_size so a stalled slot cannot fill the disk", bytesString(slot.RetainedBytes), bytesString(warnRetained)))
+		}
+		if slot.WALStatus == "unreserved" || slot.WALStatus == "lost" {
+			r.Warnings = append(r.Warnings, fmt.Sprintf("wal_status is %s: the slot is losing or has lost WAL it needs; cachesync will recreate it and flush every key space", slot.WALStatus))
+		}
+	}
 	if pub != nil {
 		r.Tables = pub.Tables
 	}
@@ -335,6 +418,14 @@ func printStatus(w io.Writer, asJSON bool, cfg *config.Config, slot *replication
 		fmt.Fprintf(tw, "publication\t%s: %s\n", r.Publication, strings.Join(pub.Tables, ", "))
 	}
 	fmt.Fprintf(tw, "rules\t%d\n", r.Rules)
+	if jr == nil || jr.Entries == 0 {
+		fmt.Fprintf(tw, "journal\tempty or absent\n")
+	} else {
+		fmt.Fprintf(tw, "journal\t%s (%s) .. %s (%s), %s\n", jr.OldestLSN, jr.OldestTime.Format(time.RFC3339), jr.NewestLSN, jr.NewestTime.Format(time.RFC3339), bytesString(jr.Bytes))
+	}
+	for _, warning := range r.Warnings {
+		fmt.Fprintf(tw, "WARNING\t%s\n", warning)
+	}
 	return tw.Flush()
 }
 
@@ -349,6 +440,73 @@ func bytesString(n int64) string {
 		exp++
 	}
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+func replayCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "replay",
+		Usage: "re-apply journaled batches from an LSN or a time (after Redis was restored or restarted empty)",
+		Description: "Reads the journal under --data-dir (also while cachesync run is writing it) and applies every batch\n" +
+			"from --from LSN or --since TIME to Redis again; a running daemon carries on streaming meanwhile.\n" +
+			"When the journal does not reach back that far it refuses: pass --flush to drop every rule's key space instead.",
+		Flags: flags(dataDirFlag(), redisURLFlag(),
+			&cli.StringFlag{Name: "from", Usage: "LSN to replay from (as PostgreSQL prints it: 0/16B3748)"},
+			&cli.TimestampFlag{Name: "since", Layout: time.RFC3339, Usage: "commit time to replay from (RFC 3339)"},
+			&cli.BoolFlag{Name: "flush", Usage: "flush every rule's key space instead of replaying"},
+		),
+		Action: func(c *cli.Context) error {
+			e, err := setupEnv(c, false)
+			if err != nil {
+				return err
+			}
+			var from wal.LSN
+			if f := c.String("from"); f != "" {
+				if from, err = wal.ParseLSN(f); err != nil {
+					return &exitError{code: 2, msg: "--from: " + err.Error()}
+				}
+			}
+			var since time.Time
+			if t := c.Timestamp("since"); t != nil {
+				since = *t
+			}
+			if !c.Bool("flush") && ((c.String("from") == "") == since.IsZero()) {
+				return &exitError{code: 2, msg: "give exactly one of --from LSN and --since TIME, or --flush"}
+			}
+			s, err := e.stack(c, false)
+			if err != nil {
+				return err
+			}
+			defer s.close()
+			if c.Bool("flush") {
+				m, err := mapping.New(e.cfg.Rules, mapping.Options{})
+				if err != nil {
+					return err
+				}
+				if err := s.writer.Apply(c.Context, []mapping.Batch{{Ops: m.FlushAll(mapping.ReasonCacheReset)}}); err != nil {
+					return err
+				}
+				fmt.Fprintf(c.App.Writer, "flushed the key spaces of %d rules\n", len(e.cfg.Rules))
+				return nil
+			}
+			dir := journalDir(c, e.cfg)
+			n, err := daemon.Replay(c.Context, dirReplayer(dir), s.writer, from, since)
+			if errors.Is(err, journal.ErrNotCovered) {
+				return &exitError{code: 1, msg: fmt.Sprintf("cachesync replay: %v\nNothing was applied. To heal the cache anyway, run cachesync replay --flush (drops every rule's key space).", err)}
+			}
+			if err != nil {
+				return &exitError{code: 1, msg: "cachesync replay: " + err.Error()}
+			}
+			fmt.Fprintf(c.App.Writer, "replayed %d batches from %s\n", n, dir)
+			return nil
+		},
+	}
+}
+
+// dirReplayer replays a journal directory without locking it.
+type dirReplayer string
+
+func (d dirReplayer) Replay(ctx context.Context, from wal.LSN, since time.Time, fn func(mapping.Batch) error) error {
+	return journal.ReplayDir(ctx, string(d), from, since, fn)
 }
 
 func teardownCommand() *cli.Command {
@@ -382,8 +540,8 @@ func teardownCommand() *cli.Command {
 					return err
 				}
 				defer rc.Close()
-				if err := (daemon.RedisMarker{Client: rc}).Delete(c.Context, e.cfg.Postgres.Slot); err != nil {
-					e.log.Warn().Err(err).Msg("could not remove the slot marker from Redis")
+				if err := (daemon.RedisCacheState{Client: rc}).Forget(c.Context, e.cfg.Postgres.Slot); err != nil {
+					e.log.Warn().Err(err).Msg("could not remove the applied position from Redis")
 				}
 			}
 			return nil

@@ -52,6 +52,7 @@ func newApp() *cli.App {
 			validateCommand(),
 			setupCommand(),
 			statusCommand(),
+			replayCommand(),
 			teardownCommand(),
 		},
 		HideHelpCommand: true,

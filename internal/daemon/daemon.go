@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/cachesync/cachesync/config"
+	"github.com/cachesync/cachesync/journal"
 	"github.com/cachesync/cachesync/mapping"
 	"github.com/cachesync/cachesync/replication"
 	"github.com/cachesync/cachesync/wal"
@@ -32,10 +33,16 @@ type Applier interface {
 	Apply(ctx context.Context, batches []mapping.Batch) error
 }
 
-// Journal records applied batches before their LSN is confirmed, for replay.
-// The daemon calls it after Apply and before Confirm.
+// Journal records applied batches before their LSN is confirmed, for replay
+// (journal.Journal). The daemon calls Append after Apply and before Confirm.
 type Journal interface {
 	Append(ctx context.Context, batches []mapping.Batch) error
+	Replay(ctx context.Context, from wal.LSN, since time.Time, fn func(mapping.Batch) error) error
+	SetCompleteFrom(lsn wal.LSN) error
+	LastLSN() wal.LSN
+	Reset(lsn wal.LSN) error
+	State() (journal.State, bool)
+	SaveState(journal.State) error
 }
 
 // Options configure a Daemon.
@@ -43,35 +50,38 @@ type Options struct {
 	Config      *config.Config
 	DatabaseURL string
 	Applier     Applier
-	Journal     Journal // optional
-	// Marker remembers that a slot's key spaces were flushed after the slot
-	// was created; nil in dry runs.
-	Marker Marker
+	// Journal is required unless DryRun.
+	Journal Journal
+	// Cache reports the cache's applied position and identity; nil in dry runs.
+	Cache CacheState
 	// DryRun streams from a temporary slot and never touches the real one.
 	DryRun bool
 	KeyCap int
 	// StatusInterval bounds the time between standby status updates.
 	StatusInterval time.Duration
+	// HeartbeatInterval is how often a heartbeat message is written to the
+	// WAL (0: never). It keeps the slot moving on an idle database.
+	HeartbeatInterval time.Duration
 	// DrainTimeout bounds the graceful stop: applying what was received.
 	DrainTimeout time.Duration
 	// MaxBackoff caps the reconnect backoff (default 30s).
 	MaxBackoff time.Duration
-	// Failpoint, when set, is called at named points of the pipeline
-	// ("after-apply": Redis acknowledged a group, nothing confirmed yet) so
-	// that tests can crash the process exactly there.
+	// StandbyRetry is how often a passive instance retries the slot held by
+	// another instance (default 2s, jittered).
+	StandbyRetry time.Duration
+	// CacheCheckInterval is how often, between groups, the cache's applied
+	// position is compared with the one last written, to catch a restarted,
+	// restored or failed-over Redis while nothing changes (default 1s).
+	CacheCheckInterval time.Duration
+	// Failpoint, when set, is called at named points of the pipeline so
+	// that tests can crash the process exactly there: "before-apply" (a
+	// group is mapped, nothing applied), "after-apply" (Redis acknowledged
+	// it, nothing journaled), "after-journal" (journaled, not confirmed).
 	Failpoint func(name string)
 	// FormatDiagnostics renders preflight findings (with source lines when
 	// the parser's files are at hand).
 	FormatDiagnostics func(hcl.Diagnostics) string
 	Logger            zerolog.Logger
-}
-
-// Marker stores, beside the cache, which slot incarnation the cache was
-// flushed for. A slot without a marker (created, then a crash before the
-// flush finished; or the cache was emptied) gets its key spaces flushed.
-type Marker interface {
-	Get(ctx context.Context, slot string) (string, error)
-	Set(ctx context.Context, slot, value string) error
 }
 
 // Daemon runs the pipeline, reconnecting after failures.
@@ -82,6 +92,12 @@ type Daemon struct {
 	// pendingFlush are tables whose key spaces must be flushed before the
 	// next session streams (tables just added to the publication).
 	pendingFlush []string
+	// mark is the applied position last written to the cache.
+	mark wal.LSN
+	// counters for logs and, later, metrics
+	cacheResets, flushes uint64
+	// passive is set while another instance holds the slot.
+	passive bool
 }
 
 // ErrConfig marks failures that retrying cannot fix: the rules do not fit the
@@ -101,6 +117,15 @@ func New(opts Options) (*Daemon, error) {
 	}
 	if opts.MaxBackoff <= 0 {
 		opts.MaxBackoff = 30 * time.Second
+	}
+	if opts.StandbyRetry <= 0 {
+		opts.StandbyRetry = 2 * time.Second
+	}
+	if opts.CacheCheckInterval <= 0 {
+		opts.CacheCheckInterval = time.Second
+	}
+	if !opts.DryRun && (opts.Journal == nil || opts.Cache == nil) {
+		return nil, errors.New("daemon: a journal and a cache state are required unless dry running")
 	}
 	m, err := mapping.New(opts.Config.Rules, mapping.Options{KeyCap: opts.KeyCap, Logger: opts.Logger})
 	if err != nil {
@@ -127,6 +152,21 @@ func (d *Daemon) Run(ctx context.Context) error {
 		}
 		if errors.Is(err, ErrConfig) {
 			return err
+		}
+		if errors.Is(err, replication.ErrSlotActive) {
+			// Another instance streams: that is our active/passive lock.
+			// Retry often, never terminate the holder.
+			if !d.passive {
+				d.passive = true
+				d.log.Info().Str("slot", d.opts.Config.Postgres.Slot).Msg("another instance holds the slot; standing by as passive")
+			}
+			wait := d.opts.StandbyRetry/2 + rand.N(d.opts.StandbyRetry+1)
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(wait):
+			}
+			continue
 		}
 		if time.Since(started) > time.Minute {
 			backoff = time.Second
@@ -235,7 +275,7 @@ func (d *Daemon) session(ctx context.Context) error {
 		MessagePrefix: "cachesync", Logger: d.log,
 	})
 	d.mapper.Abandon()
-	err = d.pipeline(ctx, stream, start)
+	err = d.pipeline(ctx, stream, start, conn)
 	if ctx.Err() != nil {
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
@@ -246,71 +286,6 @@ func (d *Daemon) session(ctx context.Context) error {
 		}
 	}
 	return err
-}
-
-// ensureSlot returns the position to stream from, creating the slot when
-// missing. After creation, and whenever the cache carries no marker for the
-// slot, every rule's key space is flushed before streaming: entries cached
-// before the slot's consistent point would never be invalidated.
-func (d *Daemon) ensureSlot(ctx context.Context, conn *pgx.Conn, repl *pgconn.PgConn, dbname string) (wal.LSN, error) {
-	name := d.opts.Config.Postgres.Slot
-	info, err := replication.ReadSlot(ctx, conn, name)
-	if err != nil {
-		return 0, err
-	}
-	created := false
-	if info == nil {
-		lsn, err := replication.CreateSlot(ctx, repl, name, false)
-		if err != nil {
-			return 0, err
-		}
-		created = true
-		d.log.Warn().Str("slot", name).Stringer("consistent_point", lsn).Msg("replication slot created; flushing every rule's key space before streaming")
-		if info, err = replication.ReadSlot(ctx, conn, name); err != nil {
-			return 0, err
-		}
-		if info == nil {
-			return 0, fmt.Errorf("slot %q vanished right after creation", name)
-		}
-	}
-	if err := replication.CheckSlot(info, dbname); err != nil {
-		return 0, fmt.Errorf("%w: %w", ErrConfig, err)
-	}
-	if d.opts.Marker != nil {
-		marker, err := d.opts.Marker.Get(ctx, name)
-		if err != nil {
-			return 0, err
-		}
-		if created || marker == "" {
-			if !created {
-				d.log.Warn().Str("slot", name).Msg("the cache has no record of being flushed for this slot (new cache, or a crash right after the slot was created); flushing every rule's key space")
-			}
-			if err := d.flush(ctx, d.mapper.FlushAll(mapping.ReasonSlot), info.ConfirmedFlushLSN); err != nil {
-				return 0, err
-			}
-			if err := d.opts.Marker.Set(ctx, name, info.ConfirmedFlushLSN.String()); err != nil {
-				return 0, err
-			}
-			d.pendingFlush = nil
-		}
-	}
-	if len(d.pendingFlush) > 0 {
-		if err := d.flush(ctx, d.mapper.FlushTables(d.pendingFlush, mapping.ReasonTableAdd), info.ConfirmedFlushLSN); err != nil {
-			return 0, err
-		}
-		d.pendingFlush = nil
-	}
-	return info.ConfirmedFlushLSN, nil
-}
-
-func (d *Daemon) flush(ctx context.Context, ops []mapping.Op, lsn wal.LSN) error {
-	if len(ops) == 0 {
-		return nil
-	}
-	for _, op := range ops {
-		d.log.Info().Str("rule", op.Rule).Str("reason", op.Reason).Msg("flushing key space")
-	}
-	return d.opts.Applier.Apply(ctx, []mapping.Batch{{EndLSN: lsn, Ops: ops}})
 }
 
 // Channel sizes: bounded so that memory stays flat whatever Redis does.
@@ -324,7 +299,7 @@ const (
 // pipeline runs stream → mapper → applier → journal → confirm until ctx is
 // done (graceful: drain what was received, within DrainTimeout) or a stage
 // fails (the others stop; nothing unapplied is confirmed).
-func (d *Daemon) pipeline(ctx context.Context, stream *replication.Stream, start wal.LSN) error {
+func (d *Daemon) pipeline(ctx context.Context, stream *replication.Stream, start wal.LSN, conn *pgx.Conn) error {
 	hard, hardCancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer hardCancel()
 	stopDrain := context.AfterFunc(ctx, func() {
@@ -350,6 +325,9 @@ func (d *Daemon) pipeline(ctx context.Context, stream *replication.Stream, start
 	g.Go(func() error {
 		return d.applyBatches(gctx, batches, stream)
 	})
+	if d.opts.HeartbeatInterval > 0 && !d.opts.DryRun {
+		g.Go(func() error { return d.heartbeat(readCtx, conn) })
+	}
 	err := g.Wait()
 	if ctx.Err() != nil && errors.Is(err, context.Canceled) {
 		d.log.Warn().Dur("drain_timeout", d.opts.DrainTimeout).Msg("stopped before everything received was applied; it will be redelivered")
@@ -357,6 +335,33 @@ func (d *Daemon) pipeline(ctx context.Context, stream *replication.Stream, start
 	}
 	return err
 }
+
+// heartbeat writes a transactional logical message on our prefix every
+// HeartbeatInterval. It travels the whole pipeline like any transaction, so
+// the slot keeps moving even when no published table changes, and its commit
+// time measures end-to-end lag. A failed heartbeat ends the session: the
+// catalog connection is gone.
+func (d *Daemon) heartbeat(ctx context.Context, conn *pgx.Conn) error {
+	t := time.NewTicker(d.opts.HeartbeatInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		_, err := conn.Exec(ctx, "SELECT pg_logical_emit_message(true, $1, $2)", heartbeatPrefix, time.Now().UTC().Format(time.RFC3339Nano))
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("heartbeat: %w", err)
+		}
+	}
+}
+
+// heartbeatPrefix is the logical message prefix of heartbeats.
+const heartbeatPrefix = "cachesync.heartbeat"
 
 func (d *Daemon) mapEvents(ctx context.Context, events <-chan replication.Event, batches chan<- mapping.Batch) error {
 	send := func(b mapping.Batch) error {
@@ -393,12 +398,21 @@ func (d *Daemon) mapEvents(ctx context.Context, events <-chan replication.Event,
 
 func (d *Daemon) applyBatches(ctx context.Context, batches <-chan mapping.Batch, stream *replication.Stream) error {
 	group := make([]mapping.Batch, 0, groupMaxTxn)
+	check := time.NewTicker(d.opts.CacheCheckInterval)
+	defer check.Stop()
 	for {
 		group = group[:0]
 		var b mapping.Batch
 		var ok bool
 		select {
 		case b, ok = <-batches:
+		case <-check.C:
+			if !d.opts.DryRun {
+				if err := d.verifyCache(ctx); err != nil {
+					return err
+				}
+			}
+			continue
 		case <-ctx.Done():
 			return ctx.Err()
 		}
@@ -422,24 +436,52 @@ func (d *Daemon) applyBatches(ctx context.Context, batches <-chan mapping.Batch,
 				break fill
 			}
 		}
-		if ops > 0 {
-			if err := d.opts.Applier.Apply(ctx, group); err != nil {
-				return err
-			}
-			if d.opts.Journal != nil {
-				if err := d.opts.Journal.Append(ctx, group); err != nil {
-					return err
-				}
-			}
-			d.logApplied(group)
-			if d.opts.Failpoint != nil {
-				d.opts.Failpoint("after-apply")
-			}
+		if err := d.commitGroup(ctx, group, ops, stream); err != nil {
+			return err
 		}
-		stream.Confirm(group[len(group)-1].EndLSN)
 		if closed {
 			return nil
 		}
+	}
+}
+
+// commitGroup applies a group of transactions, records it, and only then
+// confirms its end: apply → cache position → journal → confirm.
+func (d *Daemon) commitGroup(ctx context.Context, group []mapping.Batch, ops int, stream *replication.Stream) error {
+	end := group[len(group)-1].EndLSN
+	if d.opts.DryRun {
+		if err := d.opts.Applier.Apply(ctx, group); err != nil {
+			return err
+		}
+		stream.Confirm(end)
+		return nil
+	}
+	if ops > 0 {
+		d.failpoint("before-apply")
+		if err := d.opts.Applier.Apply(ctx, group); err != nil {
+			return err
+		}
+	}
+	if err := d.advance(ctx, end); err != nil {
+		return err
+	}
+	if ops > 0 {
+		d.failpoint("after-apply")
+	}
+	if err := d.opts.Journal.Append(ctx, group); err != nil {
+		return err
+	}
+	if ops > 0 {
+		d.failpoint("after-journal")
+	}
+	d.logApplied(group)
+	stream.Confirm(end)
+	return nil
+}
+
+func (d *Daemon) failpoint(name string) {
+	if d.opts.Failpoint != nil {
+		d.opts.Failpoint(name)
 	}
 }
 

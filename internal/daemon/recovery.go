@@ -1,0 +1,289 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strings"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/cachesync/cachesync/config"
+	"github.com/cachesync/cachesync/journal"
+	"github.com/cachesync/cachesync/mapping"
+	"github.com/cachesync/cachesync/replication"
+	"github.com/cachesync/cachesync/wal"
+)
+
+// ensureSlot returns the position to stream from, after making the cache
+// trustworthy for it. Every way the slot or the cache can lose effects ends
+// in a flush or a replay here, before anything streams, and is logged loudly:
+//
+//   - the slot is missing (dropped, or lost in a failover) or invalidated
+//     (wal_status = lost): it is created, and every key space flushed;
+//   - the server's system identifier or timeline changed (a restore, a
+//     promoted standby): every key space is flushed;
+//   - the cache has no applied position (a new or emptied Redis): flush;
+//   - the cache's applied position is behind the slot (Redis restored from an
+//     older backup, or someone advanced the slot): replay the journal from
+//     the cache's position, or flush when the journal does not reach back.
+func (d *Daemon) ensureSlot(ctx context.Context, conn *pgx.Conn, repl *pgconn.PgConn, dbname string) (wal.LSN, error) {
+	name := d.opts.Config.Postgres.Slot
+	sys, err := pglogrepl.IdentifySystem(ctx, repl)
+	if err != nil {
+		return 0, fmt.Errorf("identify system: %w", err)
+	}
+	info, err := replication.ReadSlot(ctx, conn, name)
+	if err != nil {
+		return 0, err
+	}
+	if info != nil && info.Active {
+		pid := int32(0)
+		if info.ActivePID != nil {
+			pid = *info.ActivePID
+		}
+		return 0, fmt.Errorf("%w: pid %d", replication.ErrSlotActive, pid)
+	}
+	var lost []string
+	if info != nil && info.WALStatus == "lost" {
+		if _, err := replication.DropSlot(ctx, conn, name); err != nil {
+			return 0, err
+		}
+		lost = append(lost, "the slot was invalidated (wal_status = lost: it fell behind max_slot_wal_keep_size) and was dropped")
+		info = nil
+	}
+	state, hasState := d.opts.Journal.State()
+	if hasState && state.Slot == name && (state.SystemID != sys.SystemID || state.Timeline != sys.Timeline) {
+		lost = append(lost, fmt.Sprintf("the database's system identifier or timeline changed from %s/%d to %s/%d (a restore or a promoted standby)",
+			state.SystemID, state.Timeline, sys.SystemID, sys.Timeline))
+	}
+	created := false
+	if info == nil {
+		lsn, err := replication.CreateSlot(ctx, repl, name, false)
+		if err != nil {
+			return 0, err
+		}
+		created = true
+		if hasState && state.Slot == name && len(lost) == 0 {
+			lost = append(lost, "the slot was missing (dropped, or lost in a failover)")
+		}
+		d.log.Warn().Str("slot", name).Stringer("consistent_point", lsn).Msg("replication slot created")
+		if info, err = replication.ReadSlot(ctx, conn, name); err != nil {
+			return 0, err
+		}
+		if info == nil {
+			return 0, fmt.Errorf("slot %q vanished right after creation", name)
+		}
+	}
+	if err := replication.CheckSlot(info, dbname); err != nil {
+		return 0, fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	start := info.ConfirmedFlushLSN
+
+	applied, appliedOK, err := d.opts.Cache.Applied(ctx, name)
+	if err != nil {
+		return 0, err
+	}
+	switch {
+	case len(lost) > 0:
+		d.log.Error().Str("slot", name).Str("cause", strings.Join(lost, "; ")).
+			Msg("SLOT LOST: changes may have been missed; flushing every rule's key space before streaming")
+		err = d.flush(ctx, d.mapper.FlushAll(mapping.ReasonSlotLost))
+	case created:
+		d.log.Warn().Str("slot", name).Msg("new slot: flushing every rule's key space, since entries cached before it would never be invalidated")
+		err = d.flush(ctx, d.mapper.FlushAll(mapping.ReasonSlot))
+	case !appliedOK:
+		d.log.Warn().Str("slot", name).Msg("the cache holds no applied position (a new or emptied Redis): flushing every rule's key space")
+		err = d.flush(ctx, d.mapper.FlushAll(mapping.ReasonCacheReset))
+	case applied < start:
+		err = d.heal(ctx, applied, fmt.Sprintf("the cache's applied position %s is behind the slot's %s (Redis restored from an older backup, or the slot was advanced by someone else)", applied, start))
+	}
+	if err != nil {
+		return 0, err
+	}
+	if len(d.pendingFlush) > 0 {
+		if err := d.flush(ctx, d.mapper.FlushTables(d.pendingFlush, mapping.ReasonTableAdd)); err != nil {
+			return 0, err
+		}
+		d.pendingFlush = nil
+	}
+	// The cache now reflects everything before start; effects beyond an
+	// older position are redelivered. Never move the position back.
+	mark := start
+	if appliedOK && applied > start && len(lost) == 0 && !created {
+		mark = applied
+	}
+	if err := d.setApplied(ctx, mark); err != nil {
+		return 0, err
+	}
+	switch {
+	case hasState && (state.SystemID != sys.SystemID || state.Timeline != sys.Timeline):
+		// Positions of another system or timeline mean nothing here.
+		err = d.opts.Journal.Reset(start)
+	case created || len(lost) > 0 || d.opts.Journal.LastLSN() < start:
+		// The journal does not reach the slot (new journal, new slot, or
+		// another instance streamed meanwhile): complete from here on.
+		err = d.opts.Journal.SetCompleteFrom(start)
+	}
+	if err != nil {
+		return 0, err
+	}
+	if !hasState || state != (journal.State{SystemID: sys.SystemID, Timeline: sys.Timeline, Slot: name}) {
+		if err := d.opts.Journal.SaveState(journal.State{SystemID: sys.SystemID, Timeline: sys.Timeline, Slot: name}); err != nil {
+			return 0, err
+		}
+	}
+	return start, nil
+}
+
+// setApplied overwrites the cache's applied position (after recovery).
+func (d *Daemon) setApplied(ctx context.Context, lsn wal.LSN) error {
+	name := d.opts.Config.Postgres.Slot
+	for attempt := 0; ; attempt++ {
+		cur, ok, err := d.opts.Cache.Applied(ctx, name)
+		if err == nil {
+			var swapped bool
+			if swapped, _, _, err = d.opts.Cache.Advance(ctx, name, cur, ok, lsn); err == nil && swapped {
+				d.mark = lsn
+				return nil
+			}
+		}
+		if err := d.retryWait(ctx, attempt, err); err != nil {
+			return err
+		}
+	}
+}
+
+// retryWait waits before the next attempt at a Redis bookkeeping command.
+func (d *Daemon) retryWait(ctx context.Context, attempt int, err error) error {
+	if err != nil && attempt == 0 {
+		d.log.Warn().Err(err).Msg("Redis bookkeeping failed; retrying")
+	}
+	wait := min(50*time.Millisecond<<min(attempt, 7), 5*time.Second)
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(wait/2 + rand.N(wait/2+1)):
+		return nil
+	}
+}
+
+// advance records end as the cache's applied position after a group was
+// applied. When the cache's position is not the one last written, the cache
+// lost effects since (restart, restore, failover): it is healed first.
+func (d *Daemon) advance(ctx context.Context, end wal.LSN) error {
+	name := d.opts.Config.Postgres.Slot
+	for attempt := 0; ; attempt++ {
+		swapped, cur, curOK, err := d.opts.Cache.Advance(ctx, name, d.mark, true, end)
+		if err == nil && swapped {
+			d.mark = end
+			return nil
+		}
+		if err == nil {
+			if err := d.cacheReset(ctx, cur, curOK); err != nil {
+				return err
+			}
+			continue
+		}
+		if err := d.retryWait(ctx, attempt, err); err != nil {
+			return err
+		}
+	}
+}
+
+// verifyCache checks, between groups, that the cache still holds the
+// position last written, so that a reset is healed within about a second
+// even while nothing changes.
+func (d *Daemon) verifyCache(ctx context.Context) error {
+	cur, ok, err := d.opts.Cache.Applied(ctx, d.opts.Config.Postgres.Slot)
+	if err != nil || (ok && cur == d.mark) {
+		return nil // unreachable Redis is the writer's business; it retries
+	}
+	return d.cacheReset(ctx, cur, ok)
+}
+
+// cacheReset heals a cache that lost applied effects: its position is cur
+// (absent when !curOK) instead of d.mark.
+func (d *Daemon) cacheReset(ctx context.Context, cur wal.LSN, curOK bool) error {
+	d.cacheResets++
+	if !curOK {
+		d.log.Error().Stringer("expected", d.mark).Msg("REDIS RESET: the cache lost its applied position (restarted without persistence, or emptied); flushing every rule's key space")
+		if err := d.flush(ctx, d.mapper.FlushAll(mapping.ReasonCacheReset)); err != nil {
+			return err
+		}
+	} else if err := d.heal(ctx, cur, fmt.Sprintf("REDIS RESET: the cache's applied position went back from %s to %s (restored from a backup, or a failover lost acknowledged writes)", d.mark, cur)); err != nil {
+		return err
+	}
+	return d.setApplied(ctx, d.mark)
+}
+
+// heal re-applies the journal from `from` when the policy is replay and the
+// journal reaches back that far, and flushes every key space otherwise.
+func (d *Daemon) heal(ctx context.Context, from wal.LSN, why string) error {
+	policy := d.opts.Config.Redis.OnReset
+	if policy == config.ResetFlush {
+		d.log.Error().Str("cause", why).Msg("on_redis_reset = flush: flushing every rule's key space")
+		return d.flush(ctx, d.mapper.FlushAll(mapping.ReasonCacheReset))
+	}
+	n, err := Replay(ctx, d.opts.Journal, d.opts.Applier, from, time.Time{})
+	if errors.Is(err, journal.ErrNotCovered) {
+		d.log.Error().Str("cause", why).Err(err).Msg("the journal does not reach back far enough to replay: flushing every rule's key space")
+		return d.flush(ctx, d.mapper.FlushAll(mapping.ReasonCacheReset))
+	}
+	if err != nil {
+		return err
+	}
+	d.log.Error().Str("cause", why).Stringer("from", from).Int("batches", n).Msg("replayed the journal into the cache")
+	return nil
+}
+
+// Replayer is what Replay reads: journal.Journal.
+type Replayer interface {
+	Replay(ctx context.Context, from wal.LSN, since time.Time, fn func(mapping.Batch) error) error
+}
+
+// Replay re-applies every journaled batch from `from` (or since `since`)
+// through the applier, in order and in groups, and returns how many batches
+// it applied.
+func Replay(ctx context.Context, j Replayer, a Applier, from wal.LSN, since time.Time) (int, error) {
+	var group []mapping.Batch
+	ops, n := 0, 0
+	apply := func() error {
+		if ops > 0 {
+			if err := a.Apply(ctx, group); err != nil {
+				return err
+			}
+		}
+		n += len(group)
+		group, ops = group[:0], 0
+		return nil
+	}
+	err := j.Replay(ctx, from, since, func(b mapping.Batch) error {
+		group = append(group, b)
+		ops += len(b.Ops)
+		if len(group) >= groupMaxTxn || ops >= groupMaxOps {
+			return apply()
+		}
+		return nil
+	})
+	if err != nil {
+		return n, err
+	}
+	return n, apply()
+}
+
+// flush applies flush operations and logs them.
+func (d *Daemon) flush(ctx context.Context, ops []mapping.Op) error {
+	if len(ops) == 0 {
+		return nil
+	}
+	for _, op := range ops {
+		d.log.Info().Str("rule", op.Rule).Str("reason", op.Reason).Msg("flushing key space")
+	}
+	d.flushes += uint64(len(ops))
+	return d.opts.Applier.Apply(ctx, []mapping.Batch{{Ops: ops}})
+}
