@@ -138,8 +138,14 @@ func (e *env) cliEnv(extraEnv []string, args ...string) (string, int) {
 // start runs `cachesync run` with a short status interval.
 func (e *env) start(extraEnv ...string) *daemon {
 	e.t.Helper()
+	return e.startBinary(binary, extraEnv...)
+}
+
+// startBinary is start with another build of cachesync.
+func (e *env) startBinary(bin string, extraEnv ...string) *daemon {
+	e.t.Helper()
 	d := &daemon{e: e, log: &lockedBuffer{}, done: make(chan struct{})}
-	d.cmd = exec.Command(binary, "run", "--log-level", "debug", "--status-interval", "1s")
+	d.cmd = exec.Command(bin, "run", "--log-level", "debug", "--status-interval", "1s")
 	d.cmd.Env = append(os.Environ(), "DATABASE_URL="+e.dbURL, "REDIS_URL="+e.redis.URL(), "CACHESYNC_CONFIG="+e.rules)
 	d.cmd.Env = append(d.cmd.Env, extraEnv...)
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log

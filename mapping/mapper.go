@@ -264,6 +264,13 @@ func (m *Mapper) Message(msg wal.Message) error {
 	if !m.txn.open {
 		return fmt.Errorf("logical message %q outside a transaction", msg.Prefix)
 	}
+	if msg.Prefix == wal.TruncateMessagePrefix {
+		// A partition of a rule table was truncated (see the triggers that
+		// replication installs): the root's rules flush.
+		for _, r := range m.byTable[string(msg.Content)] {
+			m.flush(r, ReasonTruncate)
+		}
+	}
 	return nil
 }
 

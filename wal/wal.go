@@ -124,6 +124,12 @@ type Change struct {
 	New      Tuple // nil for Delete and Truncate
 }
 
+// TruncateMessagePrefix is the logical message that the triggers installed on
+// partitions emit when one is truncated (a partition's TRUNCATE is not
+// published under publish_via_partition_root); its content names the
+// partitioned rule table ("schema.table").
+const TruncateMessagePrefix = "cachesync.truncate"
+
 // Message is a transactional logical decoding message (pg_logical_emit_message).
 type Message struct {
 	Prefix  string

@@ -239,6 +239,13 @@ func (d *Daemon) prepareOnce(ctx context.Context, pgc config.Postgres) error {
 	if err != nil {
 		return err
 	}
+	parts, err := replication.EnsurePartitionTruncateTriggers(ctx, conn, d.mapper.Tables())
+	if err != nil {
+		return err
+	}
+	if len(parts) > 0 {
+		d.log.Info().Strs("partitions", parts).Msg("truncate triggers installed on partitions (a partition's TRUNCATE is not published by itself)")
+	}
 	if len(added) > 0 {
 		d.log.Info().Strs("tables", added).Str("publication", pgc.Publication).Msg("tables added to publication")
 		d.pendingFlush = append(d.pendingFlush, added...)

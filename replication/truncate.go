@@ -1,0 +1,76 @@
+package replication
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/cachesync/cachesync/wal"
+)
+
+// EnsurePartitionTruncateTriggers covers a gap of publish_via_partition_root:
+// a TRUNCATE of a single partition is not published at all. For each
+// partitioned table among tables, every partition below it gets a BEFORE
+// TRUNCATE statement trigger that emits a transactional logical message
+// naming the root, so the root's rules flush their key spaces. Partitions
+// attached later are covered at the next start. It returns the partitions
+// that got a trigger.
+func EnsurePartitionTruncateTriggers(ctx context.Context, conn *pgx.Conn, tables []string) ([]string, error) {
+	var added []string
+	for _, t := range tables {
+		schema, name, _ := strings.Cut(t, ".")
+		rows, err := conn.Query(ctx, `
+			SELECT n.nspname, c.relname,
+			       EXISTS (SELECT 1 FROM pg_trigger tg WHERE tg.tgrelid = c.oid AND tg.tgname = 'cachesync_truncate')
+			FROM pg_partition_tree(to_regclass($1)) pt
+			JOIN pg_class c ON c.oid = pt.relid
+			JOIN pg_namespace n ON n.oid = c.relnamespace
+			WHERE pt.level > 0`, sqlName(schema, name))
+		if err != nil {
+			return added, fmt.Errorf("list partitions of %s: %w", t, err)
+		}
+		type part struct {
+			schema, name string
+			has          bool
+		}
+		var parts []part
+		for rows.Next() {
+			var p part
+			if err := rows.Scan(&p.schema, &p.name, &p.has); err != nil {
+				rows.Close()
+				return added, err
+			}
+			parts = append(parts, p)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return added, err
+		}
+		if len(parts) == 0 {
+			continue
+		}
+		fn := sqlName(schema, "cachesync_truncate_notify")
+		_, err = conn.Exec(ctx, `CREATE OR REPLACE FUNCTION `+fn+`() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  PERFORM pg_logical_emit_message(true, '`+wal.TruncateMessagePrefix+`', TG_ARGV[0]);
+  RETURN NULL;
+END $$`)
+		if err != nil {
+			return added, fmt.Errorf("create the partition truncate function in schema %s: %w", schema, err)
+		}
+		for _, p := range parts {
+			if p.has {
+				continue
+			}
+			sql := fmt.Sprintf(`CREATE TRIGGER cachesync_truncate BEFORE TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION %s('%s')`,
+				sqlName(p.schema, p.name), fn, strings.ReplaceAll(t, "'", "''"))
+			if _, err := conn.Exec(ctx, sql); err != nil {
+				return added, fmt.Errorf("create the truncate trigger on partition %s.%s of %s: %w", p.schema, p.name, t, err)
+			}
+			added = append(added, p.schema+"."+p.name)
+		}
+	}
+	return added, nil
+}
