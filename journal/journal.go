@@ -480,7 +480,7 @@ func (j *Journal) usable() error {
 		return ErrClosed
 	}
 	if j.err != nil {
-		return fmt.Errorf("journal %s cannot be appended to after a failed write (%w): restart cachesync; opening the journal again cuts off the unfinished write", j.dir, j.err)
+		return fmt.Errorf("journal %s cannot be appended to after a failed write (%w): close it and open it again (or restart cachesync); Open cuts off the unfinished write", j.dir, j.err)
 	}
 	return nil
 }

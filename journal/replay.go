@@ -19,7 +19,12 @@ import (
 //
 // When the journal does not hold everything after the requested point (see
 // the package documentation on coverage) it calls fn for nothing and returns
-// an error wrapping ErrNotCovered that says what the journal does cover.
+// an error wrapping ErrNotCovered that says what the journal does cover. So
+// from 0 without since ("everything") is never covered: the journal always
+// starts somewhere.
+//
+// fn also gets position-only entries (no Ops): batches of transactions that
+// touched no rule, and keepalive barriers.
 //
 // Replay reads what was journaled when it started, one entry at a time, and
 // may run while Append goes on; retention waits until it returns. An error
@@ -68,7 +73,7 @@ func ReplayDir(ctx context.Context, dir string, from wal.LSN, since time.Time, f
 		return err
 	}
 	rng := Range{}
-	if e, ok, err := firstEntry(files); err == nil && ok {
+	if e, ok, err := firstEntry(files, true); err == nil && ok {
 		rng.OldestLSN, rng.OldestTime, rng.Entries = e.EndLSN, e.Time, 1
 	}
 	if err := covered(dir, &m, from, since, rng); err != nil {
@@ -246,7 +251,7 @@ func readJournalDir(dir string) (meta, []segmentFile, error) {
 	// Segments removed by hand that the daemon's Open has not noticed yet:
 	// judge coverage as Open will (see adoptRemovedSegments).
 	if m.CompleteFrom != "" && (len(files) == 0 || files[0].seq > m.FirstSegment) {
-		e, found, err := firstEntry(files)
+		e, found, err := firstEntry(files, true)
 		if err != nil {
 			return meta{}, nil, err
 		}
@@ -259,12 +264,14 @@ func readJournalDir(dir string) (meta, []segmentFile, error) {
 	return m, files, nil
 }
 
-// firstEntry returns the oldest entry of the segments.
-func firstEntry(files []segmentFile) (entryInfo, bool, error) {
+// firstEntry returns the oldest entry of the segments. With newest set, the
+// last of them is the journal's newest segment, which may be unfinished.
+func firstEntry(files []segmentFile, newest bool) (entryInfo, bool, error) {
 	for i, f := range files {
+		tolerant := newest && i == len(files)-1
 		r, err := openSegment(f.path, f.seq, f.size)
 		if err != nil {
-			if i == len(files)-1 && errors.Is(err, errShortHeader) {
+			if tolerant && errors.Is(err, errShortHeader) {
 				return entryInfo{}, false, nil
 			}
 			return entryInfo{}, false, err
@@ -282,7 +289,7 @@ func firstEntry(files []segmentFile) (entryInfo, bool, error) {
 		switch {
 		case err == nil:
 			return e, true, nil
-		case err == io.EOF || i == len(files)-1:
+		case err == io.EOF || tolerant:
 			continue // empty, or a torn first record of the newest segment
 		default:
 			return entryInfo{}, false, err
@@ -352,7 +359,7 @@ func inspect(dir string) (Range, error) {
 	}
 	rng.OldestLSN, rng.OldestTime = oldest.firstEnd, oldest.firstTime
 	if lowest > 0 {
-		e, ok, err := firstEntry(files[:lowest])
+		e, ok, err := firstEntry(files[:lowest], false)
 		if errors.Is(err, os.ErrNotExist) {
 			return Range{}, errVanished
 		}

@@ -135,9 +135,10 @@ type segmentReader struct {
 var errShortHeader = errors.New("shorter than a segment header")
 
 // openSegment opens a segment for reading up to limit bytes (the file's size
-// when limit < 0) and checks its header. A header error is a *CorruptError,
-// errShortHeader, or wraps errNewerFormat when a newer cachesync wrote the
-// segment; the file is closed on error.
+// when limit < 0) and checks its header. A header error is a *CorruptError
+// (wrapping errShortHeader for a file too short to hold one), or wraps
+// errNewerFormat when a newer cachesync wrote the segment; the file is closed
+// on error.
 func openSegment(path string, seq uint64, limit int64) (*segmentReader, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -154,7 +155,7 @@ func openSegment(path string, seq uint64, limit int64) (*segmentReader, error) {
 	r := &segmentReader{f: f, br: bufio.NewReaderSize(f, 64<<10), path: path, limit: limit}
 	if limit < segmentHeaderSize {
 		f.Close()
-		return nil, errShortHeader
+		return nil, &CorruptError{Path: path, Offset: 0, Reason: fmt.Sprintf("%d bytes are %s", limit, errShortHeader), Err: errShortHeader}
 	}
 	var h [segmentHeaderSize]byte
 	if _, err := io.ReadFull(r.br, h[:]); err != nil {

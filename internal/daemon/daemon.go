@@ -104,6 +104,11 @@ type Daemon struct {
 // database. The message says what to change.
 var ErrConfig = errors.New("configuration does not fit the database")
 
+// ErrFatal marks failures the process cannot recover from in place (the
+// journal's disk failed): run exits non-zero so that its supervisor restarts
+// it, and nothing unapplied or unjournaled was confirmed.
+var ErrFatal = errors.New("fatal")
+
 // New prepares a daemon.
 func New(opts Options) (*Daemon, error) {
 	if opts.StatusInterval <= 0 {
@@ -150,7 +155,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return nil
 		}
-		if errors.Is(err, ErrConfig) {
+		if errors.Is(err, ErrConfig) || errors.Is(err, ErrFatal) {
 			return err
 		}
 		if errors.Is(err, replication.ErrSlotActive) {
@@ -476,7 +481,10 @@ func (d *Daemon) commitGroup(ctx context.Context, group []mapping.Batch, ops int
 		d.failpoint("after-apply")
 	}
 	if err := d.opts.Journal.Append(ctx, group); err != nil {
-		return err
+		// The journal refuses further appends after a failed write: its
+		// disk state is unknown until it is reopened, which a restart does
+		// (cutting the torn tail). Nothing of this group is confirmed.
+		return fmt.Errorf("%w: journal: %w", ErrFatal, err)
 	}
 	if ops > 0 {
 		d.failpoint("after-journal")
