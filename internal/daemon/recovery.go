@@ -28,9 +28,11 @@ import (
 //   - the server's system identifier or timeline changed (a restore, a
 //     promoted standby): every key space is flushed;
 //   - the cache has no applied position (a new or emptied Redis): flush;
-//   - the cache's applied position is behind the slot (Redis restored from an
-//     older backup, or someone advanced the slot): replay the journal from
-//     the cache's position, or flush when the journal does not reach back.
+//   - the cache's applied position is behind the slot: when this instance's
+//     journal reaches the slot, Redis was restored from an older backup, and
+//     the journal is replayed from the cache's position (or the key spaces
+//     flushed, per on_redis_reset or when the journal does not reach back);
+//     otherwise someone advanced the slot past unapplied changes: flush.
 func (d *Daemon) ensureSlot(ctx context.Context, conn *pgx.Conn, repl *pgconn.PgConn, dbname string) (wal.LSN, error) {
 	name := d.opts.Config.Postgres.Slot
 	sys, err := pglogrepl.IdentifySystem(ctx, repl)
@@ -99,8 +101,18 @@ func (d *Daemon) ensureSlot(ctx context.Context, conn *pgx.Conn, repl *pgconn.Pg
 	case !appliedOK:
 		d.log.Warn().Str("slot", name).Msg("the cache holds no applied position (a new or emptied Redis): flushing every rule's key space")
 		err = d.flush(ctx, d.mapper.FlushAll(mapping.ReasonCacheReset))
+	case applied < start && d.opts.Journal.LastLSN() >= start:
+		// This instance applied and journaled everything up to the slot's
+		// position, but the cache lost part of it: a restored backup.
+		err = d.heal(ctx, applied, fmt.Sprintf("the cache's applied position %s is behind the slot's %s (Redis restored from an older backup)", applied, start))
 	case applied < start:
-		err = d.heal(ctx, applied, fmt.Sprintf("the cache's applied position %s is behind the slot's %s (Redis restored from an older backup, or the slot was advanced by someone else)", applied, start))
+		// Neither the cache nor this instance's journal reaches the slot's
+		// position: someone advanced the slot (or the cache was restored
+		// while another instance was streaming). The changes in between
+		// were never applied here, and no replay can bring them back.
+		d.log.Error().Str("slot", name).Stringer("cache_applied", applied).Stringer("journaled", d.opts.Journal.LastLSN()).Stringer("slot_confirmed", start).
+			Msg("SLOT AHEAD: the slot was advanced past what was applied to the cache; flushing every rule's key space")
+		err = d.flush(ctx, d.mapper.FlushAll(mapping.ReasonSlotLost))
 	}
 	if err != nil {
 		return 0, err
