@@ -222,6 +222,8 @@ done
 
 export DATABASE_URL="postgres://postgres@127.0.0.1:$pg_port/demo?sslmode=disable"
 export REDIS_URL="redis://127.0.0.1:$redis_port/0"
+# The replay journal of this throwaway database lives and dies with the demo.
+export CACHESYNC_DATA_DIR="$work/cachesync-data"
 say "PostgreSQL: $DATABASE_URL (data in $pgdir)"
 say "Redis:      $REDIS_URL"
 
