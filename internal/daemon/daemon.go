@@ -369,6 +369,7 @@ func (d *Daemon) heartbeat(ctx context.Context, conn *pgx.Conn) error {
 			}
 			return fmt.Errorf("heartbeat: %w", err)
 		}
+		d.log.Debug().Msg("heartbeat written")
 	}
 }
 
