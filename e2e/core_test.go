@@ -202,6 +202,20 @@ func TestRestartWithoutLoss(t *testing.T) {
 	if !strings.Contains(d.log.String(), `"stopped"`) {
 		t.Errorf("no final confirmation logged:\n%s", d.log.String())
 	}
+	// The journal holds what was applied, up to the confirmed position.
+	out, code := e.cli("status", "--json")
+	var st struct {
+		Journal *struct {
+			NewestLSN uint64
+			Entries   int64
+		} `json:"journal"`
+	}
+	if err := json.Unmarshal([]byte(out), &st); code != 0 || err != nil || st.Journal == nil {
+		t.Fatalf("status --json: exit %d, %v\n%s", code, err, out)
+	}
+	if confirmed := e.confirmedLSN(); st.Journal.Entries == 0 || st.Journal.NewestLSN < uint64(confirmed) {
+		t.Errorf("journal: %+v, slot confirmed %s", *st.Journal, confirmed)
+	}
 
 	// While the daemon is down, rows change under cached keys.
 	for i := 1; i <= 100; i++ {
