@@ -162,8 +162,10 @@ func (s *Stream) Run(ctx context.Context, start wal.LSN, events chan<- Event) er
 			}
 		case *pgproto3.ErrorResponse:
 			return classify(fmt.Errorf("slot %q: %w", s.opts.Slot, pgconn.ErrorResponseToPgError(msg)))
-		case *pgproto3.CopyDone:
-			return fmt.Errorf("slot %q: server ended the replication stream", s.opts.Slot)
+		case *pgproto3.CopyDone, *pgproto3.CommandComplete:
+			// A server shutting down ends the stream (CommandComplete
+			// without CopyDone on a fast shutdown).
+			return fmt.Errorf("slot %q: the server ended the replication stream", s.opts.Slot)
 		default:
 			return fmt.Errorf("%w: unexpected %T on the replication connection", ErrProtocol, raw)
 		}

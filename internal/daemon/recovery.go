@@ -35,6 +35,17 @@ import (
 //     otherwise someone advanced the slot past unapplied changes: flush.
 func (d *Daemon) ensureSlot(ctx context.Context, conn *pgx.Conn, repl *pgconn.PgConn, dbname string) (wal.LSN, error) {
 	name := d.opts.Config.Postgres.Slot
+	// Only the instance that holds this session-level lock may recover the
+	// slot and the cache, so two instances starting at once never both
+	// flush or move the cache's position; the slot itself (55006) stays
+	// the lock for streaming. The lock goes with the catalog connection.
+	var locked bool
+	if err := conn.QueryRow(ctx, "SELECT pg_try_advisory_lock(hashtext($1))", "cachesync slot "+name).Scan(&locked); err != nil {
+		return 0, fmt.Errorf("take the instance lock: %w", err)
+	}
+	if !locked {
+		return 0, fmt.Errorf("%w: another instance is starting or streaming on slot %q", replication.ErrSlotActive, name)
+	}
 	sys, err := pglogrepl.IdentifySystem(ctx, repl)
 	if err != nil {
 		return 0, fmt.Errorf("identify system: %w", err)

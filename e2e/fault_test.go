@@ -1,0 +1,723 @@
+package e2e
+
+// The fault-injection suite. Every case seeds the world of checker_test.go,
+// runs a fixed, deterministic workload of faultStatements transactions while
+// a fault happens (a crash at a failpoint, a PostgreSQL restart, a Redis
+// outage, restart or restore, a dropped slot, a second instance), waits
+// until the surviving daemon caught up, and ends with the checker: no cached
+// key may differ from what PostgreSQL holds.
+//
+// Some cases freeze the daemon (SIGSTOP, as a VM pause or a long GC stall
+// would) for the moment it takes the test to change Redis under it: that
+// makes "the application refilled a key before the daemon noticed" and "the
+// stale snapshot is back" deterministic instead of a race with the daemon.
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/cachesync/cachesync/internal/testenv"
+	"github.com/cachesync/cachesync/wal"
+)
+
+// setupPrivate is setup on a private PostgreSQL server (for tests that
+// restart it or need wal_sender_timeout = 10s): database "app", slot "app".
+func setupPrivate(t *testing.T, schema, rules string) (*env, *testenv.Postgres) {
+	t.Helper()
+	t.Parallel()
+	pg := testenv.StartPostgres(t, testenv.PostgresOptions{Settings: map[string]string{"wal_sender_timeout": "10s"}})
+	pg.Exec(t, "", "CREATE DATABASE app")
+	e := &env{t: t, dbURL: pg.URL("app"), redis: testenv.StartRedis(t), ctx: context.Background(), logDir: t.TempDir(), slot: "app"}
+	e.rdb = e.redis.Client(t)
+	conn, err := pgx.Connect(e.ctx, e.dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.db = conn
+	t.Cleanup(func() { e.db.Close(context.Background()) })
+	e.exec(schema)
+	e.rules = filepath.Join(t.TempDir(), "rules.hcl")
+	body := fmt.Sprintf("postgres {\n  slot = %q\n  publication = \"cachesync\"\n}\n%s", e.slot, rules)
+	if err := os.WriteFile(e.rules, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return e, pg
+}
+
+// reconnect replaces the test's connection after a server restart.
+func (e *env) reconnect() {
+	e.t.Helper()
+	old := e.db
+	var conn *pgx.Conn
+	eventually(e.t, 30*time.Second, "reconnect to PostgreSQL", func() (bool, string) {
+		c, err := pgx.Connect(e.ctx, e.dbURL)
+		if err != nil {
+			return false, err.Error()
+		}
+		conn = c
+		return true, ""
+	})
+	e.db = conn
+	old.Close(context.Background())
+}
+
+// freeze stops the daemon process (SIGSTOP) until the returned function is
+// called; a test that fails meanwhile still kills it at cleanup.
+func (d *daemon) freeze() (thaw func()) {
+	d.e.t.Helper()
+	if err := d.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		d.e.t.Fatal(err)
+	}
+	thawed := false
+	thaw = func() {
+		if !thawed {
+			thawed = true
+			_ = d.cmd.Process.Signal(syscall.SIGCONT)
+		}
+	}
+	d.e.t.Cleanup(thaw)
+	return thaw
+}
+
+// alive fails the test if the daemon exited.
+func (d *daemon) alive(when string) {
+	d.e.t.Helper()
+	if d.exited() {
+		d.e.t.Fatalf("%s: the daemon exited (%v)\n%s", when, d.err, d.log.String())
+	}
+}
+
+// slotPID returns the slot's active_pid (0 when inactive or missing).
+func (e *env) slotPID() int32 {
+	e.t.Helper()
+	var pid *int32
+	err := e.db.QueryRow(e.ctx, "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1", e.slot).Scan(&pid)
+	switch {
+	case err == pgx.ErrNoRows:
+		return 0
+	case err != nil:
+		e.t.Fatal(err)
+	case pid == nil:
+		return 0
+	}
+	return *pid
+}
+
+// slotBacklog returns, for every transaction the (inactive) slot still
+// holds, that is, would deliver again, the largest LSN decoding shows for
+// it: its commit's end LSN (the row of a COMMIT carries the end of the
+// commit record). It peeks through pgoutput without consuming anything.
+func (e *env) slotBacklog() map[string]wal.LSN {
+	e.t.Helper()
+	backlog := map[string]wal.LSN{}
+	eventually(e.t, 30*time.Second, "peek at the slot's backlog", func() (bool, string) {
+		rows, err := e.db.Query(e.ctx, `SELECT lsn::text, xid::text FROM pg_logical_slot_peek_binary_changes($1, NULL, NULL,
+			'proto_version', '1', 'publication_names', 'cachesync')`, e.slot)
+		if err != nil {
+			return false, err.Error() // still active: the killed daemon's walsender has not exited yet
+		}
+		var lsnText, xid string
+		_, err = pgx.ForEachRow(rows, []any{&lsnText, &xid}, func() error {
+			l, err := wal.ParseLSN(lsnText)
+			if err != nil {
+				return err
+			}
+			if cur, ok := backlog[xid]; !ok || l > cur {
+				backlog[xid] = l
+			}
+			return nil
+		})
+		if err != nil {
+			clear(backlog)
+			return false, err.Error()
+		}
+		return true, ""
+	})
+	return backlog
+}
+
+// workloadInBackground runs the workload on its own connection, retrying
+// statements for up to 60 s each, and closes reached once statement `at`
+// committed. The result arrives on the returned channel. It stops when the
+// test ends.
+func (e *env) workloadInBackground(ops []faultOp, at int) (reached <-chan struct{}, done <-chan workloadResult) {
+	r := make(chan struct{})
+	dc := make(chan workloadResult, 1)
+	ctx, cancel := context.WithCancel(e.ctx)
+	e.t.Cleanup(cancel)
+	go func() {
+		txns, err := runWorkload(ctx, e.dbURL, ops, 60*time.Second, func(i int) {
+			if i == at {
+				close(r)
+			}
+		})
+		dc <- workloadResult{txns, err}
+	}()
+	return r, dc
+}
+
+type workloadResult struct {
+	txns []committed
+	err  error
+}
+
+func (e *env) waitChan(what string, c <-chan struct{}, done <-chan workloadResult, timeout time.Duration) {
+	e.t.Helper()
+	select {
+	case <-c:
+	case res := <-done:
+		e.t.Fatalf("%s: the workload ended first: %v", what, res.err)
+	case <-time.After(timeout):
+		e.t.Fatalf("%s: not within %s", what, timeout)
+	}
+}
+
+// waitWorkload waits for the background workload and returns how many
+// statement attempts failed (while a server was unreachable).
+func (e *env) waitWorkload(done <-chan workloadResult, timeout time.Duration) (failedAttempts int) {
+	e.t.Helper()
+	select {
+	case res := <-done:
+		if res.err != nil {
+			e.t.Fatal(res.err)
+		}
+		for _, c := range res.txns {
+			failedAttempts += c.attempts - 1
+		}
+		return failedAttempts
+	case <-time.After(timeout):
+		e.t.Fatalf("workload not done within %s", timeout)
+		return 0
+	}
+}
+
+// logLines returns the daemon's log lines containing s.
+func logLines(log, s string) []string {
+	var out []string
+	for line := range strings.Lines(log) {
+		if strings.Contains(line, s) {
+			out = append(out, strings.TrimSpace(line))
+		}
+	}
+	return out
+}
+
+// --- 1. SIGKILL at each failpoint of the pipeline --------------------------
+
+func TestFaultKillBeforeApply(t *testing.T)  { testFaultKill(t, "before-apply", 101) }
+func TestFaultKillAfterApply(t *testing.T)   { testFaultKill(t, "after-apply", 102) }
+func TestFaultKillAfterJournal(t *testing.T) { testFaultKill(t, "after-journal", 103) }
+
+func testFaultKill(t *testing.T, point string, seed uint64) {
+	e := setup(t, schema, rules)
+	d := e.start()
+	e.waitStreaming(d)
+	names := e.seed(d)
+	if code := d.stop(); code != 0 {
+		t.Fatalf("SIGTERM: exit %d\n%s", code, d.log.String())
+	}
+
+	crashing := e.start("CACHESYNC_FAILPOINT=" + point)
+	e.waitStreaming(crashing)
+	ops := faultWorkload(seed, faultStatements)
+	txns, err := runWorkload(e.ctx, e.dbURL, ops, 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	crashing.waitExit(30 * time.Second)
+	if !strings.Contains(crashing.log.String(), "failpoint "+point) {
+		t.Fatalf("the daemon exited, but not at failpoint %s:\n%s", point, crashing.log.String())
+	}
+	// The group that triggered the failpoint holds the workload's first
+	// transaction that changed a row (nothing before it carried operations):
+	// it must still be in the slot, unconfirmed, with everything after it.
+	backlog := e.slotBacklog()
+	var first wal.LSN
+	delivered := 0
+	for i, c := range txns {
+		if c.rows == 0 {
+			continue // an empty transaction: pgoutput sends nothing for it
+		}
+		l, ok := backlog[c.xid]
+		if !ok {
+			t.Fatalf("workload transaction %d (xid %s, %s) is no longer in the slot: it was confirmed although the daemon died at %s on the group of the first one (confirmed_flush_lsn %s)",
+				i, c.xid, ops[i], point, e.confirmedLSN())
+		}
+		if first == 0 {
+			first = l
+		}
+		delivered++
+	}
+	if first == 0 {
+		t.Fatal("no workload statement changed a row")
+	}
+	if got := e.confirmedLSN(); got >= first {
+		t.Fatalf("confirmed_flush_lsn %s is not below the end of the crashed group's first commit, %s", got, first)
+	}
+	t.Logf("after the crash at %s: confirmed_flush_lsn %s < end of the first workload commit %s; all %d row-changing workload transactions still in the slot",
+		point, e.confirmedLSN(), first, delivered)
+
+	// Readers refill every touched user's key from a read made before the
+	// workload: for the keys the crashed group had already invalidated (after
+	// apply), only the redelivery of the unconfirmed transactions removes them.
+	touched := touchedUsers(ops)
+	invalidated := 0
+	for _, id := range touched {
+		if _, seeded := names[id]; seeded && !e.exists(fmt.Sprintf("user:%d", id)) {
+			invalidated++
+		}
+	}
+	t.Logf("%d of the %d touched user keys were already invalidated by the crashed group; refilling all of them from the pre-workload read",
+		invalidated, len(touched))
+	e.cacheUsers(names, touched)
+	e.expectStale("after the crash")
+
+	d2 := e.start()
+	e.quiesce(d2)
+	d2.alive("after recovery")
+	e.checkCache()
+}
+
+// --- 2. PostgreSQL restarts mid-workload ----------------------------------
+
+func TestFaultPostgresRestartFast(t *testing.T)      { testFaultPostgresRestart(t, "fast", 201) }
+func TestFaultPostgresRestartImmediate(t *testing.T) { testFaultPostgresRestart(t, "immediate", 202) }
+
+func testFaultPostgresRestart(t *testing.T, mode string, seed uint64) {
+	e, pg := setupPrivate(t, schema, rules)
+	d := e.start()
+	e.waitStreaming(d)
+	names := e.seed(d)
+
+	ops := faultWorkload(seed, faultStatements)
+	reached, done := e.workloadInBackground(ops, faultStatements/3)
+	e.waitChan("a third of the workload committed", reached, done, 60*time.Second)
+	pg.Restart(t, mode)
+	e.reconnect()
+	d.alive("right after the restart")
+	if failed := e.waitWorkload(done, 120*time.Second); failed == 0 {
+		t.Errorf("no workload statement failed: the %s restart did not happen mid-workload", mode)
+	} else {
+		t.Logf("%d workload statement attempts failed during the restart and were retried until they committed", failed)
+	}
+	e.quiesce(d) // fails if the daemon exits
+	reconnects := logLines(d.log.String(), "reconnecting")
+	if len(reconnects) == 0 {
+		t.Fatalf("no reconnection logged after a %s restart:\n%s", mode, d.log.String())
+	}
+	t.Logf("%d reconnection(s) logged; first: %s", len(reconnects), reconnects[0])
+	if n := len(logLines(d.log.String(), `"starting"`)); n != 1 {
+		t.Errorf("the daemon logged %d starts, want 1 (it must reconnect by itself, not restart)", n)
+	}
+	e.logAtStake(names)
+	e.checkCache()
+}
+
+// --- 3. Redis down for 3 × wal_sender_timeout ------------------------------
+
+func TestFaultRedisDownLongerThanWalSenderTimeout(t *testing.T) {
+	e, _ := setupPrivate(t, schema, rules)
+	d := e.start()
+	e.waitStreaming(d)
+	e.seed(d)
+
+	// The snapshot brings the seeded (soon stale) cache back with Redis.
+	if err := e.rdb.Save(e.ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	pid := e.slotPID()
+	if pid == 0 {
+		t.Fatal("slot not active before the outage")
+	}
+	down := time.Now()
+	e.redis.Stop(t)
+	beforeWorkload := e.currentLSN()
+	ops := faultWorkload(301, faultStatements)
+	if _, err := runWorkload(e.ctx, e.dbURL, ops, 0, nil); err != nil {
+		t.Fatal(err)
+	}
+	// Redis stays down for 30 s = 3 × wal_sender_timeout: the scenario's
+	// length. Meanwhile the same walsender must keep serving the slot.
+	samples := 0
+	tick := time.NewTicker(300 * time.Millisecond)
+	defer tick.Stop()
+	for time.Since(down) < 30*time.Second {
+		<-tick.C
+		d.alive("while Redis was down")
+		if got := e.slotPID(); got != pid {
+			t.Fatalf("after %s of Redis outage the slot's active_pid is %d, was %d: the walsender was dropped (wal_sender_timeout 10s)",
+				time.Since(down).Round(time.Millisecond), got, pid)
+		}
+		var n int
+		if err := e.db.QueryRow(e.ctx, "SELECT count(*) FROM pg_stat_replication WHERE pid = $1", pid).Scan(&n); err != nil || n != 1 {
+			t.Fatalf("after %s of Redis outage pg_stat_replication has %d rows for walsender %d (err %v)", time.Since(down).Round(time.Millisecond), n, pid, err)
+		}
+		samples++
+	}
+	if got := e.confirmedLSN(); got > beforeWorkload {
+		t.Fatalf("the slot confirmed %s while Redis was down (workload began at %s): unapplied changes confirmed", got, beforeWorkload)
+	}
+	t.Logf("walsender %d served the slot through the 30 s outage (%d samples); confirmed_flush_lsn stayed at %s", pid, samples, e.confirmedLSN())
+
+	// Redis returns with the stale snapshot. Freeze the daemon a moment, so
+	// the test sees the stale keys before the daemon heals them.
+	thaw := d.freeze()
+	e.redis.Start(t)
+	e.expectStale("Redis back from its snapshot")
+	thaw()
+
+	e.quiesce(d)
+	d.alive("after the outage")
+	if l := logLines(d.log.String(), "REDIS RESET"); len(l) > 0 {
+		t.Logf("cache-reset detection also fired (the snapshot's applied position was older): %s", l[0])
+	}
+	e.checkCache()
+}
+
+// --- 4. The slot is dropped while the daemon is stopped --------------------
+
+func TestFaultSlotDroppedWhileStopped(t *testing.T) {
+	e := setup(t, schema, rules)
+	d := e.start()
+	e.waitStreaming(d)
+	e.seed(d)
+	if code := d.stop(); code != 0 {
+		t.Fatalf("SIGTERM: exit %d\n%s", code, d.log.String())
+	}
+	eventually(t, 30*time.Second, "drop the slot", func() (bool, string) {
+		_, err := e.db.Exec(e.ctx, "SELECT pg_drop_replication_slot($1)", e.slot)
+		return err == nil, fmt.Sprint(err)
+	})
+	// Committed while no slot exists: never delivered to anyone.
+	if _, err := runWorkload(e.ctx, e.dbURL, faultWorkload(401, faultStatements), 0, nil); err != nil {
+		t.Fatal(err)
+	}
+	workloadEnd := e.currentLSN()
+	e.expectStale("after the workload without a slot")
+
+	d2 := e.start()
+	// The new slot's confirmed_flush_lsn is its creation point, past the
+	// workload already: wait for streaming, which follows the flush.
+	e.waitStreaming(d2)
+	e.quiesce(d2)
+	log := d2.log.String()
+	lost := logLines(log, "SLOT LOST")
+	if len(lost) == 0 {
+		t.Fatalf("no SLOT LOST logged after restarting on a dropped slot:\n%s", log)
+	}
+	if len(logLines(log, "replication slot created")) == 0 || len(logLines(log, "flushing key space")) == 0 {
+		t.Errorf("the slot was not recreated and flushed:\n%s", log)
+	}
+	t.Logf("logged: %s", lost[0])
+	m := consistentPointRE.FindStringSubmatch(strings.Join(logLines(log, "replication slot created"), "\n"))
+	if m == nil {
+		t.Fatalf("no consistent point logged for the new slot:\n%s", log)
+	}
+	if cp, err := wal.ParseLSN(m[1]); err != nil || cp < workloadEnd {
+		t.Fatalf("the new slot starts at %s (%v), before the end of the workload %s", m[1], err, workloadEnd)
+	}
+	t.Logf("the new slot starts at %s, past the workload (ended at %s): only the flush can remove what it made stale", m[1], workloadEnd)
+	e.checkCache()
+}
+
+var consistentPointRE = regexp.MustCompile(`"consistent_point":"([0-9A-F]+/[0-9A-F]+)"`)
+
+// --- 5. Replay below confirmed_flush_lsn (Redis restored from a backup) ----
+
+// redisBackup is every key with its TTL, as DUMP gives it.
+type redisBackup map[string]struct {
+	dump string
+	ttl  time.Duration
+}
+
+func (e *env) backupRedis() redisBackup {
+	e.t.Helper()
+	b := redisBackup{}
+	for _, k := range e.keys("*") {
+		dump, err := e.rdb.Dump(e.ctx, k).Result()
+		if err != nil {
+			e.t.Fatalf("DUMP %s: %v", k, err)
+		}
+		ttl, err := e.rdb.PTTL(e.ctx, k).Result()
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		if ttl < 0 {
+			ttl = 0 // no expiry
+		}
+		b[k] = struct {
+			dump string
+			ttl  time.Duration
+		}{dump, ttl}
+	}
+	return b
+}
+
+func (e *env) restoreRedis(b redisBackup) {
+	e.t.Helper()
+	if err := e.rdb.FlushAll(e.ctx).Err(); err != nil {
+		e.t.Fatal(err)
+	}
+	for k, v := range b {
+		if err := e.rdb.RestoreReplace(e.ctx, k, v.ttl, v.dump).Err(); err != nil {
+			e.t.Fatalf("RESTORE %s: %v", k, err)
+		}
+	}
+}
+
+var replayedRE = regexp.MustCompile(`replayed (\d+) batches from `)
+
+func TestFaultReplayBelowConfirmed(t *testing.T) {
+	e := setup(t, schema, rules)
+	d := e.start()
+	e.waitStreaming(d)
+	e.seed(d)
+
+	// A backup of the whole cache (values, write-through guards, applied
+	// position), and the applied position before the workload.
+	backup := e.backupRedis()
+	appliedBefore, ok := e.appliedPosition()
+	if !ok {
+		t.Fatal("no applied position in the cache after seeding")
+	}
+	if _, err := runWorkload(e.ctx, e.dbURL, faultWorkload(501, faultStatements), 0, nil); err != nil {
+		t.Fatal(err)
+	}
+	e.quiesce(d)
+	e.checkCache()
+	if code := d.stop(); code != 0 {
+		t.Fatalf("SIGTERM: exit %d\n%s", code, d.log.String())
+	}
+	confirmed := e.confirmedLSN()
+	if appliedBefore >= confirmed {
+		t.Fatalf("applied position before the workload %s is not below confirmed_flush_lsn %s", appliedBefore, confirmed)
+	}
+
+	// Redis restored from the backup: stale values, old guards, and the
+	// applied position the backup carries, below confirmed_flush_lsn.
+	e.restoreRedis(backup)
+	if err := e.rdb.Set(e.ctx, "cachesync:slot:"+e.slot+":applied", appliedBefore.String(), 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	e.expectStale("after restoring the backup")
+
+	out, code := e.cli("replay", "--from", appliedBefore.String())
+	if code != 0 {
+		t.Fatalf("replay --from %s: exit %d\n%s", appliedBefore, code, out)
+	}
+	m := replayedRE.FindStringSubmatch(out)
+	if m == nil || m[1] == "0" {
+		t.Fatalf("replay --from %s did not report replayed batches:\n%s", appliedBefore, out)
+	}
+	t.Logf("replay --from %s (confirmed_flush_lsn %s): %s", appliedBefore, confirmed, strings.TrimSpace(out))
+	e.checkCache()
+
+	// Before the journal: refused, pointing at --flush.
+	out, code = e.cli("replay", "--from", "0/1")
+	if code != 1 || !strings.Contains(out, "--flush") {
+		t.Errorf("replay --from 0/1: exit %d, want 1 with a hint at --flush:\n%s", code, out)
+	}
+	out, code = e.cli("replay", "--flush")
+	if code != 0 {
+		t.Fatalf("replay --flush: exit %d\n%s", code, out)
+	}
+	if left := append(e.keys("user:*"), e.keys("product:*")...); len(left) > 0 {
+		t.Errorf("replay --flush left %d keys: %v", len(left), left[:min(len(left), 10)])
+	}
+	e.checkCache()
+}
+
+// --- 6. Two instances on one slot; the active one is killed ----------------
+
+func TestFaultTwoInstancesActiveKilled(t *testing.T) {
+	e, _ := setupPrivate(t, schema, rules)
+	dirA, dirB := t.TempDir(), t.TempDir()
+	if out, code := e.cliEnv([]string{"CACHESYNC_DATA_DIR=" + dirA}, "setup"); code != 0 {
+		t.Fatalf("setup: exit %d\n%s", code, out)
+	}
+	a := e.start("CACHESYNC_DATA_DIR=" + dirA)
+	b := e.start("CACHESYNC_DATA_DIR=" + dirB)
+	var active, passive *daemon
+	eventually(t, 60*time.Second, "one instance active, the other passive", func() (bool, string) {
+		a.alive("instance A")
+		b.alive("instance B")
+		as, bs := strings.Contains(a.log.String(), `"streaming"`), strings.Contains(b.log.String(), `"streaming"`)
+		ap, bp := strings.Contains(a.log.String(), "standing by as passive"), strings.Contains(b.log.String(), "standing by as passive")
+		if as && bs {
+			t.Fatalf("both instances stream from one slot\nA:\n%s\nB:\n%s", a.log.String(), b.log.String())
+		}
+		switch {
+		case as && bp:
+			active, passive = a, b
+		case bs && ap:
+			active, passive = b, a
+		default:
+			return false, fmt.Sprintf("A streaming=%v passive=%v, B streaming=%v passive=%v", as, ap, bs, bp)
+		}
+		return true, ""
+	})
+	pid := e.slotPID()
+	var walsenders int
+	if err := e.db.QueryRow(e.ctx, "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'").Scan(&walsenders); err != nil {
+		t.Fatal(err)
+	}
+	if pid == 0 || walsenders != 1 {
+		t.Fatalf("slot active_pid %d, %d streaming walsenders: want exactly one", pid, walsenders)
+	}
+	names := e.seed(active)
+
+	ops := faultWorkload(601, faultStatements)
+	reached, done := e.workloadInBackground(ops, faultStatements/3)
+	// Until the kill, the slot's walsender never changes: the passive
+	// instance must not terminate the holder.
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+wait:
+	for {
+		select {
+		case <-reached:
+			break wait
+		case res := <-done:
+			t.Fatalf("workload ended early: %v", res.err)
+		case <-tick.C:
+			if got := e.slotPID(); got != pid {
+				t.Fatalf("the slot's active_pid changed from %d to %d before the active instance was killed", pid, got)
+			}
+		}
+	}
+	if got := e.slotPID(); got != pid {
+		t.Fatalf("the slot's active_pid changed from %d to %d before the active instance was killed", pid, got)
+	}
+	killed := time.Now()
+	active.kill()
+	eventually(t, 30*time.Second, "the passive instance takes the slot over", func() (bool, string) {
+		passive.alive("passive instance")
+		got := e.slotPID()
+		return got != 0 && got != pid && strings.Contains(passive.log.String(), `"streaming"`), fmt.Sprintf("active_pid %d", got)
+	})
+	takeover := time.Since(killed)
+	t.Logf("takeover %s after SIGKILL of the active instance (walsender %d → %d)", takeover.Round(time.Millisecond), pid, e.slotPID())
+	if takeover > 20*time.Second {
+		t.Errorf("takeover took %s, want within wal_sender_timeout (10s) + retry", takeover)
+	}
+	e.waitWorkload(done, 120*time.Second)
+	e.quiesce(passive)
+
+	// Neither instance ever saw an error but the 55006 standby: no
+	// reconnection, no error-level line (a reset or a slot loss would be).
+	for name, d := range map[string]*daemon{"active (killed)": active, "passive": passive} {
+		log := d.log.String()
+		for _, bad := range []string{"reconnecting", `"level":"error"`, "SLOT LOST", "REDIS RESET"} {
+			if l := logLines(log, bad); len(l) > 0 {
+				t.Errorf("%s instance logged %q: %s", name, bad, l[0])
+			}
+		}
+	}
+	if n := len(logLines(passive.log.String(), "standing by as passive")); n != 1 {
+		t.Errorf("passive logged %d standby lines, want 1", n)
+	}
+	e.logAtStake(names)
+	e.checkCache()
+}
+
+// --- 7. Redis restarts without persistence --------------------------------
+
+func TestFaultRedisRestartedWithoutPersistence(t *testing.T) {
+	e := setup(t, schema, rules)
+	d := e.start()
+	e.waitStreaming(d)
+	names := e.seed(d) // the application's reads, before the workload
+
+	ops := faultWorkload(701, faultStatements)
+	reached, done := e.workloadInBackground(ops, faultStatements/3)
+	e.waitChan("a third of the workload committed", reached, done, 60*time.Second)
+
+	// Redis restarts empty. Before the daemon touches it again, readers
+	// refill keys from reads made before the workload's commits: the
+	// invalidations of those commits went to the Redis that is gone.
+	thaw := d.freeze()
+	e.redis.Stop(t)
+	e.redis.Start(t)
+	if n, err := e.rdb.DBSize(e.ctx).Result(); err != nil || n != 0 {
+		t.Fatalf("Redis restarted with %d keys (err %v), want an empty dataset", n, err)
+	}
+	e.cacheUsers(names, nil)
+	e.expectStale("readers refilled the empty Redis from old reads")
+	thaw()
+
+	e.waitWorkload(done, 120*time.Second)
+	e.quiesce(d)
+	d.alive("after the Redis restart")
+	log := d.log.String()
+	detected := append(logLines(log, "REDIS RESET"), logLines(log, "cache holds no applied position")...)
+	if len(detected) == 0 {
+		t.Fatalf("the daemon did not report the emptied Redis:\n%s", log)
+	}
+	t.Logf("logged: %s", detected[0])
+	e.checkCache()
+}
+
+// --- 8. Redis restored from an older snapshot while the daemon runs --------
+
+func TestFaultRedisRestoredFromOlderSnapshot(t *testing.T) {
+	testFaultRedisSnapshot(t, "", "replayed the journal", "on_redis_reset = flush", 801)
+}
+
+func TestFaultRedisRestoredFromOlderSnapshotFlush(t *testing.T) {
+	testFaultRedisSnapshot(t, "redis {\n  on_redis_reset = \"flush\"\n}\n", "on_redis_reset = flush", "replayed the journal", 802)
+}
+
+func testFaultRedisSnapshot(t *testing.T, redisBlock, want, notWant string, seed uint64) {
+	e := setup(t, schema, rules+redisBlock)
+	d := e.start()
+	e.waitStreaming(d)
+	e.seed(d)
+	// The snapshot is taken while the workload runs and the daemon applies
+	// it: its applied position and its keys are those of one instant.
+	reached, done := e.workloadInBackground(faultWorkload(seed, faultStatements), faultStatements/3)
+	e.waitChan("a third of the workload committed", reached, done, 60*time.Second)
+	if err := e.rdb.Save(e.ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	e.waitWorkload(done, 60*time.Second)
+	e.quiesce(d)
+	e.checkCache()
+	latest, _ := e.appliedPosition()
+
+	// Redis comes back from the snapshot taken before the workload: stale
+	// values and an older applied position. The daemon is frozen meanwhile
+	// so that the test sees the stale state it must heal.
+	thaw := d.freeze()
+	e.redis.Stop(t)
+	e.redis.Start(t)
+	old, ok := e.appliedPosition()
+	if !ok || old >= latest {
+		t.Fatalf("the snapshot's applied position is %s (present %v), want one below %s", old, ok, latest)
+	}
+	e.expectStale("Redis restored from the snapshot")
+	restored := time.Now()
+	thaw()
+
+	eventually(t, 15*time.Second, "the daemon heals the restored cache", func() (bool, string) {
+		d.alive("healing")
+		return strings.Contains(d.log.String(), want), ""
+	})
+	t.Logf("healed %s after the restore: %s", time.Since(restored).Round(time.Millisecond), logLines(d.log.String(), want)[0])
+	if l := logLines(d.log.String(), notWant); len(l) > 0 {
+		t.Errorf("the daemon took the other path: %s", l[0])
+	}
+	e.quiesce(d)
+	if n := len(logLines(d.log.String(), `"starting"`)); n != 1 {
+		t.Errorf("the daemon logged %d starts, want 1 (heal without restart)", n)
+	}
+	e.checkCache()
+}
