@@ -33,24 +33,39 @@ import (
 // restart it or need wal_sender_timeout = 10s): database "app", slot "app".
 func setupPrivate(t *testing.T, schema, rules string) (*env, *testenv.Postgres) {
 	t.Helper()
+	return setupPrivateWith(t, map[string]string{"wal_sender_timeout": "10s"}, schema, rules)
+}
+
+// setupPrivateWith is setupPrivate with other server settings.
+func setupPrivateWith(t *testing.T, settings map[string]string, schema, rules string) (*env, *testenv.Postgres) {
+	t.Helper()
 	t.Parallel()
-	pg := testenv.StartPostgres(t, testenv.PostgresOptions{Settings: map[string]string{"wal_sender_timeout": "10s"}})
-	pg.Exec(t, "", "CREATE DATABASE app")
-	e := &env{t: t, dbURL: pg.URL("app"), redis: testenv.StartRedis(t), ctx: context.Background(), logDir: t.TempDir(), slot: "app"}
+	pg, conn := privateDatabase(t, settings, schema)
+	e := &env{t: t, dbURL: pg.URL("app"), db: conn, redis: testenv.StartRedis(t), ctx: context.Background(), logDir: t.TempDir(), slot: "app"}
 	e.rdb = e.redis.Client(t)
-	conn, err := pgx.Connect(e.ctx, e.dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.db = conn
-	t.Cleanup(func() { e.db.Close(context.Background()) })
-	e.exec(schema)
 	e.rules = filepath.Join(t.TempDir(), "rules.hcl")
 	body := fmt.Sprintf("postgres {\n  slot = %q\n  publication = \"cachesync\"\n}\n%s", e.slot, rules)
 	if err := os.WriteFile(e.rules, []byte(body), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	return e, pg
+}
+
+// privateDatabase starts a private server with a database "app" holding the
+// schema, and connects to it.
+func privateDatabase(t *testing.T, settings map[string]string, schema string) (*testenv.Postgres, *pgx.Conn) {
+	t.Helper()
+	pg := testenv.StartPostgres(t, testenv.PostgresOptions{Settings: settings})
+	pg.Exec(t, "", "CREATE DATABASE app")
+	conn, err := pgx.Connect(context.Background(), pg.URL("app"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	if _, err := conn.Exec(context.Background(), schema); err != nil {
+		t.Fatal(err)
+	}
+	return pg, conn
 }
 
 // reconnect replaces the test's connection after a server restart.
