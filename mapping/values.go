@@ -1,6 +1,8 @@
 package mapping
 
 import (
+	"math"
+	"strconv"
 	"strings"
 	"time"
 
@@ -46,10 +48,17 @@ func (d *decoder) decode(oid uint32, text string) cty.Value {
 		case "f", "false":
 			return cty.False
 		}
-	case oidInt2, oidInt4, oidInt8, oidOID, oidFloat4, oidFloat8:
+	case oidInt2, oidInt4, oidInt8, oidOID:
+		// Built from an int64, the number keeps a 64-bit mantissa: printing
+		// it into a key is cheap (ParseNumberVal's 512-bit floats made key
+		// formatting dominate the mapper's profile).
+		if n, err := strconv.ParseInt(text, 10, 64); err == nil {
+			return cty.NumberIntVal(n)
+		}
+	case oidFloat4, oidFloat8:
 		// NaN and ±Infinity have no cty number: they stay text.
-		if v, err := cty.ParseNumberVal(text); err == nil {
-			return v
+		if f, err := strconv.ParseFloat(text, 64); err == nil && !math.IsInf(f, 0) && !math.IsNaN(f) {
+			return cty.NumberFloatVal(f)
 		}
 	case oidJSON, oidJSONB:
 		if v, ok := decodeJSON(text); ok {
