@@ -77,6 +77,7 @@ type Mapper struct {
 	dec     *decoder
 
 	bindings map[uint32]*binding
+	fast     map[*config.Template]*fastTemplate
 	txn      txnState
 	stats    Stats
 }
@@ -124,6 +125,7 @@ func New(rules []*config.Rule, opts Options) (*Mapper, error) {
 		funcs:    config.Functions(),
 		dec:      newDecoder(),
 		bindings: map[uint32]*binding{},
+		fast:     map[*config.Template]*fastTemplate{},
 		stats:    Stats{Flushes: map[string]uint64{}},
 	}
 	if m.keyCap <= 0 {
@@ -136,6 +138,11 @@ func New(rules []*config.Rule, opts Options) (*Mapper, error) {
 			return nil, err
 		}
 		r.keyspace = ks
+		for _, t := range rc.Templates() {
+			if f := compileFast(t.Expr); f != nil {
+				m.fast[t] = f
+			}
+		}
 		refs := append(append(rc.KeyColumns(), rc.WhenColumns()...), rc.ValueColumns()...)
 		for _, ref := range refs {
 			if ref.Column == "" {
@@ -515,6 +522,21 @@ func (m *Mapper) emitTemplate(r *rule, t *config.Template, ctx *hcl.EvalContext,
 // evalKey evaluates a key template. ok=false means the rule was flushed;
 // an empty key with ok=true means NULL (skip).
 func (m *Mapper) evalKey(r *rule, t *config.Template, ctx *hcl.EvalContext) (string, bool) {
+	if f := m.fast[t]; f != nil {
+		switch key, res := f.eval(ctx.Variables["row"]); res {
+		case fastOK:
+			if key == "" {
+				m.stats.NullKeys++
+			}
+			return key, true
+		case fastNull:
+			m.stats.NullKeys++
+			return "", true
+		case fastUnknown:
+			m.flush(r, ReasonNotSent)
+			return "", false
+		}
+	}
 	v, diags := t.Expr.Value(ctx)
 	if diags.HasErrors() && readsNull(t.Expr, ctx) {
 		// "user:${lower(row.email)}" with a NULL email: no such key.
