@@ -1,13 +1,16 @@
 package mapping
 
 import (
+	"encoding/json"
 	"math/big"
+	"sort"
 	"strconv"
 	"strings"
 
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/hclsyntax"
 	"github.com/zclconf/go-cty/cty"
+	ctyjson "github.com/zclconf/go-cty/cty/json"
 	"golang.org/x/text/unicode/norm"
 )
 
@@ -150,4 +153,68 @@ func (f *fastTemplate) eval(row cty.Value) (string, fastResult) {
 	}
 	// cty strings are NFC-normalized; so is the HCL template's result.
 	return norm.NFC.String(b.String()), fastOK
+}
+
+// isJSONEncodeRow recognises the value expression jsonencode(row).
+func isJSONEncodeRow(expr hcl.Expression) bool {
+	call, ok := expr.(*hclsyntax.FunctionCallExpr)
+	if !ok || call.Name != "jsonencode" || len(call.Args) != 1 || call.ExpandFinal {
+		return false
+	}
+	arg, ok := call.Args[0].(*hclsyntax.ScopeTraversalExpr)
+	return ok && len(arg.Traversal) == 1 && arg.Traversal.RootName() == "row"
+}
+
+// jsonRow writes a row image as cty's jsonencode does (attributes sorted by
+// name, strings through encoding/json, numbers in their shortest exact
+// form), without building the function call. It reports fastUnknown when a
+// value was not sent.
+func jsonRow(row cty.Value) ([]byte, fastResult) {
+	if row.IsNull() || !row.IsKnown() || !row.Type().IsObjectType() {
+		return nil, fastFallback
+	}
+	names := make([]string, 0, len(row.Type().AttributeTypes()))
+	for name := range row.Type().AttributeTypes() {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	buf := make([]byte, 0, 64*len(names))
+	buf = append(buf, '{')
+	for i, name := range names {
+		v := row.GetAttr(name)
+		if !v.IsWhollyKnown() {
+			return nil, fastUnknown
+		}
+		if i > 0 {
+			buf = append(buf, ',')
+		}
+		k, _ := json.Marshal(norm.NFC.String(name))
+		buf = append(append(buf, k...), ':')
+		switch {
+		case v.IsNull():
+			buf = append(buf, "null"...)
+		case v.Type() == cty.String:
+			s, err := json.Marshal(v.AsString())
+			if err != nil {
+				return nil, fastFallback
+			}
+			buf = append(buf, s...)
+		case v.Type() == cty.Number:
+			if v.RawEquals(cty.PositiveInfinity) || v.RawEquals(cty.NegativeInfinity) {
+				return nil, fastFallback
+			}
+			buf = v.AsBigFloat().Append(buf, 'f', -1)
+		case v.Type() == cty.Bool:
+			buf = strconv.AppendBool(buf, v.True())
+		default:
+			b, err := ctyjson.Marshal(v, v.Type())
+			if err != nil {
+				return nil, fastFallback
+			}
+			buf = append(buf, b...)
+		}
+	}
+	buf = append(buf, '}')
+	// jsonencode's result is a cty string: NFC-normalized.
+	return norm.NFC.Append(nil, buf...), fastOK
 }

@@ -84,3 +84,63 @@ func TestFastTemplateMatchesHCL(t *testing.T) {
 		t.Fatalf("the fast path answered only %d evaluations", answered)
 	}
 }
+
+// TestJSONRowMatchesJSONEncode compares the fast jsonencode(row) with HCL's.
+func TestJSONRowMatchesJSONEncode(t *testing.T) {
+	expr, diags := hclsyntax.ParseExpression([]byte(`jsonencode(row)`), "t.hcl", hcl.InitialPos)
+	if diags.HasErrors() || !isJSONEncodeRow(expr) {
+		t.Fatalf("jsonencode(row) not recognised: %v", diags)
+	}
+	strs := []string{"", "<a&b>", "e\u0301", "ÉCOLE", "\"quoted\"\n\ttab", "\u2028", "日本", "\x7f"}
+	d := newDecoder()
+	rng := rand.New(rand.NewPCG(3, 4))
+	value := func() cty.Value {
+		switch rng.IntN(9) {
+		case 0:
+			return cty.NullVal(cty.DynamicPseudoType)
+		case 1:
+			if rng.IntN(4) == 0 {
+				return cty.DynamicVal
+			}
+			return cty.NumberIntVal(rng.Int64N(1<<62) - 1<<61)
+		case 2:
+			return cty.NumberFloatVal(rng.NormFloat64() * 1e6)
+		case 3:
+			return cty.BoolVal(rng.IntN(2) == 0)
+		case 4:
+			return d.decode(oidJSONB, `{"a":[1,"x",null,{"b":true}],"c":1.5}`)
+		case 5:
+			return d.decode(1007, "{1,NULL,3}")
+		}
+		return cty.StringVal(strs[rng.IntN(len(strs))] + strs[rng.IntN(len(strs))])
+	}
+	funcs := config.Functions()
+	compared := 0
+	for range 5000 {
+		attrs := map[string]cty.Value{}
+		for _, name := range []string{"id", "b", "a", "Zed", "é"} {
+			if rng.IntN(5) > 0 {
+				attrs[name] = value()
+			}
+		}
+		row := cty.ObjectVal(attrs)
+		got, res := jsonRow(row)
+		v, diags := expr.Value(&hcl.EvalContext{Variables: map[string]cty.Value{"row": row}, Functions: funcs})
+		switch res {
+		case fastFallback:
+			continue
+		case fastUnknown:
+			if diags.HasErrors() || v.IsWhollyKnown() {
+				t.Fatalf("%#v: fast says unknown, HCL gives %#v %v", row, v, diags)
+			}
+		default:
+			compared++
+			if diags.HasErrors() || !v.IsWhollyKnown() || v.AsString() != string(got) {
+				t.Fatalf("%#v:\nfast %s\n HCL %#v %v", row, got, v, diags)
+			}
+		}
+	}
+	if compared < 2500 {
+		t.Fatalf("only %d rows compared", compared)
+	}
+}

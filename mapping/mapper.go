@@ -615,6 +615,17 @@ func (m *Mapper) refresh(r *rule, kind wal.Kind, oldObj, newObj cty.Value) {
 		m.add(r, unset)
 		return
 	}
+	if isJSONEncodeRow(rf.Value) {
+		switch b, res := jsonRow(newObj); res {
+		case fastOK:
+			m.add(r, Op{Kind: OpSet, Key: newKey, Value: b, TTL: rf.TTL, Jitter: rf.Jitter, LSN: lsn, Rule: r.cfg.Name})
+			return
+		case fastUnknown:
+			m.stats.Incomplete++
+			m.add(r, unset)
+			return
+		}
+	}
 	v, diags := rf.Value.Value(ctx)
 	if diags.HasErrors() {
 		m.evalError(r, "value", diags)
