@@ -63,8 +63,8 @@ demo: ## start private PostgreSQL and Redis, run cachesync on a narrated workloa
 	bash scripts/demo.sh
 
 .PHONY: bench
-bench: ## run the benchmarks (no tests)
-	go test -run='^$$' -bench=. -benchmem ./...
+bench: build ## measure cachesync against its ceilings on private servers (~5 min; docs/benchmarks.md)
+	go run ./cmd/cachesync-bench -cachesync $(BINARY) -runs 3 -full -out bench/results -chart docs/benchmarks.png
 
 .PHONY: clean
 clean: ## remove build output

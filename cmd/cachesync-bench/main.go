@@ -1,0 +1,356 @@
+// Command cachesync-bench measures cachesync against its ceilings on private
+// PostgreSQL and Redis servers that it starts itself on loopback ports:
+//
+//   - the decode ceiling: pg_recvlogical draining the same WAL with the same pgoutput
+//     options to /dev/null (changes/s);
+//   - the Redis ceiling: pipelined DELs from go-redis (ops/s);
+//   - cachesync's throughput on each workload, from the moment its slot becomes active
+//     until the slot's confirmed_flush_lsn reaches the end of the loaded WAL;
+//   - commit → Redis lag at a steady offered load (p50/p99/max);
+//   - cachesync's peak RSS (VmHWM) on each workload.
+//
+// It prints one table (min/median/max over -runs, each figure as a ratio to its
+// ceiling or budget) and writes the same as JSON, plus a PNG chart, under -out.
+//
+// Usage: go run ./cmd/cachesync-bench -cachesync bin/cachesync [-runs 3] [-rows 100000] [-full]
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+)
+
+type options struct {
+	Cachesync   string        `json:"-"`
+	Runs        int           `json:"runs"`
+	Rows        int           `json:"rows"`
+	Full        bool          `json:"full"`
+	BigRows     int           `json:"big_rows"`
+	RedisOps    int           `json:"redis_ops"`
+	LagRate     float64       `json:"lag_rate"`
+	LagDuration time.Duration `json:"lag_duration"`
+	Out         string        `json:"-"`
+	Chart       string        `json:"-"`
+}
+
+// figure is one line of the table: a measured value per run and its ratio to the
+// ceiling (or budget) it is compared with, in the same run.
+type figure struct {
+	Workload  string    `json:"workload"`
+	Metric    string    `json:"metric"`
+	Unit      string    `json:"unit"`
+	Values    []float64 `json:"values"`
+	Min       float64   `json:"min"`
+	Median    float64   `json:"median"`
+	Max       float64   `json:"max"`
+	Versus    string    `json:"versus,omitempty"` // what the ratio is to
+	Ratios    []float64 `json:"ratios,omitempty"`
+	RatioMin  float64   `json:"ratio_min,omitempty"`
+	RatioMed  float64   `json:"ratio_median,omitempty"`
+	RatioMax  float64   `json:"ratio_max,omitempty"`
+	Target    string    `json:"target,omitempty"`
+	TargetMet *bool     `json:"target_met,omitempty"`
+	// target check on the median ratio
+	atLeast, below float64
+}
+
+type report struct {
+	Started  time.Time      `json:"started"`
+	Seconds  float64        `json:"seconds"`
+	Machine  map[string]any `json:"machine"`
+	Options  options        `json:"options"`
+	Figures  []*figure      `json:"figures"`
+	Raw      []runResult    `json:"raw"`
+	JSONPath string         `json:"-"`
+	PNGPath  string         `json:"-"`
+}
+
+type runResult struct {
+	RedisCeiling float64               `json:"redis_ceiling_ops"`
+	Throughput   map[string]throughput `json:"throughput"`
+	Lag          lagResult             `json:"lag"`
+}
+
+func main() {
+	var o options
+	flag.StringVar(&o.Cachesync, "cachesync", "bin/cachesync", "the cachesync binary to measure (build it without -race)")
+	flag.IntVar(&o.Runs, "runs", 3, "repetitions; the table shows min/median/max")
+	flag.IntVar(&o.Rows, "rows", 100_000, "rows per throughput workload")
+	flag.BoolVar(&o.Full, "full", false, "add the one-transaction workload of -big-rows rows")
+	flag.IntVar(&o.BigRows, "big-rows", 1_000_000, "rows of the single big transaction (with -full)")
+	flag.IntVar(&o.RedisOps, "redis-ops", 500_000, "DELs for the Redis ceiling")
+	flag.Float64Var(&o.LagRate, "lag-rate", 5000, "offered single-row transactions per second for the lag figure")
+	flag.DurationVar(&o.LagDuration, "lag-duration", 10*time.Second, "how long the steady load lasts")
+	flag.StringVar(&o.Out, "out", "bench/results", "results directory (JSON and PNG per invocation)")
+	flag.StringVar(&o.Chart, "chart", "", "also copy the chart PNG here (e.g. docs/benchmarks.png)")
+	flag.Parse()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	rep, err := run(ctx, o, os.Stdout, os.Stderr)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "cachesync-bench:", err)
+		os.Exit(1)
+	}
+	fmt.Printf("\nwrote %s and %s\n", rep.JSONPath, rep.PNGPath)
+}
+
+func run(ctx context.Context, o options, stdout, logw io.Writer) (*report, error) {
+	logf := func(format string, args ...any) {
+		fmt.Fprintf(logw, "%s "+format+"\n", append([]any{time.Now().Format("15:04:05")}, args...)...)
+	}
+	if o.Runs < 1 || o.Rows < 1 {
+		return nil, fmt.Errorf("-runs and -rows must be positive")
+	}
+	bin, err := filepath.Abs(o.Cachesync)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := os.Stat(bin); err != nil {
+		return nil, fmt.Errorf("cachesync binary: %w (make build)", err)
+	}
+	rep := &report{Started: time.Now(), Options: o, Machine: machine()}
+	srv, err := startServers(logf)
+	if err != nil {
+		return nil, err
+	}
+	defer srv.stop()
+	b := &bench{srv: srv, cachesync: bin, logf: logf}
+	ws := workloads(o.Full)
+	for r := 1; r <= o.Runs; r++ {
+		logf("run %d of %d", r, o.Runs)
+		rr := runResult{Throughput: map[string]throughput{}}
+		if rr.RedisCeiling, err = redisCeiling(ctx, srv.redisURL, o.RedisOps); err != nil {
+			return nil, fmt.Errorf("redis ceiling: %w", err)
+		}
+		logf("Redis ceiling: %.0f DEL/s", rr.RedisCeiling)
+		for _, w := range ws {
+			rows := o.Rows
+			if w.TxRows == 0 {
+				rows = o.BigRows
+			}
+			t, err := b.runThroughput(ctx, w, rows)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", w.Name, err)
+			}
+			logf("%s: pg_recvlogical %.0f changes/s, cachesync %.0f changes/s (%.0f%%), %.0f Redis cmds/s, peak RSS %.1f MiB",
+				w.Name, float64(rows)/t.DecodeSeconds, float64(rows)/t.CachesyncSecs,
+				100*t.DecodeSeconds/t.CachesyncSecs, float64(t.RedisCommands)/t.CachesyncSecs, mib(t.PeakRSSBytes))
+			rr.Throughput[w.Name] = t
+		}
+		if rr.Lag, err = b.runLag(ctx, o.LagRate, o.LagDuration); err != nil {
+			return nil, fmt.Errorf("lag: %w", err)
+		}
+		logf("lag at %.0f tx/s offered (%.0f achieved): p50 %.2f ms, p99 %.2f ms, max %.2f ms",
+			rr.Lag.Offered, rr.Lag.Achieved, rr.Lag.P50, rr.Lag.P99, rr.Lag.Mx)
+		rep.Raw = append(rep.Raw, rr)
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+	}
+	rep.Figures = figures(ws, rep.Raw)
+	rep.Seconds = time.Since(rep.Started).Seconds()
+
+	printTable(stdout, rep)
+	dir := filepath.Join(o.Out, rep.Started.Format("20060102-150405"))
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	js, err := json.MarshalIndent(rep, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	rep.JSONPath = filepath.Join(dir, "results.json")
+	if err := os.WriteFile(rep.JSONPath, append(js, '\n'), 0o644); err != nil {
+		return nil, err
+	}
+	png, err := chart(rep)
+	if err != nil {
+		return nil, err
+	}
+	rep.PNGPath = filepath.Join(dir, "chart.png")
+	if err := os.WriteFile(rep.PNGPath, png, 0o644); err != nil {
+		return nil, err
+	}
+	if o.Chart != "" {
+		if err := os.WriteFile(o.Chart, png, 0o644); err != nil {
+			return nil, err
+		}
+	}
+	return rep, nil
+}
+
+func mib(b int64) float64 { return float64(b) / (1 << 20) }
+
+// figures turns the runs into the table's lines.
+func figures(ws []workload, runs []runResult) []*figure {
+	var figs []*figure
+	add := func(f *figure, value func(runResult) (v, ceiling float64)) {
+		for _, r := range runs {
+			v, c := value(r)
+			f.Values = append(f.Values, v)
+			if f.Versus != "" {
+				f.Ratios = append(f.Ratios, v/c)
+			}
+		}
+		f.Min, f.Median, f.Max = spread(f.Values)
+		if f.Versus != "" {
+			f.RatioMin, f.RatioMed, f.RatioMax = spread(f.Ratios)
+		}
+		if f.Target != "" {
+			met := (f.atLeast == 0 || f.RatioMed >= f.atLeast) && (f.below == 0 || f.RatioMed < f.below)
+			f.TargetMet = &met
+		}
+		figs = append(figs, f)
+	}
+	add(&figure{Workload: "Redis ceiling", Metric: "pipelined DEL (go-redis, 1000/pipeline)", Unit: "ops/s"},
+		func(r runResult) (float64, float64) { return r.RedisCeiling, 0 })
+	for _, w := range ws {
+		name := w.Name
+		invalidate := w.Rule == invRule
+		add(&figure{Workload: name, Metric: "decode ceiling (pg_recvlogical)", Unit: "changes/s"},
+			func(r runResult) (float64, float64) {
+				t := r.Throughput[name]
+				return float64(t.Rows) / t.DecodeSeconds, 0
+			})
+		f := &figure{Workload: name, Metric: "cachesync throughput", Unit: "changes/s", Versus: "decode ceiling"}
+		if invalidate {
+			f.Target, f.atLeast = "≥ 0.80 of decode", 0.80
+		}
+		add(f, func(r runResult) (float64, float64) {
+			t := r.Throughput[name]
+			return float64(t.Rows) / t.CachesyncSecs, float64(t.Rows) / t.DecodeSeconds
+		})
+		add(&figure{Workload: name, Metric: "cachesync Redis commands", Unit: "cmds/s", Versus: "Redis ceiling"},
+			func(r runResult) (float64, float64) {
+				t := r.Throughput[name]
+				return float64(t.RedisCommands) / t.CachesyncSecs, r.RedisCeiling
+			})
+		add(&figure{Workload: name, Metric: "cachesync CPU per change", Unit: "µs"},
+			func(r runResult) (float64, float64) {
+				t := r.Throughput[name]
+				return 1e6 * t.CachesyncCPUSec / float64(t.Rows), 0
+			})
+		f = &figure{Workload: name, Metric: "cachesync peak RSS", Unit: "MiB", Versus: "200 MiB budget"}
+		if w.TxRows == 0 {
+			f.Target, f.below = "< 200 MiB", 1
+		}
+		add(f, func(r runResult) (float64, float64) { return mib(r.Throughput[name].PeakRSSBytes), 200 })
+	}
+	lagName := "steady load (1-row tx)"
+	add(&figure{Workload: lagName, Metric: "committed", Unit: "tx/s", Versus: "offered"},
+		func(r runResult) (float64, float64) { return r.Lag.Achieved, r.Lag.Offered })
+	add(&figure{Workload: lagName, Metric: "lag p50 commit→applied", Unit: "ms", Versus: "10 ms budget"},
+		func(r runResult) (float64, float64) { return r.Lag.P50, 10 })
+	add(&figure{Workload: lagName, Metric: "lag p99 commit→applied", Unit: "ms", Versus: "10 ms budget", Target: "< 10 ms", below: 1},
+		func(r runResult) (float64, float64) { return r.Lag.P99, 10 })
+	add(&figure{Workload: lagName, Metric: "lag max commit→applied", Unit: "ms", Versus: "10 ms budget"},
+		func(r runResult) (float64, float64) { return r.Lag.Mx, 10 })
+	add(&figure{Workload: lagName, Metric: "cachesync peak RSS", Unit: "MiB", Versus: "200 MiB budget"},
+		func(r runResult) (float64, float64) { return mib(r.Lag.PeakRSSBytes), 200 })
+	return figs
+}
+
+func spread(v []float64) (lo, med, hi float64) {
+	s := slices.Clone(v)
+	slices.Sort(s)
+	n := len(s)
+	if n == 0 {
+		return 0, 0, 0
+	}
+	med = s[n/2]
+	if n%2 == 0 {
+		med = (s[n/2-1] + s[n/2]) / 2
+	}
+	return s[0], med, s[n-1]
+}
+
+func printTable(w io.Writer, rep *report) {
+	fmt.Fprintf(w, "\ncachesync benchmark: %d run(s), %d rows per workload, %s\n\n", rep.Options.Runs, rep.Options.Rows, rep.Machine["cpu"])
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.Debug)
+	fmt.Fprintln(tw, "workload\tfigure\tunit\tmin\tmedian\tmax\tratio median [min–max]\tvs\ttarget\t")
+	for _, f := range rep.Figures {
+		ratio, target := "", f.Target
+		if f.Versus != "" {
+			ratio = fmt.Sprintf("%.2f [%.2f–%.2f]", f.RatioMed, f.RatioMin, f.RatioMax)
+		}
+		if f.TargetMet != nil {
+			if *f.TargetMet {
+				target += " met"
+			} else {
+				target += " MISSED"
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", f.Workload, f.Metric, f.Unit,
+			num(f.Min), num(f.Median), num(f.Max), ratio, f.Versus, target)
+	}
+	tw.Flush()
+}
+
+func num(v float64) string {
+	switch {
+	case v >= 1000:
+		return fmt.Sprintf("%.0f", v)
+	case v >= 10:
+		return fmt.Sprintf("%.1f", v)
+	default:
+		return fmt.Sprintf("%.2f", v)
+	}
+}
+
+// machine describes where the numbers come from.
+func machine() map[string]any {
+	m := map[string]any{
+		"goos": runtime.GOOS, "goarch": runtime.GOARCH, "cpus": runtime.NumCPU(), "go": runtime.Version(),
+	}
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for line := range strings.SplitSeq(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, "model name"); ok {
+				m["cpu"] = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(v), ":"))
+				break
+			}
+		}
+	}
+	if kb := procStatusKBFile("/proc/meminfo", "MemTotal:"); kb > 0 {
+		m["mem_gib"] = float64(kb) / (1 << 20)
+	}
+	if out, err := exec.Command("redis-server", "--version").Output(); err == nil {
+		m["redis"] = strings.TrimSpace(string(out))
+	}
+	if d, err := findPostgresBin(); err == nil {
+		if out, err := exec.Command(filepath.Join(d, "postgres"), "--version").Output(); err == nil {
+			m["postgres"] = strings.TrimSpace(string(out))
+		}
+	}
+	if out, err := exec.Command("uname", "-r").Output(); err == nil {
+		m["kernel"] = strings.TrimSpace(string(out))
+	}
+	return m
+}
+
+func procStatusKBFile(path, field string) int64 {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0
+	}
+	for line := range strings.SplitSeq(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, field); ok {
+			var n int64
+			fmt.Sscan(strings.TrimSpace(rest), &n)
+			return n
+		}
+	}
+	return 0
+}

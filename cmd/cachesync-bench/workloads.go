@@ -1,0 +1,442 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/redis/go-redis/v9"
+)
+
+// workload is one throughput workload: a table, the rule that reads it, and how its
+// rows are committed.
+type workload struct {
+	Name  string
+	Rule  string // rule body (inside rule "w" { table = ... })
+	Table string // CREATE TABLE
+	// TxRows is the number of rows per transaction; 0 means all rows in one.
+	TxRows int
+}
+
+const invTable = `CREATE TABLE w (id int PRIMARY KEY, email text NOT NULL, org_id int NOT NULL);
+ALTER TABLE w REPLICA IDENTITY FULL`
+const invRule = `invalidate {
+    keys = ["w:${row.id}", "w:email:${lower(row.email)}"]
+    tags = ["org:${row.org_id}"]
+  }`
+const refTable = `CREATE TABLE w (id int PRIMARY KEY, email text NOT NULL, org_id int NOT NULL,
+  name text NOT NULL, price numeric(10,2) NOT NULL, published bool NOT NULL)`
+const refRule = `refresh {
+    key   = "w:${row.id}"
+    value = jsonencode(row)
+    ttl   = "1h"
+  }`
+
+func workloads(full bool) []workload {
+	ws := []workload{
+		{Name: "invalidate, 1000-row tx", Rule: invRule, Table: invTable, TxRows: 1000},
+		{Name: "invalidate, 1-row tx", Rule: invRule, Table: invTable, TxRows: 1},
+		{Name: "refresh JSON, 1000-row tx", Rule: refRule, Table: refTable, TxRows: 1000},
+	}
+	if full {
+		ws = append(ws, workload{Name: "invalidate, 1M-row tx", Rule: invRule, Table: invTable, TxRows: 0})
+	}
+	return ws
+}
+
+// throughput is what one run of one workload measured.
+type throughput struct {
+	Rows            int
+	DecodeSeconds   float64 // pg_recvlogical, slot start to endpos
+	CachesyncSecs   float64 // cachesync, slot start to confirmed_flush_lsn >= end
+	RedisCommands   int64   // commands Redis processed meanwhile
+	PeakRSSBytes    int64   // cachesync VmHWM
+	DecodePeakRSS   int64   // pg_recvlogical VmHWM (for reference)
+	WALBytes        int64
+	CachesyncCPUSec float64
+}
+
+// bench holds what every measurement needs.
+type bench struct {
+	srv       *servers
+	cachesync string
+	logf      func(string, ...any)
+	dbSeq     int
+}
+
+// newDatabase creates a fresh database with one table and writes a rules file for it.
+func (b *bench) newDatabase(ctx context.Context, table, rule string) (db, rules, dataDir string, err error) {
+	b.dbSeq++
+	db = fmt.Sprintf("bench%d", b.dbSeq)
+	admin, err := pgx.Connect(ctx, b.srv.pgURL("postgres"))
+	if err != nil {
+		return "", "", "", err
+	}
+	defer admin.Close(context.Background())
+	if _, err := admin.Exec(ctx, "CREATE DATABASE "+db); err != nil {
+		return "", "", "", err
+	}
+	conn, err := pgx.Connect(ctx, b.srv.pgURL(db))
+	if err != nil {
+		return "", "", "", err
+	}
+	defer conn.Close(context.Background())
+	if _, err := conn.Exec(ctx, table); err != nil {
+		return "", "", "", err
+	}
+	dir := filepath.Join(b.srv.dir, db)
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		return "", "", "", err
+	}
+	rules = filepath.Join(dir, "rules.hcl")
+	text := fmt.Sprintf(`postgres {
+  slot        = "cs"
+  publication = "bench"
+}
+
+rule "w" {
+  table = "public.w"
+  %s
+}
+`, rule)
+	if err := os.WriteFile(rules, []byte(text), 0o644); err != nil {
+		return "", "", "", err
+	}
+	return db, rules, filepath.Join(dir, "data"), nil
+}
+
+func (b *bench) dropDatabase(ctx context.Context, db string) error {
+	admin, err := pgx.Connect(ctx, b.srv.pgURL("postgres"))
+	if err != nil {
+		return err
+	}
+	defer admin.Close(context.Background())
+	if _, err := admin.Exec(ctx, `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = $1`, db); err != nil {
+		return err
+	}
+	_, err = admin.Exec(ctx, "DROP DATABASE "+db+" WITH (FORCE)")
+	if err == nil {
+		_, err = admin.Exec(ctx, "CHECKPOINT") // recycle the WAL the slots held
+	}
+	return err
+}
+
+// cachesyncCmd builds `cachesync <sub> --config rules` against the private servers.
+func (b *bench) cachesyncCmd(sub, rules, dataDir, db string, extra ...string) *exec.Cmd {
+	args := append([]string{sub, "--config", rules, "--database-url", b.srv.pgURL(db),
+		"--redis-url", b.srv.redisURL}, extra...)
+	cmd := exec.Command(b.cachesync, args...)
+	cmd.Env = append(os.Environ(), "CACHESYNC_DATA_DIR="+dataDir, "CACHESYNC_HEARTBEAT_INTERVAL=0",
+		"CACHESYNC_FAILPOINT=")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	return cmd
+}
+
+func (b *bench) setup(ctx context.Context, rules, dataDir, db string) error {
+	out, err := b.cachesyncCmd("setup", rules, dataDir, db).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("cachesync setup: %v\n%s", err, out)
+	}
+	return nil
+}
+
+// load commits rows rows into table w, txRows per transaction (0: one transaction).
+func load(ctx context.Context, conn *pgx.Conn, w workload, rows int) error {
+	values := `g, 'User' || g || '@Example.com', g % 100`
+	if w.Table == refTable {
+		values += `, 'product ' || g, (g % 1000) + 0.99, true`
+	}
+	switch {
+	case w.TxRows == 1:
+		// One server-side loop committing each row: transaction control in DO.
+		_, err := conn.Exec(ctx, fmt.Sprintf(`DO $$ BEGIN
+  FOR g IN 1..%d LOOP
+    INSERT INTO w SELECT %s;
+    COMMIT;
+  END LOOP;
+END $$`, rows, values))
+		return err
+	case w.TxRows == 0 || w.TxRows >= rows:
+		_, err := conn.Exec(ctx, fmt.Sprintf(`INSERT INTO w SELECT %s FROM generate_series(1, %d) g`, values, rows))
+		return err
+	default:
+		for from := 1; from <= rows; from += w.TxRows {
+			to := min(from+w.TxRows-1, rows)
+			if _, err := conn.Exec(ctx, fmt.Sprintf(`INSERT INTO w SELECT %s FROM generate_series(%d, %d) g`, values, from, to)); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+}
+
+// runThroughput loads rows rows of w with both slots created first, then drains the
+// same WAL with pg_recvlogical (decode ceiling) and with cachesync.
+func (b *bench) runThroughput(ctx context.Context, w workload, rows int) (throughput, error) {
+	res := throughput{Rows: rows}
+	db, rules, dataDir, err := b.newDatabase(ctx, w.Table, w.Rule)
+	if err != nil {
+		return res, err
+	}
+	defer func() {
+		if err := b.dropDatabase(context.Background(), db); err != nil {
+			b.logf("drop database %s: %v", db, err)
+		}
+	}()
+	if err := b.setup(ctx, rules, dataDir, db); err != nil {
+		return res, err
+	}
+	conn, err := pgx.Connect(ctx, b.srv.pgURL(db))
+	if err != nil {
+		return res, err
+	}
+	defer conn.Close(context.Background())
+	if _, err := conn.Exec(ctx, `SELECT pg_create_logical_replication_slot('recv', 'pgoutput')`); err != nil {
+		return res, err
+	}
+	var startLSN string
+	if err := conn.QueryRow(ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&startLSN); err != nil {
+		return res, err
+	}
+	began := time.Now()
+	if err := load(ctx, conn, w, rows); err != nil {
+		return res, fmt.Errorf("load: %w", err)
+	}
+	var endLSN string
+	if err := conn.QueryRow(ctx, `SELECT pg_current_wal_lsn()::text, pg_wal_lsn_diff(pg_current_wal_lsn(), $1::pg_lsn)::bigint`, startLSN).Scan(&endLSN, &res.WALBytes); err != nil {
+		return res, err
+	}
+	b.logf("%s: loaded %d rows in %s (%d MiB of WAL up to %s)", w.Name, rows, time.Since(began).Round(time.Millisecond), res.WALBytes>>20, endLSN)
+
+	// Decode ceiling.
+	recv := exec.Command(filepath.Join(b.srv.pgBin, "pg_recvlogical"), "-d", b.srv.pgURL(db),
+		"--slot", "recv", "--start", "-o", "proto_version=1", "-o", "publication_names=bench",
+		"-o", "messages=true", "-f", "/dev/null", "--endpos", endLSN, "--no-loop")
+	recv.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	var recvOut bytes.Buffer
+	recv.Stdout, recv.Stderr = &recvOut, &recvOut
+	if err := recv.Start(); err != nil {
+		return res, err
+	}
+	t0, err := waitActive(ctx, conn, "recv", recv)
+	if err != nil {
+		_ = recv.Process.Kill()
+		_ = recv.Wait()
+		return res, fmt.Errorf("pg_recvlogical: %w\n%s", err, recvOut.String())
+	}
+	var hwm int64
+	stopHWM := watchHWM(recv.Process.Pid, &hwm)
+	err = recv.Wait()
+	res.DecodeSeconds = time.Since(t0).Seconds()
+	stopHWM()
+	res.DecodePeakRSS = hwm
+	if err != nil {
+		return res, fmt.Errorf("pg_recvlogical: %v\n%s", err, recvOut.String())
+	}
+
+	// cachesync.
+	rc := redisFromURL(b.srv.redisURL)
+	defer rc.Close()
+	cmdsBefore, err := redisCommands(ctx, rc)
+	if err != nil {
+		return res, err
+	}
+	cs := b.cachesyncCmd("run", rules, dataDir, db)
+	var csOut bytes.Buffer
+	cs.Stdout, cs.Stderr = &csOut, &csOut
+	if err := cs.Start(); err != nil {
+		return res, err
+	}
+	defer func() {
+		if cs.ProcessState == nil {
+			_ = cs.Process.Kill()
+			_ = cs.Wait()
+		}
+	}()
+	t0, err = waitActive(ctx, conn, "cs", cs)
+	if err != nil {
+		return res, fmt.Errorf("cachesync run: %w\n%s", err, tail(csOut.String()))
+	}
+	hwm = 0
+	stopHWM = watchHWM(cs.Process.Pid, &hwm)
+	if err := waitConfirmed(ctx, conn, "cs", endLSN, cs); err != nil {
+		stopHWM()
+		return res, fmt.Errorf("cachesync run: %w\n%s", err, tail(csOut.String()))
+	}
+	res.CachesyncSecs = time.Since(t0).Seconds()
+	stopHWM()
+	res.PeakRSSBytes = hwm
+	res.CachesyncCPUSec = cpuSeconds(cs.Process.Pid)
+	cmdsAfter, err := redisCommands(ctx, rc)
+	if err != nil {
+		return res, err
+	}
+	// Our two INFO calls count too.
+	res.RedisCommands = cmdsAfter - cmdsBefore - 1
+	_ = cs.Process.Signal(syscall.SIGTERM)
+	waitOrKill(cs, 20*time.Second, syscall.SIGKILL)
+	return res, nil
+}
+
+// waitActive waits until the slot has an active walsender, and returns when it saw it.
+func waitActive(ctx context.Context, conn *pgx.Conn, slot string, proc *exec.Cmd) (time.Time, error) {
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		var active bool
+		if err := conn.QueryRow(ctx, `SELECT active FROM pg_replication_slots WHERE slot_name = $1 AND database = current_database()`, slot).Scan(&active); err != nil {
+			return time.Time{}, err
+		}
+		if active {
+			return time.Now(), nil
+		}
+		if exited(proc) {
+			return time.Time{}, fmt.Errorf("exited before the slot became active")
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	return time.Time{}, fmt.Errorf("slot %s not active after 30s", slot)
+}
+
+// waitConfirmed polls until the slot's confirmed_flush_lsn reaches end.
+func waitConfirmed(ctx context.Context, conn *pgx.Conn, slot, end string, proc *exec.Cmd) error {
+	deadline := time.Now().Add(30 * time.Minute)
+	for time.Now().Before(deadline) {
+		var done bool
+		if err := conn.QueryRow(ctx, `SELECT confirmed_flush_lsn >= $2::pg_lsn FROM pg_replication_slots WHERE slot_name = $1 AND database = current_database()`, slot, end).Scan(&done); err != nil {
+			return err
+		}
+		if done {
+			return nil
+		}
+		if exited(proc) {
+			return fmt.Errorf("exited before confirming %s", end)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return fmt.Errorf("slot %s did not reach %s", slot, end)
+}
+
+func exited(proc *exec.Cmd) bool {
+	return proc.Process.Signal(syscall.Signal(0)) != nil || isZombie(proc.Process.Pid)
+}
+
+func isZombie(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return true
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	return i >= 0 && i+2 < len(s) && s[i+2] == 'Z'
+}
+
+// watchHWM samples /proc/pid/status VmHWM (the kernel's own peak RSS) every 20ms and
+// once more when stopped, keeping the largest value seen.
+func watchHWM(pid int, peak *int64) (stop func()) {
+	done := make(chan struct{})
+	finished := make(chan struct{})
+	sample := func() {
+		if v := procStatusKB(pid, "VmHWM:"); v*1024 > *peak {
+			*peak = v * 1024
+		}
+	}
+	go func() {
+		defer close(finished)
+		t := time.NewTicker(20 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				sample()
+				return
+			case <-t.C:
+				sample()
+			}
+		}
+	}()
+	return func() { close(done); <-finished }
+}
+
+func procStatusKB(pid int, field string) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for line := range strings.SplitSeq(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, field); ok {
+			n, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
+			return n
+		}
+	}
+	return 0
+}
+
+// cpuSeconds is the user+system CPU time of a live process.
+func cpuSeconds(pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 13 {
+		return 0
+	}
+	u, _ := strconv.ParseFloat(f[11], 64)
+	sy, _ := strconv.ParseFloat(f[12], 64)
+	return (u + sy) / 100 // USER_HZ is 100 on Linux
+}
+
+func redisFromURL(u string) *redis.Client {
+	opts, err := redis.ParseURL(u)
+	if err != nil {
+		panic(err)
+	}
+	return redis.NewClient(opts)
+}
+
+func redisCommands(ctx context.Context, rc *redis.Client) (int64, error) {
+	info, err := rc.Info(ctx, "stats").Result()
+	if err != nil {
+		return 0, err
+	}
+	for line := range strings.SplitSeq(info, "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "total_commands_processed:"); ok {
+			return strconv.ParseInt(v, 10, 64)
+		}
+	}
+	return 0, fmt.Errorf("no total_commands_processed in INFO stats")
+}
+
+// redisCeiling measures pipelined DELs from go-redis: ops pipelines of 1000.
+func redisCeiling(ctx context.Context, url string, ops int) (float64, error) {
+	rc := redisFromURL(url)
+	defer rc.Close()
+	keys := make([]string, 1000)
+	for i := range keys {
+		keys[i] = "ceiling:" + strconv.Itoa(i)
+	}
+	began := time.Now()
+	for done := 0; done < ops; done += len(keys) {
+		pipe := rc.Pipeline()
+		for _, k := range keys {
+			pipe.Del(ctx, k)
+		}
+		if _, err := pipe.Exec(ctx); err != nil {
+			return 0, err
+		}
+	}
+	return float64(ops) / time.Since(began).Seconds(), nil
+}
