@@ -127,6 +127,13 @@ func (s *Stream) Run(ctx context.Context, start wal.LSN, events chan<- Event) er
 	s.opts.Logger.Info().Str("slot", s.opts.Slot).Stringer("start_lsn", start).Msg("streaming")
 	s.lastMsg = time.Now()
 	s.lastStatus = time.Now()
+	// Reads share a 100 ms window: a short timeout lets a freshly applied
+	// position reach the server promptly even when nothing else arrives,
+	// and one context per window (not per message) keeps a busy stream
+	// from spending its time creating timers.
+	var rctx context.Context
+	cancelRead := func() {}
+	defer func() { cancelRead() }()
 	for {
 		if ctx.Err() != nil {
 			return nil
@@ -137,11 +144,11 @@ func (s *Stream) Run(ctx context.Context, start wal.LSN, events chan<- Event) er
 		if err := s.checkSilence(ctx); err != nil {
 			return err
 		}
-		// A short read timeout lets a freshly applied position reach the
-		// server promptly even when nothing else arrives.
-		rctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+		if rctx == nil || rctx.Err() != nil {
+			cancelRead()
+			rctx, cancelRead = readWindow(ctx)
+		}
 		raw, err := s.conn.ReceiveMessage(rctx)
-		cancel()
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
@@ -170,6 +177,12 @@ func (s *Stream) Run(ctx context.Context, start wal.LSN, events chan<- Event) er
 			return fmt.Errorf("%w: unexpected %T on the replication connection", ErrProtocol, raw)
 		}
 	}
+}
+
+// readWindow is the context of the reads of one 100 ms window; Run cancels
+// it when the window ends or Run returns.
+func readWindow(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, 100*time.Millisecond)
 }
 
 func (s *Stream) handleCopyData(ctx context.Context, data []byte, events chan<- Event) error {
