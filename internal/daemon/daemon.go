@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"time"
 
 	"github.com/hashicorp/hcl/v2"
@@ -94,6 +95,8 @@ type Daemon struct {
 	pendingFlush []string
 	// mark is the applied position last written to the cache.
 	mark wal.LSN
+	// journalQ feeds the journal stage of the running session's pipeline.
+	journalQ chan<- journalItem
 	// counters for logs and, later, metrics
 	cacheResets, flushes uint64
 	// passive is set while another instance holds the slot.
@@ -334,8 +337,15 @@ func (d *Daemon) pipeline(ctx context.Context, stream *replication.Stream, start
 		defer close(batches)
 		return d.mapEvents(gctx, events, batches)
 	})
+	applied := make(chan journalItem, journalQueue)
+	d.journalQ = applied
+	defer func() { d.journalQ = nil }()
 	g.Go(func() error {
+		defer close(applied)
 		return d.applyBatches(gctx, batches, stream)
+	})
+	g.Go(func() error {
+		return d.journalGroups(gctx, applied, stream)
 	})
 	if d.opts.HeartbeatInterval > 0 && !d.opts.DryRun {
 		g.Go(func() error { return d.heartbeat(readCtx, conn) })
@@ -481,18 +491,72 @@ func (d *Daemon) commitGroup(ctx context.Context, group []mapping.Batch, ops int
 	if ops > 0 {
 		d.failpoint("after-apply")
 	}
-	if err := d.opts.Journal.Append(ctx, group); err != nil {
-		// The journal refuses further appends after a failed write: its
-		// disk state is unknown until it is reopened, which a restart does
-		// (cutting the torn tail). Nothing of this group is confirmed.
-		return fmt.Errorf("%w: journal: %w", ErrFatal, err)
+	// The journal's fsync runs beside the next group's apply; the group
+	// is confirmed only once it is journaled, in order.
+	select {
+	case d.journalQ <- journalItem{group: slices.Clone(group), ops: ops}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
 	}
-	if ops > 0 {
-		d.failpoint("after-journal")
+}
+
+// journalItem is an applied group on its way to the journal, or (done set)
+// a request to report when everything before it is journaled.
+type journalItem struct {
+	group []mapping.Batch
+	ops   int
+	done  chan struct{}
+}
+
+// journalQueue bounds the applied groups waiting for the journal.
+const journalQueue = 16
+
+// journalGroups journals applied groups in order and only then confirms
+// them: apply → applied position → journal → confirm.
+func (d *Daemon) journalGroups(ctx context.Context, items <-chan journalItem, stream *replication.Stream) error {
+	for it := range items {
+		if it.done != nil {
+			close(it.done)
+			continue
+		}
+		if err := d.opts.Journal.Append(ctx, it.group); err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			// The journal refuses further appends after a failed write:
+			// its disk state is unknown until it is reopened, which a
+			// restart does (cutting the torn tail). Nothing of this group
+			// is confirmed.
+			return fmt.Errorf("%w: journal: %w", ErrFatal, err)
+		}
+		if it.ops > 0 {
+			d.failpoint("after-journal")
+		}
+		d.logApplied(it.group)
+		stream.Confirm(it.group[len(it.group)-1].EndLSN)
 	}
-	d.logApplied(group)
-	stream.Confirm(end)
 	return nil
+}
+
+// journalSync waits until every applied group handed to the journal stage
+// is journaled, so that a replay reads all of them.
+func (d *Daemon) journalSync(ctx context.Context) error {
+	if d.journalQ == nil {
+		return nil
+	}
+	done := make(chan struct{})
+	select {
+	case d.journalQ <- journalItem{done: done}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 func (d *Daemon) failpoint(name string) {

@@ -247,6 +247,11 @@ func (d *Daemon) cacheReset(ctx context.Context, cur wal.LSN, curOK bool) error 
 // heal re-applies the journal from `from` when the policy is replay and the
 // journal reaches back that far, and flushes every key space otherwise.
 func (d *Daemon) heal(ctx context.Context, from wal.LSN, why string) error {
+	// Groups applied but still on their way to the journal must be in it
+	// before it is replayed.
+	if err := d.journalSync(ctx); err != nil {
+		return err
+	}
 	policy := d.opts.Config.Redis.OnReset
 	if policy == config.ResetFlush {
 		d.log.Error().Str("cause", why).Msg("on_redis_reset = flush: flushing every rule's key space")
