@@ -131,8 +131,8 @@ func (f *fastTemplate) eval(row cty.Value) (string, fastResult) {
 			s = strconv.FormatBool(v.True())
 		case cty.Number:
 			bf := v.AsBigFloat()
-			if p.fn != nil || !bf.IsInt() {
-				return "", fastFallback
+			if p.fn != nil || !bf.IsInt() || (bf.Sign() == 0 && bf.Signbit()) {
+				return "", fastFallback // -0 prints as "-0"
 			}
 			i, acc := bf.Int64()
 			if acc != big.Exact {
@@ -203,7 +203,12 @@ func jsonRow(row cty.Value) ([]byte, fastResult) {
 			if v.RawEquals(cty.PositiveInfinity) || v.RawEquals(cty.NegativeInfinity) {
 				return nil, fastFallback
 			}
-			buf = v.AsBigFloat().Append(buf, 'f', -1)
+			bf := v.AsBigFloat()
+			if i, acc := bf.Int64(); acc == big.Exact && bf.IsInt() && !(bf.Sign() == 0 && bf.Signbit()) { // -0 prints as "-0"
+				buf = strconv.AppendInt(buf, i, 10) // what Text('f', -1) gives, without rounding work
+			} else {
+				buf = bf.Append(buf, 'f', -1)
+			}
 		case v.Type() == cty.Bool:
 			buf = strconv.AppendBool(buf, v.True())
 		default:

@@ -1,6 +1,7 @@
 package mapping
 
 import (
+	"math"
 	"math/rand/v2"
 	"testing"
 
@@ -41,6 +42,12 @@ func TestFastTemplateMatchesHCL(t *testing.T) {
 			return cty.StringVal(strs[rng.IntN(len(strs))] + strs[rng.IntN(len(strs))])
 		case 2:
 			return cty.BoolVal(rng.IntN(2) == 0)
+		}
+		switch rng.IntN(3) {
+		case 0:
+			return cty.NumberFloatVal(math.Copysign(0, -1))
+		case 1:
+			return cty.NumberFloatVal(float64(rng.IntN(100)))
 		}
 		return cty.NumberFloatVal(rng.Float64() * 1000)
 	}
@@ -104,6 +111,9 @@ func TestJSONRowMatchesJSONEncode(t *testing.T) {
 			}
 			return cty.NumberIntVal(rng.Int64N(1<<62) - 1<<61)
 		case 2:
+			if rng.IntN(10) == 0 {
+				return cty.NumberFloatVal(math.Copysign(0, -1))
+			}
 			return cty.NumberFloatVal(rng.NormFloat64() * 1e6)
 		case 3:
 			return cty.BoolVal(rng.IntN(2) == 0)

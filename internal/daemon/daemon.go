@@ -20,6 +20,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/rs/zerolog"
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/sync/semaphore"
 
 	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/journal"
@@ -95,6 +96,8 @@ type Daemon struct {
 	pendingFlush []string
 	// mark is the applied position last written to the cache.
 	mark wal.LSN
+	// opsBudget bounds the operations between mapper and writer.
+	opsBudget *semaphore.Weighted
 	// journalQ feeds the journal stage of the running session's pipeline.
 	journalQ chan<- journalItem
 	// counters for logs and, later, metrics
@@ -303,6 +306,16 @@ func (d *Daemon) session(ctx context.Context) error {
 	return err
 }
 
+// queuedOps bounds the operations mapped but not yet applied.
+const queuedOps = 64 << 10
+
+// batchWeight is a batch's share of the queuedOps budget: at least 1 (so
+// empty batches queue in order too), at most the whole budget (so any batch
+// can pass alone).
+func batchWeight(b mapping.Batch) int64 {
+	return int64(min(max(len(b.Ops), 1), queuedOps))
+}
+
 // Channel sizes: bounded so that memory stays flat whatever Redis does.
 const (
 	eventQueue  = 4096
@@ -327,6 +340,7 @@ func (d *Daemon) pipeline(ctx context.Context, stream *replication.Stream, start
 	stopOnSignal := context.AfterFunc(ctx, stopReading)
 	defer stopOnSignal()
 
+	d.opsBudget = semaphore.NewWeighted(queuedOps)
 	events := make(chan replication.Event, eventQueue)
 	batches := make(chan mapping.Batch, batchQueue)
 	g.Go(func() error {
@@ -388,6 +402,12 @@ const heartbeatPrefix = "cachesync.heartbeat"
 
 func (d *Daemon) mapEvents(ctx context.Context, events <-chan replication.Event, batches chan<- mapping.Batch) error {
 	send := func(b mapping.Batch) error {
+		// Bound the operations waiting for the writer, not just the
+		// batches: 256 queued transactions near the key cap would hold
+		// millions of keys.
+		if err := d.opsBudget.Acquire(ctx, batchWeight(b)); err != nil {
+			return err
+		}
 		select {
 		case batches <- b:
 			return nil
@@ -461,6 +481,9 @@ func (d *Daemon) applyBatches(ctx context.Context, batches <-chan mapping.Batch,
 		}
 		if err := d.commitGroup(ctx, group, ops, stream); err != nil {
 			return err
+		}
+		for _, b := range group {
+			d.opsBudget.Release(batchWeight(b))
 		}
 		if closed {
 			return nil
