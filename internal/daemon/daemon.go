@@ -536,30 +536,55 @@ type journalItem struct {
 const journalQueue = 16
 
 // journalGroups journals applied groups in order and only then confirms
-// them: apply → applied position → journal → confirm.
+// them: apply → applied position → journal → confirm. Groups that queued up
+// during an fsync are written together with one fsync.
 func (d *Daemon) journalGroups(ctx context.Context, items <-chan journalItem, stream *replication.Stream) error {
-	for it := range items {
-		if it.done != nil {
-			close(it.done)
-			continue
-		}
-		if err := d.opts.Journal.Append(ctx, it.group); err != nil {
-			if ctx.Err() != nil {
-				return ctx.Err()
+	var pending []mapping.Batch
+	var waiting []chan struct{}
+	ops := 0
+	flush := func() error {
+		if len(pending) > 0 {
+			if err := d.opts.Journal.Append(ctx, pending); err != nil {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				// The journal refuses further appends after a failed
+				// write: its disk state is unknown until it is reopened,
+				// which a restart does (cutting the torn tail). Nothing of
+				// these groups is confirmed.
+				return fmt.Errorf("%w: journal: %w", ErrFatal, err)
 			}
-			// The journal refuses further appends after a failed write:
-			// its disk state is unknown until it is reopened, which a
-			// restart does (cutting the torn tail). Nothing of this group
-			// is confirmed.
-			return fmt.Errorf("%w: journal: %w", ErrFatal, err)
+			if ops > 0 {
+				d.failpoint("after-journal")
+			}
+			d.logApplied(pending)
+			stream.Confirm(pending[len(pending)-1].EndLSN)
 		}
-		if it.ops > 0 {
-			d.failpoint("after-journal")
+		for _, w := range waiting {
+			close(w)
 		}
-		d.logApplied(it.group)
-		stream.Confirm(it.group[len(it.group)-1].EndLSN)
+		pending, waiting, ops = pending[:0], waiting[:0], 0
+		return nil
 	}
-	return nil
+	for it := range items {
+		for more := true; more; {
+			if it.done != nil {
+				waiting = append(waiting, it.done)
+			} else {
+				pending = append(pending, it.group...)
+				ops += it.ops
+			}
+			select {
+			case it, more = <-items:
+			default:
+				more = false
+			}
+		}
+		if err := flush(); err != nil {
+			return err
+		}
+	}
+	return flush()
 }
 
 // journalSync waits until every applied group handed to the journal stage
