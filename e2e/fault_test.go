@@ -402,12 +402,7 @@ func TestFaultRedisDownLongerThanWalSenderTimeout(t *testing.T) {
 
 func TestFaultSlotDroppedWhileStopped(t *testing.T) {
 	e := setup(t, schema, rules)
-	d := e.start()
-	e.waitStreaming(d)
-	e.seed(d)
-	if code := d.stop(); code != 0 {
-		t.Fatalf("SIGTERM: exit %d\n%s", code, d.log.String())
-	}
+	e.seedAndStop()
 	eventually(t, 30*time.Second, "drop the slot", func() (bool, string) {
 		_, err := e.db.Exec(e.ctx, "SELECT pg_drop_replication_slot($1)", e.slot)
 		return err == nil, fmt.Sprint(err)

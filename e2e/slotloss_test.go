@@ -12,12 +12,7 @@ import (
 func TestFaultSlotInvalidatedWhileStopped(t *testing.T) {
 	e, _ := setupPrivateWith(t, map[string]string{"max_slot_wal_keep_size": "1MB", "max_wal_size": "32MB", "min_wal_size": "32MB"},
 		schema+`CREATE TABLE filler (id bigserial PRIMARY KEY, payload text);`, rules)
-	d := e.start()
-	e.waitStreaming(d)
-	e.seed(d)
-	if code := d.stop(); code != 0 {
-		t.Fatalf("SIGTERM: exit %d\n%s", code, d.log.String())
-	}
+	e.seedAndStop()
 	if _, err := runWorkload(e.ctx, e.dbURL, faultWorkload(901, faultStatements), 0, nil); err != nil {
 		t.Fatal(err)
 	}
@@ -43,12 +38,7 @@ func TestFaultSlotInvalidatedWhileStopped(t *testing.T) {
 // replay can bring them back, so every key space is flushed.
 func TestFaultSlotAdvancedBehindOurBack(t *testing.T) {
 	e := setup(t, schema, rules)
-	d := e.start()
-	e.waitStreaming(d)
-	e.seed(d)
-	if code := d.stop(); code != 0 {
-		t.Fatalf("SIGTERM: exit %d\n%s", code, d.log.String())
-	}
+	e.seedAndStop()
 	if _, err := runWorkload(e.ctx, e.dbURL, faultWorkload(902, faultStatements), 0, nil); err != nil {
 		t.Fatal(err)
 	}
@@ -93,4 +83,17 @@ func TestFaultSystemIdentifierChanged(t *testing.T) {
 		t.Fatalf("no SLOT LOST for the changed system identifier:\n%s", log)
 	}
 	e.checkCache()
+}
+
+// seedAndStop starts the daemon, seeds the cache and stops the daemon
+// cleanly: the starting point of the cases that change things while it is
+// down.
+func (e *env) seedAndStop(extraEnv ...string) {
+	e.t.Helper()
+	d := e.start(extraEnv...)
+	e.waitStreaming(d)
+	e.seed(d)
+	if code := d.stop(); code != 0 {
+		e.t.Fatalf("SIGTERM: exit %d\n%s", code, d.log.String())
+	}
 }
