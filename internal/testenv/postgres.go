@@ -284,22 +284,11 @@ func (p *Postgres) startLocked() error {
 	if err != nil {
 		return fmt.Errorf("PostgreSQL: %w", err)
 	}
-	err = pollUntil(startTimeout, proc.done, p.ping)
-	if err == nil {
-		p.proc = proc
-		return nil
+	if err := awaitReady(proc, p.ping, "PostgreSQL", fmt.Sprintf("127.0.0.1:%d", p.port), p.logPath, logStart); err != nil {
+		return err
 	}
-	if !proc.exited() {
-		_ = proc.kill()
-	}
-	if strings.Contains(logSince(p.logPath, logStart), "Address already in use") {
-		return fmt.Errorf("PostgreSQL on 127.0.0.1:%d: %w", p.port, errPortInUse)
-	}
-	if errors.Is(err, errStopped) {
-		err = fmt.Errorf("server exited: %v", proc.err)
-	}
-	return fmt.Errorf("PostgreSQL did not start on 127.0.0.1:%d: %w\n--- tail of %s ---\n%s",
-		p.port, err, p.logPath, logTail(p.logPath))
+	p.proc = proc
+	return nil
 }
 
 // ping succeeds when this server, not another one that took the port, accepts a

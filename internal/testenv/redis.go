@@ -190,22 +190,12 @@ func (r *RedisServer) startLocked() error {
 		return fmt.Errorf("redis-server: %w", err)
 	}
 	pid := proc.cmd.Process.Pid
-	err = pollUntil(startTimeout, proc.done, func(ctx context.Context) error { return r.ping(ctx, pid) })
-	if err == nil {
-		r.proc = proc
-		return nil
+	ping := func(ctx context.Context) error { return r.ping(ctx, pid) }
+	if err := awaitReady(proc, ping, "redis-server", r.addr, r.logPath, logStart); err != nil {
+		return err
 	}
-	if !proc.exited() {
-		_ = proc.kill()
-	}
-	if strings.Contains(logSince(r.logPath, logStart), "Address already in use") {
-		return fmt.Errorf("redis-server on %s: %w", r.addr, errPortInUse)
-	}
-	if errors.Is(err, errStopped) {
-		err = fmt.Errorf("server exited: %v", proc.err)
-	}
-	return fmt.Errorf("redis-server did not start on %s: %w\n--- tail of %s ---\n%s",
-		r.addr, err, r.logPath, logTail(r.logPath))
+	r.proc = proc
+	return nil
 }
 
 // ping succeeds when the redis-server with process id pid, not another server that

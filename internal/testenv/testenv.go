@@ -496,6 +496,27 @@ func freePort() (int, error) {
 // errPortInUse marks a start that failed because another process bound the port.
 var errPortInUse = errors.New("port already in use")
 
+// awaitReady waits until a just-started server answers ping. On failure it
+// kills the server and says why: the port was taken (errPortInUse, so the
+// caller retries another), the server exited, or it never answered, with
+// the tail of its log.
+func awaitReady(proc *process, ping func(context.Context) error, name, addr, logPath string, logStart int64) error {
+	err := pollUntil(startTimeout, proc.done, ping)
+	if err == nil {
+		return nil
+	}
+	if !proc.exited() {
+		_ = proc.kill()
+	}
+	if strings.Contains(logSince(logPath, logStart), "Address already in use") {
+		return fmt.Errorf("%s on %s: %w", name, addr, errPortInUse)
+	}
+	if errors.Is(err, errStopped) {
+		err = fmt.Errorf("server exited: %v", proc.err)
+	}
+	return fmt.Errorf("%s did not start on %s: %w\n--- tail of %s ---\n%s", name, addr, err, logPath, logTail(logPath))
+}
+
 // logTail returns the last lines of a server log for error messages.
 func logTail(path string) string {
 	const maxBytes = 4096
