@@ -215,20 +215,11 @@ func startPostgres(opts PostgresOptions, logf func(format string, args ...any)) 
 
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	for attempt := 1; ; attempt++ {
-		if p.port, err = freePort(); err != nil {
-			return nil, err
-		}
-		err = p.startLocked()
-		if err == nil {
-			break
-		}
-		if !errors.Is(err, errPortInUse) {
-			return nil, err
-		}
-		if attempt == portAttempts {
-			return nil, fmt.Errorf("no free port after %d attempts: %w", portAttempts, err)
-		}
+	if err = startOnFreePort(func(port int) error {
+		p.port = port
+		return p.startLocked()
+	}); err != nil {
+		return nil, err
 	}
 	registerServer(p)
 	logf("testenv: PostgreSQL %s started on 127.0.0.1:%d in %s (initdb %s, start %s)",

@@ -155,21 +155,12 @@ func startRedis() (_ *RedisServer, err error) {
 
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	for attempt := 1; ; attempt++ {
-		if r.port, err = freePort(); err != nil {
-			return nil, err
-		}
-		r.addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(r.port))
-		err = r.startLocked()
-		if err == nil {
-			break
-		}
-		if !errors.Is(err, errPortInUse) {
-			return nil, err
-		}
-		if attempt == portAttempts {
-			return nil, fmt.Errorf("no free port after %d attempts: %w", portAttempts, err)
-		}
+	if err = startOnFreePort(func(port int) error {
+		r.port = port
+		r.addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+		return r.startLocked()
+	}); err != nil {
+		return nil, err
 	}
 	registerServer(r)
 	return r, nil

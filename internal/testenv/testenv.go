@@ -484,6 +484,25 @@ func sweepStaleTempDirs() {
 
 // freePort returns a loopback TCP port that was free a moment ago. Callers retry with
 // another port when binding it fails.
+// startOnFreePort runs start on a free loopback port, and on another one
+// when a different process took it meanwhile (errPortInUse), up to
+// portAttempts times.
+func startOnFreePort(start func(port int) error) error {
+	for attempt := 1; ; attempt++ {
+		port, err := freePort()
+		if err != nil {
+			return err
+		}
+		err = start(port)
+		if err == nil || !errors.Is(err, errPortInUse) {
+			return err
+		}
+		if attempt == portAttempts {
+			return fmt.Errorf("no free port after %d attempts: %w", portAttempts, err)
+		}
+	}
+}
+
 func freePort() (int, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
