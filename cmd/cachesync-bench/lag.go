@@ -43,18 +43,11 @@ const lagRule = `refresh {
 // notifications. The refresh rule writes every committed row to lag:<id>.
 func (b *bench) runLag(ctx context.Context, rate float64, dur time.Duration) (lagResult, error) {
 	res := lagResult{Offered: rate}
-	db, rules, dataDir, err := b.newDatabase(ctx, lagTable, lagRule)
+	db, rules, dataDir, drop, err := b.preparedDatabase(ctx, lagTable, lagRule)
 	if err != nil {
 		return res, err
 	}
-	defer func() {
-		if err := b.dropDatabase(context.Background(), db); err != nil {
-			b.logf("drop database %s: %v", db, err)
-		}
-	}()
-	if err := b.setup(ctx, rules, dataDir, db); err != nil {
-		return res, err
-	}
+	defer drop()
 	rc := redisFromURL(b.srv.redisURL)
 	defer rc.Close()
 	if err := rc.ConfigSet(ctx, "notify-keyspace-events", "K$").Err(); err != nil {

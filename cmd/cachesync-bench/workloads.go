@@ -140,6 +140,24 @@ func (b *bench) cachesyncCmd(sub, rules, dataDir, db string, extra ...string) *e
 	return cmd
 }
 
+// preparedDatabase is a fresh database with the workload's table, its rules
+// file and data dir, and cachesync setup done; drop removes it.
+func (b *bench) preparedDatabase(ctx context.Context, table, rule string) (db, rules, dataDir string, drop func(), err error) {
+	if db, rules, dataDir, err = b.newDatabase(ctx, table, rule); err != nil {
+		return "", "", "", nil, err
+	}
+	drop = func() {
+		if err := b.dropDatabase(context.Background(), db); err != nil {
+			b.logf("drop database %s: %v", db, err)
+		}
+	}
+	if err := b.setup(ctx, rules, dataDir, db); err != nil {
+		drop()
+		return "", "", "", nil, err
+	}
+	return db, rules, dataDir, drop, nil
+}
+
 func (b *bench) setup(ctx context.Context, rules, dataDir, db string) error {
 	out, err := b.cachesyncCmd("setup", rules, dataDir, db).CombinedOutput()
 	if err != nil {
@@ -182,18 +200,11 @@ END $$`, rows, values))
 // same WAL with pg_recvlogical (decode ceiling) and with cachesync.
 func (b *bench) runThroughput(ctx context.Context, w workload, rows int) (throughput, error) {
 	res := throughput{Rows: rows}
-	db, rules, dataDir, err := b.newDatabase(ctx, w.Table, w.Rule)
+	db, rules, dataDir, drop, err := b.preparedDatabase(ctx, w.Table, w.Rule)
 	if err != nil {
 		return res, err
 	}
-	defer func() {
-		if err := b.dropDatabase(context.Background(), db); err != nil {
-			b.logf("drop database %s: %v", db, err)
-		}
-	}()
-	if err := b.setup(ctx, rules, dataDir, db); err != nil {
-		return res, err
-	}
+	defer drop()
 	conn, err := pgx.Connect(ctx, b.srv.pgURL(db))
 	if err != nil {
 		return res, err
