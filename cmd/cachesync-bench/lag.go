@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
+	"errors"
 	"fmt"
 	"os"
 	"slices"
@@ -12,7 +14,10 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -24,6 +29,15 @@ type lagResult struct {
 	Observed     int
 	P50, P99, Mx float64 // milliseconds, commit returned → Redis SET seen
 	PeakRSSBytes int64
+	// Floor is the same load observed by a bare pgoutput client that only
+	// timestamps each INSERT as it arrives: the walsender's delivery latency
+	// on this machine, below which no consumer's lag can go.
+	Floor lagSpread
+}
+
+// lagSpread is a lag distribution in milliseconds.
+type lagSpread struct {
+	P50, P99, Mx float64
 }
 
 const warmUp = time.Second
@@ -37,11 +51,47 @@ const lagRule = `refresh {
     ttl   = "1h"
   }`
 
-// runLag offers rate single-row INSERT transactions per second for dur, open loop
-// (a ticker hands row ids to a few committing connections), records when each commit
-// returned, and timestamps each refreshed key's arrival in Redis with keyspace
-// notifications. The refresh rule writes every committed row to lag:<id>.
+// arrivals records when each row id was first seen by an observer.
+type arrivals struct {
+	mu sync.Mutex
+	at map[int]time.Time
+}
+
+func newArrivals() *arrivals { return &arrivals{at: map[int]time.Time{}} }
+
+func (a *arrivals) see(id int, now time.Time) {
+	a.mu.Lock()
+	if _, ok := a.at[id]; !ok {
+		a.at[id] = now
+	}
+	a.mu.Unlock()
+}
+
+func (a *arrivals) count() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return len(a.at)
+}
+
+// runLag measures the delivery floor and then cachesync under the same offered
+// load, each on a fresh database.
 func (b *bench) runLag(ctx context.Context, rate float64, dur time.Duration) (lagResult, error) {
+	res, err := b.runLagCachesync(ctx, rate, dur)
+	if err != nil {
+		return res, err
+	}
+	floor, err := b.runLagFloor(ctx, rate, dur)
+	if err != nil {
+		return res, fmt.Errorf("delivery floor: %w", err)
+	}
+	res.Floor = floor
+	return res, err
+}
+
+// runLagCachesync offers the load with cachesync running and timestamps each
+// refreshed key's arrival in Redis with keyspace notifications. The refresh
+// rule writes every committed row to lag:<id>.
+func (b *bench) runLagCachesync(ctx context.Context, rate float64, dur time.Duration) (lagResult, error) {
 	res := lagResult{Offered: rate}
 	db, rules, dataDir, drop, err := b.preparedDatabase(ctx, lagTable, lagRule)
 	if err != nil {
@@ -75,14 +125,12 @@ func (b *bench) runLag(ctx context.Context, rate float64, dur time.Duration) (la
 		return res, fmt.Errorf("cachesync run: %w\n%s", err, tail(csOut.String()))
 	}
 
-	// Observer.
 	sub := rc.PSubscribe(ctx, "__keyspace@0__:lag:*")
 	defer sub.Close()
 	if _, err := sub.Receive(ctx); err != nil {
 		return res, err
 	}
-	var mu sync.Mutex
-	arrived := map[int]time.Time{}
+	seen := newArrivals()
 	obsDone := make(chan struct{})
 	go func() {
 		defer close(obsDone)
@@ -91,106 +139,251 @@ func (b *bench) runLag(ctx context.Context, rate float64, dur time.Duration) (la
 			if msg.Payload != "set" {
 				continue
 			}
-			id, err := strconv.Atoi(strings.TrimPrefix(msg.Channel, "__keyspace@0__:lag:"))
-			if err != nil {
-				continue
+			if id, err := strconv.Atoi(strings.TrimPrefix(msg.Channel, "__keyspace@0__:lag:")); err == nil {
+				seen.see(id, now)
 			}
-			mu.Lock()
-			if _, ok := arrived[id]; !ok {
-				arrived[id] = now
-			}
-			mu.Unlock()
 		}
 	}()
 
-	// Generator.
+	var hwm int64
+	stopHWM := watchHWM(cs.Process.Pid, &hwm)
+	load, err := b.offerLoad(ctx, db, rate, dur)
+	if err != nil {
+		stopHWM()
+		return res, err
+	}
+	load.waitFor(seen)
+	stopHWM()
+	res.PeakRSSBytes = hwm
+	_ = sub.Close()
+	<-obsDone
+
+	lags, err := load.lags(seen)
+	if debugLag {
+		load.debug(b.logf, seen)
+	}
+	res.Committed, res.Achieved, res.Observed = load.total-load.warm, load.achieved(), len(lags)
+	if err != nil {
+		return res, err
+	}
+	s := spreadOf(lags)
+	res.P50, res.P99, res.Mx = s.P50, s.P99, s.Mx
+	return res, nil
+}
+
+// runLagFloor offers the load to a database whose only consumer is a bare
+// pgoutput client (same plugin options as cachesync) that records when each
+// INSERT arrives and does nothing else.
+func (b *bench) runLagFloor(ctx context.Context, rate float64, dur time.Duration) (lagSpread, error) {
+	db, _, _, drop, err := b.preparedDatabase(ctx, lagTable, lagRule)
+	if err != nil {
+		return lagSpread{}, err
+	}
+	defer drop()
+	rconn, err := pgconn.Connect(ctx, b.srv.pgURL(db)+"&replication=database")
+	if err != nil {
+		return lagSpread{}, err
+	}
+	defer rconn.Close(context.Background())
+	if _, err := pglogrepl.CreateReplicationSlot(ctx, rconn, "floor", "pgoutput",
+		pglogrepl.CreateReplicationSlotOptions{Temporary: true, SnapshotAction: "NOEXPORT_SNAPSHOT"}); err != nil {
+		return lagSpread{}, err
+	}
+	if err := pglogrepl.StartReplication(ctx, rconn, "floor", 0, pglogrepl.StartReplicationOptions{
+		PluginArgs: []string{"proto_version '1'", "publication_names 'bench'", "messages 'true'"},
+	}); err != nil {
+		return lagSpread{}, err
+	}
+	seen := newArrivals()
+	rctx, stop := context.WithCancel(ctx)
+	recvDone := make(chan error, 1)
+	go func() { recvDone <- receiveInserts(rctx, rconn, seen) }()
+
+	load, err := b.offerLoad(ctx, db, rate, dur)
+	if err == nil {
+		load.waitFor(seen)
+	}
+	stop()
+	if rerr := <-recvDone; rerr != nil && !errors.Is(rerr, context.Canceled) && err == nil {
+		err = rerr
+	}
+	if err != nil {
+		return lagSpread{}, err
+	}
+	lags, err := load.lags(seen)
+	if debugLag {
+		load.debug(b.logf, seen)
+	}
+	if err != nil {
+		return lagSpread{}, err
+	}
+	return spreadOf(lags), nil
+}
+
+// receiveInserts reads the replication stream until ctx ends, timestamps every
+// INSERT by its first column (the row id), and confirms what it received so
+// the server never waits on it.
+func receiveInserts(ctx context.Context, conn *pgconn.PgConn, seen *arrivals) error {
+	var pos pglogrepl.LSN
+	lastStatus := time.Now()
+	for {
+		msg, err := conn.ReceiveMessage(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return err
+		}
+		now := time.Now()
+		cd, ok := msg.(*pgproto3.CopyData)
+		if !ok {
+			if e, ok := msg.(*pgproto3.ErrorResponse); ok {
+				return pgconn.ErrorResponseToPgError(e)
+			}
+			continue
+		}
+		reply := false
+		switch cd.Data[0] {
+		case pglogrepl.XLogDataByteID:
+			x, err := pglogrepl.ParseXLogData(cd.Data[1:])
+			if err != nil {
+				return err
+			}
+			if id, ok := insertID(x.WALData); ok {
+				seen.see(id, now)
+			}
+			pos = max(pos, x.WALStart+pglogrepl.LSN(len(x.WALData)))
+		case pglogrepl.PrimaryKeepaliveMessageByteID:
+			k, err := pglogrepl.ParsePrimaryKeepaliveMessage(cd.Data[1:])
+			if err != nil {
+				return err
+			}
+			pos = max(pos, k.ServerWALEnd)
+			reply = k.ReplyRequested
+		}
+		if reply || time.Since(lastStatus) > time.Second {
+			if err := pglogrepl.SendStandbyStatusUpdate(ctx, conn, pglogrepl.StandbyStatusUpdate{WALWritePosition: pos}); err != nil {
+				return err
+			}
+			lastStatus = time.Now()
+		}
+	}
+}
+
+// insertID reads the first column of a pgoutput v1 INSERT ('I', relation oid,
+// 'N', column count, then 't' + length + text per column).
+func insertID(m []byte) (int, bool) {
+	if len(m) < 1+4+1+2+1+4 || m[0] != 'I' || m[5] != 'N' || m[8] != 't' {
+		return 0, false
+	}
+	n := int(binary.BigEndian.Uint32(m[9:13]))
+	if len(m) < 13+n {
+		return 0, false
+	}
+	id, err := strconv.Atoi(string(m[13 : 13+n]))
+	return id, err == nil
+}
+
+// offered is the record of one steady load: when each row's commit returned.
+type offered struct {
+	committed   []time.Time // by row id
+	warm, total int
+	elapsed     time.Duration
+}
+
+// offerLoad commits single-row INSERT transactions at rate per second for
+// warm-up plus dur, open loop: a ticker hands row ids to 8 connections, each
+// records the wall time at which its commit returned. The warm-up rows
+// (connections, prepared statements, a consumer's first batches) are not
+// counted.
+func (b *bench) offerLoad(ctx context.Context, db string, rate float64, dur time.Duration) (*offered, error) {
 	const workers = 8
 	conns := make([]*pgx.Conn, workers)
 	for i := range conns {
-		if conns[i], err = pgx.Connect(ctx, b.srv.pgURL(db)); err != nil {
-			return res, err
+		c, err := pgx.Connect(ctx, b.srv.pgURL(db))
+		if err != nil {
+			return nil, err
 		}
-		defer conns[i].Close(context.Background())
+		defer c.Close(context.Background())
+		conns[i] = c
 	}
-	// The first second is a warm-up (connections, prepared statements, the daemon's
-	// first batches) and is not counted.
-	warm := int(rate * warmUp.Seconds())
-	total := warm + int(rate*dur.Seconds())
-	committed := make([]time.Time, total+1)
-	ids := make(chan int, total+1)
+	o := &offered{warm: int(rate * warmUp.Seconds())}
+	o.total = o.warm + int(rate*dur.Seconds())
+	o.committed = make([]time.Time, o.total+1)
+	ids := make(chan int, o.total+1)
 	var wg sync.WaitGroup
 	var genErr error
 	var errOnce sync.Once
 	for _, c := range conns {
 		wg.Go(func() {
 			for id := range ids {
-				_, err := c.Exec(ctx, `INSERT INTO w (id, payload) VALUES ($1, 'steady load row')`, id)
-				if err != nil {
+				if _, err := c.Exec(ctx, `INSERT INTO w (id, payload) VALUES ($1, 'steady load row')`, id); err != nil {
 					errOnce.Do(func() { genErr = err })
 					continue
 				}
-				committed[id] = time.Now()
+				o.committed[id] = time.Now()
 			}
 		})
 	}
-	var hwm int64
-	stopHWM := watchHWM(cs.Process.Pid, &hwm)
 	interval := time.Duration(float64(time.Second) / rate)
 	began := time.Now()
-	for id := 1; id <= total; id++ {
-		next := began.Add(time.Duration(id-1) * interval)
-		if d := time.Until(next); d > 0 {
+	for id := 1; id <= o.total; id++ {
+		if d := time.Until(began.Add(time.Duration(id-1) * interval)); d > 0 {
 			time.Sleep(d)
 		}
 		ids <- id
 	}
 	close(ids)
 	wg.Wait()
-	elapsed := time.Since(began)
+	o.elapsed = time.Since(began)
 	if genErr != nil {
-		stopHWM()
-		return res, fmt.Errorf("load generator: %w", genErr)
+		return nil, fmt.Errorf("load generator: %w", genErr)
 	}
-	// Wait for the stragglers.
+	return o, nil
+}
+
+func (o *offered) achieved() float64 { return float64(o.total) / o.elapsed.Seconds() }
+
+// waitFor gives the observer up to 10 s to see the stragglers.
+func (o *offered) waitFor(seen *arrivals) {
 	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		mu.Lock()
-		n := len(arrived)
-		mu.Unlock()
-		if n >= total {
-			break
-		}
+	for time.Now().Before(deadline) && seen.count() < o.total {
 		time.Sleep(20 * time.Millisecond)
 	}
-	stopHWM()
-	res.PeakRSSBytes = hwm
-	_ = sub.Close()
-	<-obsDone
+}
 
-	res.Committed = total - warm
-	res.Achieved = float64(total) / elapsed.Seconds()
-	lags := make([]float64, 0, total)
-	for id := warm + 1; id <= total; id++ {
-		at, ok := arrived[id]
-		if !ok {
-			continue
-		}
-		lags = append(lags, max(0, at.Sub(committed[id]).Seconds()*1000))
-	}
-	res.Observed = len(lags)
-	if debugLag {
-		for id := 1; id <= total; id += max(1, int(rate/10)) {
-			b.logf("lag debug: row %d at +%s: %s", id, committed[id].Sub(began).Round(time.Millisecond), arrived[id].Sub(committed[id]))
+// lags is commit returned → seen, in ms, for every counted row; an arrival
+// before the commit returned counts as 0.
+func (o *offered) lags(seen *arrivals) ([]float64, error) {
+	seen.mu.Lock()
+	defer seen.mu.Unlock()
+	lags := make([]float64, 0, o.total-o.warm)
+	for id := o.warm + 1; id <= o.total; id++ {
+		if at, ok := seen.at[id]; ok {
+			lags = append(lags, max(0, at.Sub(o.committed[id]).Seconds()*1000))
 		}
 	}
-	if len(lags) < total-warm {
-		return res, fmt.Errorf("only %d of %d refreshed keys were seen in Redis", len(lags), total-warm)
+	if len(lags) < o.total-o.warm {
+		return lags, fmt.Errorf("only %d of %d rows were seen", len(lags), o.total-o.warm)
 	}
+	return lags, nil
+}
+
+func (o *offered) debug(logf func(string, ...any), seen *arrivals) {
+	seen.mu.Lock()
+	defer seen.mu.Unlock()
+	step := max(1, o.total/200)
+	for id := 1; id <= o.total; id += step {
+		logf("lag debug: row %d: %s", id, seen.at[id].Sub(o.committed[id]))
+	}
+}
+
+func spreadOf(lags []float64) lagSpread {
 	slices.Sort(lags)
-	res.P50 = percentile(lags, 0.50)
-	res.P99 = percentile(lags, 0.99)
-	res.Mx = lags[len(lags)-1]
-	return res, nil
+	if len(lags) == 0 {
+		return lagSpread{}
+	}
+	return lagSpread{P50: percentile(lags, 0.50), P99: percentile(lags, 0.99), Mx: lags[len(lags)-1]}
 }
 
 func percentile(sorted []float64, p float64) float64 {
