@@ -12,6 +12,8 @@
 //	<ns>:v<n>:<key>             an entry of namespace <ns> cached at version <n>; VersionedKey
 //	cachesync:lsn:{<slot>}...   the guard of a write-through key: the commit LSN of
 //	                            the last write-through effect on it; GuardKey
+//	cachesync:fence:{<slot>}... the tokens of the fills of a key in flight; FenceKey
+//	cachesync:lock:{<slot>}...  the lock of the one process loading a key; LockKey
 //
 // Tags: the client adds every key it caches under a tag to the tag's set; the
 // daemon deletes the members and the set in one script (DeleteTagScript).
@@ -21,6 +23,15 @@
 // namespace at once; the old entries are left to expire, or are dropped by a
 // flush. Version keys are never deleted: a client would fall back to version 0
 // and could read entries cached at version 0 long ago.
+//
+// Fenced fills: an application that fills a key after reading the database
+// can lose a race with the daemon (it reads the old row, the row changes, the
+// daemon deletes the key, then the old value is written). The client first
+// adds a random token to FenceKey(key) (and registers the fence key under the
+// key's tags), then reads the database, then writes the value with
+// FillScript, which writes only if the token is still there. Every
+// invalidation of the key deletes the fence, so a fill that may have read a
+// row older than the invalidation is refused.
 //
 // Write-through keys (refresh rules) are written only by the daemon, through
 // GuardedSetScript and GuardedUnsetScript, which compare the commit LSN of the
@@ -42,7 +53,14 @@ const (
 	tagPrefix     = "tag:"
 	versionPrefix = "version:"
 	guardPrefix   = "cachesync:lsn:"
+	fencePrefix   = "cachesync:fence:"
+	lockPrefix    = "cachesync:lock:"
 )
+
+// FencePattern matches every fence key (FenceKey): a flush deletes them all
+// before it drops the flushed keys, which refuses every fill in flight.
+const FencePattern = fencePrefix + "*"
+
 
 // TagKey returns the name of the Redis SET that holds the keys registered
 // under tag.
@@ -72,14 +90,31 @@ func VersionedKey(ns string, version int64, key string) string {
 //     and digits that hashes to Slot(key).
 //
 // Distinct keys have distinct guards.
-func GuardKey(key string) string {
+func GuardKey(key string) string { return sameSlot(guardPrefix, key) }
+
+// FenceKey returns the fill fence of key: a SET of the tokens of the fills of
+// key in flight (cacheaside). Every invalidation of key deletes it (the
+// daemon's UNLINK, the guarded scripts, a tag's deletion, since fills register
+// it under the key's tags, and a flush), and a fill writes its value only if
+// its token is still in the set (FillScript). It hashes to the slot of key,
+// named like GuardKey.
+func FenceKey(key string) string { return sameSlot(fencePrefix, key) }
+
+// LockKey returns the key of the short lock that lets one process load key
+// while the others wait (cacheaside's stampede protection). It hashes to the
+// slot of key, named like GuardKey.
+func LockKey(key string) string { return sameSlot(lockPrefix, key) }
+
+// sameSlot names prefix's companion of key so that it hashes to key's slot
+// (see GuardKey).
+func sameSlot(prefix, key string) string {
 	if tag, ok := hashTag(key); ok {
-		return guardPrefix + "{" + tag + "}:" + key
+		return prefix + "{" + tag + "}:" + key
 	}
 	if key != "" && !strings.Contains(key, "}") {
-		return guardPrefix + "{" + key + "}"
+		return prefix + "{" + key + "}"
 	}
-	return guardPrefix + "{" + slotTag(Slot(key)) + "}:" + key
+	return prefix + "{" + slotTag(Slot(key)) + "}:" + key
 }
 
 // EncodeLSN formats a PostgreSQL LSN as 16 zero-padded upper-case hex digits.

@@ -84,19 +84,29 @@ func TestGuardKeySameSlot(t *testing.T) {
 		}
 		keys = append(keys, string(b))
 	}
-	guards := make(map[string]string, len(keys))
-	for _, key := range keys {
-		guard := keyspace.GuardKey(key)
-		if got, want := keyspace.Slot(guard), keyspace.Slot(key); got != want {
-			t.Fatalf("GuardKey(%q) = %q in slot %d, key in slot %d", key, guard, got, want)
+	for _, companion := range []struct {
+		name   string
+		of     func(string) string
+		prefix string
+	}{
+		{"GuardKey", keyspace.GuardKey, "cachesync:lsn:{"},
+		{"FenceKey", keyspace.FenceKey, "cachesync:fence:{"},
+		{"LockKey", keyspace.LockKey, "cachesync:lock:{"},
+	} {
+		seen := make(map[string]string, len(keys))
+		for _, key := range keys {
+			c := companion.of(key)
+			if got, want := keyspace.Slot(c), keyspace.Slot(key); got != want {
+				t.Fatalf("%s(%q) = %q in slot %d, key in slot %d", companion.name, key, c, got, want)
+			}
+			if !strings.HasPrefix(c, companion.prefix) {
+				t.Fatalf("%s(%q) = %q: want the prefix %s", companion.name, key, c, companion.prefix)
+			}
+			if other, ok := seen[c]; ok && other != key {
+				t.Fatalf("%s(%q) == %s(%q) == %q", companion.name, key, companion.name, other, c)
+			}
+			seen[c] = key
 		}
-		if !strings.HasPrefix(guard, "cachesync:lsn:{") {
-			t.Fatalf("GuardKey(%q) = %q: want the prefix cachesync:lsn:{", key, guard)
-		}
-		if other, ok := guards[guard]; ok && other != key {
-			t.Fatalf("GuardKey(%q) == GuardKey(%q) == %q", key, other, guard)
-		}
-		guards[guard] = key
 	}
 }
 

@@ -58,6 +58,14 @@ local function guard_halves(guard)
   return lsn_halves(v)
 end
 
+-- A write-through effect is an invalidation too: fills of the key that are
+-- in flight may have read an older row (FenceKey, FillScript).
+local function unfence()
+  if KEYS[3] ~= nil then
+    redis.call('DEL', KEYS[3])
+  end
+end
+
 local function set_with_ttl(key, value, ttl_ms)
   if ttl_ms == '0' then
     redis.call('SET', key, value)
@@ -72,6 +80,7 @@ end
 //
 //	KEYS[1]  the cache key
 //	KEYS[2]  its guard (GuardKey(KEYS[1]))
+//	KEYS[3]  its fill fence (FenceKey(KEYS[1])), deleted in any case
 //	ARGV[1]  the value
 //	ARGV[2]  the commit LSN of the change (EncodeLSN)
 //	ARGV[3]  the value's TTL in milliseconds, "0" for no expiry
@@ -85,6 +94,7 @@ local hi, lo = lsn_halves(ARGV[2])
 if hi == nil then
   return redis.error_reply('ERR cachesync: the LSN argument must be 16 hex digits')
 end
+unfence()
 local ghi, glo = guard_halves(KEYS[2])
 if ghi ~= nil and (ghi > hi or (ghi == hi and glo >= lo)) then
   return 0
@@ -100,6 +110,7 @@ return 1
 //
 //	KEYS[1]  the cache key
 //	KEYS[2]  its guard (GuardKey(KEYS[1]))
+//	KEYS[3]  its fill fence (FenceKey(KEYS[1])), deleted in any case
 //	ARGV[1]  the commit LSN of the change (EncodeLSN)
 //	ARGV[2]  the guard's TTL in milliseconds, "0" for no expiry
 //	returns  1 when applied, 0 when the guard held a later LSN
@@ -112,6 +123,7 @@ local hi, lo = lsn_halves(ARGV[1])
 if hi == nil then
   return redis.error_reply('ERR cachesync: the LSN argument must be 16 hex digits')
 end
+unfence()
 local ghi, glo = guard_halves(KEYS[2])
 if ghi ~= nil and (ghi > hi or (ghi == hi and glo > lo)) then
   return 0
@@ -119,4 +131,75 @@ end
 redis.call('DEL', KEYS[1])
 set_with_ttl(KEYS[2], ARGV[1], ARGV[2])
 return 1
+`
+
+// TicketScript opens a fill: it adds the fill's token to the key's fence and
+// makes sure the fence lives at least as long as the fill may take.
+//
+//	KEYS[1]  the fence (FenceKey(key))
+//	ARGV[1]  the fill's token (random, unique)
+//	ARGV[2]  how long the fill may take, in milliseconds
+//	returns  1
+const TicketScript = `
+redis.call('SADD', KEYS[1], ARGV[1])
+local ttl = tonumber(ARGV[2])
+local left = redis.call('PTTL', KEYS[1])
+if left < ttl then
+  redis.call('PEXPIRE', KEYS[1], ttl)
+end
+return 1
+`
+
+// FillScript writes a value loaded from the database unless the key was
+// invalidated after the fill's ticket (TicketScript) was taken: every
+// invalidation deletes the fence, and with it the token.
+//
+//	KEYS[1]  the cache key
+//	KEYS[2]  its fence (FenceKey(KEYS[1]))
+//	ARGV[1]  the fill's token
+//	ARGV[2]  the value
+//	ARGV[3]  the value's TTL in milliseconds, "0" for no expiry
+//	returns  1 when written, 0 when refused (the fence no longer holds the token)
+const FillScript = `
+if redis.call('SREM', KEYS[2], ARGV[1]) == 0 then
+  return 0
+end
+if ARGV[3] == '0' then
+  redis.call('SET', KEYS[1], ARGV[2])
+else
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+end
+return 1
+`
+
+// TagAddScript registers members (a cache key and its fence) under a tag and
+// keeps the tag's set alive at least as long as the members may live: a set
+// that expired before a member would leave that member out of the tag's next
+// invalidation. A set without a TTL keeps none.
+//
+//	KEYS[1]  the tag set (TagKey(tag))
+//	ARGV[1]  the longest time a member may live from now, in milliseconds
+//	ARGV[2…] the members
+//	returns  1
+const TagAddScript = `
+local existed = redis.call('EXISTS', KEYS[1])
+redis.call('SADD', KEYS[1], unpack(ARGV, 2))
+local ttl = tonumber(ARGV[1])
+local left = redis.call('PTTL', KEYS[1])
+if existed == 0 or (left >= 0 and left < ttl) then
+  redis.call('PEXPIRE', KEYS[1], ttl)
+end
+return 1
+`
+
+// UnlockScript releases a LockKey only if it still holds the caller's token.
+//
+//	KEYS[1]  the lock
+//	ARGV[1]  the caller's token
+//	returns  1 when released, 0 when the lock had expired or was taken over
+const UnlockScript = `
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
 `

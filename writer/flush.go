@@ -15,6 +15,11 @@ import (
 // flush drops a rule's key space: see the package documentation.
 func (w *Writer) flush(ctx context.Context, op *mapping.Op) error {
 	ks := op.Keyspace
+	// Fences first: a fill in flight is refused from here on, and one that
+	// landed before this point is dropped by the passes below.
+	if err := w.scan(ctx, keyspace.FencePattern, "", w.unlinkPage); err != nil {
+		return fmt.Errorf("flush of rule %q, fill fences: %w", op.Rule, err)
+	}
 	for _, pattern := range ks.Keys {
 		if err := w.scan(ctx, pattern, "", w.unlinkPage); err != nil {
 			return fmt.Errorf("flush of rule %q, keys %q: %w", op.Rule, pattern, err)

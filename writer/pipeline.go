@@ -83,7 +83,9 @@ func (w *Writer) record(ops []*mapping.Op, cmds []redis.Cmder) {
 func (w *Writer) queue(ctx context.Context, pipe redis.Pipeliner, op *mapping.Op) {
 	switch op.Kind {
 	case mapping.OpDelete:
-		pipe.Unlink(ctx, op.Key)
+		// The fence goes with the key: fills in flight may have read the
+		// old row (keyspace.FenceKey; same slot as the key).
+		pipe.Unlink(ctx, op.Key, keyspace.FenceKey(op.Key))
 	case mapping.OpDeleteTag:
 		pipe.EvalSha(ctx, w.scripts.deleteTag.Hash(), []string{keyspace.TagKey(op.Key)})
 	case mapping.OpBumpVersion:
@@ -95,11 +97,11 @@ func (w *Writer) queue(ctx context.Context, pipe redis.Pipeliner, op *mapping.Op
 			guardTTL = ttl + w.opts.GuardTTL.Milliseconds()
 		}
 		pipe.EvalSha(ctx, w.scripts.guardedSet.Hash(),
-			[]string{op.Key, keyspace.GuardKey(op.Key)},
+			[]string{op.Key, keyspace.GuardKey(op.Key), keyspace.FenceKey(op.Key)},
 			op.Value, keyspace.EncodeLSN(uint64(op.LSN)), ttl, guardTTL)
 	case mapping.OpUnset:
 		pipe.EvalSha(ctx, w.scripts.guardedUnset.Hash(),
-			[]string{op.Key, keyspace.GuardKey(op.Key)},
+			[]string{op.Key, keyspace.GuardKey(op.Key), keyspace.FenceKey(op.Key)},
 			keyspace.EncodeLSN(uint64(op.LSN)), w.opts.GuardTTL.Milliseconds())
 	case mapping.OpMark:
 		pipe.Set(ctx, op.Key, op.Value, 0)

@@ -9,7 +9,7 @@
 //
 // # Effects
 //
-//	OpDelete       UNLINK key
+//	OpDelete       UNLINK key and its fill fence (keyspace.FenceKey)
 //	OpDeleteTag    DeleteTagScript on keyspace.TagKey(key): the members and the set, atomically
 //	OpBumpVersion  INCR keyspace.VersionKey(key)
 //	OpSet          GuardedSetScript: SET key (TTL ± jitter, at least 1s) unless the guard holds the same or a later LSN
@@ -27,7 +27,9 @@
 //
 // # Flushes
 //
-// A flush is not one round trip. For each pattern of the rule's key space:
+// A flush is not one round trip. It first deletes every fill fence
+// (keyspace.FencePattern), so that no application fill in flight lands after
+// it, then, for each pattern of the rule's key space:
 //
 //   - Keys: SCAN MATCH pattern, UNLINK each page.
 //   - Tags: SCAN MATCH keyspace.TagKey(pattern) TYPE set, DeleteTagScript on each set found.

@@ -677,3 +677,51 @@ func BenchmarkApplyDeletes(b *testing.B) {
 	}
 	b.ReportMetric(float64(iterations*len(ops))/b.Elapsed().Seconds(), "ops/s")
 }
+
+// TestInvalidationsDropFillFences: every effect that invalidates a key also
+// deletes the fences of the application fills in flight for it
+// (keyspace.FenceKey), so that a fill that read an older row is refused.
+func TestInvalidationsDropFillFences(t *testing.T) {
+	t.Parallel()
+	tb := setup(t, writer.Options{})
+	ctx := context.Background()
+	fence := func(keys ...string) {
+		t.Helper()
+		for _, k := range keys {
+			if err := tb.client.SAdd(ctx, keyspace.FenceKey(k), "token").Err(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	fenced := func(k string) bool { return tb.exists(t, keyspace.FenceKey(k)) }
+
+	// Delete, write-through set and unset.
+	fence("d:1", "s:1", "u:1", "untouched")
+	tb.apply(t, batch(100, del("d:1"), set("s:1", "v", 100, time.Hour, 0), unset("u:1", 100)))
+	for _, k := range []string{"d:1", "s:1", "u:1"} {
+		if fenced(k) {
+			t.Errorf("the fence of %s survived its invalidation", k)
+		}
+	}
+	if !fenced("untouched") {
+		t.Error("a fence of a key no operation named was deleted")
+	}
+
+	// A tag deletes the fences registered under it with their keys.
+	tb.populate(t, "t:1")
+	fence("t:1")
+	if err := tb.client.SAdd(ctx, keyspace.TagKey("org:1"), "t:1", keyspace.FenceKey("t:1")).Err(); err != nil {
+		t.Fatal(err)
+	}
+	tb.apply(t, batch(200, delTag("org:1")))
+	if fenced("t:1") || tb.exists(t, "t:1") {
+		t.Error("the tag's deletion left its member or the member's fence")
+	}
+
+	// A flush deletes every fence, whatever its key space.
+	fence("f:1", "elsewhere:1")
+	tb.apply(t, batch(300, flush(mapping.Keyspace{Keys: []string{"f:*"}})))
+	if got := tb.keysMatching(t, keyspace.FencePattern); len(got) != 0 {
+		t.Errorf("fences after a flush: %v", got)
+	}
+}
