@@ -1,0 +1,660 @@
+package cacheaside
+
+import (
+	"context"
+	crand "crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/cachesync/cachesync/keyspace"
+)
+
+// ErrNotFound is what a loader returns for a row that does not exist. The
+// absence is cached for Options.NotFoundTTL, and GetOrLoad returns
+// ErrNotFound (wrapped errors match with errors.Is).
+var ErrNotFound = errors.New("cacheaside: not found")
+
+// notFound is the cached value of an absent row. No JSON document starts
+// with a NUL byte.
+const notFound = "\x00cachesync:notfound"
+
+// Codec turns values into cached bytes and back. The default is JSON, which
+// is also what the daemon's write-through rules write (jsonencode(row)).
+type Codec interface {
+	Marshal(v any) ([]byte, error)
+	Unmarshal(data []byte, v any) error
+}
+
+// JSON is the default Codec.
+type JSON struct{}
+
+// Marshal encodes v with encoding/json.
+func (JSON) Marshal(v any) ([]byte, error) { return json.Marshal(v) }
+
+// Unmarshal decodes data with encoding/json.
+func (JSON) Unmarshal(data []byte, v any) error { return json.Unmarshal(data, v) }
+
+// Options configures a Client. Zero fields take the defaults given.
+type Options struct {
+	// TTL of a cached value (default 1h), varied by ± Jitter.
+	TTL time.Duration
+	// Jitter is the fraction of TTL by which each write varies it at random,
+	// so that keys filled together do not expire together (default 0.1;
+	// negative for none).
+	Jitter float64
+	// NotFoundTTL is how long a loader's ErrNotFound is cached (default
+	// 30s; negative: not cached).
+	NotFoundTTL time.Duration
+	// SoftTTL, when set, turns on stale-while-revalidate: a value that has
+	// been cached for longer than about SoftTTL (give or take the jitter) is
+	// returned at once and one background load refreshes it. It must be
+	// shorter than TTL.
+	SoftTTL time.Duration
+	// LoadTimeout bounds one load from the source, and how long the loading
+	// process holds the key's lock (default 5s).
+	LoadTimeout time.Duration
+	// LockWait is how long a process that did not get the key's lock re-reads
+	// the key before it loads from the source itself (default 250ms).
+	LockWait time.Duration
+	// RedisRetryAfter is how long reads go straight to the source after a
+	// Redis failure before Redis is tried again (default 1s), so that an
+	// outage costs each read nothing rather than a connection timeout.
+	RedisRetryAfter time.Duration
+	// DisableFencing writes fills with a plain SET, without the fence. It
+	// exists to show the race the fence prevents; do not use it in production.
+	DisableFencing bool
+	// Codec encodes values (default JSON).
+	Codec Codec
+	// Logger receives failures (Redis down, a value that does not decode), at
+	// most one line per ErrorLogInterval (default slog.Default(), 10s).
+	Logger           *slog.Logger
+	ErrorLogInterval time.Duration
+}
+
+func (o *Options) defaults() error {
+	if o.TTL == 0 {
+		o.TTL = time.Hour
+	}
+	if o.TTL < time.Millisecond {
+		return fmt.Errorf("cacheaside: TTL %s is shorter than 1ms", o.TTL)
+	}
+	if o.Jitter == 0 {
+		o.Jitter = 0.1
+	}
+	if o.Jitter < 0 {
+		o.Jitter = 0
+	}
+	if o.Jitter >= 1 {
+		return fmt.Errorf("cacheaside: Jitter %g must be below 1", o.Jitter)
+	}
+	if o.NotFoundTTL == 0 {
+		o.NotFoundTTL = 30 * time.Second
+	}
+	if o.SoftTTL < 0 || (o.SoftTTL > 0 && o.SoftTTL >= o.TTL) {
+		return fmt.Errorf("cacheaside: SoftTTL %s must be positive and shorter than TTL %s", o.SoftTTL, o.TTL)
+	}
+	if o.LoadTimeout <= 0 {
+		o.LoadTimeout = 5 * time.Second
+	}
+	if o.LockWait <= 0 {
+		o.LockWait = 250 * time.Millisecond
+	}
+	if o.RedisRetryAfter <= 0 {
+		o.RedisRetryAfter = time.Second
+	}
+	if o.Codec == nil {
+		o.Codec = JSON{}
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.ErrorLogInterval <= 0 {
+		o.ErrorLogInterval = 10 * time.Second
+	}
+	return nil
+}
+
+// Client reads and fills cache keys. It is safe for concurrent use; make one
+// per set of Options and share it.
+type Client struct {
+	rdb    redis.UniversalClient
+	opts   Options
+	flight singleflight.Group
+	stats  counters
+	errLog rateLog
+	// downUntil (unix nanoseconds) is when Redis may be tried again after
+	// a failure; 0 while it works.
+	downUntil atomic.Int64
+	scripts   struct{ ticket, fill, tagAdd, unlock, deleteTag *redis.Script }
+}
+
+// New returns a Client on rdb (a *redis.Client, *redis.ClusterClient or a
+// failover client). It fails only on invalid Options.
+func New(rdb redis.UniversalClient, opts Options) (*Client, error) {
+	if err := opts.defaults(); err != nil {
+		return nil, err
+	}
+	c := &Client{rdb: rdb, opts: opts}
+	c.errLog.every = opts.ErrorLogInterval
+	c.errLog.log = opts.Logger
+	c.scripts.ticket = redis.NewScript(keyspace.TicketScript)
+	c.scripts.fill = redis.NewScript(keyspace.FillScript)
+	c.scripts.tagAdd = redis.NewScript(keyspace.TagAddScript)
+	c.scripts.unlock = redis.NewScript(keyspace.UnlockScript)
+	c.scripts.deleteTag = redis.NewScript(keyspace.DeleteTagScript)
+	return c, nil
+}
+
+// FillOption qualifies one GetOrLoad.
+type FillOption func(*fill)
+
+type fill struct {
+	tags    []string
+	ttl     time.Duration
+	version string
+	hasVer  bool
+}
+
+// Tags registers the key under tags (tag:<tag> sets), as rules.hcl's
+// invalidate { tags = [...] } deletes them.
+func Tags(tags ...string) FillOption {
+	return func(f *fill) { f.tags = append(f.tags, tags...) }
+}
+
+// TTL overrides Options.TTL for this key.
+func TTL(d time.Duration) FillOption { return func(f *fill) { f.ttl = d } }
+
+// Versioned caches the key in namespace ns, under
+// keyspace.VersionedKey(ns, n, key) where n is the namespace's current
+// version (version:<ns>, which rules.hcl's bump_version increments).
+func Versioned(ns string) FillOption {
+	return func(f *fill) { f.version, f.hasVer = ns, true }
+}
+
+// GetOrLoad returns the value cached under key, or loads it with load, caches
+// it and returns it. See the package documentation for what happens on a miss,
+// on a cached "not found", when Redis is down, and how fills are fenced
+// against concurrent invalidations.
+//
+// load runs with a context bounded by Options.LoadTimeout that is not
+// cancelled when ctx is (other callers may be waiting for the same load);
+// GetOrLoad itself returns when ctx is done.
+func GetOrLoad[T any](ctx context.Context, c *Client, key string, load func(context.Context) (T, error), opts ...FillOption) (T, error) {
+	var zero T
+	f := fill{ttl: c.opts.TTL}
+	for _, o := range opts {
+		o(&f)
+	}
+	if f.ttl <= 0 {
+		return zero, fmt.Errorf("cacheaside: TTL for %q must be positive", key)
+	}
+	if c.bypass() {
+		return loadDirect(ctx, c, key, load)
+	}
+	if f.hasVer {
+		v, err := c.Version(ctx, f.version)
+		if err != nil {
+			c.redisFailed("read the version of "+f.version, err)
+			return loadDirect(ctx, c, key, load)
+		}
+		key = keyspace.VersionedKey(f.version, v, key)
+	}
+
+	raw, pttl, err := c.read(ctx, key)
+	switch {
+	case err != nil:
+		c.redisFailed("read "+key, err)
+		return loadDirect(ctx, c, key, load)
+	case raw != nil:
+		v, err := decode[T](c, key, raw)
+		if err == nil || errors.Is(err, ErrNotFound) {
+			if err == nil && c.stale(f, pttl) {
+				c.stats.staleServed.Add(1)
+				refreshInBackground(c, key, f, load)
+			}
+			return v, err
+		}
+		// A value that does not decode (another codec, a changed type) is
+		// a miss: the fill below replaces it.
+	}
+	c.stats.misses.Add(1)
+
+	// One load per key per process; every caller waits on its own ctx.
+	ch := c.flight.DoChan(key, func() (any, error) {
+		lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.opts.LoadTimeout)
+		defer cancel()
+		return loadShared(lctx, c, key, f, load)
+	})
+	select {
+	case res := <-ch:
+		if res.Err != nil {
+			return zero, res.Err
+		}
+		if v, ok := res.Val.(T); ok {
+			return v, nil
+		}
+		// Another caller of the same key asked for another type.
+		return loadDirect(ctx, c, key, load)
+	case <-ctx.Done():
+		return zero, ctx.Err()
+	}
+}
+
+// read returns the cached bytes of key (nil on a miss) and its remaining TTL.
+func (c *Client) read(ctx context.Context, key string) ([]byte, time.Duration, error) {
+	var get *redis.StringCmd
+	var pttl *redis.DurationCmd
+	_, err := c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		get = p.Get(ctx, key)
+		pttl = p.PTTL(ctx, key)
+		return nil
+	})
+	if errors.Is(err, redis.Nil) {
+		err = nil
+	}
+	if err != nil {
+		return nil, 0, err
+	}
+	b, err := get.Bytes()
+	if errors.Is(err, redis.Nil) {
+		return nil, 0, nil
+	}
+	return b, pttl.Val(), err
+}
+
+// decode turns the bytes a read found into a value, counting the hit; a
+// cached "not found" is ErrNotFound.
+func decode[T any](c *Client, key string, raw []byte) (T, error) {
+	v, err := decodeQuiet[T](c, raw)
+	switch {
+	case err == nil:
+		c.stats.hits.Add(1)
+	case errors.Is(err, ErrNotFound):
+		c.stats.notFoundHits.Add(1)
+	default:
+		c.stats.decodeErrors.Add(1)
+		c.errLog.report(fmt.Sprintf("cached value of %s does not decode; loading it again", key), err)
+	}
+	return v, err
+}
+
+// decodeQuiet decodes without counting: for the re-reads of a miss.
+func decodeQuiet[T any](c *Client, raw []byte) (T, error) {
+	var v T
+	if string(raw) == notFound {
+		return v, ErrNotFound
+	}
+	err := c.opts.Codec.Unmarshal(raw, &v)
+	return v, err
+}
+
+// stale reports whether a value with pttl left has outlived Options.SoftTTL.
+// Its age is estimated from the TTL it was written with, so the soft TTL is
+// as approximate as the jitter.
+func (c *Client) stale(f fill, pttl time.Duration) bool {
+	return c.opts.SoftTTL > 0 && pttl > 0 && pttl < f.ttl-c.opts.SoftTTL
+}
+
+// loadShared is the one load of key in this process: it takes the key's
+// lock, or waits for the holder's fill, and fills the key.
+func loadShared[T any](ctx context.Context, c *Client, key string, f fill, load func(context.Context) (T, error)) (any, error) {
+	token := newToken()
+	locked, err := c.rdb.SetNX(ctx, keyspace.LockKey(key), token, c.opts.LoadTimeout).Result()
+	if err != nil {
+		c.redisFailed("lock "+key, err)
+		return callLoad(ctx, c, load)
+	}
+	if !locked {
+		c.stats.lockWaits.Add(1)
+		if raw, err := c.waitForFill(ctx, key); err == nil && raw != nil {
+			v, err := decodeQuiet[T](c, raw)
+			if err == nil || errors.Is(err, ErrNotFound) {
+				return v, err
+			}
+		}
+		// The holder is slow, failed or refused: load without the lock.
+		c.stats.lockTimeouts.Add(1)
+		return fillFromSource(ctx, c, key, f, load)
+	}
+	defer c.unlock(key, token)
+	// Double-check: the previous holder may have filled the key between our
+	// miss and our lock.
+	if raw, _, err := c.read(ctx, key); err == nil && raw != nil {
+		if v, err := decodeQuiet[T](c, raw); err == nil || errors.Is(err, ErrNotFound) {
+			return v, err
+		}
+	}
+	return fillFromSource(ctx, c, key, f, load)
+}
+
+// waitForFill re-reads key until it is cached or Options.LockWait passed.
+func (c *Client) waitForFill(ctx context.Context, key string) ([]byte, error) {
+	deadline := time.Now().Add(c.opts.LockWait)
+	pause := 2 * time.Millisecond
+	for {
+		wait := min(pause, time.Until(deadline))
+		if wait <= 0 {
+			return nil, nil
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return nil, ctx.Err()
+		}
+		raw, _, err := c.read(ctx, key)
+		if err != nil || raw != nil {
+			return raw, err
+		}
+		pause = min(2*pause, 50*time.Millisecond)
+	}
+}
+
+// fillFromSource is a fenced fill: ticket (and tags), load, conditional write.
+func fillFromSource[T any](ctx context.Context, c *Client, key string, f fill, load func(context.Context) (T, error)) (any, error) {
+	token := newToken()
+	ticketed := c.ticket(ctx, key, token, f)
+	v, err := callLoad(ctx, c, load)
+	if !ticketed {
+		// Redis failed before the load: return what was loaded, uncached.
+		return v, err
+	}
+	var value []byte
+	ttl := c.jittered(f.ttl)
+	switch {
+	case err == nil:
+		if value, err = c.opts.Codec.Marshal(v); err != nil {
+			c.release(key, token)
+			return v, fmt.Errorf("cacheaside: encode the value of %s: %w", key, err)
+		}
+	case errors.Is(err, ErrNotFound) && c.opts.NotFoundTTL > 0:
+		value, ttl = []byte(notFound), c.opts.NotFoundTTL
+	default:
+		c.release(key, token)
+		return v, err
+	}
+	c.write(ctx, key, token, value, ttl)
+	return v, err
+}
+
+func callLoad[T any](ctx context.Context, c *Client, load func(context.Context) (T, error)) (T, error) {
+	c.stats.loads.Add(1)
+	v, err := load(ctx)
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		c.stats.loadErrors.Add(1)
+	}
+	return v, err
+}
+
+// ticket opens a fenced fill of key and registers key under f's tags, before
+// the source is read. It reports false when Redis failed (then nothing is
+// written).
+func (c *Client) ticket(ctx context.Context, key, token string, f fill) bool {
+	members := []any{key}
+	if !c.opts.DisableFencing {
+		members = append(members, keyspace.FenceKey(key))
+	}
+	// The tag sets must outlive every member: the longest TTL a fill can
+	// give, counted from the end of the longest load.
+	tagTTL := c.maxTTL(f.ttl) + c.opts.LoadTimeout + time.Minute
+	err := c.runScripts(ctx, func(p redis.Pipeliner) {
+		if !c.opts.DisableFencing {
+			c.scripts.ticket.EvalSha(ctx, p, []string{keyspace.FenceKey(key)}, token, (c.opts.LoadTimeout + 5*time.Second).Milliseconds())
+		}
+		for _, tag := range f.tags {
+			c.scripts.tagAdd.EvalSha(ctx, p, []string{keyspace.TagKey(tag)}, append([]any{tagTTL.Milliseconds()}, members...)...)
+		}
+	})
+	if err != nil {
+		c.redisFailed("open the fill of "+key, err)
+		return false
+	}
+	return true
+}
+
+// write stores value under key if no invalidation deleted the fill's token.
+func (c *Client) write(ctx context.Context, key, token string, value []byte, ttl time.Duration) {
+	var written bool
+	err := c.runScripts(ctx, func(p redis.Pipeliner) {
+		if c.opts.DisableFencing {
+			p.Set(ctx, key, value, ttl)
+			return
+		}
+		c.scripts.fill.EvalSha(ctx, p, []string{key, keyspace.FenceKey(key)}, token, value, ttl.Milliseconds())
+	}, func(cmds []redis.Cmder) {
+		if c.opts.DisableFencing {
+			written = true
+			return
+		}
+		n, _ := cmds[0].(*redis.Cmd).Int64()
+		written = n == 1
+	})
+	switch {
+	case err != nil:
+		c.redisFailed("fill "+key, err)
+	case written:
+		c.stats.fills.Add(1)
+	default:
+		c.stats.fencedFills.Add(1)
+	}
+}
+
+// release gives up a ticket whose fill will not happen (best effort: the
+// fence expires anyway).
+func (c *Client) release(key, token string) {
+	if c.opts.DisableFencing {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if err := c.rdb.SRem(ctx, keyspace.FenceKey(key), token).Err(); err != nil {
+		c.redisFailed("release the fill of "+key, err)
+	}
+}
+
+func (c *Client) unlock(key, token string) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if err := c.scripts.unlock.Run(ctx, c.rdb, []string{keyspace.LockKey(key)}, token).Err(); err != nil {
+		c.redisFailed("unlock "+key, err)
+	}
+}
+
+// runScripts runs a pipeline of script calls (EVALSHA), loading the scripts
+// and running it once more if Redis had lost them (a restart, SCRIPT FLUSH).
+// Every call in it must be safe to repeat. done, if given, sees the results.
+func (c *Client) runScripts(ctx context.Context, queue func(redis.Pipeliner), done ...func([]redis.Cmder)) error {
+	for attempt := 0; ; attempt++ {
+		cmds, err := c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			queue(p)
+			return nil
+		})
+		if err != nil && attempt == 0 && isNoScript(err) {
+			if lerr := c.loadScripts(ctx); lerr != nil {
+				return lerr
+			}
+			continue
+		}
+		if err == nil {
+			for _, d := range done {
+				d(cmds)
+			}
+		}
+		return err
+	}
+}
+
+func (c *Client) loadScripts(ctx context.Context) error {
+	for _, s := range []*redis.Script{c.scripts.ticket, c.scripts.fill, c.scripts.tagAdd, c.scripts.unlock, c.scripts.deleteTag} {
+		if err := s.Load(ctx, c.rdb).Err(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func isNoScript(err error) bool {
+	return errors.Is(err, redis.ErrNoScript) || redis.HasErrorPrefix(err, "NOSCRIPT")
+}
+
+// refreshInBackground reloads a soft-expired key with a fenced fill: one
+// goroutine per key per process, and only in the process that gets the key's
+// lock.
+func refreshInBackground[T any](c *Client, key string, f fill, load func(context.Context) (T, error)) {
+	go c.flight.Do("refresh\x00"+key, func() (any, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), c.opts.LoadTimeout)
+		defer cancel()
+		token := newToken()
+		locked, err := c.rdb.SetNX(ctx, keyspace.LockKey(key), token, c.opts.LoadTimeout).Result()
+		if err != nil {
+			c.redisFailed("lock "+key, err)
+			return nil, nil
+		}
+		if !locked {
+			return nil, nil // another process refreshes it
+		}
+		defer c.unlock(key, token)
+		c.stats.refreshes.Add(1)
+		_, err = fillFromSource(ctx, c, key, f, load)
+		return nil, err
+	})
+}
+
+// loadDirect loads from the source without the cache (Redis failed), once per
+// key per process.
+func loadDirect[T any](ctx context.Context, c *Client, key string, load func(context.Context) (T, error)) (T, error) {
+	ch := c.flight.DoChan("direct\x00"+key, func() (any, error) {
+		lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.opts.LoadTimeout)
+		defer cancel()
+		return callLoad(lctx, c, load)
+	})
+	var zero T
+	select {
+	case res := <-ch:
+		if v, ok := res.Val.(T); ok {
+			return v, res.Err
+		}
+		if res.Err != nil {
+			return zero, res.Err
+		}
+		return callLoad(ctx, c, load)
+	case <-ctx.Done():
+		return zero, ctx.Err()
+	}
+}
+
+// Version returns the current version of namespace ns (0 when it was never
+// bumped).
+func (c *Client) Version(ctx context.Context, ns string) (int64, error) {
+	s, err := c.rdb.Get(ctx, keyspace.VersionKey(ns)).Result()
+	if errors.Is(err, redis.Nil) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	v, err := strconv.ParseInt(s, 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("cacheaside: %s holds %q, not a version number", keyspace.VersionKey(ns), s)
+	}
+	return v, nil
+}
+
+// Invalidate deletes keys and refuses their fills in flight, as the daemon
+// does, for applications that change data the daemon does not see.
+func (c *Client) Invalidate(ctx context.Context, keys ...string) error {
+	_, err := c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, k := range keys {
+			p.Unlink(ctx, k, keyspace.FenceKey(k))
+		}
+		return nil
+	})
+	return err
+}
+
+// InvalidateTags deletes every key registered under tags, and the tag sets,
+// as the daemon does.
+func (c *Client) InvalidateTags(ctx context.Context, tags ...string) error {
+	return c.runScripts(ctx, func(p redis.Pipeliner) {
+		for _, t := range tags {
+			c.scripts.deleteTag.EvalSha(ctx, p, []string{keyspace.TagKey(t)})
+		}
+	})
+}
+
+func (c *Client) jittered(ttl time.Duration) time.Duration {
+	if c.opts.Jitter == 0 {
+		return ttl
+	}
+	j := time.Duration(float64(ttl) * c.opts.Jitter * (2*rand.Float64() - 1))
+	return max(ttl+j, time.Millisecond)
+}
+
+func (c *Client) maxTTL(ttl time.Duration) time.Duration {
+	return ttl + time.Duration(float64(ttl)*c.opts.Jitter) + time.Millisecond
+}
+
+// bypass reports whether Redis failed less than Options.RedisRetryAfter
+// ago; such reads go straight to the source.
+func (c *Client) bypass() bool {
+	until := c.downUntil.Load()
+	if until == 0 {
+		return false
+	}
+	if time.Now().UnixNano() < until {
+		c.stats.bypassed.Add(1)
+		return true
+	}
+	c.downUntil.CompareAndSwap(until, 0) // try Redis again
+	return false
+}
+
+// redisFailed counts a Redis failure, makes the next reads bypass Redis for
+// a while, and logs it, at most once per interval.
+func (c *Client) redisFailed(what string, err error) {
+	c.stats.redisErrors.Add(1)
+	c.downUntil.Store(time.Now().Add(c.opts.RedisRetryAfter).UnixNano())
+	c.errLog.report("redis failed to "+what+"; serving from the source", err)
+}
+
+func newToken() string {
+	var b [12]byte
+	_, _ = crand.Read(b[:]) // never fails (crypto/rand)
+	return hex.EncodeToString(b[:])
+}
+
+// rateLog logs at most one failure per interval, with the number of the
+// ones it did not log.
+type rateLog struct {
+	mu         sync.Mutex
+	log        *slog.Logger
+	every      time.Duration
+	last       time.Time
+	suppressed int
+}
+
+func (r *rateLog) report(msg string, err error) {
+	r.mu.Lock()
+	now := time.Now()
+	if !r.last.IsZero() && now.Sub(r.last) < r.every {
+		r.suppressed++
+		r.mu.Unlock()
+		return
+	}
+	n := r.suppressed
+	r.last, r.suppressed = now, 0
+	r.mu.Unlock()
+	r.log.Warn("cacheaside: "+msg, "err", err, "suppressed", n)
+}

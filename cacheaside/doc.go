@@ -1,0 +1,75 @@
+// Package cacheaside is the read side of cachesync: cache-aside reads of
+// PostgreSQL rows through Redis that agree with the cachesync daemon on key
+// names, tags and versions, so that the two together never leave a stale
+// value behind.
+//
+// The daemon deletes (or rewrites) cache keys when rows change; this package
+// fills them:
+//
+//	c := cacheaside.New(rdb, cacheaside.Options{TTL: time.Hour})
+//	user, err := cacheaside.GetOrLoad(ctx, c, "user:"+id, func(ctx context.Context) (User, error) {
+//		return loadUser(ctx, db, id) // return cacheaside.ErrNotFound for a missing row
+//	}, cacheaside.Tags("org:"+orgID))
+//
+// The key and tag names are the ones rules.hcl declares, so that the daemon's
+// invalidations reach what the application cached.
+//
+// # What a read does
+//
+//   - A hit decodes the value (JSON by default, Options.Codec otherwise). A
+//     cached "not found" returns ErrNotFound.
+//   - A miss is loaded once per process (singleflight) and, across
+//     processes, by the holder of a short lock (SET NX PX on LockKey); the
+//     others re-read the key until it appears, for at most Options.LockWait,
+//     then load from the source themselves.
+//   - The value is written with a TTL of Options.TTL ± Options.Jitter; a
+//     loader's ErrNotFound is cached for Options.NotFoundTTL.
+//   - With Options.SoftTTL set, a value older than SoftTTL is returned at once
+//     and refreshed by one background load (stale-while-revalidate).
+//   - When Redis fails, the read loads from the source and returns; the
+//     failure is counted in Stats and logged at most once per
+//     Options.ErrorLogInterval. A read never fails because the cache is down.
+//
+// # Fenced fills
+//
+// The race every cache-aside client has: a reader misses, reads the row from
+// the database, a writer commits a change, the daemon deletes the key, and
+// only then the reader writes the value it read, which is now stale and lives
+// until its TTL. This package prevents it with a fence per key:
+//
+//  1. Before it reads the database, a fill adds a random token to the key's
+//     fence, a Redis set (keyspace.FenceKey, in the key's cluster slot), and
+//     registers the key and its fence under the key's tags.
+//  2. It reads the database.
+//  3. It writes the value with one script that first removes its token from
+//     the fence and writes only if the token was still there.
+//
+// Every invalidation deletes the fence: the daemon's delete removes the key
+// and its fence in one UNLINK, its write-through scripts delete it, a tag's
+// deletion deletes the fences registered under the tag, and a flush deletes
+// every fence before it drops any key. If the fill's database read could have
+// seen a row older than a change, then that change committed after step 1,
+// so its invalidation (which comes after the commit) deleted the token before
+// step 3, and the fill is refused: the key stays missing, a cache miss, never
+// a stale value. A refused fill is counted in Stats.FencedFills.
+//
+// The loader must therefore read from a snapshot taken after it is called:
+// the primary, or a replica that has replayed past every change the daemon has
+// applied, and not a transaction opened before GetOrLoad. Options.DisableFencing
+// turns the fence off (plain SET), which is only for showing the race.
+//
+// # Versions and tags
+//
+// Versioned(ns) caches the key under keyspace.VersionedKey(ns, n, key), n
+// being read from version:<ns> first; the daemon's bump makes every entry of
+// the namespace unreachable at once. Tags(...) registers the key in
+// tag:<tag> sets, which the daemon deletes with their members. The tag sets
+// get a TTL no shorter than any member's.
+//
+// # Redis Cluster
+//
+// Every script touches one cluster slot: the key with its fence or its lock.
+// Tag sets live in their own slots; the daemon deletes a tag's members
+// atomically only when they share the tag's slot (a hash tag), see the
+// keyspace package.
+package cacheaside
