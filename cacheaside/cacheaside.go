@@ -205,7 +205,7 @@ func GetOrLoad[T any](ctx context.Context, c *Client, key string, load func(cont
 	if f.hasVer {
 		v, err := c.Version(ctx, f.version)
 		if err != nil {
-			c.redisFailed("read the version of "+f.version, err)
+			c.redisFailed(ctx, "read the version of "+f.version, err)
 			return loadDirect(ctx, c, key, load)
 		}
 		key = keyspace.VersionedKey(f.version, v, key)
@@ -214,7 +214,7 @@ func GetOrLoad[T any](ctx context.Context, c *Client, key string, load func(cont
 	raw, pttl, err := c.read(ctx, key)
 	switch {
 	case err != nil:
-		c.redisFailed("read "+key, err)
+		c.redisFailed(ctx, "read "+key, err)
 		return loadDirect(ctx, c, key, load)
 	case raw != nil:
 		v, err := decode[T](c, key, raw)
@@ -312,7 +312,7 @@ func loadShared[T any](ctx context.Context, c *Client, key string, f fill, load 
 	token := newToken()
 	locked, err := c.rdb.SetNX(ctx, keyspace.LockKey(key), token, c.opts.LoadTimeout).Result()
 	if err != nil {
-		c.redisFailed("lock "+key, err)
+		c.redisFailed(ctx, "lock "+key, err)
 		return callLoad(ctx, c, load)
 	}
 	if !locked {
@@ -418,7 +418,7 @@ func (c *Client) ticket(ctx context.Context, key, token string, f fill) bool {
 		}
 	})
 	if err != nil {
-		c.redisFailed("open the fill of "+key, err)
+		c.redisFailed(ctx, "open the fill of "+key, err)
 		return false
 	}
 	return true
@@ -443,7 +443,7 @@ func (c *Client) write(ctx context.Context, key, token string, value []byte, ttl
 	})
 	switch {
 	case err != nil:
-		c.redisFailed("fill "+key, err)
+		c.redisFailed(ctx, "fill "+key, err)
 	case written:
 		c.stats.fills.Add(1)
 	default:
@@ -460,7 +460,7 @@ func (c *Client) release(key, token string) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	if err := c.rdb.SRem(ctx, keyspace.FenceKey(key), token).Err(); err != nil {
-		c.redisFailed("release the fill of "+key, err)
+		c.redisFailed(ctx, "release the fill of "+key, err)
 	}
 }
 
@@ -468,7 +468,7 @@ func (c *Client) unlock(key, token string) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	if err := c.scripts.unlock.Run(ctx, c.rdb, []string{keyspace.LockKey(key)}, token).Err(); err != nil {
-		c.redisFailed("unlock "+key, err)
+		c.redisFailed(ctx, "unlock "+key, err)
 	}
 }
 
@@ -519,7 +519,7 @@ func refreshInBackground[T any](c *Client, key string, f fill, load func(context
 		token := newToken()
 		locked, err := c.rdb.SetNX(ctx, keyspace.LockKey(key), token, c.opts.LoadTimeout).Result()
 		if err != nil {
-			c.redisFailed("lock "+key, err)
+			c.redisFailed(ctx, "lock "+key, err)
 			return nil, nil
 		}
 		if !locked {
@@ -623,7 +623,10 @@ func (c *Client) bypass() bool {
 
 // redisFailed counts a Redis failure, makes the next reads bypass Redis for
 // a while, and logs it, at most once per interval.
-func (c *Client) redisFailed(what string, err error) {
+func (c *Client) redisFailed(ctx context.Context, what string, err error) {
+	if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
+		return // the caller gave up (or the load timed out); Redis did not fail
+	}
 	c.stats.redisErrors.Add(1)
 	c.downUntil.Store(time.Now().Add(c.opts.RedisRetryAfter).UnixNano())
 	c.errLog.report("redis failed to "+what+"; serving from the source", err)

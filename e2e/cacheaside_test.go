@@ -1,0 +1,309 @@
+package e2e
+
+// The read side with the daemon: many readers fill the cache through
+// cacheaside while writers change the rows under them and the daemon
+// invalidates. Once the writers stopped and the daemon caught up, no cached
+// value may differ from PostgreSQL. The same run without the fill fence
+// must leave stale values behind, which shows that the check can fail.
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"reflect"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/cachesync/cachesync/cacheaside"
+	"github.com/cachesync/cachesync/keyspace"
+)
+
+const (
+	caUsers     = 40
+	caOrgs      = 4
+	caCustomers = 8
+)
+
+type caUser struct {
+	ID    int64  `json:"id"`
+	Email string `json:"email"`
+	OrgID int64  `json:"org_id"`
+	Name  string `json:"name"`
+}
+
+type caOrder struct {
+	ID     int64  `json:"id"`
+	Total  string `json:"total"`
+	Status string `json:"status"`
+}
+
+// consistencyDuration is how long the writers run (CACHESYNC_CONSISTENCY_SECONDS
+// overrides it, e.g. 60 for a minute-scale run).
+func consistencyDuration(t *testing.T, def time.Duration) time.Duration {
+	if s := os.Getenv("CACHESYNC_CONSISTENCY_SECONDS"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n <= 0 {
+			t.Fatalf("CACHESYNC_CONSISTENCY_SECONDS=%q: want a positive number of seconds", s)
+		}
+		return time.Duration(n) * time.Second
+	}
+	return def
+}
+
+func TestCacheasideConsistency(t *testing.T) {
+	for _, fenced := range []bool{true, false} {
+		t.Run(fmt.Sprintf("fenced=%v", fenced), func(t *testing.T) {
+			e := setup(t, schema, rules)
+			d := e.start()
+			e.waitStreaming(d)
+			e.exec(`INSERT INTO users SELECT g, 'u' || g || '@x.io', g % $2::int, 'name-' || g FROM generate_series(1, $1::int) g`, caUsers, caOrgs)
+			e.exec(`INSERT INTO orders SELECT g, g % $1::int, g, 'new' FROM generate_series(1, 40) g`, caCustomers)
+			e.caughtUp(d, time.Minute)
+
+			pool, err := pgxpool.New(e.ctx, e.dbURL)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer pool.Close()
+			app := &caApp{pool: pool}
+			var clients []*cacheaside.Client
+			for range 2 { // two application processes
+				c, err := cacheaside.New(e.rdb, cacheaside.Options{
+					TTL: time.Hour, DisableFencing: !fenced, LockWait: 50 * time.Millisecond,
+					Logger: slog.New(slog.NewTextHandler(&lockedBuffer{}, nil)),
+				})
+				if err != nil {
+					t.Fatal(err)
+				}
+				clients = append(clients, c)
+			}
+
+			run := consistencyDuration(t, 12*time.Second)
+			if !fenced {
+				run = min(run, 6*time.Second)
+			}
+			// The readers go on for a moment after the last write, so that
+			// fills in flight around the last invalidations are played and
+			// the cache holds values to check.
+			wctx, stopWriters := context.WithTimeout(e.ctx, run)
+			defer stopWriters()
+			rctx, stopReaders := context.WithTimeout(e.ctx, run+500*time.Millisecond)
+			defer stopReaders()
+			var wg sync.WaitGroup
+			errs := make(chan error, 64)
+			for i := range 3 {
+				wg.Go(func() { errs <- app.write(wctx, uint64(i)) })
+			}
+			for i := range 12 {
+				wg.Go(func() { errs <- app.read(rctx, clients[i%len(clients)], uint64(100+i)) })
+			}
+			wg.Wait()
+			close(errs)
+			for err := range errs {
+				if err != nil {
+					t.Fatal(err)
+				}
+			}
+			// Every fill has returned; the daemon applies what is left.
+			e.caughtUp(d, 2*time.Minute)
+
+			mismatches, checked := e.cacheasideMismatches(app)
+			var st cacheaside.Stats
+			for _, c := range clients {
+				s := c.Stats()
+				st.Loads += s.Loads
+				st.Hits += s.Hits
+				st.Fills += s.Fills
+				st.FencedFills += s.FencedFills
+				st.RedisErrors += s.RedisErrors
+			}
+			t.Logf("fenced=%v: %d writes, %d reads (%d hits, %d loads, %d fills, %d fenced out), %d cached keys checked, %d stale",
+				fenced, app.writes.Load(), app.reads.Load(), st.Hits, st.Loads, st.Fills, st.FencedFills, checked, len(mismatches))
+			// The writers keep most keys invalidated, so few are cached at
+			// the end; the races played are counted by the fenced-out fills.
+			if st.Fills < 100 {
+				t.Fatalf("only %d fills: the readers did not exercise the cache", st.Fills)
+			}
+			if st.RedisErrors > 0 {
+				t.Errorf("%d Redis errors during the run", st.RedisErrors)
+			}
+			switch {
+			case fenced && len(mismatches) > 0:
+				t.Errorf("%d cached values differ from PostgreSQL:\n%s", len(mismatches), strings.Join(mismatches, "\n"))
+			case fenced && st.FencedFills == 0:
+				t.Errorf("no fill was fenced out in %d loads: the race was never played", st.Loads)
+			case !fenced && len(mismatches) == 0:
+				t.Errorf("without the fence no stale value was left after %d fills: this test cannot catch the race", st.Fills)
+			}
+		})
+	}
+}
+
+// caApp is the application: it reads users, org pages and order lists through
+// cacheaside, and its writers change them.
+type caApp struct {
+	pool          *pgxpool.Pool
+	reads, writes atomic.Int64
+}
+
+// slowApp widens the window between the database read and the fill, as a
+// busy application server does; it is what makes the race likely.
+func slowApp(ctx context.Context, rng *rand.Rand) {
+	t := time.NewTimer(time.Duration(rng.IntN(15)) * time.Millisecond)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+	}
+}
+
+func (a *caApp) loadUser(ctx context.Context, id int64) (caUser, error) {
+	var u caUser
+	err := a.pool.QueryRow(ctx, `SELECT id, email, org_id, name FROM users WHERE id = $1`, id).Scan(&u.ID, &u.Email, &u.OrgID, &u.Name)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return u, cacheaside.ErrNotFound
+	}
+	return u, err
+}
+
+func (a *caApp) loadOrg(ctx context.Context, org int64) ([]string, error) {
+	rows, err := a.pool.Query(ctx, `SELECT name FROM users WHERE org_id = $1 ORDER BY id`, org)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, pgx.RowTo[string])
+}
+
+func (a *caApp) loadOrders(ctx context.Context, customer int64) ([]caOrder, error) {
+	rows, err := a.pool.Query(ctx, `SELECT id, total::text, status FROM orders WHERE customer_id = $1 ORDER BY id`, customer)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (caOrder, error) {
+		var o caOrder
+		return o, r.Scan(&o.ID, &o.Total, &o.Status)
+	})
+}
+
+func (a *caApp) read(ctx context.Context, c *cacheaside.Client, seed uint64) error {
+	rng := rand.New(rand.NewPCG(seed, 7))
+	for ctx.Err() == nil {
+		a.reads.Add(1)
+		var err error
+		switch rng.IntN(3) {
+		case 0:
+			id := 1 + rng.Int64N(caUsers)
+			_, err = cacheaside.GetOrLoad(ctx, c, fmt.Sprintf("user:%d", id), func(ctx context.Context) (caUser, error) {
+				u, err := a.loadUser(ctx, id)
+				slowApp(ctx, rng)
+				return u, err
+			}, cacheaside.Tags(fmt.Sprintf("org:%d", id%caOrgs)))
+		case 1:
+			org := rng.Int64N(caOrgs)
+			_, err = cacheaside.GetOrLoad(ctx, c, fmt.Sprintf("orgpage:%d", org), func(ctx context.Context) ([]string, error) {
+				names, err := a.loadOrg(ctx, org)
+				slowApp(ctx, rng)
+				return names, err
+			}, cacheaside.Tags(fmt.Sprintf("org:%d", org)))
+		case 2:
+			cust := rng.Int64N(caCustomers)
+			_, err = cacheaside.GetOrLoad(ctx, c, "list", func(ctx context.Context) ([]caOrder, error) {
+				orders, err := a.loadOrders(ctx, cust)
+				slowApp(ctx, rng)
+				return orders, err
+			}, cacheaside.Versioned(fmt.Sprintf("orders:customer:%d", cust)))
+		}
+		if err != nil && !errors.Is(err, cacheaside.ErrNotFound) && ctx.Err() == nil {
+			return fmt.Errorf("read: %w", err)
+		}
+	}
+	return nil
+}
+
+// write changes names and orders; a user's tag is its id's org, so users
+// keep their org (the org page lists names by org_id).
+func (a *caApp) write(ctx context.Context, seed uint64) error {
+	rng := rand.New(rand.NewPCG(seed, 11))
+	for n := 0; ctx.Err() == nil; n++ {
+		var err error
+		switch rng.IntN(4) {
+		case 0, 1:
+			_, err = a.pool.Exec(ctx, `UPDATE users SET name = $2 WHERE id = $1`, 1+rng.Int64N(caUsers), fmt.Sprintf("name-%d-%d", seed, n))
+		case 2:
+			_, err = a.pool.Exec(ctx, `UPDATE orders SET total = total + 1, status = $2 WHERE id = $1`, 1+rng.Int64N(40), fmt.Sprintf("s%d", n))
+		case 3:
+			_, err = a.pool.Exec(ctx, `UPDATE users SET email = $2 WHERE id = $1`, 1+rng.Int64N(caUsers), fmt.Sprintf("u%d-%d@x.io", seed, n))
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("write: %w", err)
+		}
+		a.writes.Add(1)
+	}
+	return nil
+}
+
+// cacheasideMismatches compares every reachable cached value with what the
+// loaders read from PostgreSQL now.
+func (e *env) cacheasideMismatches(a *caApp) (mismatches []string, checked int) {
+	e.t.Helper()
+	compare := func(key string, want any) {
+		raw, err := e.rdb.Get(e.ctx, key).Result()
+		if errors.Is(err, redis.Nil) {
+			return
+		}
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		checked++
+		got := reflect.New(reflect.TypeOf(want)).Interface()
+		if err := json.Unmarshal([]byte(raw), got); err != nil {
+			mismatches = append(mismatches, fmt.Sprintf("%s: %q does not decode: %v", key, raw, err))
+			return
+		}
+		if g := reflect.ValueOf(got).Elem().Interface(); !reflect.DeepEqual(g, want) {
+			mismatches = append(mismatches, fmt.Sprintf("%s: cached %s, PostgreSQL has %+v", key, raw, want))
+		}
+	}
+	for id := int64(1); id <= caUsers; id++ {
+		u, err := a.loadUser(e.ctx, id)
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		compare(fmt.Sprintf("user:%d", id), u)
+	}
+	for org := range int64(caOrgs) {
+		names, err := a.loadOrg(e.ctx, org)
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		compare(fmt.Sprintf("orgpage:%d", org), names)
+	}
+	for cust := range int64(caCustomers) {
+		ns := fmt.Sprintf("orders:customer:%d", cust)
+		v, err := e.rdb.Get(e.ctx, keyspace.VersionKey(ns)).Int64()
+		if err != nil && !errors.Is(err, redis.Nil) {
+			e.t.Fatal(err)
+		}
+		orders, err := a.loadOrders(e.ctx, cust)
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		compare(keyspace.VersionedKey(ns, v, "list"), orders)
+	}
+	return mismatches, checked
+}
