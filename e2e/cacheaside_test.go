@@ -14,6 +14,8 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"reflect"
 	"strconv"
 	"strings"
@@ -306,4 +308,23 @@ func (e *env) cacheasideMismatches(a *caApp) (mismatches []string, checked int) 
 		compare(keyspace.VersionedKey(ns, v, "list"), orders)
 	}
 	return mismatches, checked
+}
+
+// TestExampleProgram runs examples/cacheaside against a streaming daemon: the
+// example exits 1 unless every step it narrates happened.
+func TestExampleProgram(t *testing.T) {
+	e := setup(t, schema, rules)
+	bin := filepath.Join(t.TempDir(), "example")
+	if out, err := exec.Command("go", "build", "-o", bin, "../examples/cacheaside").CombinedOutput(); err != nil {
+		t.Fatalf("go build examples/cacheaside: %v\n%s", err, out)
+	}
+	d := e.start()
+	e.waitStreaming(d)
+	cmd := exec.Command(bin)
+	cmd.Env = append(os.Environ(), "DATABASE_URL="+e.dbURL, "REDIS_URL="+e.redis.URL())
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "example passed") {
+		t.Fatalf("examples/cacheaside: %v\n%s\ndaemon log:\n%s", err, out, d.log.String())
+	}
+	t.Logf("examples/cacheaside:\n%s", out)
 }

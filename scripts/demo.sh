@@ -128,6 +128,7 @@ say "PostgreSQL $(postgres_major "$pg_bin/postgres") in $pg_bin, $("$redis_serve
 
 header "Building bin/cachesync"
 go build -o bin/cachesync ./cmd/cachesync || die "go build failed"
+go build -o bin/cacheaside-example ./examples/cacheaside || die "go build of examples/cacheaside failed"
 cachesync=$PWD/bin/cachesync
 say "built $cachesync"
 
@@ -451,6 +452,18 @@ commit "TRUNCATE users"
 expect_deleted user:1 user:2 user:email:bob@example.com tag:org:8 page:org:8:members tag:org:9 page:org:9:home
 expect_kept session:abc orders:customer:6:v1:recent version:orders:customer:6
 settle
+
+# --- the read side ----------------------------------------------------------------------
+
+header "The read side: examples/cacheaside reads through cacheaside.GetOrLoad while cachesync runs"
+say "    The application fills user:100 (tagged org:42) and its customer's order list in the"
+say "    version namespace orders:customer:77; writers change the rows; cachesync invalidates."
+if bin/cacheaside-example 2>&1 | sed "s/^/    ${dim}example │${reset} /"; [[ ${PIPESTATUS[0]} -eq 0 ]]; then
+	ok "examples/cacheaside: loads, hits, invalidation and version bump as described"
+else
+	bad "examples/cacheaside failed"
+fi
+show_log
 
 # --- stop, status, teardown -----------------------------------------------------------
 
