@@ -52,6 +52,36 @@ func Redis(t testing.TB) *RedisServer {
 	return StartRedis(t)
 }
 
+var sharedRedis struct {
+	once   sync.Once
+	server *RedisServer
+	err    error
+}
+
+// SharedRedis returns one Redis server for the whole test process, for code
+// that has no testing.TB, such as runnable examples: REDIS_URL's server when
+// it is set, else a private redis-server started on first use and stopped by
+// Main. Its keys are shared: use names of your own.
+func SharedRedis() (*RedisServer, error) {
+	sharedRedis.once.Do(func() {
+		if rawURL := os.Getenv("REDIS_URL"); rawURL != "" {
+			opts, err := redis.ParseURL(rawURL)
+			if err != nil {
+				sharedRedis.err = fmt.Errorf("testenv: REDIS_URL: %w", err)
+				return
+			}
+			sharedRedis.server = &RedisServer{url: rawURL, addr: opts.Addr, external: true}
+			return
+		}
+		if !mainActive.Load() {
+			sharedRedis.err = errors.New("testenv: SharedRedis needs TestMain to call testenv.Main, which stops the server")
+			return
+		}
+		sharedRedis.server, sharedRedis.err = startRedis()
+	})
+	return sharedRedis.server, sharedRedis.err
+}
+
 // StartRedis always starts a private redis-server for this test and stops it at cleanup.
 func StartRedis(t testing.TB) *RedisServer {
 	t.Helper()
