@@ -38,6 +38,9 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	defer os.RemoveAll(dir)
+	// Parallel daemons: each serves its endpoints on a port of its own
+	// (the log line "serving ..." names it).
+	os.Setenv("CACHESYNC_LISTEN", "127.0.0.1:0")
 	testenv.Main(m)
 }
 

@@ -61,7 +61,6 @@ const (
 // before it drops the flushed keys, which refuses every fill in flight.
 const FencePattern = fencePrefix + "*"
 
-
 // TagKey returns the name of the Redis SET that holds the keys registered
 // under tag.
 func TagKey(tag string) string { return tagPrefix + tag }

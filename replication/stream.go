@@ -72,12 +72,14 @@ type Stream struct {
 	dec     *Decoder
 	applied atomic.Uint64
 
-	received    wal.LSN
-	lastBarrier wal.LSN
-	lastStatus  time.Time
-	lastFlush   wal.LSN
-	lastMsg     time.Time
-	pinged      bool
+	received wal.LSN
+	// Published for metrics: the received position and the server's WAL end.
+	pubReceived, pubServerEnd atomic.Uint64
+	lastBarrier               wal.LSN
+	lastStatus                time.Time
+	lastFlush                 wal.LSN
+	lastMsg                   time.Time
+	pinged                    bool
 }
 
 // NewStream prepares a stream on an open replication connection.
@@ -102,6 +104,12 @@ func (s *Stream) Confirm(lsn wal.LSN) {
 // Applied returns the highest confirmed position.
 func (s *Stream) Applied() wal.LSN { return wal.LSN(s.applied.Load()) }
 
+// Positions returns the WAL position received so far and the server's WAL
+// end as last reported (0 until known). Safe from any goroutine.
+func (s *Stream) Positions() (received, serverEnd wal.LSN) {
+	return wal.LSN(s.pubReceived.Load()), wal.LSN(s.pubServerEnd.Load())
+}
+
 // PluginArgs are the pgoutput options: protocol 1 (whole transactions after
 // commit, no streaming of in-progress ones), text values, our messages.
 func PluginArgs(publication string) []string {
@@ -118,6 +126,7 @@ func PluginArgs(publication string) []string {
 func (s *Stream) Run(ctx context.Context, start wal.LSN, events chan<- Event) error {
 	s.Confirm(start)
 	s.received = start
+	s.pubReceived.Store(uint64(start))
 	s.lastFlush = start
 	err := pglogrepl.StartReplication(ctx, s.conn, s.opts.Slot, pglogrepl.LSN(start),
 		pglogrepl.StartReplicationOptions{PluginArgs: PluginArgs(s.opts.Publication)})
@@ -196,6 +205,7 @@ func (s *Stream) handleCopyData(ctx context.Context, data []byte, events chan<- 
 			return fmt.Errorf("%w: keepalive: %v", ErrProtocol, err)
 		}
 		end := wal.LSN(ka.ServerWALEnd)
+		s.pubServerEnd.Store(uint64(end))
 		// Idle advancement: nothing before end is still to come, so once
 		// everything already received is applied, end may be confirmed.
 		// Only between transactions, and only through the ordered pipeline.
@@ -216,7 +226,9 @@ func (s *Stream) handleCopyData(ctx context.Context, data []byte, events chan<- 
 		}
 		if l := wal.LSN(xld.WALStart); l > s.received {
 			s.received = l
+			s.pubReceived.Store(uint64(l))
 		}
+		s.pubServerEnd.Store(uint64(xld.ServerWALEnd))
 		return s.dec.Decode(xld.WALData, func(ev Event) error { return s.emit(ctx, events, ev) })
 	}
 	return fmt.Errorf("%w: unknown CopyData message %q", ErrProtocol, data[0])

@@ -134,7 +134,7 @@ func (b *bench) cachesyncCmd(sub, rules, dataDir, db string, extra ...string) *e
 	args := append([]string{sub, "--config", rules, "--database-url", b.srv.pgURL(db),
 		"--redis-url", b.srv.redisURL}, extra...)
 	cmd := exec.Command(b.cachesync, args...)
-	cmd.Env = append(os.Environ(), "CACHESYNC_DATA_DIR="+dataDir, "CACHESYNC_HEARTBEAT_INTERVAL=0",
+	cmd.Env = append(os.Environ(), "CACHESYNC_DATA_DIR="+dataDir, "CACHESYNC_HEARTBEAT_INTERVAL=0", "CACHESYNC_LISTEN=127.0.0.1:0",
 		"CACHESYNC_FAILPOINT=")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	return cmd

@@ -20,6 +20,7 @@ import (
 
 	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/internal/daemon"
+	"github.com/cachesync/cachesync/internal/metrics"
 	"github.com/cachesync/cachesync/journal"
 	"github.com/cachesync/cachesync/mapping"
 	"github.com/cachesync/cachesync/replication"
@@ -161,8 +162,13 @@ func (e *env) stack(c *cli.Context, withJournal bool) (*stack, error) {
 	return s, nil
 }
 
-func (e *env) daemon(c *cli.Context, s *stack, dryRun bool) (*daemon.Daemon, error) {
+// defaultListen keeps the metrics, health and pprof endpoints on loopback
+// unless asked otherwise.
+const defaultListen = "127.0.0.1:9716"
+
+func (e *env) daemon(c *cli.Context, s *stack, dryRun bool, m *metrics.Metrics) (*daemon.Daemon, error) {
 	opts := daemon.Options{
+		Metrics:           m,
 		Config:            e.cfg,
 		DatabaseURL:       e.dbURL,
 		DryRun:            dryRun,
@@ -206,6 +212,7 @@ func runCommand() *cli.Command {
 			&cli.DurationFlag{Name: "status-interval", Value: 10 * time.Second, EnvVars: []string{"CACHESYNC_STATUS_INTERVAL"}, Usage: "longest time between standby status updates"},
 			&cli.DurationFlag{Name: "heartbeat-interval", Value: 10 * time.Second, EnvVars: []string{"CACHESYNC_HEARTBEAT_INTERVAL"}, Usage: "how often to write a heartbeat message into the WAL (0: never); keeps the slot moving on an idle database"},
 			&cli.DurationFlag{Name: "drain-timeout", Value: 10 * time.Second, EnvVars: []string{"CACHESYNC_DRAIN_TIMEOUT"}, Usage: "on SIGTERM, how long to keep applying what was received"},
+			&cli.StringFlag{Name: "listen", Value: defaultListen, EnvVars: []string{"CACHESYNC_LISTEN"}, Usage: "serve /metrics, /healthz, /readyz and /debug/pprof/ on this address (loopback by default; \"\" turns it off)"},
 		)...),
 		Action: func(c *cli.Context) error {
 			e, err := setupEnv(c, true)
@@ -219,12 +226,28 @@ func runCommand() *cli.Command {
 				}
 			}
 			defer s.close()
-			d, err := e.daemon(c, s, c.Bool("dry-run"))
+			m := metrics.New()
+			redisUp := func() bool { return true }
+			if s.writer != nil {
+				m.Registry().MustRegister(metrics.WriterCollector(s.writer.Stats))
+				redisUp = func() bool { return !s.writer.Stats().Failing }
+			}
+			d, err := e.daemon(c, s, c.Bool("dry-run"), m)
 			if err != nil {
 				return err
 			}
+			ctx, stop := context.WithCancel(c.Context)
+			defer stop()
+			if addr := c.String("listen"); addr != "" {
+				served, err := metrics.Serve(ctx, addr, m.Handler(redisUp), e.log)
+				if err != nil {
+					return &exitError{code: 1, msg: "cachesync run: " + err.Error()}
+				}
+				defer served()
+				defer stop()
+			}
 			e.log.Info().Str("config", e.cfg.Filename).Int("rules", len(e.cfg.Rules)).Str("slot", e.cfg.Postgres.Slot).Msg("starting")
-			if err := d.Run(c.Context); err != nil {
+			if err := d.Run(ctx); err != nil {
 				return &exitError{code: 1, msg: "cachesync run: " + err.Error()}
 			}
 			return nil
@@ -318,7 +341,7 @@ func setupCommand() *cli.Command {
 				return err
 			}
 			defer s.close()
-			d, err := e.daemon(c, s, false)
+			d, err := e.daemon(c, s, false, nil)
 			if err != nil {
 				return err
 			}

@@ -23,6 +23,7 @@ import (
 	"golang.org/x/sync/semaphore"
 
 	"github.com/cachesync/cachesync/config"
+	"github.com/cachesync/cachesync/internal/metrics"
 	"github.com/cachesync/cachesync/journal"
 	"github.com/cachesync/cachesync/mapping"
 	"github.com/cachesync/cachesync/replication"
@@ -45,6 +46,7 @@ type Journal interface {
 	Reset(lsn wal.LSN) error
 	State() (journal.State, bool)
 	SaveState(journal.State) error
+	Range() journal.Range
 }
 
 // Options configure a Daemon.
@@ -83,7 +85,10 @@ type Options struct {
 	// FormatDiagnostics renders preflight findings (with source lines when
 	// the parser's files are at hand).
 	FormatDiagnostics func(hcl.Diagnostics) string
-	Logger            zerolog.Logger
+	// Metrics receive the pipeline's figures and state (default: a fresh
+	// set nobody scrapes).
+	Metrics *metrics.Metrics
+	Logger  zerolog.Logger
 }
 
 // Daemon runs the pipeline, reconnecting after failures.
@@ -100,8 +105,7 @@ type Daemon struct {
 	opsBudget *semaphore.Weighted
 	// journalQ feeds the journal stage of the running session's pipeline.
 	journalQ chan<- journalItem
-	// counters for logs and, later, metrics
-	cacheResets, flushes uint64
+	metrics  *metrics.Metrics
 	// passive is set while another instance holds the slot.
 	passive bool
 }
@@ -135,6 +139,9 @@ func New(opts Options) (*Daemon, error) {
 	if opts.CacheCheckInterval <= 0 {
 		opts.CacheCheckInterval = time.Second
 	}
+	if opts.Metrics == nil {
+		opts.Metrics = metrics.New()
+	}
 	if !opts.DryRun && (opts.Journal == nil || opts.Cache == nil) {
 		return nil, errors.New("daemon: a journal and a cache state are required unless dry running")
 	}
@@ -142,12 +149,13 @@ func New(opts Options) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Daemon{opts: opts, mapper: m, log: opts.Logger}, nil
+	return &Daemon{opts: opts, mapper: m, log: opts.Logger, metrics: opts.Metrics}, nil
 }
 
 // Run prepares the database (preflight, publication) and streams until ctx is
 // done, then drains, confirms the last applied position and returns nil.
 func (d *Daemon) Run(ctx context.Context) error {
+	defer d.metrics.SetState(metrics.StateStopped, "")
 	if err := d.prepare(ctx); err != nil {
 		if ctx.Err() != nil {
 			return nil // stopped while waiting for the database
@@ -169,7 +177,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 			// Retry often, never terminate the holder.
 			if !d.passive {
 				d.passive = true
-				d.log.Info().Str("slot", d.opts.Config.Postgres.Slot).Msg("another instance holds the slot; standing by as passive")
+				d.metrics.SetState(metrics.StateStandby, "")
+				d.log.Info().Str("slot", d.opts.Config.Postgres.Slot).Str("role", "standby").Msg("another instance holds the slot; standing by as passive")
 			}
 			wait := d.opts.StandbyRetry/2 + rand.N(d.opts.StandbyRetry+1)
 			select {
@@ -183,6 +192,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 			backoff = time.Second
 		}
 		wait := backoff/2 + rand.N(backoff/2+1)
+		d.metrics.Reconnects.Inc()
+		d.metrics.SetState(metrics.StateReconnecting, err.Error())
 		d.log.Warn().Err(err).Dur("retry_in", wait).Msg("replication session ended; reconnecting")
 		select {
 		case <-ctx.Done():
@@ -293,6 +304,13 @@ func (d *Daemon) session(ctx context.Context) error {
 		MessagePrefix: "cachesync", Logger: d.log,
 	})
 	d.mapper.Abandon()
+	d.metrics.ForgetRelations()
+	if d.passive {
+		d.passive = false
+		d.log.Info().Str("slot", slot).Str("role", "active").Msg("the slot is free: this instance takes over as the active one")
+	}
+	d.metrics.Positions(stream.Positions)
+	d.metrics.SetState(metrics.StateStreaming, "")
 	err = d.pipeline(ctx, stream, start, conn)
 	if ctx.Err() != nil {
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
@@ -361,8 +379,8 @@ func (d *Daemon) pipeline(ctx context.Context, stream *replication.Stream, start
 	g.Go(func() error {
 		return d.journalGroups(gctx, applied, stream)
 	})
-	if d.opts.HeartbeatInterval > 0 && !d.opts.DryRun {
-		g.Go(func() error { return d.heartbeat(readCtx, conn) })
+	if !d.opts.DryRun {
+		g.Go(func() error { return d.monitor(readCtx, conn) })
 	}
 	err := g.Wait()
 	if ctx.Err() != nil && errors.Is(err, context.Canceled) {
@@ -372,33 +390,79 @@ func (d *Daemon) pipeline(ctx context.Context, stream *replication.Stream, start
 	return err
 }
 
-// heartbeat writes a transactional logical message on our prefix every
-// HeartbeatInterval. It travels the whole pipeline like any transaction, so
-// the slot keeps moving even when no published table changes, and its commit
-// time measures end-to-end lag. A failed heartbeat ends the session: the
-// catalog connection is gone.
-func (d *Daemon) heartbeat(ctx context.Context, conn *pgx.Conn) error {
-	t := time.NewTicker(d.opts.HeartbeatInterval)
-	defer t.Stop()
-	for {
+// monitor owns the session's catalog connection while streaming: it writes
+// a heartbeat every HeartbeatInterval (if set), and every StatusInterval
+// reads the slot's retained WAL and the journal's size for the metrics.
+//
+// A heartbeat is a transactional logical message on our prefix. It travels
+// the whole pipeline like any transaction, so the slot keeps moving even when
+// no published table changes, and its round trip is measured when it comes
+// back. A failed query ends the session: the catalog connection is gone.
+func (d *Daemon) monitor(ctx context.Context, conn *pgx.Conn) error {
+	var beat <-chan time.Time
+	if d.opts.HeartbeatInterval > 0 {
+		t := time.NewTicker(d.opts.HeartbeatInterval)
+		defer t.Stop()
+		beat = t.C
+	}
+	stats := time.NewTicker(d.opts.StatusInterval)
+	defer stats.Stop()
+	err := d.observe(ctx, conn)
+	for err == nil {
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-t.C:
-		}
-		_, err := conn.Exec(ctx, "SELECT pg_logical_emit_message(true, $1, $2)", heartbeatPrefix, time.Now().UTC().Format(time.RFC3339Nano))
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
+		case <-beat:
+			if _, err = conn.Exec(ctx, "SELECT pg_logical_emit_message(true, $1, $2)", heartbeatPrefix, time.Now().UTC().Format(time.RFC3339Nano)); err != nil {
+				err = fmt.Errorf("heartbeat: %w", err)
 			}
-			return fmt.Errorf("heartbeat: %w", err)
+		case <-stats.C:
+			err = d.observe(ctx, conn)
 		}
-		d.log.Debug().Msg("heartbeat written")
 	}
+	if ctx.Err() != nil {
+		return nil
+	}
+	return err
+}
+
+// observe reads the figures that come from outside the pipeline.
+func (d *Daemon) observe(ctx context.Context, conn *pgx.Conn) error {
+	r := d.opts.Journal.Range()
+	d.metrics.JournalBytes.Set(float64(r.Bytes))
+	d.metrics.JournalSegments.Set(float64(r.Segments))
+	var retained *int64
+	var status *string
+	err := conn.QueryRow(ctx, `SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint, wal_status
+		FROM pg_replication_slots WHERE slot_name = $1`, d.opts.Config.Postgres.Slot).Scan(&retained, &status)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil // dropped under us: the stream fails and says so
+	}
+	if err != nil {
+		return fmt.Errorf("read the slot's retained WAL: %w", err)
+	}
+	if retained != nil {
+		d.metrics.SlotRetained.Set(float64(*retained))
+	}
+	if status != nil {
+		d.metrics.SlotWALStatus(*status)
+	}
+	return nil
 }
 
 // heartbeatPrefix is the logical message prefix of heartbeats.
 const heartbeatPrefix = "cachesync.heartbeat"
+
+// heartbeatReceived measures a heartbeat's round trip: written by monitor,
+// back through the replication stream.
+func (d *Daemon) heartbeatReceived(m wal.Message) {
+	if m.Prefix != heartbeatPrefix {
+		return
+	}
+	if at, err := time.Parse(time.RFC3339Nano, string(m.Content)); err == nil {
+		d.metrics.HeartbeatRTT.Set(time.Since(at).Seconds())
+	}
+}
 
 func (d *Daemon) mapEvents(ctx context.Context, events <-chan replication.Event, batches chan<- mapping.Batch) error {
 	send := func(b mapping.Batch) error {
@@ -415,19 +479,28 @@ func (d *Daemon) mapEvents(ctx context.Context, events <-chan replication.Event,
 			return ctx.Err()
 		}
 	}
+	lastStats := time.Now()
+	defer func() { d.metrics.MapperStats(d.mapper.Stats()) }()
 	for ev := range events {
 		var err error
 		switch ev.Kind {
 		case replication.EventBegin:
 			err = d.mapper.Begin(ev.Begin)
 		case replication.EventChange:
+			d.metrics.Change(ev.Change.Relation, ev.Change.Kind)
 			err = d.mapper.Change(ev.Change)
 		case replication.EventMessage:
+			d.heartbeatReceived(ev.Message)
 			err = d.mapper.Message(ev.Message)
 		case replication.EventCommit:
+			d.metrics.Transactions.Inc()
 			var b mapping.Batch
 			if b, err = d.mapper.Commit(ev.Commit); err == nil {
 				err = send(b)
+			}
+			if now := time.Now(); now.Sub(lastStats) >= time.Second {
+				lastStats = now
+				d.metrics.MapperStats(d.mapper.Stats())
 			}
 		case replication.EventBarrier:
 			err = send(mapping.Batch{EndLSN: ev.Barrier})
@@ -504,13 +577,28 @@ func (d *Daemon) commitGroup(ctx context.Context, group []mapping.Batch, ops int
 	}
 	if ops > 0 {
 		d.failpoint("before-apply")
+		d.noteFlushes(group)
+		began := time.Now()
 		if err := d.opts.Applier.Apply(ctx, group); err != nil {
 			return err
 		}
+		d.metrics.ApplySeconds.Observe(time.Since(began).Seconds())
 	}
+	d.metrics.GroupTransactions.Observe(float64(len(group)))
+	d.metrics.GroupOperations.Observe(float64(ops))
 	if err := d.advance(ctx, end); err != nil {
 		return err
 	}
+	var oldest, newest time.Time
+	for _, b := range group {
+		if !b.CommitTime.IsZero() {
+			if oldest.IsZero() {
+				oldest = b.CommitTime
+			}
+			newest = b.CommitTime
+		}
+	}
+	d.metrics.Applied(end, oldest, newest, time.Now())
 	if ops > 0 {
 		d.failpoint("after-apply")
 	}
@@ -521,6 +609,19 @@ func (d *Daemon) commitGroup(ctx context.Context, group []mapping.Batch, ops int
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
+	}
+}
+
+// noteFlushes logs and counts the key-space flushes of a group (truncate,
+// key cap, values not sent): one line per flush, never per row.
+func (d *Daemon) noteFlushes(group []mapping.Batch) {
+	for _, b := range group {
+		for i := range b.Ops {
+			if op := &b.Ops[i]; op.Kind == mapping.OpFlush {
+				d.metrics.Flush(op.Rule, op.Reason)
+				d.log.Info().Str("rule", op.Rule).Str("reason", op.Reason).Uint32("xid", b.XID).Stringer("commit_lsn", b.CommitLSN).Msg("flushing key space")
+			}
+		}
 	}
 }
 
@@ -558,7 +659,9 @@ func (d *Daemon) journalGroups(ctx context.Context, items <-chan journalItem, st
 				d.failpoint("after-journal")
 			}
 			d.logApplied(pending)
-			stream.Confirm(pending[len(pending)-1].EndLSN)
+			confirmed := pending[len(pending)-1].EndLSN
+			stream.Confirm(confirmed)
+			d.metrics.ConfirmedLSN.Set(float64(confirmed))
 		}
 		for _, w := range waiting {
 			close(w)

@@ -232,7 +232,7 @@ func (d *Daemon) verifyCache(ctx context.Context) error {
 // cacheReset heals a cache that lost applied effects: its position is cur
 // (absent when !curOK) instead of d.mark.
 func (d *Daemon) cacheReset(ctx context.Context, cur wal.LSN, curOK bool) error {
-	d.cacheResets++
+	d.metrics.CacheResets.Inc()
 	if !curOK {
 		d.log.Error().Stringer("expected", d.mark).Msg("REDIS RESET: the cache lost its applied position (restarted without persistence, or emptied); flushing every rule's key space")
 		if err := d.flush(ctx, d.mapper.FlushAll(mapping.ReasonCacheReset)); err != nil {
@@ -310,8 +310,8 @@ func (d *Daemon) flush(ctx context.Context, ops []mapping.Op) error {
 		return nil
 	}
 	for _, op := range ops {
+		d.metrics.Flush(op.Rule, op.Reason)
 		d.log.Info().Str("rule", op.Rule).Str("reason", op.Reason).Msg("flushing key space")
 	}
-	d.flushes += uint64(len(ops))
 	return d.opts.Applier.Apply(ctx, []mapping.Batch{{Ops: ops}})
 }
