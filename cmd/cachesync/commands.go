@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -55,13 +57,19 @@ func loadConfig(c *cli.Context) (*config.Config, *config.Parser, error) {
 }
 
 func databaseURL(c *cli.Context, cfg *config.Config) (string, error) {
-	if u := c.String("database-url"); u != "" {
-		return u, nil
+	u := c.String("database-url")
+	if u == "" {
+		u = cfg.Postgres.URL
 	}
-	if cfg.Postgres.URL != "" {
-		return cfg.Postgres.URL, nil
+	if u == "" {
+		return "", &exitError{code: 1, msg: "no PostgreSQL URL: set postgres { url = ... } in the rules file, --database-url or DATABASE_URL"}
 	}
-	return "", &exitError{code: 1, msg: "no PostgreSQL URL: set postgres { url = ... } in the rules file, --database-url or DATABASE_URL"}
+	// A URL that does not parse never will: fail now rather than retry.
+	// pgx's message masks the password.
+	if _, err := pgx.ParseConfig(u); err != nil {
+		return "", &exitError{code: 1, msg: "invalid PostgreSQL URL: " + err.Error()}
+	}
+	return u, nil
 }
 
 func redisClient(c *cli.Context, cfg *config.Config) (*redis.Client, error) {
@@ -77,7 +85,45 @@ func redisClient(c *cli.Context, cfg *config.Config) (*redis.Client, error) {
 		// The URL may hold a password: name the problem, not the URL.
 		return nil, &exitError{code: 1, msg: "invalid Redis URL: use redis://[user:password@]host:port/db or rediss:// for TLS"}
 	}
+	if err := redisTLS(c, opts); err != nil {
+		return nil, &exitError{code: 1, msg: err.Error()}
+	}
 	return redis.NewClient(opts), nil
+}
+
+// redisTLS applies --redis-ca-file, --redis-cert-file and --redis-key-file
+// to a rediss:// client.
+func redisTLS(c *cli.Context, opts *redis.Options) error {
+	ca, cert, key := c.String("redis-ca-file"), c.String("redis-cert-file"), c.String("redis-key-file")
+	if ca == "" && cert == "" && key == "" {
+		return nil
+	}
+	if opts.TLSConfig == nil {
+		return errors.New("--redis-ca-file, --redis-cert-file and --redis-key-file need a rediss:// URL (TLS)")
+	}
+	opts.TLSConfig.MinVersion = tls.VersionTLS12
+	if ca != "" {
+		pem, err := os.ReadFile(ca)
+		if err != nil {
+			return fmt.Errorf("--redis-ca-file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return fmt.Errorf("--redis-ca-file %s: no PEM certificate in it", ca)
+		}
+		opts.TLSConfig.RootCAs = pool
+	}
+	if (cert == "") != (key == "") {
+		return errors.New("--redis-cert-file and --redis-key-file go together")
+	}
+	if cert != "" {
+		pair, err := tls.LoadX509KeyPair(cert, key)
+		if err != nil {
+			return fmt.Errorf("--redis-cert-file/--redis-key-file: %w", err)
+		}
+		opts.TLSConfig.Certificates = []tls.Certificate{pair}
+	}
+	return nil
 }
 
 // connectPG opens a normal (catalog) connection; a failure is an exit error.
@@ -358,7 +404,7 @@ func statusCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "status",
 		Usage: "show the slot: confirmed LSN, lag, retained WAL, activity",
-		Flags: flags(databaseURLFlag(), dataDirFlag(), &cli.BoolFlag{Name: "json", Usage: "print JSON"},
+		Flags: flags(databaseURLFlag(), redisURLFlag(), dataDirFlag(), &cli.BoolFlag{Name: "json", Usage: "print JSON"},
 			&cli.Int64Flag{Name: "warn-retained-bytes", Value: 1 << 30, EnvVars: []string{"CACHESYNC_WARN_RETAINED_BYTES"}, Usage: "warn when the slot retains more WAL than this"}),
 		Action: func(c *cli.Context) error {
 			e, err := setupEnv(c, true)
@@ -382,12 +428,44 @@ func statusCommand() *cli.Command {
 			if r, err := journal.Inspect(journalDir(c, e.cfg)); err == nil {
 				jr = &r
 			}
-			return printStatus(c.App.Writer, c.Bool("json"), e.cfg, slot, pub, jr, c.Int64("warn-retained-bytes"))
+			cache := cacheStatus(c, e.cfg)
+			return printStatus(c.App.Writer, c.Bool("json"), e.cfg, slot, pub, jr, cache, c.Int64("warn-retained-bytes"))
 		},
 	}
 }
 
+// cacheReport is what the cache says: the position its effects are applied
+// to (the daemon's marker).
+type cacheReport struct {
+	AppliedLSN *wal.LSN `json:"applied_lsn,omitempty"`
+	Error      string   `json:"error,omitempty"`
+}
+
+// cacheStatus reads the applied position from Redis, if one is configured;
+// a status never fails because Redis does.
+func cacheStatus(c *cli.Context, cfg *config.Config) *cacheReport {
+	if c.String("redis-url") == "" && cfg.Redis.URL == "" {
+		return nil
+	}
+	rc, err := redisClient(c, cfg)
+	if err != nil {
+		return &cacheReport{Error: err.Error()}
+	}
+	defer rc.Close()
+	ctx, cancel := context.WithTimeout(c.Context, 5*time.Second)
+	defer cancel()
+	lsn, ok, err := daemon.RedisCacheState{Client: rc}.Applied(ctx, cfg.Postgres.Slot)
+	switch {
+	case err != nil:
+		return &cacheReport{Error: "Redis: " + err.Error()}
+	case !ok:
+		return &cacheReport{Error: "no applied position (a new or emptied Redis: the next run flushes every key space)"}
+	}
+	return &cacheReport{AppliedLSN: &lsn}
+}
+
 type statusReport struct {
+	Cache       *cacheReport          `json:"cache,omitempty"`
 	Slot        string                `json:"slot"`
 	Exists      bool                  `json:"exists"`
 	Info        *replication.SlotInfo `json:"info,omitempty"`
@@ -398,8 +476,8 @@ type statusReport struct {
 	Rules       int                   `json:"rules"`
 }
 
-func printStatus(w io.Writer, asJSON bool, cfg *config.Config, slot *replication.SlotInfo, pub *replication.Publication, jr *journal.Range, warnRetained int64) error {
-	r := statusReport{Slot: cfg.Postgres.Slot, Exists: slot != nil, Info: slot, Publication: cfg.Postgres.Publication, Rules: len(cfg.Rules), Journal: jr}
+func printStatus(w io.Writer, asJSON bool, cfg *config.Config, slot *replication.SlotInfo, pub *replication.Publication, jr *journal.Range, cache *cacheReport, warnRetained int64) error {
+	r := statusReport{Slot: cfg.Postgres.Slot, Exists: slot != nil, Info: slot, Publication: cfg.Postgres.Publication, Rules: len(cfg.Rules), Journal: jr, Cache: cache}
 	if slot != nil {
 		if slot.RetainedBytes > warnRetained {
 			r.Warnings = append(r.Warnings, fmt.Sprintf("the slot retains %s of WAL (over %s): is cachesync running and keeping up? Set max_slot_wal_keep_size so a stalled slot cannot fill the disk", bytesString(slot.RetainedBytes), bytesString(warnRetained)))
@@ -425,11 +503,19 @@ func printStatus(w io.Writer, asJSON bool, cfg *config.Config, slot *replication
 		if slot.Active {
 			state = "active"
 			if slot.ActivePID != nil {
-				state = fmt.Sprintf("active (pid %d)", *slot.ActivePID)
+				state = fmt.Sprintf("active (walsender pid %d)", *slot.ActivePID)
 			}
 		}
 		fmt.Fprintf(tw, "state\t%s\n", state)
 		fmt.Fprintf(tw, "confirmed LSN\t%s\n", slot.ConfirmedFlushLSN)
+		switch {
+		case cache == nil:
+			fmt.Fprintf(tw, "applied LSN\t(no Redis URL given)\n")
+		case cache.AppliedLSN != nil:
+			fmt.Fprintf(tw, "applied LSN\t%s (in Redis; ahead of confirmed while the journal catches up)\n", *cache.AppliedLSN)
+		default:
+			fmt.Fprintf(tw, "applied LSN\tunknown: %s\n", cache.Error)
+		}
 		fmt.Fprintf(tw, "current WAL LSN\t%s\n", slot.CurrentLSN)
 		fmt.Fprintf(tw, "lag\t%s\n", bytesString(slot.LagBytes))
 		fmt.Fprintf(tw, "retained WAL\t%s (restart LSN %s)\n", bytesString(slot.RetainedBytes), slot.RestartLSN)

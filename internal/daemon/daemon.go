@@ -415,6 +415,8 @@ func (d *Daemon) monitor(ctx context.Context, conn *pgx.Conn) error {
 		case <-beat:
 			if _, err = conn.Exec(ctx, "SELECT pg_logical_emit_message(true, $1, $2)", heartbeatPrefix, time.Now().UTC().Format(time.RFC3339Nano)); err != nil {
 				err = fmt.Errorf("heartbeat: %w", err)
+			} else {
+				d.log.Debug().Msg("heartbeat written")
 			}
 		case <-stats.C:
 			err = d.observe(ctx, conn)

@@ -47,6 +47,10 @@ type PostgresOptions struct {
 	// Settings are extra postgresql.conf settings, e.g. "wal_sender_timeout": "10s".
 	// They override testenv's defaults.
 	Settings map[string]string
+	// Files are written into the data directory before the server starts,
+	// mode 0600 and owned by the server's OS user: e.g. server.crt and
+	// server.key for ssl=on (relative ssl_*_file settings name them).
+	Files map[string][]byte
 }
 
 // Postgres is a private PostgreSQL server on a loopback port, run from a temporary data
@@ -195,6 +199,15 @@ func startPostgres(opts PostgresOptions, logf func(format string, args ...any)) 
 	initDuration := time.Since(began)
 	if err := p.trustLoopback(); err != nil {
 		return nil, err
+	}
+	for name, content := range opts.Files {
+		path := filepath.Join(p.dataDir, name)
+		if err := os.WriteFile(path, content, 0o600); err != nil {
+			return nil, err
+		}
+		if err := run.chown(path); err != nil {
+			return nil, err
+		}
 	}
 
 	settings := slices.Clone(serverSettings)
