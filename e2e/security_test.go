@@ -227,7 +227,7 @@ rule "user" {
 `), 0o644)
 	dbURLs := []string{
 		"postgres://app:" + pgSecret + "@127.0.0.1:1/db?sslmode=disable&connect_timeout=2", // nothing listens
-		"postgres://app:" + pgSecret + "@127.0.0.1:notaport/db",                              // does not parse
+		"postgres://app:" + pgSecret + "@127.0.0.1:notaport/db",                            // does not parse
 	}
 	redisURLs := []string{
 		"redis://app:" + redisSecret + "@127.0.0.1:1/0",
