@@ -20,6 +20,7 @@ package mapping
 
 import (
 	"fmt"
+	"time"
 
 	"github.com/hashicorp/hcl/v2"
 	"github.com/rs/zerolog"
@@ -80,6 +81,8 @@ type Mapper struct {
 	fast     map[*config.Template]*fastTemplate
 	txn      txnState
 	stats    Stats
+
+	evalLogged map[string]*logGate
 }
 
 type rule struct {
@@ -652,9 +655,36 @@ func (m *Mapper) refresh(r *rule, kind wal.Kind, oldObj, newObj cty.Value) {
 	m.add(r, Op{Kind: OpSet, Key: newKey, Value: []byte(s.AsString()), TTL: rf.TTL, Jitter: rf.Jitter, LSN: lsn, Rule: r.cfg.Name})
 }
 
+// evalError counts a failed evaluation and logs it: once per rule and
+// template per evalLogEvery, with how many were not logged, so that a rule
+// failing on every row does not log every row (the metric counts them all).
 func (m *Mapper) evalError(r *rule, what string, diags hcl.Diagnostics) {
 	m.stats.EvalErrors++
-	m.log.Warn().Str("rule", r.cfg.Name).Str("template", what).Str("error", diags.Error()).Msg("template evaluation failed; acting conservatively")
+	k := r.cfg.Name + "\x00" + what
+	if m.evalLogged == nil {
+		m.evalLogged = map[string]*logGate{}
+	}
+	g := m.evalLogged[k]
+	if g == nil {
+		g = &logGate{}
+		m.evalLogged[k] = g
+	}
+	now := time.Now()
+	if !g.last.IsZero() && now.Sub(g.last) < evalLogEvery {
+		g.suppressed++
+		return
+	}
+	m.log.Warn().Str("rule", r.cfg.Name).Str("template", what).Str("error", diags.Error()).Int("not_logged_since", g.suppressed).
+		Msg("template evaluation failed; acting conservatively")
+	g.last, g.suppressed = now, 0
+}
+
+// evalLogEvery spaces the log lines of one rule's failing template.
+const evalLogEvery = time.Minute
+
+type logGate struct {
+	last       time.Time
+	suppressed int
 }
 
 // add records an operation, deduplicated per rule and key. Set and Unset of
