@@ -53,6 +53,10 @@ func loadConfig(c *cli.Context) (*config.Config, *config.Parser, error) {
 	if diags.HasErrors() {
 		return nil, nil, &exitError{code: 1, msg: strings.TrimRight(p.FormatDiagnostics(diags), "\n")}
 	}
+	if len(diags) > 0 {
+		// Warnings do not stop anything, but they must be seen.
+		fmt.Fprint(c.App.ErrWriter, p.FormatDiagnostics(diags))
+	}
 	return cfg, p, nil
 }
 
@@ -366,7 +370,7 @@ func validateCommand() *cli.Command {
 					return &exitError{code: 1, msg: strings.TrimRight(e.parser.FormatDiagnostics(diags), "\n")}
 				}
 			}
-			fmt.Fprintf(c.App.Writer, "%s: %d rules OK\n", e.cfg.Filename, len(e.cfg.Rules))
+			fmt.Fprintf(c.App.Writer, "%s: %s OK\n", e.cfg.Filename, plural(len(e.cfg.Rules), "rule"))
 			return nil
 		},
 	}
@@ -656,4 +660,12 @@ func teardownCommand() *cli.Command {
 			return nil
 		},
 	}
+}
+
+// plural is "1 rule", "2 rules".
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
 }
