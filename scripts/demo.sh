@@ -225,6 +225,8 @@ export DATABASE_URL="postgres://postgres@127.0.0.1:$pg_port/demo?sslmode=disable
 export REDIS_URL="redis://127.0.0.1:$redis_port/0"
 # The replay journal of this throwaway database lives and dies with the demo.
 export CACHESYNC_DATA_DIR="$work/cachesync-data"
+# The metrics, health and pprof endpoints, on a free loopback port.
+export CACHESYNC_LISTEN=127.0.0.1:0
 say "PostgreSQL: $DATABASE_URL (data in $pgdir)"
 say "Redis:      $REDIS_URL"
 
@@ -464,6 +466,33 @@ else
 	bad "examples/cacheaside failed"
 fi
 show_log
+
+# --- metrics and health -----------------------------------------------------------------
+
+# http_get PATH: a plain HTTP GET against the daemon's listener, with bash alone.
+http_get() {
+	local port=${listen##*:}
+	exec 3<>"/dev/tcp/127.0.0.1/$port" || return 1
+	printf 'GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' "$1" >&3
+	cat <&3
+	exec 3<&-
+}
+listen=$(sed -n 's/.*serving \/metrics.* addr=\([0-9.:]*\).*/\1/p' "$daemon_log" | head -n 1)
+header "Metrics and health on $listen (run --listen; default 127.0.0.1:9716)"
+if [[ -z "$listen" ]]; then
+	bad "the daemon did not log its listen address"
+else
+	ready=$(http_get /readyz | tail -n 1)
+	say "    GET /readyz → $ready"
+	[[ "$ready" == streaming* ]] && ok "/readyz says streaming" || bad "/readyz: $ready"
+	metrics_text=$(http_get /metrics)
+	grep -E '^cachesync_(changes_received_total\{kind="[a-z]+",table="public.users"|redis_operations_total\{kind="(delete|bump_version|set)",result="applied"|keyspace_flushes_total|replication_lag_seconds|confirmed_lsn)' <<<"$metrics_text" | sed "s/^/    ${dim}metrics │${reset} /"
+	if grep -q '^cachesync_keyspace_flushes_total{reason="truncate",rule="user"} 1' <<<"$metrics_text"; then
+		ok "/metrics counts the TRUNCATE's flush of the user rule"
+	else
+		bad "/metrics lacks the user rule's truncate flush"
+	fi
+fi
 
 # --- stop, status, teardown -----------------------------------------------------------
 
