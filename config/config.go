@@ -75,14 +75,45 @@ type Postgres struct {
 
 // Redis is the redis block. Command-line flags override it.
 type Redis struct {
-	// URL may be "": the command line's value (REDIS_URL) then applies.
+	// Mode is how Redis is deployed: standalone (the default), cluster or
+	// sentinel.
+	Mode RedisMode
+	// URL (standalone) may be "": the command line's value (REDIS_URL)
+	// then applies.
 	URL string
+	// Addresses are the cluster's seed nodes (cluster) or the sentinels
+	// (sentinel), as host:port.
+	Addresses []string
+	// MasterName is the name the sentinels monitor the primary under.
+	MasterName string
+	// Username and Password authenticate to the Redis nodes (cluster and
+	// sentinel; a standalone URL carries its own).
+	Username, Password string
+	// SentinelUsername and SentinelPassword authenticate to the sentinels.
+	SentinelUsername, SentinelPassword string
+	// DB is the database number (sentinel; a standalone URL carries its own).
+	DB int
+	// TLS turns TLS on for cluster and sentinel connections (a standalone
+	// URL says rediss://). CAFile, CertFile and KeyFile are PEM files; the
+	// command line's --redis-ca-file and friends override them.
+	TLS                       bool
+	CAFile, CertFile, KeyFile string
 	// OnReset says how to heal a cache that lost applied effects (restarted
 	// without persistence, restored from a backup, failed over).
 	OnReset ResetPolicy
 	// Range is the block header's range; zero when the block is absent.
 	Range hcl.Range
 }
+
+// RedisMode is the value of redis { mode }.
+type RedisMode string
+
+// Redis deployment modes.
+const (
+	RedisStandalone RedisMode = "standalone"
+	RedisCluster    RedisMode = "cluster"
+	RedisSentinel   RedisMode = "sentinel"
+)
 
 // ResetPolicy is the value of redis { on_redis_reset }.
 type ResetPolicy string

@@ -1085,3 +1085,51 @@ func TestOnRedisReset(t *testing.T) {
 		}
 	}
 }
+
+func TestRedisModes(t *testing.T) {
+	t.Parallel()
+	base := "rule \"u\" {\n  table = \"public.users\"\n  invalidate { keys = [\"user:${row.id}\"] }\n}\n"
+	good := []struct {
+		block string
+		check func(config.Redis) bool
+	}{
+		{"redis {\n  url = \"redis://h:6379/0\"\n}\n", func(r config.Redis) bool { return r.Mode == config.RedisStandalone && r.URL != "" }},
+		{"redis {\n  mode = \"cluster\"\n  addresses = [\"10.0.0.1:6379\", \"10.0.0.2:6379\"]\n  password = \"p\"\n  tls = true\n  ca_file = \"/ca.pem\"\n}\n",
+			func(r config.Redis) bool {
+				return r.Mode == config.RedisCluster && len(r.Addresses) == 2 && r.Password == "p" && r.TLS && r.CAFile == "/ca.pem"
+			}},
+		{"redis {\n  mode = \"sentinel\"\n  addresses = [\"s1:26379\"]\n  master_name = \"mymaster\"\n  sentinel_password = \"sp\"\n  db = 2\n}\n",
+			func(r config.Redis) bool {
+				return r.Mode == config.RedisSentinel && r.MasterName == "mymaster" && r.SentinelPassword == "sp" && r.DB == 2
+			}},
+	}
+	for _, tt := range good {
+		cfg, diags := config.Parse([]byte(tt.block+base), "rules.hcl")
+		if diags.HasErrors() {
+			t.Errorf("%q: %s", tt.block, config.FormatDiagnostics(diags, nil))
+			continue
+		}
+		if !tt.check(cfg.Redis) {
+			t.Errorf("%q: decoded %+v", tt.block, cfg.Redis)
+		}
+	}
+	bad := []struct{ block, pos, want string }{
+		{"redis {\n  mode = \"replicated\"\n}\n", "2:10", `mode "replicated" is not a Redis deployment`},
+		{"redis {\n  mode = \"cluster\"\n}\n", "2:10", `mode "cluster" needs addresses`},
+		{"redis {\n  mode = \"cluster\"\n  url = \"redis://h:6379\"\n  addresses = [\"h:1\"]\n}\n", "3:9", "url is for a standalone server"},
+		{"redis {\n  mode = \"sentinel\"\n  addresses = [\"h:26379\"]\n}\n", "2:10", "needs master_name"},
+		{"redis {\n  addresses = [\"h:6379\"]\n}\n", "2:15", "addresses are for cluster and sentinel modes"},
+		{"redis {\n  mode = \"cluster\"\n  addresses = [\"nohost\"]\n}\n", "3:15", `address "nohost" is not host:port`},
+		{"redis {\n  mode = \"cluster\"\n  addresses = \"h:1\"\n}\n", "3:15", "addresses must be a list"},
+		{"redis {\n  mode = \"cluster\"\n  addresses = [\"h:1\"]\n  db = 3\n}\n", "4:8", "a cluster has only database 0"},
+		{"redis {\n  mode = \"cluster\"\n  addresses = [\"h:1\"]\n  master_name = \"m\"\n}\n", "4:17", "master_name is for sentinel mode"},
+		{"redis {\n  tls = \"yes\"\n}\n", "2:9", "tls must be true or false"},
+	}
+	for _, tt := range bad {
+		_, diags := config.Parse([]byte(tt.block+base), "rules.hcl")
+		msg := config.FormatDiagnostics(diags, nil)
+		if !diags.HasErrors() || !strings.Contains(msg, "rules.hcl:"+tt.pos) || !strings.Contains(msg, tt.want) {
+			t.Errorf("%q: want an error at %s containing %q, got:\n%s", tt.block, tt.pos, tt.want, msg)
+		}
+	}
+}

@@ -2,6 +2,8 @@ package config
 
 import (
 	"fmt"
+	"github.com/zclconf/go-cty/cty/gocty"
+	"net"
 	"net/url"
 	"regexp"
 	"strings"
@@ -26,7 +28,12 @@ var (
 		Attributes: []hcl.AttributeSchema{{Name: "url"}, {Name: "slot"}, {Name: "publication"}},
 	}
 	redisSchema = &hcl.BodySchema{
-		Attributes: []hcl.AttributeSchema{{Name: "url"}, {Name: "on_redis_reset"}},
+		Attributes: []hcl.AttributeSchema{
+			{Name: "mode"}, {Name: "url"}, {Name: "addresses"}, {Name: "master_name"},
+			{Name: "username"}, {Name: "password"}, {Name: "sentinel_username"}, {Name: "sentinel_password"},
+			{Name: "db"}, {Name: "tls"}, {Name: "ca_file"}, {Name: "cert_file"}, {Name: "key_file"},
+			{Name: "on_redis_reset"},
+		},
 	}
 	// Required attributes are checked by hand so that the message names the
 	// rule and shows what to write.
@@ -201,6 +208,7 @@ func (p *Parser) decodeRedis(b *hcl.Block, r *Redis) hcl.Diagnostics {
 			}
 		}
 	}
+	diags = append(diags, p.decodeRedisTopology(content, r)...)
 	r.OnReset = ResetReplay
 	if attr, ok := content.Attributes["on_redis_reset"]; ok {
 		s, ds := settingString(attr, p.settingsEvalContext(), "redis")
@@ -220,6 +228,146 @@ func (p *Parser) decodeRedis(b *hcl.Block, r *Redis) hcl.Diagnostics {
 		}
 	}
 	return diags
+}
+
+// decodeRedisTopology reads the mode and what it needs: the addresses of a
+// cluster or of the sentinels, the master name, credentials and TLS.
+func (p *Parser) decodeRedisTopology(content *hcl.BodyContent, r *Redis) hcl.Diagnostics {
+	var diags hcl.Diagnostics
+	ctx := p.settingsEvalContext()
+	str := func(name string, dst *string) *hcl.Attribute {
+		attr, ok := content.Attributes[name]
+		if !ok {
+			return nil
+		}
+		s, ds := settingString(attr, ctx, "redis")
+		diags = append(diags, ds...)
+		*dst = s
+		return attr
+	}
+	var mode string
+	modeAttr := str("mode", &mode)
+	r.Mode = RedisStandalone
+	switch RedisMode(mode) {
+	case "", RedisStandalone:
+	case RedisCluster, RedisSentinel:
+		r.Mode = RedisMode(mode)
+	default:
+		diags = append(diags, &hcl.Diagnostic{
+			Severity: hcl.DiagError,
+			Summary:  fmt.Sprintf("redis: mode %q is not a Redis deployment", mode),
+			Detail:   `write mode = "standalone" (one server, or a replica set behind one address: url), "cluster" (Redis Cluster: addresses of seed nodes) or "sentinel" (addresses of the sentinels and master_name)`,
+			Subject:  modeAttr.Expr.Range().Ptr(),
+		})
+		return diags
+	}
+	str("master_name", &r.MasterName)
+	str("username", &r.Username)
+	str("password", &r.Password)
+	str("sentinel_username", &r.SentinelUsername)
+	str("sentinel_password", &r.SentinelPassword)
+	str("ca_file", &r.CAFile)
+	str("cert_file", &r.CertFile)
+	str("key_file", &r.KeyFile)
+	addrAttr, hasAddrs := content.Attributes["addresses"]
+	if hasAddrs {
+		v, ds := addrAttr.Expr.Value(ctx)
+		diags = append(diags, ds...)
+		if !ds.HasErrors() {
+			addrs, ok := stringList(v)
+			if !ok {
+				diags = append(diags, &hcl.Diagnostic{
+					Severity: hcl.DiagError,
+					Summary:  "redis: addresses must be a list of host:port strings",
+					Detail:   `write addresses = ["10.0.0.1:6379", "10.0.0.2:6379"]`,
+					Subject:  addrAttr.Expr.Range().Ptr(),
+				})
+			}
+			for _, a := range addrs {
+				if _, port, err := net.SplitHostPort(a); err != nil || port == "" {
+					diags = append(diags, &hcl.Diagnostic{
+						Severity: hcl.DiagError,
+						Summary:  fmt.Sprintf("redis: address %q is not host:port", a),
+						Detail:   `write each address as "host:port", e.g. "10.0.0.1:6379"`,
+						Subject:  addrAttr.Expr.Range().Ptr(),
+					})
+				}
+			}
+			r.Addresses = addrs
+		}
+	}
+	if attr, ok := content.Attributes["db"]; ok {
+		v, ds := attr.Expr.Value(ctx)
+		diags = append(diags, ds...)
+		var n int64
+		if !ds.HasErrors() {
+			if v.IsNull() || v.Type() != cty.Number || gocty.FromCtyValue(v, &n) != nil || n < 0 {
+				diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "redis: db must be a database number", Detail: "write db = 0", Subject: attr.Expr.Range().Ptr()})
+			}
+			r.DB = int(n)
+		}
+	}
+	if attr, ok := content.Attributes["tls"]; ok {
+		v, ds := attr.Expr.Value(ctx)
+		diags = append(diags, ds...)
+		if !ds.HasErrors() {
+			if v.IsNull() || v.Type() != cty.Bool {
+				diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "redis: tls must be true or false", Detail: "write tls = true", Subject: attr.Expr.Range().Ptr()})
+			} else {
+				r.TLS = v.True()
+			}
+		}
+	}
+	if diags.HasErrors() {
+		return diags
+	}
+	// What each mode needs, and what it does not take.
+	need := func(cond bool, attr *hcl.Attribute, summary, detail string) {
+		if cond {
+			return
+		}
+		if attr == nil {
+			attr = modeAttr // a mode was given: it is what needs the missing attribute
+		}
+		rng := attr.Expr.Range()
+		diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: summary, Detail: detail, Subject: rng.Ptr()})
+	}
+	_, hasURL := content.Attributes["url"]
+	switch r.Mode {
+	case RedisStandalone:
+		need(!hasAddrs, addrAttr, "redis: addresses are for cluster and sentinel modes",
+			`a standalone server is given by url = "redis://host:6379/0"; for Redis Cluster write mode = "cluster", for Sentinel mode = "sentinel"`)
+		need(r.MasterName == "", content.Attributes["master_name"], "redis: master_name is for sentinel mode", `write mode = "sentinel" and the sentinels' addresses, or remove master_name`)
+	case RedisCluster, RedisSentinel:
+		need(!hasURL, content.Attributes["url"], fmt.Sprintf("redis: url is for a standalone server, not mode %q", r.Mode),
+			`give the nodes as addresses = ["host:port", ...] (credentials in username and password, TLS with tls = true)`)
+		need(len(r.Addresses) > 0, addrAttr, fmt.Sprintf("redis: mode %q needs addresses", r.Mode),
+			map[RedisMode]string{RedisCluster: `write addresses = ["10.0.0.1:6379", ...]: any nodes of the cluster, the rest is discovered`,
+				RedisSentinel: `write addresses = ["10.0.0.1:26379", ...]: the sentinels`}[r.Mode])
+		if r.Mode == RedisSentinel {
+			need(r.MasterName != "", nil, `redis: mode "sentinel" needs master_name`, `write master_name = "mymaster", the name in the sentinels' "sentinel monitor" line`)
+		} else {
+			need(r.MasterName == "", content.Attributes["master_name"], "redis: master_name is for sentinel mode", `remove master_name: a cluster has no single master`)
+			need(r.DB == 0, content.Attributes["db"], "redis: a cluster has only database 0", "remove db")
+		}
+	}
+	return diags
+}
+
+// stringList converts a list or tuple of strings.
+func stringList(v cty.Value) ([]string, bool) {
+	if v.IsNull() || !v.IsKnown() || !(v.Type().IsListType() || v.Type().IsTupleType()) {
+		return nil, false
+	}
+	var out []string
+	for it := v.ElementIterator(); it.Next(); {
+		_, e := it.Element()
+		if e.IsNull() || e.Type() != cty.String {
+			return nil, false
+		}
+		out = append(out, e.AsString())
+	}
+	return out, true
 }
 
 // checkRedisURL accepts the schemes go-redis understands. The message never
