@@ -76,11 +76,36 @@ func databaseURL(c *cli.Context, cfg *config.Config) (string, error) {
 	return u, nil
 }
 
-func redisClient(c *cli.Context, cfg *config.Config) (*redis.Client, error) {
-	u := c.String("redis-url")
-	if u == "" {
-		u = cfg.Redis.URL
+// redisClient connects to Redis as the rules file's redis block says:
+// standalone (url, overridden by --redis-url/REDIS_URL), cluster or
+// sentinel. No error message ever echoes a URL or a password.
+func redisClient(c *cli.Context, cfg *config.Config) (redis.UniversalClient, error) {
+	rc := cfg.Redis
+	if u := c.String("redis-url"); u != "" && rc.Mode != config.RedisStandalone && rc.Mode != "" {
+		return nil, &exitError{code: 1, msg: fmt.Sprintf("--redis-url (REDIS_URL) is for a standalone Redis, and the rules file says mode = %q: give the nodes in redis { addresses }", rc.Mode)}
 	}
+	tlsFiles := tlsFiles{ca: first(c.String("redis-ca-file"), rc.CAFile), cert: first(c.String("redis-cert-file"), rc.CertFile), key: first(c.String("redis-key-file"), rc.KeyFile)}
+	switch rc.Mode {
+	case config.RedisCluster, config.RedisSentinel:
+		var tc *tls.Config
+		if rc.TLS {
+			tc = &tls.Config{}
+		}
+		if err := tlsFiles.apply(tc); err != nil {
+			return nil, &exitError{code: 1, msg: err.Error()}
+		}
+		if rc.Mode == config.RedisCluster {
+			return redis.NewClusterClient(&redis.ClusterOptions{
+				Addrs: rc.Addresses, Username: rc.Username, Password: rc.Password, TLSConfig: tc,
+			}), nil
+		}
+		return redis.NewFailoverClient(&redis.FailoverOptions{
+			MasterName: rc.MasterName, SentinelAddrs: rc.Addresses,
+			SentinelUsername: rc.SentinelUsername, SentinelPassword: rc.SentinelPassword,
+			Username: rc.Username, Password: rc.Password, DB: rc.DB, TLSConfig: tc,
+		}), nil
+	}
+	u := first(c.String("redis-url"), rc.URL)
 	if u == "" {
 		return nil, &exitError{code: 1, msg: "no Redis URL: set redis { url = ... } in the rules file, --redis-url or REDIS_URL"}
 	}
@@ -89,43 +114,54 @@ func redisClient(c *cli.Context, cfg *config.Config) (*redis.Client, error) {
 		// The URL may hold a password: name the problem, not the URL.
 		return nil, &exitError{code: 1, msg: "invalid Redis URL: use redis://[user:password@]host:port/db or rediss:// for TLS"}
 	}
-	if err := redisTLS(c, opts); err != nil {
+	if err := tlsFiles.apply(opts.TLSConfig); err != nil {
 		return nil, &exitError{code: 1, msg: err.Error()}
 	}
 	return redis.NewClient(opts), nil
 }
 
-// redisTLS applies --redis-ca-file, --redis-cert-file and --redis-key-file
-// to a rediss:// client.
-func redisTLS(c *cli.Context, opts *redis.Options) error {
-	ca, cert, key := c.String("redis-ca-file"), c.String("redis-cert-file"), c.String("redis-key-file")
-	if ca == "" && cert == "" && key == "" {
+func first(ss ...string) string {
+	for _, s := range ss {
+		if s != "" {
+			return s
+		}
+	}
+	return ""
+}
+
+// tlsFiles are the PEM files of a Redis TLS connection.
+type tlsFiles struct{ ca, cert, key string }
+
+// apply loads the files into tc, which is nil when TLS is off (rediss://
+// or tls = true turn it on).
+func (f tlsFiles) apply(tc *tls.Config) error {
+	if f.ca == "" && f.cert == "" && f.key == "" {
 		return nil
 	}
-	if opts.TLSConfig == nil {
-		return errors.New("--redis-ca-file, --redis-cert-file and --redis-key-file need a rediss:// URL (TLS)")
+	if tc == nil {
+		return errors.New("a Redis CA, certificate or key file needs TLS: a rediss:// URL, or tls = true in the redis block")
 	}
-	opts.TLSConfig.MinVersion = tls.VersionTLS12
-	if ca != "" {
-		pem, err := os.ReadFile(ca)
+	tc.MinVersion = tls.VersionTLS12
+	if f.ca != "" {
+		pem, err := os.ReadFile(f.ca)
 		if err != nil {
-			return fmt.Errorf("--redis-ca-file: %w", err)
+			return fmt.Errorf("the Redis CA file: %w", err)
 		}
 		pool := x509.NewCertPool()
 		if !pool.AppendCertsFromPEM(pem) {
-			return fmt.Errorf("--redis-ca-file %s: no PEM certificate in it", ca)
+			return fmt.Errorf("the Redis CA file %s has no PEM certificate in it", f.ca)
 		}
-		opts.TLSConfig.RootCAs = pool
+		tc.RootCAs = pool
 	}
-	if (cert == "") != (key == "") {
-		return errors.New("--redis-cert-file and --redis-key-file go together")
+	if (f.cert == "") != (f.key == "") {
+		return errors.New("a Redis client certificate and its key go together (--redis-cert-file and --redis-key-file)")
 	}
-	if cert != "" {
-		pair, err := tls.LoadX509KeyPair(cert, key)
+	if f.cert != "" {
+		pair, err := tls.LoadX509KeyPair(f.cert, f.key)
 		if err != nil {
-			return fmt.Errorf("--redis-cert-file/--redis-key-file: %w", err)
+			return fmt.Errorf("the Redis client certificate: %w", err)
 		}
-		opts.TLSConfig.Certificates = []tls.Certificate{pair}
+		tc.Certificates = []tls.Certificate{pair}
 	}
 	return nil
 }
@@ -167,7 +203,7 @@ func setupEnv(c *cli.Context, needDB bool) (*env, error) {
 // stack is what run, setup and replay apply with: the Redis client, the
 // writer and the journal.
 type stack struct {
-	redis   *redis.Client
+	redis   redis.UniversalClient
 	writer  *writer.Writer
 	journal *journal.Journal
 }
