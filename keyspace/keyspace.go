@@ -55,6 +55,7 @@ const (
 	guardPrefix   = "cachesync:lsn:"
 	fencePrefix   = "cachesync:fence:"
 	lockPrefix    = "cachesync:lock:"
+	tagDelPrefix  = "cachesync:tagdel:"
 )
 
 // FencePattern matches every fence key (FenceKey): a flush deletes them all
@@ -103,6 +104,11 @@ func FenceKey(key string) string { return sameSlot(fencePrefix, key) }
 // while the others wait (cacheaside's stampede protection). It hashes to the
 // slot of key, named like GuardKey.
 func LockKey(key string) string { return sameSlot(lockPrefix, key) }
+
+// TagPendingKey returns where a tag's members wait while they are deleted
+// across cluster slots (TagDetachScript); it hashes to the slot of the tag
+// set tagKey.
+func TagPendingKey(tagKey string) string { return sameSlot(tagDelPrefix, tagKey) }
 
 // sameSlot names prefix's companion of key so that it hashes to key's slot
 // (see GuardKey).

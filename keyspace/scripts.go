@@ -13,7 +13,8 @@ package keyspace
 //
 // Redis Cluster: the members are not declared in KEYS, so the script works on
 // a cluster only when every member hashes to the tag set's slot (members
-// named with the tag as their hash tag); otherwise the server refuses it.
+// named with the tag as their hash tag); otherwise the server refuses it
+// before deleting anything, and the writer falls back to TagDetachScript.
 // Standalone and Sentinel deployments have no such restriction.
 const DeleteTagScript = `
 local kind = redis.call('TYPE', KEYS[1]).ok
@@ -202,4 +203,26 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
 return 0
+`
+
+// TagDetachScript starts the deletion of a tag whose members live in other
+// cluster slots: it moves the tag's members into the tag's pending set and
+// deletes the tag set, atomically, then returns every pending member. The
+// caller deletes those members (grouped by slot), then the pending set.
+// Members registered after this point go into a new tag set and stay: they
+// were filled after the invalidation began. A deletion interrupted before
+// the pending set is gone is finished by the next one, which merges into it.
+//
+//	KEYS[1]  the tag set (TagKey)
+//	KEYS[2]  its pending set (TagPendingKey(KEYS[1]))
+//	returns  the members to delete
+const TagDetachScript = `
+local kind = redis.call('TYPE', KEYS[1]).ok
+if kind == 'set' then
+  redis.call('SUNIONSTORE', KEYS[2], KEYS[2], KEYS[1])
+end
+if kind ~= 'none' then
+  redis.call('DEL', KEYS[1])
+end
+return redis.call('SMEMBERS', KEYS[2])
 `

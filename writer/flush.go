@@ -96,8 +96,20 @@ func (w *Writer) unlinkPage(ctx context.Context, keys []string) error {
 		&w.counters.flushKeysDeleted, true)
 }
 
-// deleteTagsPage runs DeleteTagScript on tag sets found by a flush.
+// deleteTagsPage runs DeleteTagScript on tag sets found by a flush; on a
+// cluster, members may live in other slots, so each tag goes in steps
+// (deleteTagAcross).
 func (w *Writer) deleteTagsPage(ctx context.Context, tagKeys []string) error {
+	if w.cluster != nil {
+		for _, key := range tagKeys {
+			n, err := w.deleteTagAcross(ctx, key)
+			if err != nil {
+				return err
+			}
+			w.counters.flushKeysDeleted.Add(uint64(n))
+		}
+		return nil
+	}
 	return w.perKey(ctx, tagKeys, func(pipe redis.Pipeliner, key string) {
 		pipe.EvalSha(ctx, w.scripts.deleteTag.Hash(), []string{key})
 	}, &w.counters.flushKeysDeleted, true)

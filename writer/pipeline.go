@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 
 	"github.com/redis/go-redis/v9"
 
@@ -33,6 +35,21 @@ func (w *Writer) applyPipeline(ctx context.Context, ops []*mapping.Op) (int, err
 		acked += n
 		if err == nil {
 			return acked, nil
+		}
+		if op, ok := w.crossSlotTag(err, rest); ok {
+			// The tag's members live in other slots: delete them in
+			// steps, then go on after it (what followed it in the
+			// pipeline is sent again; every effect is idempotent).
+			deleted, err := w.deleteTagAcross(ctx, keyspace.TagKey(op.Key))
+			if err != nil {
+				return acked, fmt.Errorf("%s %q (rule %q): %w", op.Kind, op.Key, op.Rule, err)
+			}
+			w.counters.applied[mapping.OpDeleteTag].Add(1)
+			w.counters.tagKeysDeleted.Add(uint64(deleted))
+			if acked++; acked == len(ops) {
+				return acked, nil
+			}
+			continue
 		}
 		if needsScripts(err) && !reloaded {
 			reloaded = true
@@ -184,7 +201,7 @@ func (w *Writer) execPipeline(ctx context.Context, fill func(redis.Pipeliner)) (
 // loadScripts loads every keyspace script into Redis's script cache (on
 // every master of a cluster).
 func (w *Writer) loadScripts(ctx context.Context) error {
-	for _, s := range []*redis.Script{w.scripts.deleteTag, w.scripts.guardedSet, w.scripts.guardedUnset} {
+	for _, s := range []*redis.Script{w.scripts.deleteTag, w.scripts.guardedSet, w.scripts.guardedUnset, w.scripts.tagDetach} {
 		if err := s.Load(ctx, w.client).Err(); err != nil {
 			return fmt.Errorf("SCRIPT LOAD: %w", err)
 		}
@@ -214,4 +231,64 @@ func scriptResult(cmd redis.Cmder) int64 {
 	}
 	n, _ := c.Int64()
 	return n
+}
+
+// crossSlotTag reports whether err is a cluster's refusal of DeleteTagScript
+// because the tag's members hash to other slots, and returns that operation.
+func (w *Writer) crossSlotTag(err error, ops []*mapping.Op) (*mapping.Op, bool) {
+	var cmdErr *commandError
+	if w.cluster == nil || !errors.As(err, &cmdErr) || !isCrossSlot(cmdErr.err) {
+		return nil, false
+	}
+	op := ops[cmdErr.index]
+	return op, op.Kind == mapping.OpDeleteTag
+}
+
+// isCrossSlot recognizes the errors of a cluster node asked to touch keys of
+// other slots (from a script, or a multi-key command).
+func isCrossSlot(err error) bool {
+	if err == nil {
+		return false
+	}
+	s := err.Error()
+	return strings.Contains(s, "CROSSSLOT") || strings.Contains(s, "non local key") ||
+		strings.Contains(s, "do not hash to the same slot")
+}
+
+// deleteTagAcross deletes a tag whose members span cluster slots:
+// TagDetachScript moves them to the tag's pending set and deletes the set,
+// then the members are unlinked per slot, then the pending set goes. It
+// returns how many member keys existed.
+func (w *Writer) deleteTagAcross(ctx context.Context, tagKey string) (int64, error) {
+	pending := keyspace.TagPendingKey(tagKey)
+	members, err := w.scripts.tagDetach.Run(ctx, w.client, []string{tagKey, pending}).StringSlice()
+	if err != nil {
+		return 0, fmt.Errorf("detach the members of %s: %w", tagKey, err)
+	}
+	bySlot := map[int][]string{}
+	for _, m := range members {
+		bySlot[keyspace.Slot(m)] = append(bySlot[keyspace.Slot(m)], m)
+	}
+	var deleted int64
+	if len(members) > 0 {
+		cmds, err := w.pipelined(ctx, func(pipe redis.Pipeliner) {
+			for _, keys := range bySlot {
+				for chunk := range slices.Chunk(keys, 1000) {
+					pipe.Unlink(ctx, chunk...)
+				}
+			}
+		})
+		if err != nil {
+			return 0, fmt.Errorf("delete the members of %s: %w", tagKey, err)
+		}
+		for _, c := range cmds {
+			if ic, ok := c.(*redis.IntCmd); ok {
+				deleted += ic.Val()
+			}
+		}
+	}
+	if err := w.client.Del(ctx, pending).Err(); err != nil {
+		return deleted, fmt.Errorf("delete %s: %w", pending, err)
+	}
+	return deleted, nil
 }

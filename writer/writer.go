@@ -10,7 +10,9 @@
 // # Effects
 //
 //	OpDelete       UNLINK key and its fill fence (keyspace.FenceKey)
-//	OpDeleteTag    DeleteTagScript on keyspace.TagKey(key): the members and the set, atomically
+//	OpDeleteTag    DeleteTagScript on keyspace.TagKey(key): the members and the set, atomically;
+//	               on a cluster where the members live in other slots, TagDetachScript,
+//	               then UNLINK of the members grouped by slot, then the pending set
 //	OpBumpVersion  INCR keyspace.VersionKey(key)
 //	OpSet          GuardedSetScript: SET key (TTL ± jitter, at least 1s) unless the guard holds the same or a later LSN
 //	OpUnset        GuardedUnsetScript: DEL key and leave the LSN in the guard for Options.GuardTTL
@@ -174,7 +176,7 @@ type Writer struct {
 
 // scripts are the keyspace scripts with their SHA1 digests.
 type scripts struct {
-	deleteTag, guardedSet, guardedUnset *redis.Script
+	deleteTag, guardedSet, guardedUnset, tagDetach *redis.Script
 }
 
 // New returns a Writer that applies batches through client: a *redis.Client,
@@ -189,6 +191,7 @@ func New(client redis.UniversalClient, opts Options) *Writer {
 			deleteTag:    redis.NewScript(keyspace.DeleteTagScript),
 			guardedSet:   redis.NewScript(keyspace.GuardedSetScript),
 			guardedUnset: redis.NewScript(keyspace.GuardedUnsetScript),
+			tagDetach:    redis.NewScript(keyspace.TagDetachScript),
 		},
 	}
 	w.cluster, _ = client.(*redis.ClusterClient)
