@@ -105,6 +105,14 @@ func FenceKey(key string) string { return sameSlot(fencePrefix, key) }
 // slot of key, named like GuardKey.
 func LockKey(key string) string { return sameSlot(lockPrefix, key) }
 
+// HasHashTag reports whether key has a Redis Cluster hash tag: the part
+// between its first '{' and the next '}', when not empty, is all that is
+// hashed.
+func HasHashTag(key string) bool {
+	_, ok := hashTag(key)
+	return ok
+}
+
 // TagPendingKey returns where a tag's members wait while they are deleted
 // across cluster slots (TagDetachScript); it hashes to the slot of the tag
 // set tagKey.

@@ -64,6 +64,10 @@ func crc16(s string) uint16 {
 // guard names.
 func slotTag(slot int) string { return slotTags()[slot] }
 
+// SlotTag returns a short hash tag whose keys hash to slot: a key named
+// "…{" + SlotTag(n) + "}…" lives in slot n.
+func SlotTag(slot int) string { return slotTag(slot % SlotCount) }
+
 var slotTags = sync.OnceValue(func() *[SlotCount]string {
 	const alphabet = "0123456789abcdefghijklmnopqrstuvwxyz"
 	var tags [SlotCount]string

@@ -31,6 +31,11 @@ func (w *Writer) applyPipeline(ctx context.Context, ops []*mapping.Op) (int, err
 		if err != nil {
 			n = acknowledged(err)
 		}
+		// Tags detached from their set (cluster) count as applied only
+		// once their members are gone too.
+		if done, derr := w.finishDetached(ctx, rest[:n], cmds[:n]); derr != nil {
+			n, err = done, derr
+		}
 		w.record(rest[:n], cmds[:n])
 		acked += n
 		if err == nil {
@@ -83,7 +88,9 @@ func (w *Writer) record(ops []*mapping.Op, cmds []redis.Cmder) {
 		w.counters.applied[op.Kind].Add(1)
 		switch op.Kind {
 		case mapping.OpDeleteTag:
-			w.counters.tagKeysDeleted.Add(uint64(scriptResult(cmds[i])))
+			if !w.detaches(op) { // finishDetached counted those
+				w.counters.tagKeysDeleted.Add(uint64(scriptResult(cmds[i])))
+			}
 		case mapping.OpSet:
 			if scriptResult(cmds[i]) == 0 {
 				w.counters.setsSkipped.Add(1)
@@ -104,6 +111,11 @@ func (w *Writer) queue(ctx context.Context, pipe redis.Pipeliner, op *mapping.Op
 		// old row (keyspace.FenceKey; same slot as the key).
 		pipe.Unlink(ctx, op.Key, keyspace.FenceKey(op.Key))
 	case mapping.OpDeleteTag:
+		if w.detaches(op) {
+			tag := keyspace.TagKey(op.Key)
+			pipe.EvalSha(ctx, w.scripts.tagDetach.Hash(), []string{tag, keyspace.TagPendingKey(tag)})
+			break
+		}
 		pipe.EvalSha(ctx, w.scripts.deleteTag.Hash(), []string{keyspace.TagKey(op.Key)})
 	case mapping.OpBumpVersion:
 		pipe.Incr(ctx, keyspace.VersionKey(op.Key))
@@ -233,6 +245,36 @@ func scriptResult(cmd redis.Cmder) int64 {
 	return n
 }
 
+// detaches reports whether a tag is deleted in steps: on a cluster, unless
+// the tag's set has a hash tag (then its members are expected to share it,
+// and the atomic script applies; see keyspace).
+func (w *Writer) detaches(op *mapping.Op) bool {
+	return w.cluster != nil && op.Kind == mapping.OpDeleteTag && !keyspace.HasHashTag(keyspace.TagKey(op.Key))
+}
+
+// finishDetached deletes, in order, the members of every tag of ops that
+// TagDetachScript detached in this pipeline (grouped by slot), then its
+// pending set, and counts them. On an error it returns how many ops, from
+// the first, are complete: the failed tag is detached again when retried,
+// which merges into its pending set.
+func (w *Writer) finishDetached(ctx context.Context, ops []*mapping.Op, cmds []redis.Cmder) (int, error) {
+	for i, op := range ops {
+		if !w.detaches(op) {
+			continue
+		}
+		members, err := cmds[i].(*redis.Cmd).StringSlice()
+		if err != nil {
+			return i, fmt.Errorf("%s %q (rule %q): %w", op.Kind, op.Key, op.Rule, err)
+		}
+		deleted, err := w.deleteMembers(ctx, keyspace.TagKey(op.Key), members)
+		if err != nil {
+			return i, fmt.Errorf("%s %q (rule %q): %w", op.Kind, op.Key, op.Rule, err)
+		}
+		w.counters.tagKeysDeleted.Add(uint64(deleted))
+	}
+	return len(ops), nil
+}
+
 // crossSlotTag reports whether err is a cluster's refusal of DeleteTagScript
 // because the tag's members hash to other slots, and returns that operation.
 func (w *Writer) crossSlotTag(err error, ops []*mapping.Op) (*mapping.Op, bool) {
@@ -265,6 +307,13 @@ func (w *Writer) deleteTagAcross(ctx context.Context, tagKey string) (int64, err
 	if err != nil {
 		return 0, fmt.Errorf("detach the members of %s: %w", tagKey, err)
 	}
+	return w.deleteMembers(ctx, tagKey, members)
+}
+
+// deleteMembers unlinks a detached tag's members, grouped by slot, then its
+// pending set; it returns how many member keys existed.
+func (w *Writer) deleteMembers(ctx context.Context, tagKey string, members []string) (int64, error) {
+	pending := keyspace.TagPendingKey(tagKey)
 	bySlot := map[int][]string{}
 	for _, m := range members {
 		bySlot[keyspace.Slot(m)] = append(bySlot[keyspace.Slot(m)], m)

@@ -97,6 +97,10 @@ func redisClient(c *cli.Context, cfg *config.Config) (redis.UniversalClient, err
 		if rc.Mode == config.RedisCluster {
 			return redis.NewClusterClient(&redis.ClusterOptions{
 				Addrs: rc.Addresses, Username: rc.Username, Password: rc.Password, TLSConfig: tc,
+				// go-redis reloads the slot map on MOVED/ASK only, or on
+				// this timer (60s by default): after a master dies, writes
+				// to its slots would fail until then.
+				ClusterStateReloadInterval: 2 * time.Second,
 			}), nil
 		}
 		return redis.NewFailoverClient(&redis.FailoverOptions{

@@ -7,6 +7,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/cachesync/cachesync/keyspace"
 	"github.com/cachesync/cachesync/wal"
 )
 
@@ -25,32 +26,90 @@ type CacheState interface {
 	// false: absent). When it is not, it changes nothing and returns what
 	// it found.
 	Advance(ctx context.Context, slot string, from wal.LSN, fromOK bool, to wal.LSN) (swapped bool, cur wal.LSN, curOK bool, err error)
+	// Set overwrites the position (after the cache was healed).
+	Set(ctx context.Context, slot string, lsn wal.LSN) error
 }
 
 // RedisCacheState is CacheState on a Redis client.
+//
+// On Redis Cluster one key cannot describe the cache: a failover of one
+// shard can lose that shard's acknowledged writes and nobody else's. So the
+// position is kept in ClusterMarkers keys spread over the slot space (every
+// master that owns a range of at least SlotCount/ClusterMarkers slots holds
+// one), each written after the effects before it were acknowledged. A shard
+// that failed over to a replica which missed writes shows an older (or no)
+// position, since replication keeps a master's order; Applied reports the
+// oldest, so healing replays from there.
 type RedisCacheState struct {
 	Client redis.UniversalClient
 }
 
+// ClusterMarkers is how many keys hold the applied position on a cluster.
+const ClusterMarkers = 16
+
 // AppliedKey holds the slot's applied position in the cache.
 func AppliedKey(slot string) string { return "cachesync:slot:" + slot + ":applied" }
 
-// Applied returns the slot's applied position; ok is false when the cache has
-// none (new or emptied).
-func (r RedisCacheState) Applied(ctx context.Context, slot string) (wal.LSN, bool, error) {
-	v, err := r.Client.Get(ctx, AppliedKey(slot)).Result()
-	if errors.Is(err, redis.Nil) {
-		return 0, false, nil
+// keys are the keys that hold the position: one, or ClusterMarkers on a
+// cluster, hash-tagged into slots 0, 1024, 2048, ...
+func (r RedisCacheState) keys(slot string) []string {
+	if _, ok := r.Client.(*redis.ClusterClient); !ok {
+		return []string{AppliedKey(slot)}
 	}
-	if err != nil {
+	keys := make([]string, ClusterMarkers)
+	for i := range keys {
+		keys[i] = AppliedKey(slot) + ":{" + keyspace.SlotTag(i*keyspace.SlotCount/ClusterMarkers) + "}"
+	}
+	return keys
+}
+
+// Applied returns the slot's applied position; ok is false when the cache has
+// none (new or emptied). On a cluster it is the oldest of the markers, and
+// ok is false when any is missing.
+func (r RedisCacheState) Applied(ctx context.Context, slot string) (wal.LSN, bool, error) {
+	keys := r.keys(slot)
+	cmds, err := r.Client.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, k := range keys {
+			p.Get(ctx, k)
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, redis.Nil) {
 		return 0, false, fmt.Errorf("read the applied position from Redis: %w", err)
 	}
-	lsn, err := wal.ParseLSN(v)
-	if err != nil {
-		// Unreadable bookkeeping is as good as none: heal from scratch.
-		return 0, false, nil
+	var oldest wal.LSN
+	for i, c := range cmds {
+		v, err := c.(*redis.StringCmd).Result()
+		if errors.Is(err, redis.Nil) {
+			return 0, false, nil
+		}
+		if err != nil {
+			return 0, false, fmt.Errorf("read the applied position from Redis: %w", err)
+		}
+		lsn, err := wal.ParseLSN(v)
+		if err != nil {
+			// Unreadable bookkeeping is as good as none: heal from scratch.
+			return 0, false, nil
+		}
+		if i == 0 || lsn < oldest {
+			oldest = lsn
+		}
 	}
-	return lsn, true, nil
+	return oldest, true, nil
+}
+
+// Set implements CacheState.
+func (r RedisCacheState) Set(ctx context.Context, slot string, lsn wal.LSN) error {
+	_, err := r.Client.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, k := range r.keys(slot) {
+			p.Set(ctx, k, lsn.String(), 0)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("set the applied position in Redis: %w", err)
+	}
+	return nil
 }
 
 // advanceScript swaps the applied position when it holds the expected value
@@ -65,28 +124,69 @@ if cur == false then cur = '' end
 return {0, cur}
 `)
 
-// Advance implements CacheState.
+// Advance implements CacheState. On a cluster every marker must hold from
+// (a marker already at to counts as swapped: a retry after a partial
+// advance); otherwise the oldest value found is returned.
 func (r RedisCacheState) Advance(ctx context.Context, slot string, from wal.LSN, fromOK bool, to wal.LSN) (bool, wal.LSN, bool, error) {
 	expected := ""
 	if fromOK {
 		expected = from.String()
 	}
-	res, err := advanceScript.Run(ctx, r.Client, []string{AppliedKey(slot)}, expected, to.String()).Slice()
+	keys := r.keys(slot)
+	if err := advanceScript.Load(ctx, r.Client).Err(); err != nil && len(keys) > 1 {
+		return false, 0, false, fmt.Errorf("advance the applied position in Redis: %w", err)
+	}
+	cmds, err := r.Client.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, k := range keys {
+			if len(keys) == 1 {
+				advanceScript.Run(ctx, p, []string{k}, expected, to.String())
+			} else {
+				advanceScript.EvalSha(ctx, p, []string{k}, expected, to.String())
+			}
+		}
+		return nil
+	})
 	if err != nil {
 		return false, 0, false, fmt.Errorf("advance the applied position in Redis: %w", err)
 	}
-	if len(res) != 2 {
-		return false, 0, false, fmt.Errorf("advance the applied position in Redis: unexpected reply %v", res)
+	swapped, oldestOK := true, true
+	var oldest wal.LSN
+	first := true
+	for _, c := range cmds {
+		res, err := c.(*redis.Cmd).Slice()
+		if err != nil || len(res) != 2 {
+			return false, 0, false, fmt.Errorf("advance the applied position in Redis: unexpected reply %v (%v)", res, err)
+		}
+		if n, _ := res[0].(int64); n == 1 {
+			continue
+		}
+		s, _ := res[1].(string)
+		if s == to.String() {
+			continue
+		}
+		swapped = false
+		cur, perr := wal.ParseLSN(s)
+		if s == "" || perr != nil {
+			oldestOK = false
+			continue
+		}
+		if first || cur < oldest {
+			oldest, first = cur, false
+		}
 	}
-	if n, _ := res[0].(int64); n == 1 {
+	if swapped {
 		return true, to, true, nil
 	}
-	s, _ := res[1].(string)
-	cur, perr := wal.ParseLSN(s)
-	return false, cur, s != "" && perr == nil, nil
+	return false, oldest, oldestOK && !first, nil
 }
 
 // Forget removes the slot's applied position (teardown).
 func (r RedisCacheState) Forget(ctx context.Context, slot string) error {
-	return r.Client.Del(ctx, AppliedKey(slot)).Err()
+	_, err := r.Client.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, k := range r.keys(slot) {
+			p.Del(ctx, k)
+		}
+		return nil
+	})
+	return err
 }

@@ -167,13 +167,10 @@ func (d *Daemon) ensureSlot(ctx context.Context, conn *pgx.Conn, repl *pgconn.Pg
 func (d *Daemon) setApplied(ctx context.Context, lsn wal.LSN) error {
 	name := d.opts.Config.Postgres.Slot
 	for attempt := 0; ; attempt++ {
-		cur, ok, err := d.opts.Cache.Applied(ctx, name)
+		err := d.opts.Cache.Set(ctx, name, lsn)
 		if err == nil {
-			var swapped bool
-			if swapped, _, _, err = d.opts.Cache.Advance(ctx, name, cur, ok, lsn); err == nil && swapped {
-				d.mark = lsn
-				return nil
-			}
+			d.mark = lsn
+			return nil
 		}
 		if err := d.retryWait(ctx, attempt, err); err != nil {
 			return err

@@ -30,6 +30,8 @@ type RedisServer struct {
 	dir     string // tmp.path: working directory, removed at shutdown
 	logPath string
 	port    int
+	conf    string   // config file given before the options, "" for none
+	args    []string // options after testenv's own (cluster or sentinel mode)
 
 	mu       sync.Mutex
 	proc     *process // nil while stopped
@@ -167,12 +169,31 @@ func (r *RedisServer) mustControl(t testing.TB, method string) {
 	}
 }
 
-func startRedis() (_ *RedisServer, err error) {
+func startRedis() (*RedisServer, error) {
+	return startRedisServer(redisSpec{kind: "redis"})
+}
+
+// redisSpec describes a private redis-server that is not a plain one: a cluster node
+// or a sentinel.
+type redisSpec struct {
+	kind string // of its temp dir, testenv-KIND-*
+	// confName and confText, when confName is set, are a config file written into the
+	// temp dir and given to redis-server before the options (sentinels need one).
+	confName, confText string
+	args               []string // options after testenv's own
+	// onFreePort runs start on a free port, retrying on errPortInUse; startOnFreePort
+	// when nil.
+	onFreePort func(start func(port int) error) error
+}
+
+// startRedisServer starts a private redis-server in a new temp dir and registers it,
+// so that Main stops it.
+func startRedisServer(spec redisSpec) (_ *RedisServer, err error) {
 	bin, err := redisBinary()
 	if err != nil {
 		return nil, err
 	}
-	tmp, err := newTempDir("redis")
+	tmp, err := newTempDir(spec.kind)
 	if err != nil {
 		return nil, err
 	}
@@ -181,11 +202,21 @@ func startRedis() (_ *RedisServer, err error) {
 			_ = tmp.remove()
 		}
 	}()
-	r := &RedisServer{bin: bin, tmp: tmp, dir: tmp.path, logPath: filepath.Join(tmp.path, "redis.log")}
+	r := &RedisServer{bin: bin, tmp: tmp, dir: tmp.path, logPath: filepath.Join(tmp.path, "redis.log"), args: spec.args}
+	if spec.confName != "" {
+		r.conf = filepath.Join(tmp.path, spec.confName)
+		if err := os.WriteFile(r.conf, []byte(spec.confText), 0o600); err != nil {
+			return nil, fmt.Errorf("write %s config: %w", spec.kind, err)
+		}
+	}
+	onFreePort := spec.onFreePort
+	if onFreePort == nil {
+		onFreePort = startOnFreePort
+	}
 
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if err = startOnFreePort(func(port int) error {
+	if err = onFreePort(func(port int) error {
 		r.port = port
 		r.addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 		return r.startLocked()
@@ -199,7 +230,11 @@ func startRedis() (_ *RedisServer, err error) {
 // startLocked starts redis-server and waits until it answers.
 func (r *RedisServer) startLocked() error {
 	logStart := fileSize(r.logPath)
-	proc, err := currentUserRunner.startServer(syscall.SIGKILL, r.dir, r.logPath, r.bin,
+	var args []string
+	if r.conf != "" {
+		args = append(args, r.conf)
+	}
+	args = append(args,
 		"--port", strconv.Itoa(r.port),
 		"--bind", "127.0.0.1",
 		"--save", "",
@@ -207,6 +242,8 @@ func (r *RedisServer) startLocked() error {
 		"--dir", r.dir,
 		"--protected-mode", "no",
 	)
+	args = append(args, r.args...)
+	proc, err := currentUserRunner.startServer(syscall.SIGKILL, r.dir, r.logPath, r.bin, args...)
 	if err != nil {
 		return fmt.Errorf("redis-server: %w", err)
 	}

@@ -1,0 +1,148 @@
+package writer_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/cachesync/cachesync/internal/testenv"
+	"github.com/cachesync/cachesync/keyspace"
+	"github.com/cachesync/cachesync/mapping"
+	"github.com/cachesync/cachesync/writer"
+)
+
+// TestCluster applies every kind of operation to a real Redis Cluster (3
+// masters, 3 replicas): pipelines span nodes, no command spans slots, and a
+// tag's members are deleted whether they share the tag's slot (the atomic
+// script) or not (the stepwise path).
+func TestCluster(t *testing.T) {
+	t.Parallel()
+	cluster := testenv.StartRedisCluster(t, testenv.ClusterOptions{})
+	client := cluster.Client(t)
+	w := writer.New(client, writer.Options{Logger: zerolog.New(zerolog.NewTestWriter(t))})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	apply := func(ops ...mapping.Op) {
+		t.Helper()
+		for i := range ops {
+			ops[i].Rule = "test"
+		}
+		if err := w.Apply(ctx, []mapping.Batch{{CommitLSN: 100, EndLSN: 101, Ops: ops}}); err != nil {
+			t.Fatalf("Apply: %v", err)
+		}
+	}
+	exists := func(keys ...string) int {
+		t.Helper()
+		n := 0
+		for _, k := range keys {
+			c, err := client.Exists(ctx, k).Result()
+			if err != nil {
+				t.Fatal(err)
+			}
+			n += int(c)
+		}
+		return n
+	}
+	set := func(keys ...string) {
+		t.Helper()
+		for _, k := range keys {
+			if err := client.Set(ctx, k, "v", 0).Err(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+
+	// 300 plain keys over every master, deleted in one Apply.
+	var keys []string
+	var dels []mapping.Op
+	for i := range 300 {
+		k := fmt.Sprintf("user:%d", i)
+		keys = append(keys, k)
+		dels = append(dels, mapping.Op{Kind: mapping.OpDelete, Key: k})
+	}
+	set(keys...)
+	masters := map[string]bool{}
+	for _, k := range keys {
+		masters[cluster.MasterOf(t, k).Addr] = true
+	}
+	if len(masters) != 3 {
+		t.Fatalf("the keys live on %d masters, want 3", len(masters))
+	}
+	apply(dels...)
+	if n := exists(keys...); n != 0 {
+		t.Errorf("%d of 300 keys survived their deletes", n)
+	}
+
+	// A tag whose members live all over the cluster: the stepwise path.
+	spread := []string{"page:a", "page:b", "page:c", "page:d", "page:e", "page:f"}
+	set(spread...)
+	members := append([]any{}, toAny(spread)...)
+	members = append(members, keyspace.FenceKey("page:a"))
+	client.SAdd(ctx, keyspace.FenceKey("page:a"), "token")
+	if err := client.SAdd(ctx, keyspace.TagKey("org:1"), members...).Err(); err != nil {
+		t.Fatal(err)
+	}
+	// A tag whose members carry it as a hash tag: the atomic script.
+	local := []string{"{org:2}:page:a", "{org:2}:page:b"}
+	set(local...)
+	if err := client.SAdd(ctx, keyspace.TagKey("{org:2}"), toAny(local)...).Err(); err != nil {
+		t.Fatal(err)
+	}
+	// Both tags in one Apply, with operations around them.
+	set("after:1", "before:1")
+	apply(
+		mapping.Op{Kind: mapping.OpDelete, Key: "before:1"},
+		mapping.Op{Kind: mapping.OpDeleteTag, Key: "org:1"},
+		mapping.Op{Kind: mapping.OpDeleteTag, Key: "{org:2}"},
+		mapping.Op{Kind: mapping.OpBumpVersion, Key: "orders:customer:7"},
+		mapping.Op{Kind: mapping.OpSet, Key: "product:1", Value: []byte(`{"id":1}`), LSN: 100, TTL: time.Hour},
+		mapping.Op{Kind: mapping.OpDelete, Key: "after:1"},
+	)
+	if n := exists(spread...); n != 0 {
+		t.Errorf("%d members of the spread tag survived", n)
+	}
+	if n := exists(local...); n != 0 {
+		t.Errorf("%d members of the hash-tagged tag survived", n)
+	}
+	if n := exists(keyspace.TagKey("org:1"), keyspace.TagKey("{org:2}"), keyspace.TagPendingKey(keyspace.TagKey("org:1")), keyspace.FenceKey("page:a")); n != 0 {
+		t.Errorf("%d tag, pending or fence keys left", n)
+	}
+	if n := exists("before:1", "after:1"); n != 0 {
+		t.Errorf("the deletes around the tags did not all apply")
+	}
+	if v, _ := client.Get(ctx, keyspace.VersionKey("orders:customer:7")).Int(); v != 1 {
+		t.Errorf("version = %d, want 1", v)
+	}
+	if v, _ := client.Get(ctx, "product:1").Result(); v != `{"id":1}` {
+		t.Errorf("product:1 = %q", v)
+	}
+	st := w.Stats()
+	if st.TagDeletes != 2 || st.KeysDeletedByTags != 6+1+2 {
+		t.Errorf("stats %+v: want 2 tag deletes and 9 member keys (6 + a fence + 2)", st)
+	}
+
+	// A hash-tagged tag whose members break the convention: the script is
+	// refused (cross-slot) and the tag is deleted in steps after all.
+	strays := []string{"stray:1", "stray:2", "stray:3"}
+	set(strays...)
+	client.SAdd(ctx, keyspace.TagKey("{org:3}"), toAny(strays)...)
+	apply(mapping.Op{Kind: mapping.OpDeleteTag, Key: "{org:3}"}, mapping.Op{Kind: mapping.OpDelete, Key: "after:1"})
+	if n := exists(append(strays, keyspace.TagKey("{org:3}"))...); n != 0 {
+		t.Errorf("%d keys of the unconventional hash-tagged tag survived", n)
+	}
+
+	// A flush finds keys, tags and fences on every master.
+	set(keys...)
+	client.SAdd(ctx, keyspace.TagKey("org:9"), "user:1", "user:2", "user:3")
+	client.SAdd(ctx, keyspace.FenceKey("user:4"), "token")
+	apply(mapping.Op{Kind: mapping.OpFlush, Reason: "truncate", Keyspace: &mapping.Keyspace{Keys: []string{"user:*"}, Tags: []string{"org:*"}}})
+	if n := exists(keys...); n != 0 {
+		t.Errorf("%d of 300 keys survived the flush", n)
+	}
+	if n := exists(keyspace.TagKey("org:9"), keyspace.FenceKey("user:4")); n != 0 {
+		t.Error("the flush left a tag set or a fence")
+	}
+}
