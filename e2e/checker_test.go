@@ -19,6 +19,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -111,14 +112,31 @@ func (e *env) keys(pattern string) []string {
 	return keys
 }
 
-func scanKeys(ctx context.Context, rdb *redis.Client, pattern string) ([]string, error) {
+// scanKeys returns every key matching pattern: on a cluster, from every
+// master.
+func scanKeys(ctx context.Context, rdb redis.UniversalClient, pattern string) ([]string, error) {
+	var mu sync.Mutex
 	var keys []string
-	iter := rdb.Scan(ctx, 0, pattern, 1000).Iterator()
-	for iter.Next(ctx) {
-		keys = append(keys, iter.Val())
+	scan := func(ctx context.Context, node redis.Cmdable) error {
+		iter := node.Scan(ctx, 0, pattern, 1000).Iterator()
+		for iter.Next(ctx) {
+			mu.Lock()
+			keys = append(keys, iter.Val())
+			mu.Unlock()
+		}
+		if err := iter.Err(); err != nil {
+			return fmt.Errorf("scan %s: %w", pattern, err)
+		}
+		return nil
 	}
-	if err := iter.Err(); err != nil {
-		return nil, fmt.Errorf("scan %s: %w", pattern, err)
+	var err error
+	if cc, ok := rdb.(*redis.ClusterClient); ok {
+		err = cc.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error { return scan(ctx, m) })
+	} else {
+		err = scan(ctx, rdb)
+	}
+	if err != nil {
+		return nil, err
 	}
 	slices.Sort(keys)
 	return slices.Compact(keys), nil
@@ -160,14 +178,21 @@ func (e *env) cacheMismatches() (mismatches []string, checked int) {
 		keys := e.keys(pattern)
 		for start := 0; start < len(keys); start += 500 {
 			chunk := keys[start:min(start+500, len(keys))]
-			vals, err := e.rdb.MGet(e.ctx, chunk...).Result()
-			if err != nil {
+			// GETs in a pipeline rather than MGET: a cluster refuses
+			// multi-key commands across slots.
+			cmds, err := e.rdb.Pipelined(e.ctx, func(p redis.Pipeliner) error {
+				for _, k := range chunk {
+					p.Get(e.ctx, k)
+				}
+				return nil
+			})
+			if err != nil && err != redis.Nil {
 				e.t.Fatal(err)
 			}
 			for i, key := range chunk {
-				cached, ok := vals[i].(string)
-				if !ok {
-					continue // expired or deleted between SCAN and MGET: a miss
+				cached, err := cmds[i].(*redis.StringCmd).Result()
+				if err != nil {
+					continue // expired or deleted between SCAN and GET: a miss
 				}
 				idText := strings.TrimPrefix(key, strings.TrimSuffix(pattern, "*"))
 				id, err := strconv.ParseInt(idText, 10, 64)

@@ -43,6 +43,7 @@ func setupPrivateWith(t *testing.T, settings map[string]string, schema, rules st
 	pg, conn := privateDatabase(t, settings, schema)
 	e := &env{t: t, dbURL: pg.URL("app"), db: conn, redis: testenv.StartRedis(t), ctx: context.Background(), logDir: t.TempDir(), slot: "app"}
 	e.rdb = e.redis.Client(t)
+	e.redisEnv = "REDIS_URL=" + e.redis.URL()
 	e.rules = filepath.Join(t.TempDir(), "rules.hcl")
 	body := fmt.Sprintf("postgres {\n  slot = %q\n  publication = \"cachesync\"\n}\n%s", e.slot, rules)
 	if err := os.WriteFile(e.rules, []byte(body), 0o644); err != nil {

@@ -46,15 +46,19 @@ func TestMain(m *testing.M) {
 
 // env is one test's world: a database, a Redis server, a rules file.
 type env struct {
-	t      *testing.T
-	dbURL  string
-	db     *pgx.Conn
-	redis  *testenv.RedisServer
-	rdb    *redis.Client
-	rules  string
-	slot   string
-	ctx    context.Context
-	logDir string
+	t     *testing.T
+	dbURL string
+	db    *pgx.Conn
+	redis *testenv.RedisServer // nil for a cluster or sentinel env
+	rdb   redis.UniversalClient
+	// redisEnv is how the daemon finds Redis: REDIS_URL for a standalone
+	// server; for a cluster or sentinel the rules file's redis block does,
+	// and REDIS_URL is emptied.
+	redisEnv string
+	rules    string
+	slot     string
+	ctx      context.Context
+	logDir   string
 }
 
 // setup creates the schema and writes the rules file.
@@ -63,6 +67,7 @@ func setup(t *testing.T, schema, rules string) *env {
 	t.Parallel()
 	e := &env{t: t, dbURL: testenv.Database(t), redis: testenv.StartRedis(t), ctx: context.Background(), logDir: t.TempDir()}
 	e.rdb = e.redis.Client(t)
+	e.redisEnv = "REDIS_URL=" + e.redis.URL()
 	conn, err := pgx.Connect(e.ctx, e.dbURL)
 	if err != nil {
 		t.Fatal(err)
@@ -126,7 +131,7 @@ func (e *env) cli(args ...string) (string, int) {
 func (e *env) cliEnv(extraEnv []string, args ...string) (string, int) {
 	e.t.Helper()
 	cmd := exec.Command(binary, args...)
-	cmd.Env = append(os.Environ(), "DATABASE_URL="+e.dbURL, "REDIS_URL="+e.redis.URL(), "CACHESYNC_CONFIG="+e.rules)
+	cmd.Env = append(os.Environ(), "DATABASE_URL="+e.dbURL, e.redisEnv, "CACHESYNC_CONFIG="+e.rules)
 	cmd.Env = append(cmd.Env, extraEnv...)
 	out, err := cmd.CombinedOutput()
 	code := 0
@@ -149,7 +154,7 @@ func (e *env) startBinary(bin string, extraEnv ...string) *daemon {
 	e.t.Helper()
 	d := &daemon{e: e, log: &lockedBuffer{}, done: make(chan struct{})}
 	d.cmd = exec.Command(bin, "run", "--log-level", "debug", "--status-interval", "1s")
-	d.cmd.Env = append(os.Environ(), "DATABASE_URL="+e.dbURL, "REDIS_URL="+e.redis.URL(), "CACHESYNC_CONFIG="+e.rules)
+	d.cmd.Env = append(os.Environ(), "DATABASE_URL="+e.dbURL, e.redisEnv, "CACHESYNC_CONFIG="+e.rules)
 	d.cmd.Env = append(d.cmd.Env, extraEnv...)
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
 	if err := d.cmd.Start(); err != nil {

@@ -330,3 +330,16 @@ func redisBinary() (string, error) {
 	return "", &missingBinariesError{"redis-server not found: run `make deps` " +
 		"(Debian: apt-get install -y postgresql redis-server) or set REDIS_URL"}
 }
+
+// signal sends sig to the running server.
+func (r *RedisServer) signal(t testing.TB, what string, sig syscall.Signal) {
+	t.Helper()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.proc == nil || r.proc.exited() {
+		t.Fatalf("testenv: %s %s: the server is not running", what, r.addr)
+	}
+	if err := r.proc.cmd.Process.Signal(sig); err != nil {
+		t.Fatalf("testenv: %s %s: %v", what, r.addr, err)
+	}
+}

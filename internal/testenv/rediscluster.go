@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -837,4 +838,17 @@ func redisCLIBinary() (string, error) {
 	}
 	return "", &missingBinariesError{"redis-cli not found (Redis Cluster is created with redis-cli --cluster): run `make deps` " +
 		"(Debian: apt-get install -y redis-server, which brings redis-tools)"}
+}
+
+// PauseNode stops a node with SIGSTOP: it neither answers nor replicates
+// until ResumeNode, as a replica that falls behind its master would.
+func (c *RedisCluster) PauseNode(t testing.TB, addr string) {
+	t.Helper()
+	c.mustNode(t, "PauseNode", addr).signal(t, "PauseNode", syscall.SIGSTOP)
+}
+
+// ResumeNode continues a paused node (SIGCONT).
+func (c *RedisCluster) ResumeNode(t testing.TB, addr string) {
+	t.Helper()
+	c.mustNode(t, "ResumeNode", addr).signal(t, "ResumeNode", syscall.SIGCONT)
 }

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -554,4 +555,17 @@ func (s *Sentinel) hasRole(ctx context.Context, addr, role string) error {
 		return fmt.Errorf("%s: role:%s, want %s", addr, got, role)
 	}
 	return nil
+}
+
+// PauseNode stops a data node with SIGSTOP: it neither answers nor
+// replicates until ResumeNode.
+func (s *Sentinel) PauseNode(t testing.TB, addr string) {
+	t.Helper()
+	s.mustNode(t, "PauseNode", addr).signal(t, "PauseNode", syscall.SIGSTOP)
+}
+
+// ResumeNode continues a paused node (SIGCONT).
+func (s *Sentinel) ResumeNode(t testing.TB, addr string) {
+	t.Helper()
+	s.mustNode(t, "ResumeNode", addr).signal(t, "ResumeNode", syscall.SIGCONT)
 }
