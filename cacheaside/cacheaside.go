@@ -136,7 +136,7 @@ type Client struct {
 	// downUntil (unix nanoseconds) is when Redis may be tried again after
 	// a failure; 0 while it works.
 	downUntil atomic.Int64
-	scripts   struct{ ticket, fill, tagAdd, unlock, deleteTag *redis.Script }
+	scripts   struct{ ticket, fill, tagAdd, unlock, deleteTag, tagDetach *redis.Script }
 }
 
 // New returns a Client on rdb (a *redis.Client, *redis.ClusterClient or a
@@ -153,6 +153,7 @@ func New(rdb redis.UniversalClient, opts Options) (*Client, error) {
 	c.scripts.tagAdd = redis.NewScript(keyspace.TagAddScript)
 	c.scripts.unlock = redis.NewScript(keyspace.UnlockScript)
 	c.scripts.deleteTag = redis.NewScript(keyspace.DeleteTagScript)
+	c.scripts.tagDetach = redis.NewScript(keyspace.TagDetachScript)
 	return c, nil
 }
 
@@ -497,7 +498,7 @@ func (c *Client) runScripts(ctx context.Context, queue func(redis.Pipeliner), do
 }
 
 func (c *Client) loadScripts(ctx context.Context) error {
-	for _, s := range []*redis.Script{c.scripts.ticket, c.scripts.fill, c.scripts.tagAdd, c.scripts.unlock, c.scripts.deleteTag} {
+	for _, s := range []*redis.Script{c.scripts.ticket, c.scripts.fill, c.scripts.tagAdd, c.scripts.unlock, c.scripts.deleteTag, c.scripts.tagDetach} {
 		if err := s.Load(ctx, c.rdb).Err(); err != nil {
 			return err
 		}
@@ -585,13 +586,47 @@ func (c *Client) Invalidate(ctx context.Context, keys ...string) error {
 }
 
 // InvalidateTags deletes every key registered under tags, and the tag sets,
-// as the daemon does.
+// as the daemon does: atomically, or on Redis Cluster, for a tag without a
+// hash tag, in steps (the members move to a pending set, are deleted slot by
+// slot, then the pending set goes).
 func (c *Client) InvalidateTags(ctx context.Context, tags ...string) error {
-	return c.runScripts(ctx, func(p redis.Pipeliner) {
-		for _, t := range tags {
-			c.scripts.deleteTag.EvalSha(ctx, p, []string{keyspace.TagKey(t)})
+	_, cluster := c.rdb.(*redis.ClusterClient)
+	var atomic, stepwise []string
+	for _, t := range tags {
+		if cluster && !keyspace.HasHashTag(keyspace.TagKey(t)) {
+			stepwise = append(stepwise, keyspace.TagKey(t))
+		} else {
+			atomic = append(atomic, keyspace.TagKey(t))
 		}
-	})
+	}
+	if err := c.runScripts(ctx, func(p redis.Pipeliner) {
+		for _, k := range atomic {
+			c.scripts.deleteTag.EvalSha(ctx, p, []string{k})
+		}
+	}); err != nil {
+		return err
+	}
+	for _, k := range stepwise {
+		pending := keyspace.TagPendingKey(k)
+		members, err := c.scripts.tagDetach.Run(ctx, c.rdb, []string{k, pending}).StringSlice()
+		if err != nil {
+			return err
+		}
+		// One command per member: a cluster refuses multi-key commands
+		// across slots.
+		if _, err := c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for _, m := range members {
+				p.Unlink(ctx, m)
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+		if err := c.rdb.Del(ctx, pending).Err(); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (c *Client) jittered(ttl time.Duration) time.Duration {

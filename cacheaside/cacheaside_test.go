@@ -547,3 +547,59 @@ func TestOptionsValidated(t *testing.T) {
 		}
 	}
 }
+
+// TestCluster: fills, tags, versions and the fence on a real Redis Cluster,
+// where a tag's members live in many slots.
+func TestCluster(t *testing.T) {
+	t.Parallel()
+	cluster := testenv.StartRedisCluster(t, testenv.ClusterOptions{})
+	rdb := cluster.Client(t)
+	c, err := cacheaside.New(rdb, cacheaside.Options{Logger: slog.New(slog.NewTextHandler(&syncBuffer{}, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	var keys []string
+	for i := range 30 {
+		k := fmt.Sprintf("user:%d", i)
+		keys = append(keys, k)
+		if _, err := cacheaside.GetOrLoad(ctx, c, k, func(context.Context) (int, error) { return i, nil }, cacheaside.Tags("org:1")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := cacheaside.GetOrLoad(ctx, c, "page", func(context.Context) (int, error) { return 1, nil }, cacheaside.Versioned("list")); err != nil {
+		t.Fatal(err)
+	}
+	if n := rdb.Exists(ctx, append(keys, "list:v0:page")...); n.Err() == nil {
+		t.Fatal("a multi-key EXISTS across slots should be refused: the test's premise")
+	}
+	present := func(ks ...string) int {
+		n := 0
+		for _, k := range ks {
+			n += int(rdb.Exists(ctx, k).Val())
+		}
+		return n
+	}
+	if n := present(append(keys, "list:v0:page")...); n != 31 {
+		t.Fatalf("%d of 31 keys filled", n)
+	}
+	if err := c.InvalidateTags(ctx, "org:1"); err != nil {
+		t.Fatalf("InvalidateTags across slots: %v", err)
+	}
+	if n := present(append(keys, keyspace.TagKey("org:1"))...); n != 0 {
+		t.Errorf("%d keys left after InvalidateTags", n)
+	}
+	// The fence on a cluster: an invalidation during the load refuses the fill.
+	_, err = cacheaside.GetOrLoad(ctx, c, "user:99", func(context.Context) (int, error) {
+		if err := c.Invalidate(ctx, "user:99"); err != nil {
+			t.Fatal(err)
+		}
+		return 99, nil
+	})
+	if err != nil || present("user:99") != 0 || c.Stats().FencedFills != 1 {
+		t.Errorf("the fill after an invalidation was not refused: err %v, present %d, stats %+v", err, present("user:99"), c.Stats())
+	}
+	if st := c.Stats(); st.RedisErrors != 0 {
+		t.Errorf("%d Redis errors on the cluster", st.RedisErrors)
+	}
+}

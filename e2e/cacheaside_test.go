@@ -67,7 +67,30 @@ func consistencyDuration(t *testing.T, def time.Duration) time.Duration {
 func TestCacheasideConsistency(t *testing.T) {
 	for _, fenced := range []bool{true, false} {
 		t.Run(fmt.Sprintf("fenced=%v", fenced), func(t *testing.T) {
-			e := setup(t, schema, rules)
+			consistency(t, setup(t, schema, rules), fenced)
+		})
+	}
+}
+
+// TestCacheasideConsistencyCluster is the fenced run on a Redis Cluster and
+// on Sentinel: the client's scripts keep to one slot, and tags whose members
+// span slots are invalidated in steps.
+func TestCacheasideConsistencyCluster(t *testing.T) {
+	t.Run("cluster", func(t *testing.T) {
+		e, _ := setupCluster(t)
+		consistency(t, e, true)
+	})
+	t.Run("sentinel", func(t *testing.T) {
+		e, _ := setupSentinel(t)
+		consistency(t, e, true)
+	})
+}
+
+// consistency runs readers through cacheaside and writers against the
+// daemon, then compares every cached value with PostgreSQL.
+func consistency(t *testing.T, e *env, fenced bool) {
+	{
+		{
 			d := e.start()
 			e.waitStreaming(d)
 			e.exec(`INSERT INTO users SELECT g, 'u' || g || '@x.io', g % $2::int, 'name-' || g FROM generate_series(1, $1::int) g`, caUsers, caOrgs)
@@ -96,30 +119,33 @@ func TestCacheasideConsistency(t *testing.T) {
 			if !fenced {
 				run = min(run, 6*time.Second)
 			}
-			// The readers go on for a moment after the last write, so that
-			// fills in flight around the last invalidations are played and
-			// the cache holds values to check.
+			// The readers go on after the last write until the daemon has
+			// applied everything, and a moment more, so that fills race
+			// the last invalidations and the cache holds values to check.
 			wctx, stopWriters := context.WithTimeout(e.ctx, run)
 			defer stopWriters()
-			rctx, stopReaders := context.WithTimeout(e.ctx, run+500*time.Millisecond)
+			rctx, stopReaders := context.WithCancel(e.ctx)
 			defer stopReaders()
-			var wg sync.WaitGroup
+			var writers, readers sync.WaitGroup
 			errs := make(chan error, 64)
 			for i := range 3 {
-				wg.Go(func() { errs <- app.write(wctx, uint64(i)) })
+				writers.Go(func() { errs <- app.write(wctx, uint64(i)) })
 			}
 			for i := range 12 {
-				wg.Go(func() { errs <- app.read(rctx, clients[i%len(clients)], uint64(100+i)) })
+				readers.Go(func() { errs <- app.read(rctx, clients[i%len(clients)], uint64(100+i)) })
 			}
-			wg.Wait()
+			writers.Wait()
+			e.caughtUp(d, 2*time.Minute)
+			time.AfterFunc(500*time.Millisecond, stopReaders)
+			readers.Wait()
 			close(errs)
 			for err := range errs {
 				if err != nil {
 					t.Fatal(err)
 				}
 			}
-			// Every fill has returned; the daemon applies what is left.
-			e.caughtUp(d, 2*time.Minute)
+			// Every fill has returned; nothing was written since.
+			e.quiesce(d)
 
 			mismatches, checked := e.cacheasideMismatches(app)
 			var st cacheaside.Stats
@@ -149,7 +175,7 @@ func TestCacheasideConsistency(t *testing.T) {
 			case !fenced && len(mismatches) == 0:
 				t.Errorf("without the fence no stale value was left after %d fills: this test cannot catch the race", st.Fills)
 			}
-		})
+		}
 	}
 }
 
