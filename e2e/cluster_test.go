@@ -7,49 +7,21 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/cachesync/cachesync/internal/testenv"
 )
 
-// setupCache is setup with the cache described by a redis block instead of
-// REDIS_URL.
-func setupCache(t *testing.T, redisBlock string, rdb func(e *env)) *env {
-	t.Helper()
-	t.Parallel()
-	e := &env{t: t, dbURL: testenv.Database(t), ctx: context.Background(), logDir: t.TempDir(), redisEnv: "REDIS_URL="}
-	conn, err := pgx.Connect(e.ctx, e.dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close(context.Background()) })
-	e.db = conn
-	e.exec(schema)
-	if err := conn.QueryRow(e.ctx, "SELECT left(current_database(), 63)").Scan(&e.slot); err != nil {
-		t.Fatal(err)
-	}
-	rdb(e)
-	e.rules = filepath.Join(t.TempDir(), "rules.hcl")
-	body := fmt.Sprintf("postgres {\n  slot = %q\n  publication = \"cachesync\"\n}\n%s\n%s", e.slot, redisBlock, rules)
-	if err := os.WriteFile(e.rules, []byte(body), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return e
-}
-
 func setupCluster(t *testing.T) (*env, *testenv.RedisCluster) {
 	t.Helper()
 	cluster := testenv.StartRedisCluster(t, testenv.ClusterOptions{})
 	block := fmt.Sprintf("redis {\n  mode = \"cluster\"\n  addresses = [%q]\n}\n", cluster.Addrs()[0])
-	e := setupCache(t, block, func(e *env) { e.rdb = cluster.Client(t) })
+	e := setupWith(t, schema, block, rules, func(e *env) { e.rdb, e.redisEnv = cluster.Client(t), "REDIS_URL=" })
 	return e, cluster
 }
 
@@ -61,7 +33,7 @@ func setupSentinel(t *testing.T) (*env, *testenv.Sentinel) {
 		addrs = append(addrs, fmt.Sprintf("%q", a))
 	}
 	block := fmt.Sprintf("redis {\n  mode = \"sentinel\"\n  master_name = %q\n  addresses = [%s]\n}\n", s.MasterName(), strings.Join(addrs, ", "))
-	e := setupCache(t, block, func(e *env) { e.rdb = s.Client(t) })
+	e := setupWith(t, schema, block, rules, func(e *env) { e.rdb, e.redisEnv = s.Client(t), "REDIS_URL=" })
 	return e, s
 }
 
@@ -170,12 +142,19 @@ func TestClusterLostAcknowledgedWrites(t *testing.T) {
 	})
 	// The promoted replica still has the old names cached: unless the
 	// daemon notices, they stay stale.
-	eventually(t, 60*time.Second, "the lost invalidations healed", func() (bool, string) {
+	e.expectHealed(d)
+}
+
+// expectHealed waits until no cached key differs from PostgreSQL after a
+// failover lost acknowledged writes, and checks the daemon said why.
+func (e *env) expectHealed(d *daemon) {
+	e.t.Helper()
+	eventually(e.t, 60*time.Second, "the lost invalidations healed", func() (bool, string) {
 		m, checked := e.cacheMismatches()
 		return len(m) == 0, fmt.Sprintf("%d of %d stale: %v", len(m), checked, m)
 	})
 	if !strings.Contains(d.log.String(), "REDIS RESET") {
-		t.Errorf("the daemon did not report the lost writes")
+		e.t.Errorf("the daemon did not report the lost writes")
 	}
 	e.quiesce(d)
 	e.checkCache()
@@ -255,13 +234,5 @@ func TestSentinelLostAcknowledgedWrites(t *testing.T) {
 	})
 	s.ResumeNode(t, replica)
 	killed.Wait()
-	eventually(t, 60*time.Second, "the lost invalidations healed", func() (bool, string) {
-		m, checked := e.cacheMismatches()
-		return len(m) == 0, fmt.Sprintf("%d of %d stale: %v", len(m), checked, m)
-	})
-	if !strings.Contains(d.log.String(), "REDIS RESET") {
-		t.Errorf("the daemon did not report the lost writes")
-	}
-	e.quiesce(d)
-	e.checkCache()
+	e.expectHealed(d)
 }

@@ -61,13 +61,24 @@ type env struct {
 	logDir   string
 }
 
-// setup creates the schema and writes the rules file.
+// setup creates the schema and writes the rules file, with a private
+// standalone Redis found through REDIS_URL.
 func setup(t *testing.T, schema, rules string) *env {
 	t.Helper()
+	redis := testenv.StartRedis(t)
+	return setupWith(t, schema, "", rules, func(e *env) {
+		e.redis, e.rdb, e.redisEnv = redis, redis.Client(t), "REDIS_URL="+redis.URL()
+	})
+}
+
+// setupWith is setup with the cache chosen by attach, which sets e.rdb and
+// e.redisEnv (and e.redis for a standalone server); redisBlock goes into the
+// rules file (a cluster's or sentinels' addresses).
+func setupWith(t *testing.T, schema, redisBlock, rules string, attach func(e *env)) *env {
+	t.Helper()
 	t.Parallel()
-	e := &env{t: t, dbURL: testenv.Database(t), redis: testenv.StartRedis(t), ctx: context.Background(), logDir: t.TempDir()}
-	e.rdb = e.redis.Client(t)
-	e.redisEnv = "REDIS_URL=" + e.redis.URL()
+	e := &env{t: t, dbURL: testenv.Database(t), ctx: context.Background(), logDir: t.TempDir()}
+	attach(e)
 	conn, err := pgx.Connect(e.ctx, e.dbURL)
 	if err != nil {
 		t.Fatal(err)
@@ -81,7 +92,7 @@ func setup(t *testing.T, schema, rules string) *env {
 		t.Fatal(err)
 	}
 	e.rules = filepath.Join(t.TempDir(), "rules.hcl")
-	body := fmt.Sprintf("postgres {\n  slot = %q\n  publication = \"cachesync\"\n}\n%s", e.slot, rules)
+	body := fmt.Sprintf("postgres {\n  slot = %q\n  publication = \"cachesync\"\n}\n%s%s", e.slot, redisBlock, rules)
 	if err := os.WriteFile(e.rules, []byte(body), 0o644); err != nil {
 		t.Fatal(err)
 	}
