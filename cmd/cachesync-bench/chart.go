@@ -24,10 +24,12 @@ func chart(rep *report) ([]byte, error) {
 		scale  = 2
 		rowH   = 28
 		top    = 64
-		left   = 470
-		right  = 1180
-		width  = 1260
+		left   = 540
+		right  = 1250
+		width  = 1330
 		barPad = 6
+		// maxLabel is as many glyphs (4×scale wide) as fit left of the bars.
+		maxLabel = (left - 10 - 4*scale) / (4 * scale)
 	)
 	height := top + rowH*len(bars) + 50
 	img := image.NewRGBA(image.Rect(0, 0, width, height))
@@ -55,8 +57,8 @@ func chart(rep *report) ([]byte, error) {
 	for i, f := range bars {
 		y := top + i*rowH
 		label := f.Workload + ": " + strings.TrimPrefix(f.Metric, "cachesync ")
-		if len(label) > 57 {
-			label = label[:57]
+		if len(label) > maxLabel {
+			label = label[:maxLabel]
 		}
 		text(img, 10, y+8, scale, label, color.RGBA{0, 0, 0, 255})
 		c := color.RGBA{70, 130, 180, 255}

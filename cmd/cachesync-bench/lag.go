@@ -93,7 +93,7 @@ func (b *bench) runLag(ctx context.Context, rate float64, dur time.Duration) (la
 // rule writes every committed row to lag:<id>.
 func (b *bench) runLagCachesync(ctx context.Context, rate float64, dur time.Duration) (lagResult, error) {
 	res := lagResult{Offered: rate}
-	db, rules, dataDir, drop, err := b.preparedDatabase(ctx, lagTable, lagRule)
+	db, rules, dataDir, drop, err := b.preparedDatabase(ctx, lagTable, lagRule, false)
 	if err != nil {
 		return res, err
 	}
@@ -111,7 +111,7 @@ func (b *bench) runLagCachesync(ctx context.Context, rate float64, dur time.Dura
 	}
 	defer conn.Close(context.Background())
 
-	cs := b.cachesyncCmd("run", rules, dataDir, db)
+	cs := b.cachesyncCmd("run", rules, dataDir, db, false)
 	var csOut bytes.Buffer
 	cs.Stdout, cs.Stderr = &csOut, &csOut
 	if err := cs.Start(); err != nil {
@@ -175,7 +175,7 @@ func (b *bench) runLagCachesync(ctx context.Context, rate float64, dur time.Dura
 // pgoutput client (same plugin options as cachesync) that records when each
 // INSERT arrives and does nothing else.
 func (b *bench) runLagFloor(ctx context.Context, rate float64, dur time.Duration) (lagSpread, error) {
-	db, _, _, drop, err := b.preparedDatabase(ctx, lagTable, lagRule)
+	db, _, _, drop, err := b.preparedDatabase(ctx, lagTable, lagRule, false)
 	if err != nil {
 		return lagSpread{}, err
 	}

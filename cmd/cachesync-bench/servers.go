@@ -10,6 +10,7 @@ import (
 	"os/user"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -18,6 +19,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/cachesync/cachesync/internal/testenv"
 )
 
 // servers are the private PostgreSQL and redis-server of one benchmark process, on
@@ -34,6 +37,11 @@ type servers struct {
 	redis    *exec.Cmd
 	cred     *syscall.Credential // nil unless we are root
 	logf     func(string, ...any)
+
+	// cluster is the private Redis Cluster of the cluster workload (-cluster), nil
+	// without it; clusterMasters are its masters' addresses.
+	cluster        *testenv.RedisCluster
+	clusterMasters []string
 }
 
 // pgSettings trade durability for speed like testenv does (the data is thrown away),
@@ -209,7 +217,78 @@ func (s *servers) pgURL(db string) string {
 	return fmt.Sprintf("postgres://postgres@127.0.0.1:%d/%s?sslmode=disable", s.pgPort, db)
 }
 
+// clusterNodeTimeout is the cluster's cluster-node-timeout: twice testenv's 1 s (which
+// paces its failover tests), so that a node left unscheduled for a moment on a loaded
+// machine is not failed over. Redis's default, 15 s, would be safer still, but a new
+// cluster's masters wait min(timeout, 5 s) before they declare it ok, which made the
+// start take 5–8 s instead of about 2 s; checkClusterMasters catches a failover anyway.
+const clusterNodeTimeout = 2 * time.Second
+
+// startCluster starts a private Redis Cluster of 3 masters with a replica each, the
+// way the e2e tests get theirs (internal/testenv, redis-cli --cluster create), and
+// notes which nodes are masters. stop stops it.
+func (s *servers) startCluster() error {
+	c, err := testenv.NewRedisCluster(testenv.ClusterOptions{NodeTimeout: clusterNodeTimeout}, s.logf)
+	if err != nil {
+		return fmt.Errorf("start the Redis Cluster (-cluster): %w", err)
+	}
+	s.cluster = c
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if s.clusterMasters, err = s.masters(ctx); err != nil {
+		return err
+	}
+	if len(s.clusterMasters) != 3 {
+		return fmt.Errorf("redis cluster: %d masters among %v, want 3", len(s.clusterMasters), c.Addrs())
+	}
+	return nil
+}
+
+// masters returns the addresses of the cluster's nodes that say they are masters
+// (INFO replication), in the order of Addrs.
+func (s *servers) masters(ctx context.Context) ([]string, error) {
+	var masters []string
+	for _, addr := range s.cluster.Addrs() {
+		rc := redis.NewClient(&redis.Options{Addr: addr})
+		info, err := rc.Info(ctx, "replication").Result()
+		_ = rc.Close()
+		if err != nil {
+			return nil, fmt.Errorf("redis cluster: INFO replication on %s: %w", addr, err)
+		}
+		if infoField(info, "role") == "master" {
+			masters = append(masters, addr)
+		}
+	}
+	return masters, nil
+}
+
+// checkClusterMasters fails when the masters changed since the start: a failover
+// during a measurement would leave its figures meaningless (and the command counts
+// would miss the promoted replica).
+func (s *servers) checkClusterMasters(ctx context.Context) error {
+	now, err := s.masters(ctx)
+	if err != nil {
+		return err
+	}
+	if !slices.Equal(now, s.clusterMasters) {
+		return fmt.Errorf("redis cluster: the masters were %v and are now %v: a failover happened during the measurement", s.clusterMasters, now)
+	}
+	return nil
+}
+
+// clusterBlock is the rules file's redis block for the cluster. One seed address
+// is enough: the daemon's client learns the other nodes from it.
+func (s *servers) clusterBlock() string {
+	return fmt.Sprintf("redis {\n  mode      = \"cluster\"\n  addresses = [%q]\n}\n", s.clusterMasters[0])
+}
+
 func (s *servers) stop() {
+	if s.cluster != nil {
+		if err := s.cluster.Close(); err != nil {
+			s.logf("stop redis cluster: %v", err)
+		}
+		s.cluster = nil
+	}
 	if s.pg != nil && s.pg.Process != nil {
 		_ = s.pg.Process.Signal(syscall.SIGINT) // fast shutdown
 		waitOrKill(s.pg, 20*time.Second, syscall.SIGQUIT)

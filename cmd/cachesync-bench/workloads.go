@@ -24,6 +24,9 @@ type workload struct {
 	Table string // CREATE TABLE
 	// TxRows is the number of rows per transaction; 0 means all rows in one.
 	TxRows int
+	// Cluster runs cachesync (setup and run) against the Redis Cluster instead of
+	// the standalone Redis.
+	Cluster bool
 }
 
 const invTable = `CREATE TABLE w (id int PRIMARY KEY, email text NOT NULL, org_id int NOT NULL);
@@ -40,12 +43,24 @@ const refRule = `refresh {
     ttl   = "1h"
   }`
 
-func workloads(full bool) []workload {
+// clusterBaseline is the standalone workload that the cluster workload repeats, and
+// whose throughput in the same run its own is compared with.
+const clusterBaseline = "invalidate, 1000-row tx"
+
+func workloads(full, cluster bool) []workload {
 	ws := []workload{
-		{Name: "invalidate, 1000-row tx", Rule: invRule, Table: invTable, TxRows: 1000},
-		{Name: "invalidate, 1-row tx", Rule: invRule, Table: invTable, TxRows: 1},
-		{Name: "refresh JSON, 1000-row tx", Rule: refRule, Table: refTable, TxRows: 1000},
+		{Name: clusterBaseline, Rule: invRule, Table: invTable, TxRows: 1000},
 	}
+	if cluster {
+		// Same table, rule and load as its baseline: the user keys hash to every
+		// master, and the tags org:<n> have no hash tag, so the daemon deletes them in
+		// steps (detach, then the members by slot), as it must on a cluster.
+		ws = append(ws, workload{Name: clusterBaseline + ", cluster", Rule: invRule, Table: invTable, TxRows: 1000, Cluster: true})
+	}
+	ws = append(ws,
+		workload{Name: "invalidate, 1-row tx", Rule: invRule, Table: invTable, TxRows: 1},
+		workload{Name: "refresh JSON, 1000-row tx", Rule: refRule, Table: refTable, TxRows: 1000},
+	)
 	if full {
 		ws = append(ws, workload{Name: "invalidate, 1M-row tx", Rule: invRule, Table: invTable, TxRows: 0})
 	}
@@ -57,7 +72,7 @@ type throughput struct {
 	Rows            int
 	DecodeSeconds   float64 // pg_recvlogical, slot start to endpos
 	CachesyncSecs   float64 // cachesync, slot start to confirmed_flush_lsn >= end
-	RedisCommands   int64   // commands Redis processed meanwhile
+	RedisCommands   int64   // commands Redis processed meanwhile (on a cluster: its masters, summed)
 	PeakRSSBytes    int64   // cachesync VmHWM
 	DecodePeakRSS   int64   // pg_recvlogical VmHWM (for reference)
 	WALBytes        int64
@@ -72,8 +87,9 @@ type bench struct {
 	dbSeq     int
 }
 
-// newDatabase creates a fresh database with one table and writes a rules file for it.
-func (b *bench) newDatabase(ctx context.Context, table, rule string) (db, rules, dataDir string, err error) {
+// newDatabase creates a fresh database with one table and writes a rules file for it;
+// with cluster, the file's redis block names the Redis Cluster.
+func (b *bench) newDatabase(ctx context.Context, table, rule string, cluster bool) (db, rules, dataDir string, err error) {
 	b.dbSeq++
 	db = fmt.Sprintf("bench%d", b.dbSeq)
 	admin, err := pgx.Connect(ctx, b.srv.pgURL("postgres"))
@@ -97,16 +113,20 @@ func (b *bench) newDatabase(ctx context.Context, table, rule string) (db, rules,
 		return "", "", "", err
 	}
 	rules = filepath.Join(dir, "rules.hcl")
+	redisBlock := ""
+	if cluster {
+		redisBlock = "\n" + b.srv.clusterBlock()
+	}
 	text := fmt.Sprintf(`postgres {
   slot        = "cs"
   publication = "bench"
 }
-
+%s
 rule "w" {
   table = "public.w"
   %s
 }
-`, rule)
+`, redisBlock, rule)
 	if err := os.WriteFile(rules, []byte(text), 0o644); err != nil {
 		return "", "", "", err
 	}
@@ -129,21 +149,30 @@ func (b *bench) dropDatabase(ctx context.Context, db string) error {
 	return err
 }
 
-// cachesyncCmd builds `cachesync <sub> --config rules` against the private servers.
-func (b *bench) cachesyncCmd(sub, rules, dataDir, db string, extra ...string) *exec.Cmd {
-	args := append([]string{sub, "--config", rules, "--database-url", b.srv.pgURL(db),
-		"--redis-url", b.srv.redisURL}, extra...)
+// cachesyncCmd builds `cachesync <sub> --config rules` against the private servers:
+// the standalone Redis by --redis-url, or with cluster the Redis Cluster that the
+// rules file names (the daemon refuses --redis-url and REDIS_URL with a cluster
+// block, so REDIS_URL is emptied).
+func (b *bench) cachesyncCmd(sub, rules, dataDir, db string, cluster bool) *exec.Cmd {
+	args := []string{sub, "--config", rules, "--database-url", b.srv.pgURL(db)}
+	if !cluster {
+		args = append(args, "--redis-url", b.srv.redisURL)
+	}
 	cmd := exec.Command(b.cachesync, args...)
 	cmd.Env = append(os.Environ(), "CACHESYNC_DATA_DIR="+dataDir, "CACHESYNC_HEARTBEAT_INTERVAL=0", "CACHESYNC_LISTEN=127.0.0.1:0",
 		"CACHESYNC_FAILPOINT=")
+	if cluster {
+		cmd.Env = append(cmd.Env, "REDIS_URL=") // the last value wins
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	return cmd
 }
 
 // preparedDatabase is a fresh database with the workload's table, its rules
-// file and data dir, and cachesync setup done; drop removes it.
-func (b *bench) preparedDatabase(ctx context.Context, table, rule string) (db, rules, dataDir string, drop func(), err error) {
-	if db, rules, dataDir, err = b.newDatabase(ctx, table, rule); err != nil {
+// file and data dir, and cachesync setup done (against the cluster with cluster);
+// drop removes it.
+func (b *bench) preparedDatabase(ctx context.Context, table, rule string, cluster bool) (db, rules, dataDir string, drop func(), err error) {
+	if db, rules, dataDir, err = b.newDatabase(ctx, table, rule, cluster); err != nil {
 		return "", "", "", nil, err
 	}
 	drop = func() {
@@ -151,15 +180,15 @@ func (b *bench) preparedDatabase(ctx context.Context, table, rule string) (db, r
 			b.logf("drop database %s: %v", db, err)
 		}
 	}
-	if err := b.setup(ctx, rules, dataDir, db); err != nil {
+	if err := b.setup(ctx, rules, dataDir, db, cluster); err != nil {
 		drop()
 		return "", "", "", nil, err
 	}
 	return db, rules, dataDir, drop, nil
 }
 
-func (b *bench) setup(ctx context.Context, rules, dataDir, db string) error {
-	out, err := b.cachesyncCmd("setup", rules, dataDir, db).CombinedOutput()
+func (b *bench) setup(ctx context.Context, rules, dataDir, db string, cluster bool) error {
+	out, err := b.cachesyncCmd("setup", rules, dataDir, db, cluster).CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("cachesync setup: %v\n%s", err, out)
 	}
@@ -200,7 +229,7 @@ END $$`, rows, values))
 // same WAL with pg_recvlogical (decode ceiling) and with cachesync.
 func (b *bench) runThroughput(ctx context.Context, w workload, rows int) (throughput, error) {
 	res := throughput{Rows: rows}
-	db, rules, dataDir, drop, err := b.preparedDatabase(ctx, w.Table, w.Rule)
+	db, rules, dataDir, drop, err := b.preparedDatabase(ctx, w.Table, w.Rule, w.Cluster)
 	if err != nil {
 		return res, err
 	}
@@ -254,13 +283,13 @@ func (b *bench) runThroughput(ctx context.Context, w workload, rows int) (throug
 	}
 
 	// cachesync.
-	rc := redisFromURL(b.srv.redisURL)
-	defer rc.Close()
-	cmdsBefore, err := redisCommands(ctx, rc)
+	counter := b.commandCounter(w.Cluster)
+	defer counter.close()
+	cmdsBefore, err := counter.total(ctx)
 	if err != nil {
 		return res, err
 	}
-	cs := b.cachesyncCmd("run", rules, dataDir, db)
+	cs := b.cachesyncCmd("run", rules, dataDir, db, w.Cluster)
 	var csOut bytes.Buffer
 	cs.Stdout, cs.Stderr = &csOut, &csOut
 	if err := cs.Start(); err != nil {
@@ -286,12 +315,16 @@ func (b *bench) runThroughput(ctx context.Context, w workload, rows int) (throug
 	stopHWM()
 	res.PeakRSSBytes = hwm
 	res.CachesyncCPUSec = cpuSeconds(cs.Process.Pid)
-	cmdsAfter, err := redisCommands(ctx, rc)
+	cmdsAfter, err := counter.total(ctx)
 	if err != nil {
 		return res, err
 	}
-	// Our two INFO calls count too.
-	res.RedisCommands = cmdsAfter - cmdsBefore - 1
+	res.RedisCommands = cmdsAfter - cmdsBefore - counter.ownCommands()
+	if w.Cluster {
+		if err := b.srv.checkClusterMasters(ctx); err != nil {
+			return res, err
+		}
+	}
 	_ = cs.Process.Signal(syscall.SIGTERM)
 	waitOrKill(cs, 20*time.Second, syscall.SIGKILL)
 	return res, nil
@@ -423,12 +456,63 @@ func redisCommands(ctx context.Context, rc *redis.Client) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	for line := range strings.SplitSeq(info, "\n") {
-		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "total_commands_processed:"); ok {
-			return strconv.ParseInt(v, 10, 64)
-		}
+	if v := infoField(info, "total_commands_processed"); v != "" {
+		return strconv.ParseInt(v, 10, 64)
 	}
 	return 0, fmt.Errorf("no total_commands_processed in INFO stats")
+}
+
+// infoField returns a field of an INFO reply, "" when absent.
+func infoField(info, field string) string {
+	for line := range strings.SplitSeq(info, "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), field+":"); ok {
+			return v
+		}
+	}
+	return ""
+}
+
+// commandCounter reads total_commands_processed from the servers that cachesync
+// writes to: the standalone Redis, or every master of the cluster (a replica's
+// count would add the replicated stream again). Each client keeps its connection,
+// so that only the INFO calls themselves add to the counts.
+type commandCounter struct {
+	clients []*redis.Client
+}
+
+func (b *bench) commandCounter(cluster bool) *commandCounter {
+	if !cluster {
+		return &commandCounter{clients: []*redis.Client{redisFromURL(b.srv.redisURL)}}
+	}
+	c := &commandCounter{}
+	for _, addr := range b.srv.clusterMasters {
+		c.clients = append(c.clients, redis.NewClient(&redis.Options{Addr: addr, PoolSize: 1}))
+	}
+	return c
+}
+
+// total is the sum of the servers' total_commands_processed.
+func (c *commandCounter) total(ctx context.Context) (int64, error) {
+	var sum int64
+	for _, rc := range c.clients {
+		n, err := redisCommands(ctx, rc)
+		if err != nil {
+			return 0, fmt.Errorf("INFO stats on %s: %w", rc.Options().Addr, err)
+		}
+		sum += n
+	}
+	return sum, nil
+}
+
+// ownCommands is what a pair of total calls adds to the difference of their sums:
+// on each server the first INFO is counted by the second (a command counts once
+// it has run).
+func (c *commandCounter) ownCommands() int64 { return int64(len(c.clients)) }
+
+func (c *commandCounter) close() {
+	for _, rc := range c.clients {
+		_ = rc.Close()
+	}
 }
 
 // redisCeiling measures pipelined DELs from go-redis: ops pipelines of 1000.

@@ -33,7 +33,8 @@ const (
 	clusterCLITimeout = 2 * time.Minute
 )
 
-// ClusterOptions configures a private Redis Cluster started by StartRedisCluster.
+// ClusterOptions configures a private Redis Cluster started by StartRedisCluster or
+// NewRedisCluster.
 type ClusterOptions struct {
 	// Masters is the number of masters; 0 means 3, the fewest redis-cli --cluster
 	// create accepts.
@@ -99,16 +100,45 @@ func (n ClusterNode) SlotCount() int {
 // nodes are stopped at cleanup.
 func StartRedisCluster(t testing.TB, opts ClusterOptions) *RedisCluster {
 	t.Helper()
-	c, err := startRedisCluster(opts, t.Logf)
+	c, err := NewRedisCluster(opts, t.Logf)
 	if err != nil {
 		fail(t, err)
 	}
 	t.Cleanup(func() {
-		if err := c.shutdown(); err != nil {
+		if err := c.Close(); err != nil {
 			t.Errorf("testenv: %v", err)
 		}
 	})
 	return c
+}
+
+// NewRedisCluster is StartRedisCluster for code without a testing.TB, such as a
+// benchmark program: it starts the cluster the same way and returns an error instead
+// of failing a test. logf, when not nil, gets the line that StartRedisCluster logs.
+// The caller stops the cluster with Close. Each node is registered like every server
+// testenv starts, so a test process's Main (or SIGINT/SIGTERM under Main) still stops
+// the nodes that Close did not, and the kernel kills them if the process dies
+// (parent-death signal).
+//
+// The error is the one StartRedisCluster fails the test with (without its "testenv: "
+// prefix): a node's log tail when it exited, redis-cli's output when --cluster create
+// failed, or how to install a missing redis-server or redis-cli.
+func NewRedisCluster(opts ClusterOptions, logf func(format string, args ...any)) (*RedisCluster, error) {
+	if logf == nil {
+		logf = func(string, ...any) {}
+	}
+	c, err := startRedisCluster(opts, logf)
+	if err != nil {
+		return nil, err // startRedisCluster already stopped what it started
+	}
+	return c, nil
+}
+
+// Close stops every node (SIGKILL: nodes keep nothing worth saving) and removes
+// their temporary directories. It is safe to call more than once, and after some
+// nodes were killed; the methods that start or restart nodes fail after it.
+func (c *RedisCluster) Close() error {
+	return c.shutdown()
 }
 
 // Addrs returns the addresses of all nodes, masters and replicas, including stopped ones.

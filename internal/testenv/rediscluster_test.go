@@ -122,6 +122,55 @@ func (h *errorCounter) String() string {
 	return strings.Join(parts, " ")
 }
 
+// TestNewRedisCluster starts a cluster without a testing.TB, as the benchmark does,
+// and checks that Close stops every node and may be called again.
+func TestNewRedisCluster(t *testing.T) {
+	t.Parallel()
+
+	var logged []string
+	c, err := testenv.NewRedisCluster(testenv.ClusterOptions{ReplicasPerMaster: -1}, func(format string, args ...any) {
+		logged = append(logged, fmt.Sprintf(format, args...))
+	})
+	if err != nil {
+		t.Fatalf("NewRedisCluster: %v", err)
+	}
+	closed := false
+	t.Cleanup(func() {
+		if !closed {
+			_ = c.Close()
+		}
+	})
+	if len(logged) != 1 || !strings.Contains(logged[0], "Redis Cluster of 3 masters and 0 replicas started") {
+		t.Errorf("logged %q, want the started line", logged)
+	}
+	addrs := c.Addrs()
+	if len(addrs) != 3 {
+		t.Fatalf("Addrs() = %v, want 3 masters", addrs)
+	}
+	client := redis.NewClusterClient(&redis.ClusterOptions{Addrs: addrs})
+	defer client.Close()
+	ctx := t.Context()
+	for _, key := range []string{"a", "b", "c", "d", "e"} {
+		if err := client.Set(ctx, key, "1", 0).Err(); err != nil {
+			t.Fatalf("SET %s: %v", key, err)
+		}
+	}
+
+	closed = true
+	if err := c.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	for _, addr := range addrs {
+		if conn, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+			_ = conn.Close()
+			t.Errorf("%s still accepts connections after Close", addr)
+		}
+	}
+	if err := c.Close(); err != nil {
+		t.Errorf("second Close: %v", err)
+	}
+}
+
 func TestRedisCluster(t *testing.T) {
 	t.Parallel()
 
