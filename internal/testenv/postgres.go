@@ -75,15 +75,7 @@ type Postgres struct {
 func StartPostgres(t testing.TB, opts PostgresOptions) *Postgres {
 	t.Helper()
 	p, err := startPostgres(opts, t.Logf)
-	if err != nil {
-		fail(t, err)
-	}
-	t.Cleanup(func() {
-		if err := p.shutdown(); err != nil {
-			t.Errorf("testenv: %v", err)
-		}
-	})
-	return p
+	return forTest(t, p, err)
 }
 
 // URL returns the loopback URL of a database on this server; "" means "postgres", the

@@ -89,14 +89,7 @@ func StartRedis(t testing.TB) *RedisServer {
 	t.Helper()
 	started := time.Now()
 	r, err := startRedis()
-	if err != nil {
-		fail(t, err)
-	}
-	t.Cleanup(func() {
-		if err := r.shutdown(); err != nil {
-			t.Errorf("testenv: %v", err)
-		}
-	})
+	r = forTest(t, r, err)
 	t.Logf("testenv: redis-server started on %s in %s", r.addr, durationString(time.Since(started)))
 	return r
 }

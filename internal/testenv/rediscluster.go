@@ -101,15 +101,7 @@ func (n ClusterNode) SlotCount() int {
 func StartRedisCluster(t testing.TB, opts ClusterOptions) *RedisCluster {
 	t.Helper()
 	c, err := NewRedisCluster(opts, t.Logf)
-	if err != nil {
-		fail(t, err)
-	}
-	t.Cleanup(func() {
-		if err := c.Close(); err != nil {
-			t.Errorf("testenv: %v", err)
-		}
-	})
-	return c
+	return forTest(t, c, err)
 }
 
 // NewRedisCluster is StartRedisCluster for code without a testing.TB, such as a
@@ -142,9 +134,12 @@ func (c *RedisCluster) Close() error {
 }
 
 // Addrs returns the addresses of all nodes, masters and replicas, including stopped ones.
-func (c *RedisCluster) Addrs() []string {
-	addrs := make([]string, len(c.nodes))
-	for i, n := range c.nodes {
+func (c *RedisCluster) Addrs() []string { return addrsOf(c.nodes) }
+
+// addrsOf returns the servers' addresses.
+func addrsOf(servers []*RedisServer) []string {
+	addrs := make([]string, len(servers))
+	for i, n := range servers {
 		addrs[i] = n.addr
 	}
 	return addrs
@@ -472,19 +467,7 @@ func (c *RedisCluster) shutdown() error {
 // startOnFreeClusterPort is startOnFreePort for a cluster node, which also listens on
 // the bus port, port+10000: both must be free.
 func startOnFreeClusterPort(start func(port int) error) error {
-	for attempt := 1; ; attempt++ {
-		port, err := freeClusterPort()
-		if err != nil {
-			return err
-		}
-		err = start(port)
-		if err == nil || !errors.Is(err, errPortInUse) {
-			return err
-		}
-		if attempt == portAttempts {
-			return fmt.Errorf("no free port after %d attempts: %w", portAttempts, err)
-		}
-	}
+	return startOnPortOf(freeClusterPort, start)
 }
 
 // freeClusterPort returns a loopback port that, like the port 10000 above it, was free

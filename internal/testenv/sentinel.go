@@ -61,38 +61,18 @@ type Sentinel struct {
 func StartSentinel(t testing.TB, opts SentinelOptions) *Sentinel {
 	t.Helper()
 	s, err := startSentinel(opts, t.Logf)
-	if err != nil {
-		fail(t, err)
-	}
-	t.Cleanup(func() {
-		if err := s.shutdown(); err != nil {
-			t.Errorf("testenv: %v", err)
-		}
-	})
-	return s
+	return forTest(t, s, err)
 }
 
 // MasterName returns the name the sentinels monitor the primary under.
 func (s *Sentinel) MasterName() string { return s.name }
 
 // SentinelAddrs returns the sentinels' addresses.
-func (s *Sentinel) SentinelAddrs() []string {
-	addrs := make([]string, len(s.sentinels))
-	for i, n := range s.sentinels {
-		addrs[i] = n.addr
-	}
-	return addrs
-}
+func (s *Sentinel) SentinelAddrs() []string { return addrsOf(s.sentinels) }
 
 // Addrs returns the addresses of the data nodes: the primary and the replica as they
 // were started (the roles change with failovers; see Master).
-func (s *Sentinel) Addrs() []string {
-	addrs := make([]string, len(s.nodes))
-	for i, n := range s.nodes {
-		addrs[i] = n.addr
-	}
-	return addrs
-}
+func (s *Sentinel) Addrs() []string { return addrsOf(s.nodes) }
 
 // Client returns a failover client, which asks the sentinels for the primary, closed
 // at cleanup.

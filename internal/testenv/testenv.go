@@ -101,6 +101,21 @@ func Main(m *testing.M) {
 	os.Exit(code)
 }
 
+// forTest fails the test when a server could not start, and stops it at
+// the test's cleanup otherwise.
+func forTest[S server](t testing.TB, s S, err error) S {
+	t.Helper()
+	if err != nil {
+		fail(t, err)
+	}
+	t.Cleanup(func() {
+		if err := s.shutdown(); err != nil {
+			t.Errorf("testenv: %v", err)
+		}
+	})
+	return s
+}
+
 // server is anything this process started and must stop before it exits.
 type server interface {
 	shutdown() error
@@ -488,8 +503,13 @@ func sweepStaleTempDirs() {
 // when a different process took it meanwhile (errPortInUse), up to
 // portAttempts times.
 func startOnFreePort(start func(port int) error) error {
+	return startOnPortOf(freePort, start)
+}
+
+// startOnPortOf is startOnFreePort with ports chosen by choose.
+func startOnPortOf(choose func() (int, error), start func(port int) error) error {
 	for attempt := 1; ; attempt++ {
-		port, err := freePort()
+		port, err := choose()
 		if err != nil {
 			return err
 		}
