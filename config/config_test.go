@@ -1133,3 +1133,16 @@ func TestRedisModes(t *testing.T) {
 		}
 	}
 }
+
+func TestKeyTemplateReadingOldOrNewWarns(t *testing.T) {
+	t.Parallel()
+	src := "rule \"u\" {\n  table = \"public.users\"\n  invalidate { keys = [\"user:${new.id}\", \"user:${row.id}\"] }\n}\n"
+	cfg, diags := config.Parse([]byte(src), "rules.hcl")
+	if diags.HasErrors() || cfg == nil {
+		t.Fatalf("a warning must not stop the file: %s", config.FormatDiagnostics(diags, nil))
+	}
+	msg := config.FormatDiagnostics(diags, nil)
+	if len(diags) != 1 || !strings.Contains(msg, "rules.hcl:3:32") || !strings.Contains(msg, "new is null on DELETE") {
+		t.Errorf("want one warning at 3:32 about new on DELETE, got:\n%s", msg)
+	}
+}

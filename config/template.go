@@ -62,6 +62,20 @@ func (tc *templateChecker) templateList(attr *hcl.Attribute, example string) ([]
 func (tc *templateChecker) template(expr hcl.Expression, what string) (*Template, hcl.Diagnostics) {
 	t := &Template{Expr: expr, Range: expr.Range()}
 	diags := tc.checkExpr(expr)
+	for _, tr := range expr.Variables() {
+		root := tr.RootName()
+		if root != "old" && root != "new" {
+			continue
+		}
+		missing := map[string]string{"old": "INSERT", "new": "DELETE"}[root]
+		diags = append(diags, &hcl.Diagnostic{
+			Severity: hcl.DiagWarning,
+			Summary:  fmt.Sprintf("rule %q: %s template reads %s", tc.rule, what, root),
+			Detail: fmt.Sprintf("key, tag and namespace templates are evaluated once per row image, and row is that image (both of an UPDATE); %s is null on %s, which makes the key unknown there and flushes the rule's key space: write row.<column> instead",
+				root, missing),
+			Subject: tr.SourceRange().Ptr(),
+		})
+	}
 	if syn, ok := expr.(hclsyntax.Expression); ok {
 		switch e := unparen(syn).(type) {
 		case *hclsyntax.LiteralValueExpr, *hclsyntax.TupleConsExpr, *hclsyntax.ObjectConsExpr:
