@@ -304,7 +304,6 @@ func (d *Daemon) session(ctx context.Context) error {
 		MessagePrefix: "cachesync", Logger: d.log,
 	})
 	d.mapper.Abandon()
-	d.metrics.ForgetRelations()
 	if d.passive {
 		d.passive = false
 		d.log.Info().Str("slot", slot).Str("role", "active").Msg("the slot is free: this instance takes over as the active one")

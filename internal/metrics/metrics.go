@@ -7,7 +7,6 @@
 package metrics
 
 import (
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -39,8 +38,12 @@ var walStatuses = []string{"reserved", "extended", "unreserved", "lost"}
 type Metrics struct {
 	reg *prometheus.Registry
 
-	changes      *prometheus.CounterVec
-	changeCache  sync.Map // relation → *[wal.Truncate + 1]prometheus.Counter
+	changes *prometheus.CounterVec
+	// changeCache holds each table's counters, so that a change costs a
+	// map lookup rather than a label hash. Only the goroutine that calls
+	// Change touches it. Keyed by name, not by *wal.Relation: a relation
+	// is announced again after every schema invalidation.
+	changeCache  map[relKey]*[wal.Truncate + 1]prometheus.Counter
 	Transactions prometheus.Counter
 
 	GroupTransactions prometheus.Histogram
@@ -112,26 +115,28 @@ func New() *Metrics {
 // collectors such as the writer's).
 func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
 
-// Change counts a received row change.
+type relKey struct{ ns, name string }
+
+// Change counts a received row change. It is not safe for concurrent use:
+// the pipeline calls it from its mapping goroutine only.
 func (m *Metrics) Change(rel *wal.Relation, kind wal.Kind) {
-	if rel == nil || int(kind) > int(wal.Truncate) {
+	if rel == nil || kind < wal.Insert || kind > wal.Truncate {
 		return
 	}
-	// One lookup per relation instead of a label hash per change.
-	v, ok := m.changeCache.Load(rel)
-	if !ok {
-		var cs [wal.Truncate + 1]prometheus.Counter
-		for k := wal.Insert; k <= wal.Truncate; k++ {
-			cs[k] = m.changes.WithLabelValues(rel.QualifiedName(), k.String())
+	k := relKey{rel.Namespace, rel.Name}
+	cs := m.changeCache[k]
+	if cs == nil {
+		cs = new([wal.Truncate + 1]prometheus.Counter)
+		for kd := wal.Insert; kd <= wal.Truncate; kd++ {
+			cs[kd] = m.changes.WithLabelValues(rel.QualifiedName(), kd.String())
 		}
-		v, _ = m.changeCache.LoadOrStore(rel, &cs)
+		if m.changeCache == nil {
+			m.changeCache = map[relKey]*[wal.Truncate + 1]prometheus.Counter{}
+		}
+		m.changeCache[k] = cs
 	}
-	v.(*[wal.Truncate + 1]prometheus.Counter)[kind].Inc()
+	cs[kind].Inc()
 }
-
-// ForgetRelations drops the per-relation cache (a new session, relations
-// are announced again); the counters themselves keep counting.
-func (m *Metrics) ForgetRelations() { m.changeCache.Clear() }
 
 // Flush counts a key-space flush.
 func (m *Metrics) Flush(rule, reason string) { m.flushes.WithLabelValues(rule, reason).Inc() }
