@@ -131,8 +131,10 @@ type Client struct {
 	rdb    redis.UniversalClient
 	opts   Options
 	flight singleflight.Group
-	stats  counters
-	errLog rateLog
+	// refreshing holds the keys with a background refresh running.
+	refreshing sync.Map
+	stats      counters
+	errLog     rateLog
 	// downUntil (unix nanoseconds) is when Redis may be tried again after
 	// a failure; 0 while it works.
 	downUntil atomic.Int64
@@ -514,23 +516,28 @@ func isNoScript(err error) bool {
 // goroutine per key per process, and only in the process that gets the key's
 // lock.
 func refreshInBackground[T any](c *Client, key string, f fill, load func(context.Context) (T, error)) {
-	go c.flight.Do("refresh\x00"+key, func() (any, error) {
+	// One goroutine per key: the stale reads that arrive while it runs
+	// start nothing.
+	if _, running := c.refreshing.LoadOrStore(key, struct{}{}); running {
+		return
+	}
+	go func() {
+		defer c.refreshing.Delete(key)
 		ctx, cancel := context.WithTimeout(context.Background(), c.opts.LoadTimeout)
 		defer cancel()
 		token := newToken()
 		locked, err := c.rdb.SetNX(ctx, keyspace.LockKey(key), token, c.opts.LoadTimeout).Result()
 		if err != nil {
 			c.redisFailed(ctx, "lock "+key, err)
-			return nil, nil
+			return
 		}
 		if !locked {
-			return nil, nil // another process refreshes it
+			return // another process refreshes it
 		}
 		defer c.unlock(key, token)
 		c.stats.refreshes.Add(1)
-		_, err = fillFromSource(ctx, c, key, f, load)
-		return nil, err
-	})
+		_, _ = fillFromSource(ctx, c, key, f, load) // a failed load is counted; the stale value stays until its TTL
+	}()
 }
 
 // loadDirect loads from the source without the cache (Redis failed), once per

@@ -337,6 +337,29 @@ func TestStaleWhileRevalidate(t *testing.T) {
 	if ttl := e.rdb.PTTL(ctx, "k").Val(); ttl < 59*time.Minute {
 		t.Errorf("the refresh left a TTL of %s", ttl)
 	}
+
+	// Many stale reads during one slow refresh start one refresh.
+	e.rdb.PExpire(ctx, "k", 58*time.Minute)
+	release := make(chan struct{})
+	var slowLoads atomic.Int64
+	slow := func(context.Context) (int64, error) {
+		slowLoads.Add(1)
+		<-release
+		return 2, nil
+	}
+	for range 50 {
+		if v, err := cacheaside.GetOrLoad(ctx, c, "k", slow); err != nil || v != 1 {
+			t.Fatalf("stale read during a refresh got %d, %v; want the cached 1 at once", v, err)
+		}
+	}
+	close(release)
+	eventually(t, "the second refresh", func() bool {
+		v, _ := e.get(t, "k")
+		return v == "2"
+	})
+	if n := slowLoads.Load(); n != 1 {
+		t.Errorf("50 stale reads during a refresh made %d loads, want 1", n)
+	}
 }
 
 func TestTagsAndVersions(t *testing.T) {
