@@ -138,13 +138,24 @@ func (r *RedisServer) Stop(t testing.TB) {
 func (r *RedisServer) Start(t testing.TB) {
 	t.Helper()
 	r.mustControl(t, "Start")
+	r.startAgain(t, "RedisServer.Start", nil)
+}
+
+// startAgain starts a stopped server on its port and directory, with args
+// instead of its arguments when args is not nil; method names the caller in
+// the failures.
+func (r *RedisServer) startAgain(t testing.TB, method string, args []string) {
+	t.Helper()
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.shutDown {
-		t.Fatalf("testenv: RedisServer.Start on %s: the server was already shut down at cleanup", r.addr)
+		t.Fatalf("testenv: %s on %s: the server was already shut down at cleanup", method, r.addr)
 	}
 	if r.proc != nil {
-		t.Fatalf("testenv: RedisServer.Start on %s: the server is running; Stop it first", r.addr)
+		t.Fatalf("testenv: %s on %s: the server is running; stop it first", method, r.addr)
+	}
+	if args != nil {
+		r.args = args
 	}
 	if err := r.startLocked(); err != nil {
 		if errors.Is(err, errPortInUse) {

@@ -227,23 +227,7 @@ func (c *RedisCluster) RestartNode(t testing.TB, addr string) {
 	t.Helper()
 	n := c.mustNode(t, "RestartNode", addr)
 	started := time.Now()
-	n.mu.Lock()
-	switch {
-	case n.shutDown:
-		n.mu.Unlock()
-		t.Fatalf("testenv: RedisCluster.RestartNode(%s): the cluster was already shut down at cleanup", addr)
-	case n.proc != nil:
-		n.mu.Unlock()
-		t.Fatalf("testenv: RedisCluster.RestartNode(%s): the node is running; KillNode it first", addr)
-	}
-	err := n.startLocked()
-	n.mu.Unlock()
-	if err != nil {
-		if errors.Is(err, errPortInUse) {
-			t.Fatalf("testenv: %v (another process took the port while the node was stopped)", err)
-		}
-		t.Fatalf("testenv: %v", err)
-	}
+	n.startAgain(t, "RedisCluster.RestartNode", nil)
 	if err := c.await(clusterTimeout, c.stable); err != nil {
 		t.Fatalf("testenv: Redis Cluster after restarting %s: %v", addr, err)
 	}

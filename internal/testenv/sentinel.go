@@ -158,28 +158,12 @@ func (s *Sentinel) RestartNode(t testing.TB, addr string) {
 	n := s.mustNode(t, "RestartNode", addr)
 	master := s.Master(t)
 	started := time.Now()
-	n.mu.Lock()
-	switch {
-	case n.shutDown:
-		n.mu.Unlock()
-		t.Fatalf("testenv: Sentinel.RestartNode(%s): the setup was already shut down at cleanup", addr)
-	case n.proc != nil:
-		n.mu.Unlock()
-		t.Fatalf("testenv: Sentinel.RestartNode(%s): the node is running", addr)
-	}
-	n.args = dataNodeArgs()
+	args := dataNodeArgs()
 	if master != addr {
-		n.args = append(n.args, replicaOfArgs(master)...)
+		args = append(args, replicaOfArgs(master)...)
 	}
-	err := n.startLocked()
-	n.mu.Unlock()
-	if err != nil {
-		if errors.Is(err, errPortInUse) {
-			t.Fatalf("testenv: %v (another process took the port while the node was stopped)", err)
-		}
-		t.Fatalf("testenv: %v", err)
-	}
-	err = s.await(sentinelTimeout, func(ctx context.Context) error {
+	n.startAgain(t, "Sentinel.RestartNode", args)
+	err := s.await(sentinelTimeout, func(ctx context.Context) error {
 		if master != addr {
 			if err := s.replicating(ctx, addr, master); err != nil {
 				return err
