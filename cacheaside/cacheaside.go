@@ -619,17 +619,7 @@ func (c *Client) InvalidateTags(ctx context.Context, tags ...string) error {
 		if err != nil {
 			return err
 		}
-		// One command per member: a cluster refuses multi-key commands
-		// across slots.
-		if _, err := c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-			for _, m := range members {
-				p.Unlink(ctx, m)
-			}
-			return nil
-		}); err != nil {
-			return err
-		}
-		if err := c.rdb.Del(ctx, pending).Err(); err != nil {
+		if _, err := keyspace.DeleteDetachedTag(ctx, c.rdb, k, members); err != nil {
 			return err
 		}
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"strings"
 
 	"github.com/redis/go-redis/v9"
@@ -266,7 +265,7 @@ func (w *Writer) finishDetached(ctx context.Context, ops []*mapping.Op, cmds []r
 		if err != nil {
 			return i, fmt.Errorf("%s %q (rule %q): %w", op.Kind, op.Key, op.Rule, err)
 		}
-		deleted, err := w.deleteMembers(ctx, keyspace.TagKey(op.Key), members)
+		deleted, err := keyspace.DeleteDetachedTag(ctx, w.client, keyspace.TagKey(op.Key), members)
 		if err != nil {
 			return i, fmt.Errorf("%s %q (rule %q): %w", op.Kind, op.Key, op.Rule, err)
 		}
@@ -307,37 +306,5 @@ func (w *Writer) deleteTagAcross(ctx context.Context, tagKey string) (int64, err
 	if err != nil {
 		return 0, fmt.Errorf("detach the members of %s: %w", tagKey, err)
 	}
-	return w.deleteMembers(ctx, tagKey, members)
-}
-
-// deleteMembers unlinks a detached tag's members, grouped by slot, then its
-// pending set; it returns how many member keys existed.
-func (w *Writer) deleteMembers(ctx context.Context, tagKey string, members []string) (int64, error) {
-	pending := keyspace.TagPendingKey(tagKey)
-	bySlot := map[int][]string{}
-	for _, m := range members {
-		bySlot[keyspace.Slot(m)] = append(bySlot[keyspace.Slot(m)], m)
-	}
-	var deleted int64
-	if len(members) > 0 {
-		cmds, err := w.pipelined(ctx, func(pipe redis.Pipeliner) {
-			for _, keys := range bySlot {
-				for chunk := range slices.Chunk(keys, 1000) {
-					pipe.Unlink(ctx, chunk...)
-				}
-			}
-		})
-		if err != nil {
-			return 0, fmt.Errorf("delete the members of %s: %w", tagKey, err)
-		}
-		for _, c := range cmds {
-			if ic, ok := c.(*redis.IntCmd); ok {
-				deleted += ic.Val()
-			}
-		}
-	}
-	if err := w.client.Del(ctx, pending).Err(); err != nil {
-		return deleted, fmt.Errorf("delete %s: %w", pending, err)
-	}
-	return deleted, nil
+	return keyspace.DeleteDetachedTag(ctx, w.client, tagKey, members)
 }
