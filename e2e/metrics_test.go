@@ -225,3 +225,43 @@ func TestMetricsMoveWithTheWorkload(t *testing.T) {
 		t.Error("cachesync_redis_retries_total did not move during the outage")
 	}
 }
+
+// TestIdleRedisOutageIsReported stops Redis while no change flows: only the
+// daemon's own bookkeeping reaches Redis then, and it alone must turn /readyz
+// and cachesync_redis_up down, count its retries, and turn them up again.
+func TestIdleRedisOutageIsReported(t *testing.T) {
+	e := setup(t, schema, rules)
+	d := e.start("CACHESYNC_HEARTBEAT_INTERVAL=0s")
+	e.waitStreaming(d)
+	base := "http://" + d.listenAddr()
+	eventually(t, 30*time.Second, "/readyz", func() (bool, string) {
+		code, body := httpGet(t, base+"/readyz")
+		return code == 200, fmt.Sprint(code, " ", body)
+	})
+	retries := d.scrape().value("cachesync_redis_retries_total")
+
+	e.redis.Stop(t)
+	eventually(t, 30*time.Second, "/readyz and redis_up to report Redis failing", func() (bool, string) {
+		code, body := httpGet(t, base+"/readyz")
+		up := d.scrape().value("cachesync_redis_up")
+		return code == http.StatusServiceUnavailable && up == 0, fmt.Sprint(code, " ", body, "redis_up ", up)
+	})
+	if !strings.Contains(d.log.String(), "Redis is failing") {
+		t.Error("the outage was not logged")
+	}
+	e.redis.Start(t)
+	eventually(t, 60*time.Second, "/readyz after Redis returned", func() (bool, string) {
+		code, body := httpGet(t, base+"/readyz")
+		return code == 200, fmt.Sprint(code, " ", body)
+	})
+	s := d.scrape()
+	if got := s.value("cachesync_redis_retries_total"); got <= retries {
+		t.Errorf("cachesync_redis_retries_total %v, %v before the outage", got, retries)
+	}
+	if s.value("cachesync_redis_up") != 1 {
+		t.Error("cachesync_redis_up is not back to 1")
+	}
+	eventually(t, 10*time.Second, "the recovery to be logged", func() (bool, string) {
+		return strings.Contains(d.log.String(), "Redis recovered"), "no \"Redis recovered\" line"
+	})
+}

@@ -82,6 +82,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -168,10 +169,15 @@ type Writer struct {
 
 	counters counters
 
-	// Touched only by the goroutine running Apply:
-	failingSince        time.Time // start of the outage being retried, if any
-	failRetries         uint64    // retries in that outage
-	scriptsMayBeMissing bool      // load the scripts before the next attempt
+	// outage is the Redis outage being retried, if any: Apply's attempts
+	// and those reported through ReportAttempt.
+	outage struct {
+		sync.Mutex
+		since   time.Time // start of the outage (zero: none)
+		retries uint64    // failed attempts in it
+	}
+	// scriptsMayBeMissing: load the scripts before the next attempt.
+	scriptsMayBeMissing atomic.Bool
 }
 
 // scripts are the keyspace scripts with their SHA1 digests.
@@ -195,7 +201,7 @@ func New(client redis.UniversalClient, opts Options) *Writer {
 		},
 	}
 	w.cluster, _ = client.(*redis.ClusterClient)
-	w.scriptsMayBeMissing = true // a fresh or restarted Redis has none
+	w.scriptsMayBeMissing.Store(true) // a fresh or restarted Redis has none
 	return w
 }
 
@@ -225,7 +231,7 @@ func (w *Writer) Apply(ctx context.Context, batches []mapping.Batch) error {
 		// Whatever failed, Redis may have restarted meanwhile and lost
 		// the scripts: load them before the next attempt rather than
 		// meet NOSCRIPT halfway through a pipeline.
-		w.scriptsMayBeMissing = true
+		w.scriptsMayBeMissing.Store(true)
 		w.failed(err, retry)
 		if !w.sleep(ctx, w.backoff(retry)) {
 			return w.stopped(ctx, len(ops)-done, len(ops))
@@ -276,11 +282,11 @@ func collectOps(batches []mapping.Batch) ([]*mapping.Op, error) {
 // MaxPipeline other operations, and returns how many operations, from the
 // first, Redis acknowledged: all of the round's when err is nil.
 func (w *Writer) attempt(ctx context.Context, ops []*mapping.Op) (int, error) {
-	if w.scriptsMayBeMissing {
+	if w.scriptsMayBeMissing.Load() {
 		if err := w.loadScripts(ctx); err != nil {
 			return 0, err
 		}
-		w.scriptsMayBeMissing = false
+		w.scriptsMayBeMissing.Store(false)
 	}
 	if ops[0].Kind == mapping.OpFlush {
 		if err := w.flush(ctx, ops[0]); err != nil {
@@ -320,31 +326,59 @@ func (w *Writer) sleep(ctx context.Context, d time.Duration) bool {
 	}
 }
 
-// failed records a failed attempt; the first of an outage is logged.
+// ReportAttempt records the outcome of a Redis command sent outside Apply on
+// the same client, such as the daemon's applied-position bookkeeping, so that
+// Failing, Retries and the outage's log lines cover every command: an idle
+// pipeline whose only traffic is bookkeeping still reports Redis down. A
+// failure is taken to be retried by the caller. Safe for concurrent use.
+func (w *Writer) ReportAttempt(err error) {
+	if err == nil {
+		w.recovered()
+		return
+	}
+	w.scriptsMayBeMissing.Store(true)
+	w.failed(err, -1)
+}
+
+// failed records a failed attempt (retry is Apply's count of consecutive
+// failures, or -1 for a reported one); the first of an outage is logged.
 func (w *Writer) failed(err error, retry int) {
 	w.counters.retries.Add(1)
-	w.failRetries++
-	if w.failingSince.IsZero() {
-		w.failingSince = time.Now()
+	o := &w.outage
+	o.Lock()
+	defer o.Unlock()
+	o.retries++
+	if o.since.IsZero() {
+		o.since = time.Now()
 		w.counters.failing.Store(true)
 		w.log.Warn().Err(err).
 			Msg("Redis is failing; retrying with backoff until it recovers, and confirming no LSN meanwhile")
 		return
 	}
-	w.log.Debug().Err(err).Int("retry", retry+1).Msg("Redis still failing")
+	ev := w.log.Debug().Err(err).Uint64("failures", o.retries)
+	if retry >= 0 {
+		ev = ev.Int("retry", retry+1)
+	}
+	ev.Msg("Redis still failing")
 }
 
 // recovered ends an outage, if one was going on, and logs it.
 func (w *Writer) recovered() {
-	if w.failingSince.IsZero() {
+	if !w.counters.failing.Load() {
+		return
+	}
+	o := &w.outage
+	o.Lock()
+	defer o.Unlock()
+	if o.since.IsZero() {
 		return
 	}
 	w.log.Info().
-		Dur("down_for", time.Since(w.failingSince)).
-		Uint64("retries", w.failRetries).
+		Dur("down_for", time.Since(o.since)).
+		Uint64("retries", o.retries).
 		Msg("Redis recovered")
-	w.failingSince = time.Time{}
-	w.failRetries = 0
+	o.since = time.Time{}
+	o.retries = 0
 	w.counters.failing.Store(false)
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -723,5 +724,34 @@ func TestInvalidationsDropFillFences(t *testing.T) {
 	tb.apply(t, batch(300, flush(mapping.Keyspace{Keys: []string{"f:*"}})))
 	if got := tb.keysMatching(t, keyspace.FencePattern); len(got) != 0 {
 		t.Errorf("fences after a flush: %v", got)
+	}
+}
+
+// TestReportAttempt: failures of commands sent beside Apply (the daemon's
+// bookkeeping) count as retries and mark Redis failing, logged once per
+// outage; the first success ends the outage.
+func TestReportAttempt(t *testing.T) {
+	var log strings.Builder
+	w := writer.New(redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"}), writer.Options{Logger: zerolog.New(&log)})
+	w.ReportAttempt(nil)
+	if st := w.Stats(); st.Failing || st.Retries != 0 {
+		t.Fatalf("after a success: %+v", st)
+	}
+	down := errors.New("connection refused")
+	w.ReportAttempt(down)
+	w.ReportAttempt(down)
+	if st := w.Stats(); !st.Failing || st.Retries != 2 {
+		t.Fatalf("after two failures: Failing %v, Retries %d; want true, 2", st.Failing, st.Retries)
+	}
+	w.ReportAttempt(nil)
+	if st := w.Stats(); st.Failing || st.Retries != 2 {
+		t.Fatalf("after recovering: Failing %v, Retries %d; want false, 2", st.Failing, st.Retries)
+	}
+	got := log.String()
+	if n := strings.Count(got, "Redis is failing"); n != 1 {
+		t.Errorf("the outage was logged %d times at warn, want once:\n%s", n, got)
+	}
+	if !strings.Contains(got, `"retries":2`) || !strings.Contains(got, "Redis recovered") {
+		t.Errorf("the recovery line lacks the outage's retries:\n%s", got)
 	}
 }

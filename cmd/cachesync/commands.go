@@ -274,6 +274,7 @@ func (e *env) daemon(c *cli.Context, s *stack, dryRun bool, m *metrics.Metrics) 
 		opts.Applier = &jsonLines{out: os.Stdout}
 	} else {
 		opts.Applier, opts.Journal, opts.Cache = s.writer, s.journal, daemon.RedisCacheState{Client: s.redis}
+		opts.Health = s.writer
 	}
 	return daemon.New(opts)
 }

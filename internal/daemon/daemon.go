@@ -36,6 +36,11 @@ type Applier interface {
 	Apply(ctx context.Context, batches []mapping.Batch) error
 }
 
+// HealthReporter takes the outcome of a Redis command (nil: acknowledged).
+type HealthReporter interface {
+	ReportAttempt(err error)
+}
+
 // Journal records applied batches before their LSN is confirmed, for replay
 // (journal.Journal). The daemon calls Append after Apply and before Confirm.
 type Journal interface {
@@ -58,6 +63,11 @@ type Options struct {
 	Journal Journal
 	// Cache reports the cache's applied position and identity; nil in dry runs.
 	Cache CacheState
+	// Health, when set, learns the outcome of every command the daemon
+	// sends to the cache itself (bookkeeping on Cache), so that Redis is
+	// reported down while nothing but bookkeeping reaches it. The writer
+	// implements it.
+	Health HealthReporter
 	// DryRun streams from a temporary slot and never touches the real one.
 	DryRun bool
 	KeyCap int

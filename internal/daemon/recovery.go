@@ -98,6 +98,7 @@ func (d *Daemon) ensureSlot(ctx context.Context, conn *pgx.Conn, repl *pgconn.Pg
 	start := info.ConfirmedFlushLSN
 
 	applied, appliedOK, err := d.opts.Cache.Applied(ctx, name)
+	d.reportRedis(ctx, err)
 	if err != nil {
 		return 0, err
 	}
@@ -168,6 +169,7 @@ func (d *Daemon) setApplied(ctx context.Context, lsn wal.LSN) error {
 	name := d.opts.Config.Postgres.Slot
 	for attempt := 0; ; attempt++ {
 		err := d.opts.Cache.Set(ctx, name, lsn)
+		d.reportRedis(ctx, err)
 		if err == nil {
 			d.mark = lsn
 			return nil
@@ -178,9 +180,19 @@ func (d *Daemon) setApplied(ctx context.Context, lsn wal.LSN) error {
 	}
 }
 
+// reportRedis passes the outcome of a bookkeeping command to Options.Health.
+// A command cut short by ctx says nothing about Redis.
+func (d *Daemon) reportRedis(ctx context.Context, err error) {
+	if d.opts.Health == nil || ctx.Err() != nil {
+		return
+	}
+	d.opts.Health.ReportAttempt(err)
+}
+
 // retryWait waits before the next attempt at a Redis bookkeeping command.
+// Without Options.Health the first failure of a run of them is logged here.
 func (d *Daemon) retryWait(ctx context.Context, attempt int, err error) error {
-	if err != nil && attempt == 0 {
+	if err != nil && attempt == 0 && d.opts.Health == nil {
 		d.log.Warn().Err(err).Msg("Redis bookkeeping failed; retrying")
 	}
 	wait := min(50*time.Millisecond<<min(attempt, 7), 5*time.Second)
@@ -199,6 +211,7 @@ func (d *Daemon) advance(ctx context.Context, end wal.LSN) error {
 	name := d.opts.Config.Postgres.Slot
 	for attempt := 0; ; attempt++ {
 		swapped, cur, curOK, err := d.opts.Cache.Advance(ctx, name, d.mark, true, end)
+		d.reportRedis(ctx, err)
 		if err == nil && swapped {
 			d.mark = end
 			return nil
@@ -220,8 +233,9 @@ func (d *Daemon) advance(ctx context.Context, end wal.LSN) error {
 // even while nothing changes.
 func (d *Daemon) verifyCache(ctx context.Context) error {
 	cur, ok, err := d.opts.Cache.Applied(ctx, d.opts.Config.Postgres.Slot)
+	d.reportRedis(ctx, err)
 	if err != nil || (ok && cur == d.mark) {
-		return nil // unreachable Redis is the writer's business; it retries
+		return nil // unreachable Redis: the next check or group retries
 	}
 	return d.cacheReset(ctx, cur, ok)
 }
