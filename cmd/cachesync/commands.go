@@ -43,7 +43,18 @@ func newLogger(c *cli.Context) (zerolog.Logger, error) {
 	default:
 		return zerolog.Nop(), &exitError{code: 2, msg: fmt.Sprintf("--log-format %q: use json or console", c.String("log-format"))}
 	}
-	return zerolog.New(out).Level(level).With().Timestamp().Logger(), nil
+	log := zerolog.New(out).Level(level).With().Timestamp().Logger()
+	redis.SetLogger(redisLog{log.With().Str("component", "go-redis").Logger()})
+	return log, nil
+}
+
+// redisLog sends go-redis's own lines (a dial failing, a pool refilling) to
+// the structured log at debug level instead of unstructured stderr: the
+// writer's and the daemon's lines already report each outage once.
+type redisLog struct{ log zerolog.Logger }
+
+func (l redisLog) Printf(_ context.Context, format string, v ...any) {
+	l.log.Debug().Msgf(format, v...)
 }
 
 // loadConfig parses the rules file and prints every diagnostic on failure.
