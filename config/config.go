@@ -143,6 +143,13 @@ type Rule struct {
 	Refresh     *Refresh
 	// DeclRange is the range of the `rule "name"` header.
 	DeclRange hcl.Range
+	// Fingerprint identifies what the rule does to the cache: its table,
+	// when, keyspace, action, and key, tag, namespace and value templates,
+	// as written but without comments and layout. Two rules with the same
+	// fingerprint invalidate the same keys the same way; a TTL or jitter
+	// change keeps it. The daemon flushes the key space of a rule whose
+	// fingerprint the cache has not seen applied.
+	Fingerprint string
 }
 
 // TableName is a schema-qualified table name. Both parts are as PostgreSQL

@@ -1146,3 +1146,75 @@ func TestKeyTemplateReadingOldOrNewWarns(t *testing.T) {
 		t.Errorf("want one warning at 3:32 about new on DELETE, got:\n%s", msg)
 	}
 }
+
+// TestFingerprint: a rule's fingerprint follows what it does to the cache,
+// not how it is written.
+func TestFingerprint(t *testing.T) {
+	t.Parallel()
+	const base = `
+rule "user" {
+  table = "public.users"
+  when  = row.active
+  invalidate {
+    keys = ["user:${row.id}", "user:email:${lower(row.email)}"]
+    tags = ["org:${row.org_id}"]
+  }
+}
+rule "page" {
+  table = "public.pages"
+  refresh {
+    key   = "page:${row.id}"
+    value = jsonencode(row)
+    ttl   = "1h"
+  }
+}
+`
+	fingerprints := func(t *testing.T, src string) map[string]string {
+		t.Helper()
+		p := config.NewParser()
+		cfg, diags := p.Parse([]byte(src), "rules.hcl")
+		if diags.HasErrors() {
+			t.Fatalf("%s\n%s", src, p.FormatDiagnostics(diags))
+		}
+		out := map[string]string{}
+		for _, r := range cfg.Rules {
+			if r.Fingerprint == "" {
+				t.Fatalf("rule %s has no fingerprint", r.Name)
+			}
+			out[r.Name] = r.Fingerprint
+		}
+		return out
+	}
+	want := fingerprints(t, base)
+	if want["user"] == want["page"] {
+		t.Fatal("two different rules share a fingerprint")
+	}
+	for _, c := range []struct {
+		name, old, new string
+		changes        string // the rule whose fingerprint must change, "" for none
+	}{
+		{"layout and comments", `keys = ["user:${row.id}", "user:email:${lower(row.email)}"]`,
+			"keys = [ # by id and by email\n      \"user:${row.id}\",\n      \"user:email:${lower(row.email)}\",\n    ]", ""},
+		{"a rule moved after another", "", "", ""},
+		{"ttl", `ttl   = "1h"`, `ttl = "2h"`, ""},
+		{"a key template", `"user:${row.id}"`, `"user:v2:${row.id}"`, "user"},
+		{"a tag added", `tags = ["org:${row.org_id}"]`, `tags = ["org:${row.org_id}", "all"]`, "user"},
+		{"when", `when  = row.active`, `when = !row.active`, "user"},
+		{"the table", `"public.users"`, `"public.members"`, "user"},
+		{"the value", `jsonencode(row)`, `jsonencode({id = row.id})`, "page"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			src := strings.Replace(base, c.old, c.new, 1)
+			if c.old == "" {
+				i := strings.Index(base, `rule "page"`)
+				src = base[i:] + base[:i]
+			}
+			got := fingerprints(t, src)
+			for name, fp := range want {
+				if changed := got[name] != fp; changed != (name == c.changes) {
+					t.Errorf("rule %s: fingerprint changed = %v, want %v", name, changed, name == c.changes)
+				}
+			}
+		})
+	}
+}

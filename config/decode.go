@@ -116,6 +116,7 @@ func (p *Parser) decode(body hcl.Body, filename string) (*Config, hcl.Diagnostic
 			}
 			ruleBlocks[b.Labels[0]] = b
 			if rule != nil {
+				rule.Fingerprint = fingerprint(rule, p.Files()[filename].Bytes)
 				cfg.Rules = append(cfg.Rules, rule)
 			}
 		}

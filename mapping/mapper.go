@@ -47,6 +47,7 @@ const (
 	ReasonSlotLost   = "slot_lost"
 	ReasonCacheReset = "cache_reset"
 	ReasonTableAdd   = "table_added"
+	ReasonRules      = "rules_changed"
 )
 
 // Options tune a Mapper.
@@ -201,13 +202,23 @@ func (m *Mapper) FlushAll(reason string) []Op {
 // FlushTables returns flush operations for the rules of the given tables
 // ("schema.table"); nil means every rule.
 func (m *Mapper) FlushTables(tables []string, reason string) []Op {
+	return m.flushWhere(reason, func(r *rule) bool {
+		return tables == nil || contains(tables, r.cfg.Table.String())
+	})
+}
+
+// FlushRules returns flush operations for the named rules.
+func (m *Mapper) FlushRules(names []string, reason string) []Op {
+	return m.flushWhere(reason, func(r *rule) bool { return contains(names, r.cfg.Name) })
+}
+
+func (m *Mapper) flushWhere(reason string, pick func(*rule) bool) []Op {
 	var ops []Op
 	for _, r := range m.rules {
-		if tables != nil && !contains(tables, r.cfg.Table.String()) {
-			continue
+		if pick(r) {
+			ks := r.keyspace
+			ops = append(ops, Op{Kind: OpFlush, Keyspace: &ks, Rule: r.cfg.Name, Reason: reason})
 		}
-		ks := r.keyspace
-		ops = append(ops, Op{Kind: OpFlush, Keyspace: &ks, Rule: r.cfg.Name, Reason: reason})
 	}
 	return ops
 }

@@ -106,9 +106,6 @@ type Daemon struct {
 	opts   Options
 	mapper *mapping.Mapper
 	log    zerolog.Logger
-	// pendingFlush are tables whose key spaces must be flushed before the
-	// next session streams (tables just added to the publication).
-	pendingFlush []string
 	// mark is the applied position last written to the cache.
 	mark wal.LSN
 	// opsBudget bounds the operations between mapper and writer.
@@ -222,8 +219,9 @@ func (d *Daemon) connect(ctx context.Context) (*pgx.Conn, error) {
 	return conn, nil
 }
 
-// prepare runs the preflight checks and brings the publication in line with
-// the rules, retrying while PostgreSQL is unreachable.
+// prepare runs the preflight checks, retrying while PostgreSQL is
+// unreachable. The publication is aligned later, by the session that takes
+// the slot.
 func (d *Daemon) prepare(ctx context.Context) error {
 	pgc := d.opts.Config.Postgres
 	for backoff := time.Second; ; backoff = min(backoff*2, d.opts.MaxBackoff) {
@@ -257,32 +255,41 @@ func (d *Daemon) prepareOnce(ctx context.Context, pgc config.Postgres) error {
 	if diags.HasErrors() {
 		return fmt.Errorf("%w:\n%s", ErrConfig, d.opts.FormatDiagnostics(diags))
 	}
-	if d.opts.DryRun {
-		pub, err := replication.ReadPublication(ctx, conn, pgc.Publication)
-		if err != nil {
-			return err
-		}
-		if pub == nil {
-			return fmt.Errorf("%w: publication %q does not exist: run cachesync setup first (a dry run changes nothing)", ErrConfig, pgc.Publication)
-		}
+	if !d.opts.DryRun {
 		return nil
 	}
-	added, err := replication.EnsurePublication(ctx, conn, pgc.Publication, d.mapper.Tables())
+	pub, err := replication.ReadPublication(ctx, conn, pgc.Publication)
 	if err != nil {
 		return err
+	}
+	if pub == nil {
+		return fmt.Errorf("%w: publication %q does not exist: run cachesync setup first (a dry run changes nothing)", ErrConfig, pgc.Publication)
+	}
+	return nil
+}
+
+// alignPublication brings the publication's tables in line with the rules and
+// installs the partitions' truncate triggers. Only the instance about to
+// stream does it (under the instance lock): a passive instance with other
+// rules must not change what the active one receives. It returns the tables
+// it added, whose changes before now were never published.
+func (d *Daemon) alignPublication(ctx context.Context, conn *pgx.Conn) ([]string, error) {
+	pub := d.opts.Config.Postgres.Publication
+	added, err := replication.EnsurePublication(ctx, conn, pub, d.mapper.Tables())
+	if err != nil {
+		return nil, err
 	}
 	parts, err := replication.EnsurePartitionTruncateTriggers(ctx, conn, d.mapper.Tables())
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if len(parts) > 0 {
 		d.log.Info().Strs("partitions", parts).Msg("truncate triggers installed on partitions (a partition's TRUNCATE is not published by itself)")
 	}
 	if len(added) > 0 {
-		d.log.Info().Strs("tables", added).Str("publication", pgc.Publication).Msg("tables added to publication")
-		d.pendingFlush = append(d.pendingFlush, added...)
+		d.log.Info().Strs("tables", added).Str("publication", pub).Msg("tables added to publication")
 	}
-	return nil
+	return added, nil
 }
 
 // session is one replication connection's life: slot check or creation,

@@ -28,6 +28,13 @@ type CacheState interface {
 	Advance(ctx context.Context, slot string, from wal.LSN, fromOK bool, to wal.LSN) (swapped bool, cur wal.LSN, curOK bool, err error)
 	// Set overwrites the position (after the cache was healed).
 	Set(ctx context.Context, slot string, lsn wal.LSN) error
+	// Rules returns the fingerprints of the rules (name → fingerprint)
+	// applied to the cache by the instance that streamed last; ok is false
+	// when none are recorded.
+	Rules(ctx context.Context, slot string) (rules map[string]string, ok bool, err error)
+	// SetRules records the rules now applied, after their key spaces were
+	// brought in line.
+	SetRules(ctx context.Context, slot string, rules map[string]string) error
 }
 
 // RedisCacheState is CacheState on a Redis client.
@@ -49,6 +56,10 @@ const ClusterMarkers = 16
 
 // AppliedKey holds the slot's applied position in the cache.
 func AppliedKey(slot string) string { return "cachesync:slot:" + slot + ":applied" }
+
+// RulesKey holds the fingerprints of the rules applied to the cache, a hash
+// of rule name → config.Rule.Fingerprint.
+func RulesKey(slot string) string { return "cachesync:slot:" + slot + ":rules" }
 
 // keys are the keys that hold the position: one, or ClusterMarkers on a
 // cluster, hash-tagged into slots 0, 1024, 2048, ...
@@ -180,12 +191,38 @@ func (r RedisCacheState) Advance(ctx context.Context, slot string, from wal.LSN,
 	return false, oldest, oldestOK && !first, nil
 }
 
-// Forget removes the slot's applied position (teardown).
+// Rules implements CacheState.
+func (r RedisCacheState) Rules(ctx context.Context, slot string) (map[string]string, bool, error) {
+	rules, err := r.Client.HGetAll(ctx, RulesKey(slot)).Result()
+	if err != nil {
+		return nil, false, fmt.Errorf("read the rules in force from Redis: %w", err)
+	}
+	return rules, len(rules) > 0, nil
+}
+
+// SetRules implements CacheState: the hash is replaced in one transaction.
+func (r RedisCacheState) SetRules(ctx context.Context, slot string, rules map[string]string) error {
+	key := RulesKey(slot)
+	_, err := r.Client.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		p.Del(ctx, key)
+		if len(rules) > 0 {
+			p.HSet(ctx, key, rules)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("record the rules in force in Redis: %w", err)
+	}
+	return nil
+}
+
+// Forget removes the slot's applied position and rules record (teardown).
 func (r RedisCacheState) Forget(ctx context.Context, slot string) error {
 	_, err := r.Client.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for _, k := range r.keys(slot) {
 			p.Del(ctx, k)
 		}
+		p.Del(ctx, RulesKey(slot))
 		return nil
 	})
 	return err

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"time"
 
@@ -32,7 +33,12 @@ import (
 //     journal reaches the slot, Redis was restored from an older backup, and
 //     the journal is replayed from the cache's position (or the key spaces
 //     flushed, per on_redis_reset or when the journal does not reach back);
-//     otherwise someone advanced the slot past unapplied changes: flush.
+//     otherwise someone advanced the slot past unapplied changes: flush;
+//   - the rules differ from those the cache last had applied (a rule added
+//     or changed, a table added to the publication): those rules' key
+//     spaces are flushed, since nobody invalidated their keys before.
+//
+// It also aligns the publication with the rules, under the same lock.
 func (d *Daemon) ensureSlot(ctx context.Context, conn *pgx.Conn, repl *pgconn.PgConn, dbname string) (wal.LSN, error) {
 	name := d.opts.Config.Postgres.Slot
 	// Only the instance that holds this session-level lock may recover the
@@ -60,6 +66,10 @@ func (d *Daemon) ensureSlot(ctx context.Context, conn *pgx.Conn, repl *pgconn.Pg
 			pid = *info.ActivePID
 		}
 		return 0, fmt.Errorf("%w: pid %d", replication.ErrSlotActive, pid)
+	}
+	added, err := d.alignPublication(ctx, conn)
+	if err != nil {
+		return 0, err
 	}
 	var lost []string
 	if info != nil && info.WALStatus == "lost" {
@@ -102,6 +112,7 @@ func (d *Daemon) ensureSlot(ctx context.Context, conn *pgx.Conn, repl *pgconn.Pg
 	if err != nil {
 		return 0, err
 	}
+	flushedAll := true
 	switch {
 	case len(lost) > 0:
 		d.log.Error().Str("slot", name).Str("cause", strings.Join(lost, "; ")).
@@ -116,6 +127,7 @@ func (d *Daemon) ensureSlot(ctx context.Context, conn *pgx.Conn, repl *pgconn.Pg
 	case applied < start && d.opts.Journal.LastLSN() >= start:
 		// This instance applied and journaled everything up to the slot's
 		// position, but the cache lost part of it: a restored backup.
+		flushedAll = false
 		err = d.heal(ctx, applied, fmt.Sprintf("the cache's applied position %s is behind the slot's %s (Redis restored from an older backup)", applied, start))
 	case applied < start:
 		// Neither the cache nor this instance's journal reaches the slot's
@@ -125,15 +137,19 @@ func (d *Daemon) ensureSlot(ctx context.Context, conn *pgx.Conn, repl *pgconn.Pg
 		d.log.Error().Str("slot", name).Stringer("cache_applied", applied).Stringer("journaled", d.opts.Journal.LastLSN()).Stringer("slot_confirmed", start).
 			Msg("SLOT AHEAD: the slot was advanced past what was applied to the cache; flushing every rule's key space")
 		err = d.flush(ctx, d.mapper.FlushAll(mapping.ReasonSlotLost))
+	default:
+		flushedAll = false
 	}
 	if err != nil {
 		return 0, err
 	}
-	if len(d.pendingFlush) > 0 {
-		if err := d.flush(ctx, d.mapper.FlushTables(d.pendingFlush, mapping.ReasonTableAdd)); err != nil {
+	if !flushedAll {
+		if err := d.flushNewRules(ctx, added); err != nil {
 			return 0, err
 		}
-		d.pendingFlush = nil
+	}
+	if err := d.retryRedis(ctx, func() error { return d.opts.Cache.SetRules(ctx, name, d.ruleFingerprints()) }); err != nil {
+		return 0, err
 	}
 	// The cache now reflects everything before start; effects beyond an
 	// older position are redelivered. Never move the position back.
@@ -164,14 +180,68 @@ func (d *Daemon) ensureSlot(ctx context.Context, conn *pgx.Conn, repl *pgconn.Pg
 	return start, nil
 }
 
+// flushNewRules flushes the key spaces of the rules the cache has not had
+// applied in their current form: rules added or changed since the instance
+// that streamed last recorded its rules, and the rules of tables just added
+// to the publication. Their keys may hold values from before any instance
+// invalidated them. Without a record (the first start of a version that
+// keeps one), only the added tables' rules are flushed.
+func (d *Daemon) flushNewRules(ctx context.Context, addedTables []string) error {
+	name := d.opts.Config.Postgres.Slot
+	var recorded map[string]string
+	var ok bool
+	if err := d.retryRedis(ctx, func() (err error) {
+		recorded, ok, err = d.opts.Cache.Rules(ctx, name)
+		return err
+	}); err != nil {
+		return err
+	}
+	var changed []string
+	if ok {
+		for _, r := range d.opts.Config.Rules {
+			if recorded[r.Name] != r.Fingerprint && !slices.Contains(addedTables, r.Table.String()) {
+				changed = append(changed, r.Name)
+			}
+		}
+	}
+	if len(changed) > 0 {
+		d.log.Warn().Strs("rules", changed).
+			Msg("rules added or changed since the cache was last streamed: flushing their key spaces, since nobody invalidated their keys before")
+		if err := d.flush(ctx, d.mapper.FlushRules(changed, mapping.ReasonRules)); err != nil {
+			return err
+		}
+	}
+	if len(addedTables) > 0 {
+		return d.flush(ctx, d.mapper.FlushTables(addedTables, mapping.ReasonTableAdd))
+	}
+	return nil
+}
+
+// ruleFingerprints are the rules in force, as CacheState.SetRules records them.
+func (d *Daemon) ruleFingerprints() map[string]string {
+	out := make(map[string]string, len(d.opts.Config.Rules))
+	for _, r := range d.opts.Config.Rules {
+		out[r.Name] = r.Fingerprint
+	}
+	return out
+}
+
 // setApplied overwrites the cache's applied position (after recovery).
 func (d *Daemon) setApplied(ctx context.Context, lsn wal.LSN) error {
 	name := d.opts.Config.Postgres.Slot
+	if err := d.retryRedis(ctx, func() error { return d.opts.Cache.Set(ctx, name, lsn) }); err != nil {
+		return err
+	}
+	d.mark = lsn
+	return nil
+}
+
+// retryRedis runs a Redis bookkeeping command until it succeeds or ctx ends.
+func (d *Daemon) retryRedis(ctx context.Context, cmd func() error) error {
 	for attempt := 0; ; attempt++ {
-		err := d.opts.Cache.Set(ctx, name, lsn)
+		err := cmd()
 		d.reportRedis(ctx, err)
 		if err == nil {
-			d.mark = lsn
 			return nil
 		}
 		if err := d.retryWait(ctx, attempt, err); err != nil {
