@@ -112,7 +112,10 @@ type Daemon struct {
 	opsBudget *semaphore.Weighted
 	// journalQ feeds the journal stage of the running session's pipeline.
 	journalQ chan<- journalItem
-	metrics  *metrics.Metrics
+	// gate holds the running session's groups until PostgreSQL shows them
+	// (nil in dry runs).
+	gate    *visibilityGate
+	metrics *metrics.Metrics
 	// passive is set while another instance holds the slot.
 	passive bool
 }
@@ -312,8 +315,17 @@ func (d *Daemon) session(ctx context.Context) error {
 			return err
 		}
 		d.log.Info().Str("slot", slot).Msg("dry run: streaming from a temporary slot; nothing is applied or confirmed on the real slot")
-	} else if start, err = d.ensureSlot(ctx, conn, repl, conns.dbname); err != nil {
-		return err
+	} else {
+		if start, err = d.ensureSlot(ctx, conn, repl, conns.dbname); err != nil {
+			return err
+		}
+		gateConn, err := d.connect(ctx)
+		if err != nil {
+			return err
+		}
+		defer gateConn.Close(context.WithoutCancel(ctx))
+		d.gate = &visibilityGate{conn: gateConn, log: d.log}
+		defer func() { d.gate = nil }()
 	}
 
 	stream := replication.NewStream(repl, replication.StreamOptions{
@@ -594,6 +606,9 @@ func (d *Daemon) commitGroup(ctx context.Context, group []mapping.Batch, ops int
 		return nil
 	}
 	if ops > 0 {
+		if err := d.gate.wait(ctx, group); err != nil {
+			return err
+		}
 		d.failpoint("before-apply")
 		d.noteFlushes(group)
 		began := time.Now()
