@@ -148,3 +148,39 @@ func peakRSSKiB(pid int) int64 {
 	}
 	return 0
 }
+
+// Quoted names that hold dots and capitals, for the schema and the table, a
+// partitioned one included: setup quotes each part, and changes, partition
+// truncates and the publication all find them.
+func TestQuotedNamesWithDots(t *testing.T) {
+	e := setup(t, `
+CREATE SCHEMA "my.app";
+CREATE TABLE "my.app"."Users.v2" (id bigint PRIMARY KEY, name text);
+CREATE TABLE "my.app"."Events" (id bigint, region text, PRIMARY KEY (id, region)) PARTITION BY LIST (region);
+CREATE TABLE "my.app"."Events.eu" PARTITION OF "my.app"."Events" FOR VALUES IN ('eu');
+`, `
+rule "user" {
+  table = "\"my.app\".\"Users.v2\""
+  invalidate { keys = ["user:${row.id}"] }
+}
+rule "event" {
+  table = "\"my.app\".\"Events\""
+  invalidate { keys = ["event:${row.id}"] }
+}
+`)
+	if out, code := e.cli("setup"); code != 0 {
+		t.Fatalf("setup: exit %d\n%s", code, out)
+	}
+	if got := strings.Join(e.publicationTables(), ","); got != "my.app.Events,my.app.Users.v2" {
+		t.Errorf("publication tables %s", got)
+	}
+	d := e.start()
+	e.waitStreaming(d)
+	e.set("user:1", "event:1", "event:2")
+	e.exec(`INSERT INTO "my.app"."Users.v2" VALUES (1, 'a')`)
+	e.exec(`INSERT INTO "my.app"."Events" VALUES (1, 'eu')`)
+	e.gone("user:1", "event:1")
+	e.present("event:2")
+	e.exec(`TRUNCATE "my.app"."Events.eu"`)
+	e.gone("event:2")
+}

@@ -20,6 +20,7 @@ package mapping
 
 import (
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/hashicorp/hcl/v2"
@@ -165,11 +166,13 @@ func New(rules []*config.Rule, opts Options) (*Mapper, error) {
 	return m, nil
 }
 
-// Tables returns the tables the rules read, as "schema.table".
-func (m *Mapper) Tables() []string {
-	out := make([]string, 0, len(m.byTable))
+// Tables returns the tables the rules read, each once.
+func (m *Mapper) Tables() []config.TableName {
+	out := make([]config.TableName, 0, len(m.byTable))
 	for _, r := range m.rules {
-		out = appendUnique(out, r.cfg.Table.String())
+		if !slices.Contains(out, r.cfg.Table) {
+			out = append(out, r.cfg.Table)
+		}
 	}
 	return out
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"regexp"
 	"slices"
 	"strings"
@@ -13,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/wal"
 )
 
@@ -210,17 +212,20 @@ func ReadPublication(ctx context.Context, conn *pgx.Conn, name string) (*Publica
 // brings an existing one in line (tables, operations, publish_via_partition_root,
 // no row filters or column lists). It returns the tables that were added, whose
 // key spaces the caller must flush: changes before the addition were never sent.
-func EnsurePublication(ctx context.Context, conn *pgx.Conn, name string, tables []string) (added []string, err error) {
+func EnsurePublication(ctx context.Context, conn *pgx.Conn, name string, tables []config.TableName) (added []string, err error) {
 	if err := ValidateName("publication", name); err != nil {
 		return nil, err
 	}
-	want := slices.Clone(tables)
-	slices.Sort(want)
-	want = slices.Compact(want)
+	// Names are compared as "schema.table" (as pg_publication_tables
+	// lists them) but quoted part by part: either part may hold a dot.
+	quoted := map[string]string{}
+	for _, t := range tables {
+		quoted[t.String()] = pgx.Identifier{t.Schema, t.Name}.Sanitize()
+	}
+	want := slices.Sorted(maps.Keys(quoted))
 	list := make([]string, len(want))
 	for i, t := range want {
-		schema, table, _ := strings.Cut(t, ".")
-		list[i] = pgx.Identifier{schema, table}.Sanitize()
+		list[i] = quoted[t]
 	}
 	pub, err := ReadPublication(ctx, conn, name)
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/internal/testenv"
 	"github.com/cachesync/cachesync/wal"
 )
@@ -36,7 +37,7 @@ func setupStream(t *testing.T) *streamBundle {
 	if _, err := conn.Exec(ctx, `CREATE TABLE watched (id int PRIMARY KEY, v text); CREATE TABLE busy (id int, v text)`); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := EnsurePublication(ctx, conn, "pub", []string{"public.watched"}); err != nil {
+	if _, err := EnsurePublication(ctx, conn, "pub", []config.TableName{{Schema: "public", Name: "watched"}}); err != nil {
 		t.Fatal(err)
 	}
 	var slot string

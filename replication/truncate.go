@@ -7,6 +7,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/wal"
 )
 
@@ -17,10 +18,10 @@ import (
 // naming the root, so the root's rules flush their key spaces. Partitions
 // attached later are covered at the next start. It returns the partitions
 // that got a trigger.
-func EnsurePartitionTruncateTriggers(ctx context.Context, conn *pgx.Conn, tables []string) ([]string, error) {
+func EnsurePartitionTruncateTriggers(ctx context.Context, conn *pgx.Conn, tables []config.TableName) ([]string, error) {
 	var added []string
 	for _, t := range tables {
-		schema, name, _ := strings.Cut(t, ".")
+		schema, name := t.Schema, t.Name
 		rows, err := conn.Query(ctx, `
 			SELECT n.nspname, c.relname,
 			       EXISTS (SELECT 1 FROM pg_trigger tg WHERE tg.tgrelid = c.oid AND tg.tgname = 'cachesync_truncate')
@@ -29,7 +30,7 @@ func EnsurePartitionTruncateTriggers(ctx context.Context, conn *pgx.Conn, tables
 			JOIN pg_namespace n ON n.oid = c.relnamespace
 			WHERE pt.level > 0`, sqlName(schema, name))
 		if err != nil {
-			return added, fmt.Errorf("list partitions of %s: %w", t, err)
+			return added, fmt.Errorf("list partitions of %s: %w", t.String(), err)
 		}
 		type part struct {
 			schema, name string
@@ -65,7 +66,7 @@ END $$`)
 				continue
 			}
 			sql := fmt.Sprintf(`CREATE TRIGGER cachesync_truncate BEFORE TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION %s('%s')`,
-				sqlName(p.schema, p.name), fn, strings.ReplaceAll(t, "'", "''"))
+				sqlName(p.schema, p.name), fn, strings.ReplaceAll(t.String(), "'", "''"))
 			if _, err := conn.Exec(ctx, sql); err != nil {
 				return added, fmt.Errorf("create the truncate trigger on partition %s.%s of %s: %w", p.schema, p.name, t, err)
 			}
