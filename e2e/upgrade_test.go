@@ -1,6 +1,8 @@
 package e2e
 
 import (
+	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -83,5 +85,41 @@ func TestRollingRulesUpgrade(t *testing.T) {
 	e.present("member:3", "user:999")
 	if strings.Contains(again.log.String(), "flushing") {
 		t.Errorf("a restart with the same rules flushed:\n%s", again.log.String())
+	}
+}
+
+// TestRenamedSlotIsReported: renaming the slot in rules.hcl leaves the old one
+// idle, holding WAL for ever. The next start names it, with the command that
+// drops it; once dropped, nothing is reported.
+func TestRenamedSlotIsReported(t *testing.T) {
+	e := setup(t, schema, rules)
+	d := e.start()
+	e.waitStreaming(d)
+	if code := d.stop(); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	old := e.slot
+	e.slot = fmt.Sprintf("%.55s_renamed", old)
+	src := mustRead(t, e.rules)
+	if err := os.WriteFile(e.rules, []byte(strings.Replace(src, fmt.Sprintf("slot = %q", old), fmt.Sprintf("slot = %q", e.slot), 1)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		e.db.Exec(context.Background(), `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name IN ($1, $2) AND NOT active`, old, e.slot)
+	})
+	d = e.start()
+	e.waitStreaming(d)
+	want := fmt.Sprintf("SELECT pg_drop_replication_slot('%s')", old)
+	if !strings.Contains(d.log.String(), "ABANDONED SLOT") || !strings.Contains(d.log.String(), want) {
+		t.Errorf("the old slot %s was not reported:\n%s", old, d.log.String())
+	}
+	e.exec(want)
+	if code := d.stop(); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	d = e.start()
+	e.waitStreaming(d)
+	if strings.Contains(d.log.String(), "ABANDONED SLOT") {
+		t.Errorf("a dropped slot is still reported:\n%s", d.log.String())
 	}
 }

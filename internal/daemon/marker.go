@@ -35,6 +35,12 @@ type CacheState interface {
 	// SetRules records the rules now applied, after their key spaces were
 	// brought in line.
 	SetRules(ctx context.Context, slot string, rules map[string]string) error
+	// Slots records slot as used with this cache for the database scope
+	// (server identity and database name) and returns every slot recorded
+	// for it.
+	Slots(ctx context.Context, scope, slot string) ([]string, error)
+	// ForgetSlot removes a slot that no longer exists from the record.
+	ForgetSlot(ctx context.Context, scope, slot string) error
 }
 
 // RedisCacheState is CacheState on a Redis client.
@@ -214,6 +220,29 @@ func (r RedisCacheState) SetRules(ctx context.Context, slot string, rules map[st
 		return fmt.Errorf("record the rules in force in Redis: %w", err)
 	}
 	return nil
+}
+
+// SlotsKey holds the names of the slots used with the cache for one database
+// (scope: system identifier and database name).
+func SlotsKey(scope string) string { return "cachesync:slots:" + scope }
+
+// Slots implements CacheState.
+func (r RedisCacheState) Slots(ctx context.Context, scope, slot string) ([]string, error) {
+	var members *redis.StringSliceCmd
+	_, err := r.Client.Pipelined(ctx, func(p redis.Pipeliner) error {
+		p.SAdd(ctx, SlotsKey(scope), slot)
+		members = p.SMembers(ctx, SlotsKey(scope))
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("record the slot in Redis: %w", err)
+	}
+	return members.Val(), nil
+}
+
+// ForgetSlot implements CacheState.
+func (r RedisCacheState) ForgetSlot(ctx context.Context, scope, slot string) error {
+	return r.Client.SRem(ctx, SlotsKey(scope), slot).Err()
 }
 
 // Forget removes the slot's applied position and rules record (teardown).

@@ -172,12 +172,45 @@ func (d *Daemon) ensureSlot(ctx context.Context, conn *pgx.Conn, repl *pgconn.Pg
 	if err != nil {
 		return 0, err
 	}
+	d.warnAbandonedSlots(ctx, conn, sys.SystemID+":"+dbname, name)
 	if !hasState || state != (journal.State{SystemID: sys.SystemID, Timeline: sys.Timeline, Slot: name}) {
 		if err := d.opts.Journal.SaveState(journal.State{SystemID: sys.SystemID, Timeline: sys.Timeline, Slot: name}); err != nil {
 			return 0, err
 		}
 	}
 	return start, nil
+}
+
+// warnAbandonedSlots looks for slots this cache was streamed from before on
+// the same database (the slot was renamed in rules.hcl) that still exist and
+// stand idle: PostgreSQL keeps every byte of WAL since their position until
+// they are dropped. Each is logged with the command that drops it. A slot
+// that no longer exists leaves the record. Failures here are logged only.
+func (d *Daemon) warnAbandonedSlots(ctx context.Context, conn *pgx.Conn, scope, current string) {
+	slots, err := d.opts.Cache.Slots(ctx, scope, current)
+	d.reportRedis(ctx, err)
+	if err != nil {
+		d.log.Warn().Err(err).Msg("could not check for abandoned slots")
+		return
+	}
+	for _, other := range slots {
+		if other == current {
+			continue
+		}
+		info, err := replication.ReadSlot(ctx, conn, other)
+		switch {
+		case err != nil:
+			d.log.Warn().Err(err).Msg("could not check for abandoned slots")
+			return
+		case info == nil:
+			if err := d.opts.Cache.ForgetSlot(ctx, scope, other); err != nil {
+				d.log.Warn().Err(err).Msg("could not update the record of slots")
+			}
+		case !info.Active:
+			d.log.Warn().Str("slot", other).Int64("retained_wal_bytes", info.RetainedBytes).Str("current_slot", current).
+				Msg(fmt.Sprintf("ABANDONED SLOT: slot %q was streamed into this cache before and now stands idle, so PostgreSQL keeps WAL for it; if the slot name changed in rules.hcl, drop it: SELECT pg_drop_replication_slot('%s')", other, other))
+		}
+	}
 }
 
 // flushNewRules flushes the key spaces of the rules the cache has not had
