@@ -184,3 +184,59 @@ rule "event" {
 	e.exec(`TRUNCATE "my.app"."Events.eu"`)
 	e.gone("event:2")
 }
+
+// The partition truncate triggers follow the rules: installed with the rule,
+// removed with it (once no publication lists the root) and by teardown.
+func TestPartitionTriggersFollowTheRules(t *testing.T) {
+	const partitioned = `
+rule "event" {
+  table = "public.events"
+  invalidate { keys = ["event:${row.id}"] }
+}
+`
+	e := setup(t, schema+`
+CREATE TABLE events (id bigint, region text, PRIMARY KEY (id, region)) PARTITION BY LIST (region);
+CREATE TABLE events_eu PARTITION OF events FOR VALUES IN ('eu');
+CREATE TABLE events_us PARTITION OF events FOR VALUES IN ('us');
+`, rules+partitioned)
+	count := func() (triggers, functions int) {
+		t.Helper()
+		err := e.db.QueryRow(e.ctx, `SELECT (SELECT count(*) FROM pg_trigger WHERE tgname = 'cachesync_truncate'),
+		       (SELECT count(*) FROM pg_proc WHERE proname = 'cachesync_truncate_notify')`).Scan(&triggers, &functions)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return triggers, functions
+	}
+	setupWith := func(body string) string {
+		t.Helper()
+		src := mustRead(t, e.rules)
+		if err := os.WriteFile(e.rules, []byte(src[:strings.Index(src, `rule "`)]+body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		out, code := e.cli("setup")
+		if code != 0 {
+			t.Fatalf("setup: exit %d\n%s", code, out)
+		}
+		return out
+	}
+	setupWith(rules + partitioned)
+	if tr, fn := count(); tr != 2 || fn != 1 {
+		t.Fatalf("with the rule: %d triggers, %d functions; want 2, 1", tr, fn)
+	}
+	setupWith(rules)
+	if tr, fn := count(); tr != 0 || fn != 0 {
+		t.Errorf("without the rule: %d triggers, %d functions left", tr, fn)
+	}
+	setupWith(rules + partitioned)
+	if tr, _ := count(); tr != 2 {
+		t.Fatalf("with the rule again: %d triggers", tr)
+	}
+	out, code := e.cli("teardown")
+	if code != 0 || !strings.Contains(out, "partition truncate triggers: 2 dropped") {
+		t.Errorf("teardown: exit %d\n%s", code, out)
+	}
+	if tr, fn := count(); tr != 0 || fn != 0 {
+		t.Errorf("after teardown: %d triggers, %d functions left", tr, fn)
+	}
+}

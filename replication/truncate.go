@@ -75,3 +75,59 @@ END $$`)
 	}
 	return added, nil
 }
+
+// RemovePartitionTruncateTriggers drops the truncate triggers that
+// EnsurePartitionTruncateTriggers installed on partitions whose root no
+// publication lists any more (its rules were removed, the publication was
+// dropped, the partition was detached), then the notify functions no trigger
+// uses. A root that some publication still lists keeps its triggers: another
+// cachesync on the same database may rely on them (the messages reach every
+// consumer). It returns the partitions it cleared.
+func RemovePartitionTruncateTriggers(ctx context.Context, conn *pgx.Conn) ([]string, error) {
+	rows, err := conn.Query(ctx, `
+		SELECT n.nspname, c.relname
+		FROM pg_trigger tg
+		JOIN pg_proc p ON p.oid = tg.tgfoid
+		JOIN pg_class c ON c.oid = tg.tgrelid
+		JOIN pg_namespace n ON n.oid = c.relnamespace
+		LEFT JOIN pg_class r ON r.oid = pg_partition_root(tg.tgrelid)
+		LEFT JOIN pg_namespace rn ON rn.oid = r.relnamespace
+		WHERE tg.tgname = 'cachesync_truncate' AND p.proname = 'cachesync_truncate_notify'
+		  AND NOT EXISTS (SELECT 1 FROM pg_publication_tables pt
+		                  WHERE pt.schemaname = rn.nspname AND pt.tablename = r.relname)`)
+	if err != nil {
+		return nil, fmt.Errorf("list the partition truncate triggers: %w", err)
+	}
+	type trigger struct{ schema, name string }
+	stale, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (trigger, error) {
+		var t trigger
+		return t, r.Scan(&t.schema, &t.name)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list the partition truncate triggers: %w", err)
+	}
+	var removed []string
+	for _, t := range stale {
+		if _, err := conn.Exec(ctx, "DROP TRIGGER IF EXISTS cachesync_truncate ON "+sqlName(t.schema, t.name)); err != nil {
+			return removed, fmt.Errorf("drop the truncate trigger on %s.%s: %w", t.schema, t.name, err)
+		}
+		removed = append(removed, t.schema+"."+t.name)
+	}
+	fns, err := conn.Query(ctx, `
+		SELECT n.nspname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+		WHERE p.proname = 'cachesync_truncate_notify' AND p.pronargs = 0
+		  AND NOT EXISTS (SELECT 1 FROM pg_trigger tg WHERE tg.tgfoid = p.oid)`)
+	if err != nil {
+		return removed, fmt.Errorf("list the partition truncate functions: %w", err)
+	}
+	schemas, err := pgx.CollectRows(fns, pgx.RowTo[string])
+	if err != nil {
+		return removed, err
+	}
+	for _, s := range schemas {
+		if _, err := conn.Exec(ctx, "DROP FUNCTION IF EXISTS "+sqlName(s, "cachesync_truncate_notify")+"()"); err != nil {
+			return removed, fmt.Errorf("drop the truncate function in schema %s: %w", s, err)
+		}
+	}
+	return removed, nil
+}

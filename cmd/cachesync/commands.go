@@ -699,7 +699,12 @@ func teardownCommand() *cli.Command {
 				return &exitError{code: 1, msg: "cachesync teardown: " + err.Error()}
 			}
 			fmt.Fprintf(c.App.Writer, "publication %q: %s\n", e.cfg.Postgres.Publication, map[bool]string{true: "dropped", false: "absent"}[dropped])
-			if c.String("redis-url") != "" || e.cfg.Redis.URL != "" {
+			parts, err := replication.RemovePartitionTruncateTriggers(c.Context, conn)
+			if err != nil {
+				return &exitError{code: 1, msg: "cachesync teardown: " + err.Error()}
+			}
+			fmt.Fprintf(c.App.Writer, "partition truncate triggers: %d dropped\n", len(parts))
+			if c.String("redis-url") != "" || e.cfg.Redis.URL != "" || len(e.cfg.Redis.Addresses) > 0 {
 				rc, err := redisClient(c, e.cfg)
 				if err != nil {
 					return err

@@ -289,6 +289,13 @@ func (d *Daemon) alignPublication(ctx context.Context, conn *pgx.Conn) ([]string
 	if len(parts) > 0 {
 		d.log.Info().Strs("partitions", parts).Msg("truncate triggers installed on partitions (a partition's TRUNCATE is not published by itself)")
 	}
+	// Triggers no publication needs any more only cost a logical message
+	// per TRUNCATE: failing to drop them does not stop streaming.
+	if gone, err := replication.RemovePartitionTruncateTriggers(ctx, conn); err != nil {
+		d.log.Warn().Err(err).Msg("could not remove truncate triggers no rule needs any more")
+	} else if len(gone) > 0 {
+		d.log.Info().Strs("partitions", gone).Msg("truncate triggers removed from partitions no publication lists any more")
+	}
 	if len(added) > 0 {
 		d.log.Info().Strs("tables", added).Str("publication", pub).Msg("tables added to publication")
 	}
