@@ -6,6 +6,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"strings"
 	"sync"
@@ -15,6 +16,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/cachesync/cachesync/internal/testenv"
+	"github.com/cachesync/cachesync/wal"
 )
 
 func setupCluster(t *testing.T) (*env, *testenv.RedisCluster) {
@@ -94,6 +96,29 @@ func TestClusterReshardAndFailover(t *testing.T) {
 	}
 	if got := cluster.Masters(t); len(got) != 3 || got[0].Slots[0] == masters[0].Slots[0] && got[0].SlotCount() == masters[0].SlotCount() {
 		t.Errorf("the topology did not change: %+v", got)
+	}
+	e.statusReadsCache()
+}
+
+// statusReadsCache checks that status finds the cache through the rules
+// file's redis block and reads the applied position, as far as the slot
+// (status reads the slot first, and a position is applied before it is
+// confirmed).
+func (e *env) statusReadsCache() {
+	e.t.Helper()
+	out, code := e.cli("status", "--json")
+	var st struct {
+		Cache struct {
+			AppliedLSN *wal.LSN `json:"applied_lsn"`
+			Error      string   `json:"error"`
+		} `json:"cache"`
+		Info struct{ ConfirmedFlushLSN wal.LSN } `json:"info"`
+	}
+	if err := json.Unmarshal([]byte(out), &st); code != 0 || err != nil {
+		e.t.Fatalf("status --json: exit %d, %v\n%s", code, err, out)
+	}
+	if confirmed := st.Info.ConfirmedFlushLSN; confirmed == 0 || st.Cache.AppliedLSN == nil || *st.Cache.AppliedLSN < confirmed {
+		e.t.Errorf("status does not report the cache's applied position as far as the slot's %s (%q):\n%s", confirmed, st.Cache.Error, out)
 	}
 }
 
@@ -201,6 +226,7 @@ func TestSentinelFailover(t *testing.T) {
 	e.quiesce(d)
 	e.logAtStake(names)
 	e.checkCache()
+	e.statusReadsCache()
 }
 
 // TestSentinelLostAcknowledgedWrites: the primary acknowledges invalidations

@@ -490,6 +490,12 @@ func statusCommand() *cli.Command {
 	}
 }
 
+// redisConfigured reports whether a command that can do without Redis has
+// one to talk to: a URL, or a cluster's or sentinels' addresses.
+func redisConfigured(c *cli.Context, cfg *config.Config) bool {
+	return c.String("redis-url") != "" || cfg.Redis.URL != "" || len(cfg.Redis.Addresses) > 0
+}
+
 // cacheReport is what the cache says: the position its effects are applied
 // to (the daemon's marker).
 type cacheReport struct {
@@ -500,7 +506,7 @@ type cacheReport struct {
 // cacheStatus reads the applied position from Redis, if one is configured;
 // a status never fails because Redis does.
 func cacheStatus(c *cli.Context, cfg *config.Config) *cacheReport {
-	if c.String("redis-url") == "" && cfg.Redis.URL == "" {
+	if !redisConfigured(c, cfg) {
 		return nil
 	}
 	rc, err := redisClient(c, cfg)
@@ -704,7 +710,7 @@ func teardownCommand() *cli.Command {
 				return &exitError{code: 1, msg: "cachesync teardown: " + err.Error()}
 			}
 			fmt.Fprintf(c.App.Writer, "partition truncate triggers: %d dropped\n", len(parts))
-			if c.String("redis-url") != "" || e.cfg.Redis.URL != "" || len(e.cfg.Redis.Addresses) > 0 {
+			if redisConfigured(c, e.cfg) {
 				rc, err := redisClient(c, e.cfg)
 				if err != nil {
 					return err
