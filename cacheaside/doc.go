@@ -48,10 +48,11 @@
 // and its fence in one UNLINK, its write-through scripts delete it, a tag's
 // deletion deletes the fences registered under the tag, and a flush deletes
 // every fence before it drops any key. If the fill's database read could have
-// seen a row older than a change, then that change committed after step 1,
-// so its invalidation (which comes after the commit) deleted the token before
-// step 3, and the fill is refused: the key stays missing, a cache miss, never
-// a stale value. A refused fill is counted in Stats.FencedFills.
+// seen a row older than a change, then that change became visible after step
+// 1, so its invalidation (which the daemon applies only once the change is
+// visible to new snapshots) deleted the token before step 3, and the fill is
+// refused: the key stays missing, a cache miss, never a stale value. A
+// refused fill is counted in Stats.FencedFills.
 //
 // The loader must therefore read from a snapshot taken after it is called:
 // the primary, or a replica that has replayed past every change the daemon has
