@@ -173,6 +173,7 @@ func TestMetricsMoveWithTheWorkload(t *testing.T) {
 		{"cachesync_apply_group_transactions", 1},
 		{"cachesync_apply_group_operations", 1},
 		{"cachesync_apply_duration_seconds", 1},
+		{"cachesync_visibility_wait_seconds", 1},
 		{"cachesync_commit_to_applied_seconds", 1},
 	}
 	for _, x := range atLeast {

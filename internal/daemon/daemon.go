@@ -613,9 +613,11 @@ func (d *Daemon) commitGroup(ctx context.Context, group []mapping.Batch, ops int
 		return nil
 	}
 	if ops > 0 {
+		waitBegan := time.Now()
 		if err := d.gate.wait(ctx, group); err != nil {
 			return err
 		}
+		d.metrics.VisibilitySeconds.Observe(time.Since(waitBegan).Seconds())
 		d.failpoint("before-apply")
 		d.noteFlushes(group)
 		began := time.Now()

@@ -49,6 +49,7 @@ type Metrics struct {
 	GroupTransactions prometheus.Histogram
 	GroupOperations   prometheus.Histogram
 	ApplySeconds      prometheus.Histogram
+	VisibilitySeconds prometheus.Histogram
 	CommitToApplied   prometheus.Histogram
 
 	AppliedLSN   prometheus.Gauge
@@ -88,6 +89,7 @@ func New() *Metrics {
 	m.GroupTransactions = f.histogram("apply_group_transactions", "Transactions applied to Redis together, per group.", prometheus.ExponentialBuckets(1, 4, 6))
 	m.GroupOperations = f.histogram("apply_group_operations", "Redis operations applied together, per group.", prometheus.ExponentialBuckets(1, 4, 8))
 	m.ApplySeconds = f.histogram("apply_duration_seconds", "Time to apply a group to Redis, retries included.", prometheus.ExponentialBuckets(0.0001, 4, 10))
+	m.VisibilitySeconds = f.histogram("visibility_wait_seconds", "Time a group with effects waited, before its apply, for PostgreSQL to show its transactions to new snapshots (one snapshot query when they already are; a synchronous standby's round trip when it is set).", prometheus.ExponentialBuckets(0.0001, 4, 10))
 	m.CommitToApplied = f.histogram("commit_to_applied_seconds", "From the commit of a group's oldest transaction in PostgreSQL to its effects acknowledged by Redis.", prometheus.ExponentialBuckets(0.0005, 2.5, 14))
 	m.AppliedLSN = f.gauge("applied_lsn", "WAL position (bytes) up to which every effect is applied to Redis.")
 	m.ConfirmedLSN = f.gauge("confirmed_lsn", "WAL position (bytes) confirmed to PostgreSQL: applied and journaled.")
