@@ -292,7 +292,7 @@ func (d *Daemon) alignPublication(ctx context.Context, conn *pgx.Conn) ([]string
 	// Triggers no publication needs any more only cost a logical message
 	// per TRUNCATE: failing to drop them does not stop streaming.
 	if gone, err := replication.RemovePartitionTruncateTriggers(ctx, conn); err != nil {
-		d.log.Warn().Err(err).Msg("could not remove truncate triggers no rule needs any more")
+		d.log.Warn().Err(err).Msg("could not remove truncate triggers no publication needs any more")
 	} else if len(gone) > 0 {
 		d.log.Info().Strs("partitions", gone).Msg("truncate triggers removed from partitions no publication lists any more")
 	}
