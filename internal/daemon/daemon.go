@@ -277,12 +277,12 @@ func (d *Daemon) prepareOnce(ctx context.Context, pgc config.Postgres) error {
 // rules must not change what the active one receives. It returns the tables
 // it added, whose changes before now were never published.
 func (d *Daemon) alignPublication(ctx context.Context, conn *pgx.Conn) ([]string, error) {
-	pub := d.opts.Config.Postgres.Publication
-	added, err := replication.EnsurePublication(ctx, conn, pub, d.mapper.Tables())
+	pub, tables := d.opts.Config.Postgres.Publication, d.mapper.Tables()
+	added, err := replication.EnsurePublication(ctx, conn, pub, tables)
 	if err != nil {
 		return nil, err
 	}
-	parts, err := replication.EnsurePartitionTruncateTriggers(ctx, conn, d.mapper.Tables())
+	parts, err := replication.EnsurePartitionTruncateTriggers(ctx, conn, tables)
 	if err != nil {
 		return nil, err
 	}

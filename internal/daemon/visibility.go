@@ -31,7 +31,8 @@ type visibilityGate struct {
 	xids []uint32 // reused
 }
 
-// warnAfter is how long a wait lasts before it is logged at warn level.
+// visibilityWarnAfter is how long a wait lasts before it is logged at warn
+// level.
 const visibilityWarnAfter = time.Second
 
 // wait returns once every transaction of the group with effects is visible to
