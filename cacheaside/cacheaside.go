@@ -484,7 +484,7 @@ func (c *Client) runScripts(ctx context.Context, queue func(redis.Pipeliner), do
 			queue(p)
 			return nil
 		})
-		if err != nil && attempt == 0 && isNoScript(err) {
+		if err != nil && attempt == 0 && keyspace.IsNoScript(err) {
 			if lerr := c.loadScripts(ctx); lerr != nil {
 				return lerr
 			}
@@ -500,16 +500,7 @@ func (c *Client) runScripts(ctx context.Context, queue func(redis.Pipeliner), do
 }
 
 func (c *Client) loadScripts(ctx context.Context) error {
-	for _, s := range []*redis.Script{c.scripts.ticket, c.scripts.fill, c.scripts.tagAdd, c.scripts.unlock, c.scripts.deleteTag, c.scripts.tagDetach} {
-		if err := s.Load(ctx, c.rdb).Err(); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-func isNoScript(err error) bool {
-	return errors.Is(err, redis.ErrNoScript) || redis.HasErrorPrefix(err, "NOSCRIPT")
+	return keyspace.LoadScripts(ctx, c.rdb, c.scripts.ticket, c.scripts.fill, c.scripts.tagAdd, c.scripts.unlock, c.scripts.deleteTag, c.scripts.tagDetach)
 }
 
 // refreshInBackground reloads a soft-expired key with a fenced fill: one

@@ -1,5 +1,13 @@
 package keyspace
 
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/redis/go-redis/v9"
+)
+
 // DeleteTagScript deletes every key registered under a tag, then the tag's
 // set, atomically, so that no reader sees some members gone and others not.
 //
@@ -226,3 +234,38 @@ if kind ~= 'none' then
 end
 return redis.call('SMEMBERS', KEYS[2])
 `
+
+// LoadScripts loads scripts into the script cache of every server that runs
+// them: the client's server, or every master of a cluster.
+//
+// A cluster's replicas are left out on purpose. go-redis's
+// ClusterClient.ScriptLoad waits for every replica as well, so one hung or
+// unreachable replica would fail every load, and with it every
+// invalidation, although no script ever runs on a replica. A replica that
+// is promoted later starts with an empty script cache; the first EVALSHA it
+// receives fails with NOSCRIPT (IsNoScript), and callers load again.
+func LoadScripts(ctx context.Context, rdb redis.UniversalClient, scripts ...*redis.Script) error {
+	load := func(ctx context.Context, c redis.Scripter) error {
+		for _, s := range scripts {
+			if err := s.Load(ctx, c).Err(); err != nil {
+				return fmt.Errorf("SCRIPT LOAD: %w", err)
+			}
+		}
+		return nil
+	}
+	if cc, ok := rdb.(*redis.ClusterClient); ok {
+		return cc.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error {
+			if err := load(ctx, m); err != nil {
+				return fmt.Errorf("%s: %w", m.Options().Addr, err)
+			}
+			return nil
+		})
+	}
+	return load(ctx, rdb)
+}
+
+// IsNoScript reports whether err says a script is missing from the
+// server's script cache (a restart, SCRIPT FLUSH, a promoted replica).
+func IsNoScript(err error) bool {
+	return errors.Is(err, redis.ErrNoScript) || redis.HasErrorPrefix(err, "NOSCRIPT")
+}

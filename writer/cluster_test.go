@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
 
 	"github.com/cachesync/cachesync/internal/testenv"
@@ -20,7 +21,10 @@ import (
 // script) or not (the stepwise path).
 func TestCluster(t *testing.T) {
 	t.Parallel()
-	cluster := testenv.StartRedisCluster(t, testenv.ClusterOptions{})
+	// A node timeout longer than a read timeout: the replica hung at the
+	// end stays in the topology that clients see (until the cluster
+	// flags it failed) as long as an attempt to reach it takes.
+	cluster := testenv.StartRedisCluster(t, testenv.ClusterOptions{NodeTimeout: 5 * time.Second})
 	client := cluster.Client(t)
 	w := writer.New(client, writer.Options{Logger: zerolog.New(zerolog.NewTestWriter(t))})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -144,5 +148,32 @@ func TestCluster(t *testing.T) {
 	}
 	if n := exists(keyspace.TagKey("org:9"), keyspace.FenceKey("user:4")); n != 0 {
 		t.Error("the flush left a tag set or a fence")
+	}
+
+	// A hung replica, while the masters lost their scripts: the writer
+	// loads them on the masters, which alone run them, and goes on.
+	// go-redis's cluster SCRIPT LOAD would wait for the replica too.
+	cluster.AwaitReplicasListed(t)
+	replica := cluster.Replicas(t)[0].Addr
+	cluster.PauseNode(t, replica)
+	t.Cleanup(func() { cluster.ResumeNode(t, replica) })
+	if err := client.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error {
+		return m.ScriptFlush(ctx).Err()
+	}); err != nil {
+		t.Fatal(err)
+	}
+	set(local...)
+	client.SAdd(ctx, keyspace.TagKey("{org:2}"), toAny(local)...)
+	retries := w.Stats().Retries
+	hung, stop := context.WithTimeout(ctx, 20*time.Second)
+	defer stop()
+	if err := w.Apply(hung, []mapping.Batch{{CommitLSN: 200, EndLSN: 201, Ops: []mapping.Op{{Kind: mapping.OpDeleteTag, Key: "{org:2}", Rule: "test"}}}}); err != nil {
+		t.Fatalf("Apply with replica %s hung: %v", replica, err)
+	}
+	if n := exists(local...); n != 0 {
+		t.Errorf("%d members of the tag survived with a replica hung", n)
+	}
+	if n := w.Stats().Retries - retries; n != 0 {
+		t.Errorf("%d retries with a replica hung, want none: the scripts were loaded on it", n)
 	}
 }

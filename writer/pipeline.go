@@ -196,7 +196,7 @@ func (w *Writer) execPipeline(ctx context.Context, fill func(redis.Pipeliner)) (
 		if first == nil {
 			first = &commandError{index: i, err: err}
 		}
-		if isNoScript(err) {
+		if keyspace.IsNoScript(err) {
 			first.noScript = true
 		}
 	}
@@ -212,12 +212,7 @@ func (w *Writer) execPipeline(ctx context.Context, fill func(redis.Pipeliner)) (
 // loadScripts loads every keyspace script into Redis's script cache (on
 // every master of a cluster).
 func (w *Writer) loadScripts(ctx context.Context) error {
-	for _, s := range []*redis.Script{w.scripts.deleteTag, w.scripts.guardedSet, w.scripts.guardedUnset, w.scripts.tagDetach} {
-		if err := s.Load(ctx, w.client).Err(); err != nil {
-			return fmt.Errorf("SCRIPT LOAD: %w", err)
-		}
-	}
-	return nil
+	return keyspace.LoadScripts(ctx, w.client, w.scripts.deleteTag, w.scripts.guardedSet, w.scripts.guardedUnset, w.scripts.tagDetach)
 }
 
 // needsScripts reports whether err, or a later failure in its pipeline, is
@@ -227,11 +222,7 @@ func needsScripts(err error) bool {
 	if errors.As(err, &cmdErr) && cmdErr.noScript {
 		return true
 	}
-	return isNoScript(err)
-}
-
-func isNoScript(err error) bool {
-	return errors.Is(err, redis.ErrNoScript) || redis.HasErrorPrefix(err, "NOSCRIPT")
+	return keyspace.IsNoScript(err)
 }
 
 // scriptResult returns the integer a keyspace script returned.

@@ -150,19 +150,23 @@ func (r RedisCacheState) Advance(ctx context.Context, slot string, from wal.LSN,
 		expected = from.String()
 	}
 	keys := r.keys(slot)
-	if err := advanceScript.Load(ctx, r.Client).Err(); err != nil && len(keys) > 1 {
-		return false, 0, false, fmt.Errorf("advance the applied position in Redis: %w", err)
-	}
-	cmds, err := r.Client.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for _, k := range keys {
-			if len(keys) == 1 {
-				advanceScript.Run(ctx, p, []string{k}, expected, to.String())
-			} else {
+	advance := func() ([]redis.Cmder, error) {
+		return r.Client.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for _, k := range keys {
 				advanceScript.EvalSha(ctx, p, []string{k}, expected, to.String())
 			}
+			return nil
+		})
+	}
+	// The script is loaded only when a server lacks it (first use, a
+	// restart, a promoted replica), not before every advance: a load
+	// costs a round trip to every master.
+	cmds, err := advance()
+	if keyspace.IsNoScript(err) {
+		if err = keyspace.LoadScripts(ctx, r.Client, advanceScript); err == nil {
+			cmds, err = advance()
 		}
-		return nil
-	})
+	}
 	if err != nil {
 		return false, 0, false, fmt.Errorf("advance the applied position in Redis: %w", err)
 	}

@@ -837,6 +837,36 @@ func redisCLIBinary() (string, error) {
 		"(Debian: apt-get install -y redis-server, which brings redis-tools)"}
 }
 
+// AwaitReplicasListed waits until every node lists every replica in CLUSTER
+// SLOTS, where clients learn the topology. A node lists a replica only once
+// gossip told it the replica synced, so right after start, or after writes
+// to an idle cluster, clients may not know the replicas yet.
+func (c *RedisCluster) AwaitReplicasListed(t testing.TB) {
+	t.Helper()
+	running := c.running()
+	want := len(running)
+	err := c.await(30*time.Second, func(ctx context.Context) error {
+		for addr := range running {
+			//lint:ignore SA1019 clients (go-redis too) learn the topology from CLUSTER SLOTS, which is what this checks
+			slots, err := c.admin[addr].ClusterSlots(ctx).Result()
+			if err != nil {
+				return fmt.Errorf("CLUSTER SLOTS on %s: %w", addr, err)
+			}
+			listed := 0
+			for _, s := range slots {
+				listed += len(s.Nodes)
+			}
+			if listed != want {
+				return fmt.Errorf("%s lists %d of %d nodes in CLUSTER SLOTS", addr, listed, want)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("testenv: AwaitReplicasListed: %v", err)
+	}
+}
+
 // PauseNode stops a node with SIGSTOP: it neither answers nor replicates
 // until ResumeNode, as a replica that falls behind its master would.
 func (c *RedisCluster) PauseNode(t testing.TB, addr string) {
