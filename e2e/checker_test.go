@@ -159,6 +159,18 @@ func (p productRow) json(id int64) map[string]any {
 // (and, for products, be published).
 func (e *env) cacheMismatches() (mismatches []string, checked int) {
 	e.t.Helper()
+	mismatches, checked, err := e.compareCache()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return mismatches, checked
+}
+
+// compareCache is cacheMismatches returning Redis's errors, for a caller
+// that polls while the topology is still changing: right after a failover
+// a cluster node may still name the dead master for a moment.
+func (e *env) compareCache() (mismatches []string, checked int, err error) {
+	e.t.Helper()
 	users := e.userNames()
 	products := map[int64]productRow{}
 	rows, err := e.db.Query(e.ctx, `SELECT id, name, price::text, published, description FROM products`)
@@ -174,8 +186,11 @@ func (e *env) cacheMismatches() (mismatches []string, checked int) {
 		e.t.Fatal(err)
 	}
 
-	check := func(pattern string, compare func(key string, id int64, cached string) string) {
-		keys := e.keys(pattern)
+	check := func(pattern string, compare func(key string, id int64, cached string) string) error {
+		keys, err := scanKeys(e.ctx, e.rdb, pattern)
+		if err != nil {
+			return err
+		}
 		for start := 0; start < len(keys); start += 500 {
 			chunk := keys[start:min(start+500, len(keys))]
 			// GETs in a pipeline rather than MGET: a cluster refuses
@@ -187,7 +202,7 @@ func (e *env) cacheMismatches() (mismatches []string, checked int) {
 				return nil
 			})
 			if err != nil && err != redis.Nil {
-				e.t.Fatal(err)
+				return fmt.Errorf("read %s: %w", pattern, err)
 			}
 			for i, key := range chunk {
 				cached, err := cmds[i].(*redis.StringCmd).Result()
@@ -205,8 +220,9 @@ func (e *env) cacheMismatches() (mismatches []string, checked int) {
 				}
 			}
 		}
+		return nil
 	}
-	check("user:*", func(key string, id int64, cached string) string {
+	err = check("user:*", func(key string, id int64, cached string) string {
 		name, ok := users[id]
 		switch {
 		case !ok:
@@ -216,7 +232,10 @@ func (e *env) cacheMismatches() (mismatches []string, checked int) {
 		}
 		return ""
 	})
-	check("product:*", func(key string, id int64, cached string) string {
+	if err != nil {
+		return nil, 0, err
+	}
+	err = check("product:*", func(key string, id int64, cached string) string {
 		row, ok := products[id]
 		if !ok {
 			return fmt.Sprintf("%s: cached %s, db: row deleted", key, cached)
@@ -232,7 +251,10 @@ func (e *env) cacheMismatches() (mismatches []string, checked int) {
 		}
 		return ""
 	})
-	return mismatches, checked
+	if err != nil {
+		return nil, 0, err
+	}
+	return mismatches, checked, nil
 }
 
 // quiesce waits until d applied everything committed so far, including a

@@ -175,7 +175,10 @@ func TestClusterLostAcknowledgedWrites(t *testing.T) {
 func (e *env) expectHealed(d *daemon) {
 	e.t.Helper()
 	eventually(e.t, 60*time.Second, "the lost invalidations healed", func() (bool, string) {
-		m, checked := e.cacheMismatches()
+		m, checked, err := e.compareCache()
+		if err != nil {
+			return false, err.Error()
+		}
 		return len(m) == 0, fmt.Sprintf("%d of %d stale: %v", len(m), checked, m)
 	})
 	if !strings.Contains(d.log.String(), "REDIS RESET") {
