@@ -159,11 +159,18 @@ func (p productRow) json(id int64) map[string]any {
 // (and, for products, be published).
 func (e *env) cacheMismatches() (mismatches []string, checked int) {
 	e.t.Helper()
-	mismatches, checked, err := e.compareCache()
-	if err != nil {
-		e.t.Fatal(err)
+	// Redis errors are retried for a while: right after a failover a
+	// client may need a moment to learn the new topology.
+	var err error
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		mismatches, checked, err = e.compareCache()
+		if err == nil {
+			return mismatches, checked
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatalf("checker: Redis still failing after 30s: %v", err)
+		}
 	}
-	return mismatches, checked
 }
 
 // compareCache is cacheMismatches returning Redis's errors, for a caller
