@@ -238,3 +238,66 @@ func TestDryRun(t *testing.T) {
 		t.Errorf("dry run exit: %v\n%s", err, logs.String())
 	}
 }
+
+// TestRunRefusesARedisUserWithoutPermissions: a Redis ACL user that lacks a
+// command cachesync needs stops `run` before it creates anything, with the
+// ACL to grant; that ACL, applied as printed, is enough to stream.
+func TestRunRefusesARedisUserWithoutPermissions(t *testing.T) {
+	e := setup(t, schema, rules)
+	if !e.redis.Controllable() {
+		t.Skip("needs a Redis of its own (REDIS_URL is set): the test creates ACL users")
+	}
+	acl := func(user string, rules ...string) string {
+		args := []any{"ACL", "SETUSER", user, "reset", "on", ">pw"}
+		for _, r := range rules {
+			args = append(args, r)
+		}
+		if err := e.rdb.Do(e.ctx, args...).Err(); err != nil {
+			t.Fatalf("ACL SETUSER %s: %v", user, err)
+		}
+		return "REDIS_URL=redis://" + user + ":pw@" + e.redis.Addr() + "/0"
+	}
+	noScan := acl("noscan", "+@all", "-scan", "~*")
+	out, code := e.cliEnv([]string{noScan}, "run")
+	if code != 1 {
+		t.Fatalf("run as a user without SCAN: exit %d, want 1\n%s", code, out)
+	}
+	for _, want := range []string{"NOPERM", "SCAN", "ACL SETUSER <user>", "+scan", "~user:email:*", "~tag:org:*", "~version:orders:customer:*", "registers under a tag"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("the refusal lacks %q:\n%s", want, out)
+		}
+	}
+	var slots int
+	if err := e.db.QueryRow(e.ctx, "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1", e.slot).Scan(&slots); err != nil || slots != 0 {
+		t.Errorf("a refused run left %d slots (err %v)", slots, err)
+	}
+
+	// The advice, as printed, lets the daemon do all it does: slot and
+	// rules records, flushes, applied position, every rule's effects.
+	_, advice, ok := strings.Cut(out, "ACL SETUSER <user> ")
+	if !ok {
+		t.Fatalf("no ACL advice in:\n%s", out)
+	}
+	advice, _, _ = strings.Cut(advice, "\n")
+	advice = strings.TrimRight(advice, `"}`)
+	// Plus the application's keys registered under tags, as it says.
+	exact := acl("exact", append(strings.Fields(advice), "~org-*")...)
+	d := e.start(exact)
+	e.waitStreaming(d)
+	e.exec(`INSERT INTO users VALUES (1, 'a@x.io', 1, 'a')`)
+	e.exec(`INSERT INTO orders VALUES (1, 7)`)
+	e.quiesce(d)
+	e.set("user:1", "user:email:a@x.io", "orders:customer:7:v0:list")
+	e.rdb.SAdd(e.ctx, "tag:org:1", "org-page")
+	e.set("org-page")
+	e.exec(`UPDATE users SET name = 'b' WHERE id = 1`)
+	e.exec(`UPDATE orders SET customer_id = 7 WHERE id = 1`)
+	e.gone("user:1", "user:email:a@x.io", "org-page")
+	eventually(t, 30*time.Second, "version bumped", func() (bool, string) {
+		v, _ := e.rdb.Get(e.ctx, "version:orders:customer:7").Result()
+		return v != "" && v != "0", v
+	})
+	if strings.Contains(d.log.String(), "NOPERM") {
+		t.Errorf("the daemon met NOPERM with the advised ACL:\n%s", d.log.String())
+	}
+}

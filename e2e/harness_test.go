@@ -138,10 +138,16 @@ func (e *env) cli(args ...string) (string, int) {
 	return e.cliEnv(nil, args...)
 }
 
+// cliTimeout bounds a command run by cli: a command that should exit but
+// runs on (a `run` that should have refused) fails the test, not the suite.
+const cliTimeout = 2 * time.Minute
+
 // cliEnv is cli with extra environment variables (later ones win).
 func (e *env) cliEnv(extraEnv []string, args ...string) (string, int) {
 	e.t.Helper()
-	cmd := exec.Command(binary, args...)
+	ctx, cancel := context.WithTimeout(e.ctx, cliTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, binary, args...)
 	cmd.Env = append(os.Environ(), "DATABASE_URL="+e.dbURL, e.redisEnv, "CACHESYNC_CONFIG="+e.rules)
 	cmd.Env = append(cmd.Env, extraEnv...)
 	out, err := cmd.CombinedOutput()

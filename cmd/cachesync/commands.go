@@ -286,6 +286,13 @@ func (e *env) daemon(c *cli.Context, s *stack, dryRun bool, m *metrics.Metrics) 
 	} else {
 		opts.Applier, opts.Journal, opts.Cache = s.writer, s.journal, daemon.RedisCacheState{Client: s.redis}
 		opts.Health = s.writer
+		opts.CheckCache = func(ctx context.Context, spaces []mapping.Keyspace) error {
+			err := writer.CheckAccess(ctx, s.redis, spaces)
+			if errors.Is(err, writer.ErrNoAccess) {
+				return fmt.Errorf("%w: %w", daemon.ErrConfig, err)
+			}
+			return err
+		}
 	}
 	return daemon.New(opts)
 }

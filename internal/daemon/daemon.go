@@ -68,6 +68,12 @@ type Options struct {
 	// reported down while nothing but bookkeeping reaches it. The writer
 	// implements it.
 	Health HealthReporter
+	// CheckCache, when set, is run once before streaming with the key
+	// spaces of the rules: it returns an error wrapping ErrConfig when the
+	// cache refuses a command or key that cachesync will need, so that run
+	// stops with what to grant instead of retrying a refusal forever. Any
+	// other error is logged and streaming goes on (the writer retries).
+	CheckCache func(ctx context.Context, spaces []mapping.Keyspace) error
 	// DryRun streams from a temporary slot and never touches the real one.
 	DryRun bool
 	KeyCap int
@@ -229,7 +235,10 @@ func (d *Daemon) prepare(ctx context.Context) error {
 	pgc := d.opts.Config.Postgres
 	for backoff := time.Second; ; backoff = min(backoff*2, d.opts.MaxBackoff) {
 		err := d.prepareOnce(ctx, pgc)
-		if err == nil || errors.Is(err, ErrConfig) || ctx.Err() != nil {
+		if err == nil {
+			return d.checkCache(ctx)
+		}
+		if errors.Is(err, ErrConfig) || ctx.Err() != nil {
 			return err
 		}
 		d.log.Warn().Err(err).Dur("retry_in", backoff).Msg("cannot prepare the database; retrying")
@@ -239,6 +248,32 @@ func (d *Daemon) prepare(ctx context.Context) error {
 		case <-time.After(backoff):
 		}
 	}
+}
+
+// checkCacheTimeout bounds the cache check: a Redis that does not answer is
+// the writer's to wait for.
+const checkCacheTimeout = 10 * time.Second
+
+// checkCache runs Options.CheckCache on the rules' key spaces.
+func (d *Daemon) checkCache(ctx context.Context) error {
+	if d.opts.CheckCache == nil || d.opts.DryRun {
+		return nil
+	}
+	var spaces []mapping.Keyspace
+	for _, op := range d.mapper.FlushAll("") {
+		spaces = append(spaces, *op.Keyspace)
+	}
+	cctx, cancel := context.WithTimeout(ctx, checkCacheTimeout)
+	defer cancel()
+	err := d.opts.CheckCache(cctx, spaces)
+	switch {
+	case err == nil || ctx.Err() != nil:
+		return nil
+	case errors.Is(err, ErrConfig):
+		return err
+	}
+	d.log.Warn().Err(err).Msg("could not check what Redis lets cachesync do; streaming anyway (the writer retries until Redis answers)")
+	return nil
 }
 
 func (d *Daemon) prepareOnce(ctx context.Context, pgc config.Postgres) error {
