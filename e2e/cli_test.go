@@ -267,9 +267,14 @@ func TestRunRefusesARedisUserWithoutPermissions(t *testing.T) {
 			t.Errorf("the refusal lacks %q:\n%s", want, out)
 		}
 	}
+	// setup too, before it creates the slot (whose flush would retry the
+	// refusal forever).
+	if out, code := e.cliEnv([]string{noScan}, "setup"); code != 1 || !strings.Contains(out, "NOPERM") {
+		t.Errorf("setup as a user without SCAN: exit %d, want 1 with NOPERM\n%s", code, out)
+	}
 	var slots int
 	if err := e.db.QueryRow(e.ctx, "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1", e.slot).Scan(&slots); err != nil || slots != 0 {
-		t.Errorf("a refused run left %d slots (err %v)", slots, err)
+		t.Errorf("a refused run or setup left %d slots (err %v)", slots, err)
 	}
 
 	// The advice, as printed, lets the daemon do all it does: slot and

@@ -824,6 +824,10 @@ func (d *Daemon) Setup(ctx context.Context) error {
 	if err := d.prepareOnce(ctx, d.opts.Config.Postgres); err != nil {
 		return err
 	}
+	// Before the slot: its flush would retry a refusal forever.
+	if err := d.checkCache(ctx); err != nil {
+		return err
+	}
 	conns, err := d.open(ctx)
 	if err != nil {
 		return err
