@@ -88,12 +88,13 @@ func TestCheckAccess(t *testing.T) {
 		t.Errorf("%d keys survived the restricted user's flushes", n)
 	}
 
+	noScan := user("noscan", grant("scan", "")...)
 	for _, tc := range []struct {
 		name   string
 		client *redis.Client
 		want   []string
 	}{
-		{"no SCAN", user("noscan", grant("scan", "")...), []string{"SCAN", "+scan", "~tag:org:*"}},
+		{"no SCAN", noScan, []string{"SCAN", "+scan", "~tag:org:*"}},
 		{"no EVALSHA", user("noevalsha", grant("evalsha", "")...), []string{"EVALSHA", "+evalsha"}},
 		{"no tag sets", user("notags", grant("", "tag:org:*")...), []string{`"tag:org:*"`, "tag:org:cachesync-preflight-", "~tag:org:*"}},
 		{"wrong password", redis.NewClient(&redis.Options{Addr: tb.server.Addr(), Username: "exact", Password: "nope", MaxRetries: -1}), []string{"WRONGPASS"}},
@@ -108,6 +109,19 @@ func TestCheckAccess(t *testing.T) {
 				t.Errorf("%s: the error lacks %q: %v", tc.name, want, err)
 			}
 		}
+	}
+
+	// A refusal met while streaming (the ACL changed under a running
+	// daemon) is retried like an outage, and the warning says what to do.
+	var log strings.Builder
+	refused := writer.New(noScan, writer.Options{Logger: zerolog.New(&log), MinBackoff: time.Millisecond, MaxBackoff: 10 * time.Millisecond})
+	brief, stopBrief := context.WithTimeout(ctx, time.Second)
+	defer stopBrief()
+	if err := refused.Apply(brief, []mapping.Batch{batch(300, flush(spaces[0]))}); err == nil {
+		t.Fatal("a flush without SCAN was acknowledged")
+	}
+	if got := log.String(); strings.Count(got, "Redis is failing") != 1 || !strings.Contains(got, "Redis permissions") || !strings.Contains(got, "NOPERM") {
+		t.Errorf("the refusal's warning does not say what to do:\n%s", got)
 	}
 
 	// Redis down is not a refusal: the writer retries it.

@@ -351,8 +351,12 @@ func (w *Writer) failed(err error, retry int) {
 	if o.since.IsZero() {
 		o.since = time.Now()
 		w.counters.failing.Store(true)
-		w.log.Warn().Err(err).
-			Msg("Redis is failing; retrying with backoff until it recovers, and confirming no LSN meanwhile")
+		ev := w.log.Warn().Err(err)
+		if refused(err) {
+			// Not an outage that passes by itself: say what to do.
+			ev = ev.Str("fix", "the Redis server or user refuses a command or key cachesync needs: grant it (docs/operations.md, Redis permissions); nothing is lost meanwhile")
+		}
+		ev.Msg("Redis is failing; retrying with backoff until it recovers, and confirming no LSN meanwhile")
 		return
 	}
 	ev := w.log.Debug().Err(err).Uint64("failures", o.retries)

@@ -751,6 +751,9 @@ func TestReportAttempt(t *testing.T) {
 	if n := strings.Count(got, "Redis is failing"); n != 1 {
 		t.Errorf("the outage was logged %d times at warn, want once:\n%s", n, got)
 	}
+	if strings.Contains(got, "Redis permissions") {
+		t.Errorf("an outage was taken for a refusal:\n%s", got)
+	}
 	if !strings.Contains(got, `"retries":2`) || !strings.Contains(got, "Redis recovered") {
 		t.Errorf("the recovery line lacks the outage's retries:\n%s", got)
 	}
