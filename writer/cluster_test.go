@@ -2,7 +2,9 @@ package writer_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -148,6 +150,41 @@ func TestCluster(t *testing.T) {
 	}
 	if n := exists(keyspace.TagKey("org:9"), keyspace.FenceKey("user:4")); n != 0 {
 		t.Error("the flush left a tag set or a fence")
+	}
+
+	// The permission check on a cluster: the advised ACL (per node, as
+	// cluster ACLs are) passes, SCAN refused on one is found.
+	spaces := []mapping.Keyspace{{Keys: []string{"user:*"}, Tags: []string{"org:*"}}}
+	aclUser := func(name string, rules ...string) *redis.ClusterClient {
+		t.Helper()
+		args := []any{"ACL", "SETUSER", name, "reset", "on", ">pw"}
+		for _, r := range rules {
+			args = append(args, r)
+		}
+		for _, addr := range cluster.Addrs() {
+			node := redis.NewClient(&redis.Options{Addr: addr})
+			err := node.Do(ctx, args...).Err()
+			_ = node.Close()
+			if err != nil {
+				t.Fatalf("ACL SETUSER on %s: %v", addr, err)
+			}
+		}
+		c := redis.NewClusterClient(&redis.ClusterOptions{Addrs: cluster.Addrs(), Username: name, Password: "pw"})
+		t.Cleanup(func() { _ = c.Close() })
+		return c
+	}
+	var advised []string
+	for _, c := range writer.Commands(client) {
+		advised = append(advised, "+"+c)
+	}
+	for _, p := range writer.KeyPatterns(spaces) {
+		advised = append(advised, "~"+p)
+	}
+	if err := writer.CheckAccess(ctx, aclUser("advised", advised...), spaces); err != nil {
+		t.Errorf("CheckAccess on the cluster with the advised ACL: %v", err)
+	}
+	if err := writer.CheckAccess(ctx, aclUser("noscan", "+@all", "-scan", "~*"), spaces); !errors.Is(err, writer.ErrNoAccess) || !strings.Contains(err.Error(), "+cluster|slots") {
+		t.Errorf("CheckAccess on the cluster without SCAN = %v, want ErrNoAccess advising +cluster|slots", err)
 	}
 
 	// A hung replica, while the masters lost their scripts: the writer
