@@ -98,6 +98,8 @@ func CheckAccess(ctx context.Context, client redis.UniversalClient, spaces []map
 	add("EVAL", func(p redis.Pipeliner) redis.Cmder {
 		return p.Eval(ctx, "return redis.call('GET', KEYS[1])", []string{str})
 	})
+	// A pipeline runs to its end whatever fails in it: these two remove
+	// the scratch keys even when a command above was refused.
 	add("UNLINK", func(p redis.Pipeliner) redis.Cmder { return p.Unlink(ctx, str, counter) })
 	add("DEL", func(p redis.Pipeliner) redis.Cmder { return p.Del(ctx, set, union, hash) })
 	for _, pattern := range KeyPatterns(spaces) {

@@ -111,6 +111,10 @@ func TestCheckAccess(t *testing.T) {
 		}
 	}
 
+	if n, _ := tb.client.Keys(ctx, "*preflight*").Result(); len(n) != 0 {
+		t.Errorf("refused checks left keys behind: %q", n)
+	}
+
 	// A refusal met while streaming (the ACL changed under a running
 	// daemon) is retried like an outage, and the warning says what to do.
 	var log strings.Builder
