@@ -35,11 +35,7 @@ func TestCheckAccess(t *testing.T) {
 	}
 	user := func(name string, rules ...string) *redis.Client {
 		t.Helper()
-		args := []any{"ACL", "SETUSER", name, "reset", "on", ">pw"}
-		for _, r := range rules {
-			args = append(args, r)
-		}
-		if err := tb.client.Do(ctx, args...).Err(); err != nil {
+		if err := tb.client.Do(ctx, aclSetUser(name, rules...)...).Err(); err != nil {
 			t.Fatalf("ACL SETUSER %s: %v", name, err)
 		}
 		c := redis.NewClient(&redis.Options{Addr: tb.server.Addr(), Username: name, Password: "pw", MaxRetries: -1})
@@ -133,4 +129,14 @@ func TestCheckAccess(t *testing.T) {
 	if err := writer.CheckAccess(ctx, tb.client, spaces); err == nil || errors.Is(err, writer.ErrNoAccess) {
 		t.Errorf("CheckAccess with Redis down = %v, want an error that is not ErrNoAccess", err)
 	}
+}
+
+// aclSetUser is the ACL SETUSER command that (re)creates user name with
+// password "pw" and exactly the given rules.
+func aclSetUser(name string, rules ...string) []any {
+	args := []any{"ACL", "SETUSER", name, "reset", "on", ">pw"}
+	for _, r := range rules {
+		args = append(args, r)
+	}
+	return args
 }

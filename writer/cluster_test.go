@@ -157,13 +157,9 @@ func TestCluster(t *testing.T) {
 	spaces := []mapping.Keyspace{{Keys: []string{"user:*"}, Tags: []string{"org:*"}}}
 	aclUser := func(name string, rules ...string) *redis.ClusterClient {
 		t.Helper()
-		args := []any{"ACL", "SETUSER", name, "reset", "on", ">pw"}
-		for _, r := range rules {
-			args = append(args, r)
-		}
 		for _, addr := range cluster.Addrs() {
 			node := redis.NewClient(&redis.Options{Addr: addr})
-			err := node.Do(ctx, args...).Err()
+			err := node.Do(ctx, aclSetUser(name, rules...)...).Err()
 			_ = node.Close()
 			if err != nil {
 				t.Fatalf("ACL SETUSER on %s: %v", addr, err)
