@@ -253,15 +253,24 @@ func LoadScripts(ctx context.Context, rdb redis.UniversalClient, scripts ...*red
 		}
 		return nil
 	}
+	return OnMasters(ctx, rdb, func(ctx context.Context, node redis.Cmdable) error {
+		return load(ctx, node)
+	})
+}
+
+// OnMasters runs fn on every server that holds keys: the client itself, or
+// each master of a cluster (concurrently, and naming the master in an
+// error), never a replica.
+func OnMasters(ctx context.Context, rdb redis.UniversalClient, fn func(ctx context.Context, node redis.Cmdable) error) error {
 	if cc, ok := rdb.(*redis.ClusterClient); ok {
 		return cc.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error {
-			if err := load(ctx, m); err != nil {
+			if err := fn(ctx, m); err != nil {
 				return fmt.Errorf("%s: %w", m.Options().Addr, err)
 			}
 			return nil
 		})
 	}
-	return load(ctx, rdb)
+	return fn(ctx, rdb)
 }
 
 // IsNoScript reports whether err says a script is missing from the

@@ -139,14 +139,9 @@ func CheckAccess(ctx context.Context, client redis.UniversalClient, spaces []map
 	if err := script.EvalSha(ctx, client, []string{str}).Err(); err != nil && !errors.Is(err, redis.Nil) {
 		return accessError(client, "EVALSHA", err, spaces)
 	}
-	scan := func(ctx context.Context, node redis.Cmdable) error {
+	err = keyspace.OnMasters(ctx, client, func(ctx context.Context, node redis.Cmdable) error {
 		return node.Scan(ctx, 0, scratch+"*", 10).Err()
-	}
-	if cc, ok := client.(*redis.ClusterClient); ok {
-		err = cc.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error { return scan(ctx, m) })
-	} else {
-		err = scan(ctx, client)
-	}
+	})
 	if err != nil {
 		return accessError(client, "SCAN", err, spaces)
 	}

@@ -47,12 +47,9 @@ func (w *Writer) flush(ctx context.Context, op *mapping.Op) error {
 // keyType, unless empty) returns, on every master of a cluster. Pages of
 // different masters are handled concurrently.
 func (w *Writer) scan(ctx context.Context, match, keyType string, page func(context.Context, []string) error) error {
-	if w.cluster != nil {
-		return w.cluster.ForEachMaster(ctx, func(ctx context.Context, master *redis.Client) error {
-			return w.scanNode(ctx, master, match, keyType, page)
-		})
-	}
-	return w.scanNode(ctx, w.client, match, keyType, page)
+	return keyspace.OnMasters(ctx, w.client, func(ctx context.Context, node redis.Cmdable) error {
+		return w.scanNode(ctx, node, match, keyType, page)
+	})
 }
 
 func (w *Writer) scanNode(ctx context.Context, node redis.Cmdable, match, keyType string, page func(context.Context, []string) error) error {
