@@ -537,6 +537,13 @@ func TestFaultReplayBelowConfirmed(t *testing.T) {
 	if code != 1 || !strings.Contains(out, "--flush") {
 		t.Errorf("replay --from 0/1: exit %d, want 1 with a hint at --flush:\n%s", code, out)
 	}
+	// Past the journal's newest entry: a position this journal never saw,
+	// refused as well instead of "replaying" nothing with exit 0.
+	past := e.currentLSN() + 1<<32
+	out, code = e.cli("replay", "--from", past.String())
+	if code != 1 || !strings.Contains(out, "newest entry") || !strings.Contains(out, "Nothing was applied") {
+		t.Errorf("replay --from %s (past the journal): exit %d, want 1 naming the journal's newest entry:\n%s", past, code, out)
+	}
 	out, code = e.cli("replay", "--flush")
 	if code != 0 {
 		t.Fatalf("replay --flush: exit %d\n%s", code, out)

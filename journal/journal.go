@@ -95,6 +95,10 @@ var (
 	// back to the requested point: what came before was removed by retention
 	// or never journaled. The message gives what the journal does cover.
 	ErrNotCovered = errors.New("journal does not reach back to the requested point")
+	// ErrPastNewest is returned by Replay from an LSN past the journal's
+	// newest entry. It wraps ErrNotCovered: the journal holds nothing of
+	// what was asked for.
+	ErrPastNewest = fmt.Errorf("%w: the requested LSN is past the journal's newest entry", ErrNotCovered)
 )
 
 // Journal is an open journal directory: the only writer of it.

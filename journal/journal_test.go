@@ -307,7 +307,6 @@ func TestReplaySelection(t *testing.T) {
 		{"from an entry's end (inclusive)", 20, time.Time{}, []wal.LSN{20, 30, 40}},
 		{"from between entries", 21, time.Time{}, []wal.LSN{30, 40}},
 		{"from the newest", 40, time.Time{}, []wal.LSN{40}},
-		{"from after the newest", 41, time.Time{}, nil},
 		{"since the first commit", 0, t0.Add(10 * time.Second), []wal.LSN{10, 20, 30, 40}},
 		{"since a commit time (inclusive)", 0, t0.Add(30 * time.Second), []wal.LSN{30, 40}},
 		{"since between commits", 0, t0.Add(30*time.Second + 1), []wal.LSN{40}},
@@ -322,6 +321,24 @@ func TestReplaySelection(t *testing.T) {
 				t.Fatalf("got %v, want %v", ends(got), tt.want)
 			}
 		})
+	}
+	// Past the newest entry: a position the journal never saw, refused
+	// rather than "replayed" as nothing, by the daemon's journal and by
+	// the read-only replay of the directory alike.
+	for name, replay := range map[string]func(from wal.LSN, fn func(mapping.Batch) error) error{
+		"Replay":    func(from wal.LSN, fn func(mapping.Batch) error) error { return j.Replay(context.Background(), from, time.Time{}, fn) },
+		"ReplayDir": func(from wal.LSN, fn func(mapping.Batch) error) error { return ReplayDir(context.Background(), j.dir, from, time.Time{}, fn) },
+	} {
+		n := 0
+		err := replay(41, func(mapping.Batch) error { n++; return nil })
+		if !errors.Is(err, ErrPastNewest) || !errors.Is(err, ErrNotCovered) || n != 0 {
+			t.Errorf("%s from after the newest entry: %v after %d batches, want ErrPastNewest (an ErrNotCovered) and none", name, err, n)
+		} else if !strings.Contains(err.Error(), "newest entry ends at LSN "+wal.LSN(40).String()) {
+			t.Errorf("%s from after the newest entry: %q does not name the newest entry", name, err)
+		}
+		if got := collect(t, func(fn func(mapping.Batch) error) error { return replay(40, fn) }); !reflect.DeepEqual(ends(got), []wal.LSN{40}) {
+			t.Errorf("%s from the newest entry: got %v, want [40]", name, ends(got))
+		}
 	}
 	if err := j.Replay(context.Background(), 10, t0, func(mapping.Batch) error { return nil }); err == nil {
 		t.Fatal("Replay with both from and since: want an error")

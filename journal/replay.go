@@ -147,9 +147,15 @@ type segmentSnapshot struct {
 }
 
 func replaySegments(ctx context.Context, snaps []segmentSnapshot, from wal.LSN, since time.Time, fn func(mapping.Batch) error, vanished func() error) error {
-	var prevEnd wal.LSN
+	var prevEnd, newest wal.LSN
+	matched := false
+	each := func(b mapping.Batch) error {
+		matched = true
+		return fn(b)
+	}
 	for _, s := range snaps {
 		if s.summary && (s.entries == 0 || since.IsZero() && s.lastEnd < from || !since.IsZero() && s.maxTime.Before(since)) {
+			newest = max(newest, s.lastEnd)
 			continue
 		}
 		r, err := openSegment(s.path, s.seq, s.limit)
@@ -165,11 +171,21 @@ func replaySegments(ctx context.Context, snaps []segmentSnapshot, from wal.LSN, 
 		if err != nil {
 			return replayDamaged(err)
 		}
-		err = replaySegment(ctx, r, s.tolerant, from, since, fn, &prevEnd)
+		err = replaySegment(ctx, r, s.tolerant, from, since, each, &prevEnd)
 		r.Close()
 		if err != nil {
 			return err
 		}
+		newest = max(newest, prevEnd)
+	}
+	if !matched && since.IsZero() && from != 0 {
+		// Every confirmed position was journaled first, so a position past
+		// the newest entry is one this journal never saw: another slot's,
+		// server's or data directory's, or a typo. Replaying nothing and
+		// reporting success would leave the cache as stale as it was.
+		return fmt.Errorf("%w: replay of LSN %s: the journal's newest entry ends at LSN %s, so it holds nothing at or after %s; "+
+			"check --from (is it a position of another slot, server or --data-dir?), or use --flush to drop the rules' key spaces instead",
+			ErrPastNewest, from, newest, from)
 	}
 	return nil
 }
