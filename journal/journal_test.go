@@ -326,8 +326,12 @@ func TestReplaySelection(t *testing.T) {
 	// rather than "replayed" as nothing, by the daemon's journal and by
 	// the read-only replay of the directory alike.
 	for name, replay := range map[string]func(from wal.LSN, fn func(mapping.Batch) error) error{
-		"Replay":    func(from wal.LSN, fn func(mapping.Batch) error) error { return j.Replay(context.Background(), from, time.Time{}, fn) },
-		"ReplayDir": func(from wal.LSN, fn func(mapping.Batch) error) error { return ReplayDir(context.Background(), j.dir, from, time.Time{}, fn) },
+		"Replay": func(from wal.LSN, fn func(mapping.Batch) error) error {
+			return j.Replay(context.Background(), from, time.Time{}, fn)
+		},
+		"ReplayDir": func(from wal.LSN, fn func(mapping.Batch) error) error {
+			return ReplayDir(context.Background(), j.dir, from, time.Time{}, fn)
+		},
 	} {
 		n := 0
 		err := replay(41, func(mapping.Batch) error { n++; return nil })
