@@ -80,11 +80,20 @@ func TestPartitionTreeChangesFlush(t *testing.T) {
 }
 
 // A partition attached while no instance streams is flushed for at the next
-// start: the trees seen are recorded in Redis and compared at start.
+// start: the trees seen are recorded in Redis and compared at start. A
+// restart with the trees unchanged flushes nothing.
 func TestPartitionTreeChangedWhileStopped(t *testing.T) {
 	e := setup(t, partitionedSchema, partitionedRules)
 	d := e.start()
 	e.waitStreaming(d)
+	if code := d.stop(); code != 0 {
+		t.Fatalf("stop: exit %d\n%s", code, d.log.String())
+	}
+	e.set("event:1", "account:1")
+	d = e.start()
+	e.waitStreaming(d)
+	e.caughtUp(d, 30*time.Second)
+	e.present("event:1", "account:1")
 	if code := d.stop(); code != 0 {
 		t.Fatalf("stop: exit %d\n%s", code, d.log.String())
 	}

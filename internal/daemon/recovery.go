@@ -280,6 +280,9 @@ func (d *Daemon) flushPartitionChanges(ctx context.Context, trees replication.Pa
 		return err
 	}
 	changed := recorded.Changed(trees)
+	if len(changed) == 0 {
+		return nil // FlushTables(nil) would flush every rule
+	}
 	ops := d.mapper.FlushTables(changed, mapping.ReasonPartitions)
 	if len(ops) == 0 {
 		return nil
