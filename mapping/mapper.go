@@ -49,6 +49,7 @@ const (
 	ReasonCacheReset = "cache_reset"
 	ReasonTableAdd   = "table_added"
 	ReasonRules      = "rules_changed"
+	ReasonPartitions = "partitions_changed"
 )
 
 // Options tune a Mapper.
@@ -288,12 +289,21 @@ func (m *Mapper) Message(msg wal.Message) error {
 	if !m.txn.open {
 		return fmt.Errorf("logical message %q outside a transaction", msg.Prefix)
 	}
-	if msg.Prefix == wal.TruncateMessagePrefix {
+	var reason string
+	switch msg.Prefix {
+	case wal.TruncateMessagePrefix:
 		// A partition of a rule table was truncated (see the triggers that
 		// replication installs): the root's rules flush.
-		for _, r := range m.byTable[string(msg.Content)] {
-			m.flush(r, ReasonTruncate)
-		}
+		reason = ReasonTruncate
+	case wal.PartitionsMessagePrefix:
+		// A partition was attached, detached, dropped or created: rows
+		// came or went with no row event. The root's rules flush.
+		reason = ReasonPartitions
+	default:
+		return nil
+	}
+	for _, r := range m.byTable[string(msg.Content)] {
+		m.flush(r, reason)
 	}
 	return nil
 }

@@ -359,3 +359,39 @@ rule "typed" {
 		t.Errorf("integers must print without a decimal point: %s", b.Ops[0].Value)
 	}
 }
+
+// Logical messages on cachesync's prefixes flush the named root's rules: a
+// partition truncated (the trigger's message) or the partition tree changed
+// (the monitor's message). Other prefixes and other tables change nothing.
+func TestMessageFlushes(t *testing.T) {
+	tests := []struct {
+		name string
+		msg  wal.Message
+		want []string
+	}{
+		{"partition truncated", wal.Message{Prefix: wal.TruncateMessagePrefix, Content: []byte("public.users")},
+			[]string{"flush user truncate keys=[user:* user:email:*] tags=[org:*] versions=[]"}},
+		{"partition tree changed", wal.Message{Prefix: wal.PartitionsMessagePrefix, Content: []byte("public.users")},
+			[]string{"flush user partitions_changed keys=[user:* user:email:*] tags=[org:*] versions=[]"}},
+		{"a table without rules", wal.Message{Prefix: wal.PartitionsMessagePrefix, Content: []byte("public.other")}, []string{}},
+		{"another prefix", wal.Message{Prefix: "cachesync.heartbeat", Content: []byte("public.users")}, []string{}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m := newMapper(t, testRules, 0)
+			if err := m.Begin(wal.Begin{XID: 1, FinalLSN: 10}); err != nil {
+				t.Fatal(err)
+			}
+			if err := m.Message(tt.msg); err != nil {
+				t.Fatal(err)
+			}
+			b, err := m.Commit(wal.Commit{XID: 1, CommitLSN: 10, EndLSN: 20})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := describe(b.Ops); !slices.Equal(got, tt.want) {
+				t.Errorf("ops:\n got %q\nwant %q", got, tt.want)
+			}
+		})
+	}
+}

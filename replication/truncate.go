@@ -15,9 +15,10 @@ import (
 // a TRUNCATE of a single partition is not published at all. For each
 // partitioned table among tables, every partition below it gets a BEFORE
 // TRUNCATE statement trigger that emits a transactional logical message
-// naming the root, so the root's rules flush their key spaces. Partitions
-// attached later are covered at the next start. It returns the partitions
-// that got a trigger.
+// naming the root, so the root's rules flush their key spaces. It is run at
+// start and again, while streaming, for each root whose partition tree
+// changed (see ReadPartitionTrees). It returns the partitions that got a
+// trigger.
 func EnsurePartitionTruncateTriggers(ctx context.Context, conn *pgx.Conn, tables []config.TableName) ([]string, error) {
 	var added []string
 	for _, t := range tables {

@@ -130,6 +130,12 @@ type Change struct {
 // partitioned rule table ("schema.table").
 const TruncateMessagePrefix = "cachesync.truncate"
 
+// PartitionsMessagePrefix is the logical message that cachesync writes when
+// the partition tree of a rule table changed (ATTACH, DETACH, DROP or CREATE
+// of a partition: none of them is published, yet they add or remove rows of
+// the root); its content names the partitioned rule table ("schema.table").
+const PartitionsMessagePrefix = "cachesync.partitions"
+
 // Message is a transactional logical decoding message (pg_logical_emit_message).
 type Message struct {
 	Prefix  string

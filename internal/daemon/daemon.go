@@ -93,10 +93,18 @@ type Options struct {
 	// position is compared with the one last written, to catch a restarted,
 	// restored or failed-over Redis while nothing changes (default 1s).
 	CacheCheckInterval time.Duration
+	// PartitionCheckInterval is how often, while streaming, the partition
+	// trees of the rule tables are compared with the ones seen last, to
+	// flush for partitions attached, detached, dropped or created (none of
+	// which PostgreSQL publishes) and give new partitions their truncate
+	// trigger (default 1s).
+	PartitionCheckInterval time.Duration
 	// Failpoint, when set, is called at named points of the pipeline so
 	// that tests can crash the process exactly there: "before-apply" (a
 	// group is mapped, nothing applied), "after-apply" (Redis acknowledged
-	// it, nothing journaled), "after-journal" (journaled, not confirmed).
+	// it, nothing journaled), "after-journal" (journaled, not confirmed),
+	// "partitions-changed" (a partition tree change seen, its flush not yet
+	// written to the WAL).
 	Failpoint func(name string)
 	// FormatDiagnostics renders preflight findings (with source lines when
 	// the parser's files are at hand).
@@ -124,6 +132,9 @@ type Daemon struct {
 	metrics *metrics.Metrics
 	// passive is set while another instance holds the slot.
 	passive bool
+	// trees are the partition trees of the rule tables whose changes were
+	// flushed: read by ensureSlot, then followed by monitor.
+	trees replication.PartitionTrees
 }
 
 // ErrConfig marks failures that retrying cannot fix: the rules do not fit the
@@ -154,6 +165,9 @@ func New(opts Options) (*Daemon, error) {
 	}
 	if opts.CacheCheckInterval <= 0 {
 		opts.CacheCheckInterval = time.Second
+	}
+	if opts.PartitionCheckInterval <= 0 {
+		opts.PartitionCheckInterval = time.Second
 	}
 	if opts.Metrics == nil {
 		opts.Metrics = metrics.New()
@@ -461,8 +475,10 @@ func (d *Daemon) pipeline(ctx context.Context, stream *replication.Stream, start
 }
 
 // monitor owns the session's catalog connection while streaming: it writes
-// a heartbeat every HeartbeatInterval (if set), and every StatusInterval
-// reads the slot's retained WAL and the journal's size for the metrics.
+// a heartbeat every HeartbeatInterval (if set), every StatusInterval reads
+// the slot's retained WAL and the journal's size for the metrics, and every
+// PartitionCheckInterval follows the rule tables' partition trees
+// (checkPartitions).
 //
 // A heartbeat is a transactional logical message on our prefix. It travels
 // the whole pipeline like any transaction, so the slot keeps moving even when
@@ -477,6 +493,8 @@ func (d *Daemon) monitor(ctx context.Context, conn *pgx.Conn) error {
 	}
 	stats := time.NewTicker(d.opts.StatusInterval)
 	defer stats.Stop()
+	parts := time.NewTicker(d.opts.PartitionCheckInterval)
+	defer parts.Stop()
 	err := d.observe(ctx, conn)
 	for err == nil {
 		select {
@@ -490,12 +508,68 @@ func (d *Daemon) monitor(ctx context.Context, conn *pgx.Conn) error {
 			}
 		case <-stats.C:
 			err = d.observe(ctx, conn)
+		case <-parts.C:
+			err = d.checkPartitions(ctx, conn)
 		}
 	}
 	if ctx.Err() != nil {
 		return nil
 	}
 	return err
+}
+
+// checkPartitions compares the rule tables' partition trees with the ones
+// seen last. ATTACH, DETACH and DROP of a partition add or remove rows of
+// the root, and CREATE leaves a partition without a truncate trigger;
+// PostgreSQL publishes none of it. For each root whose tree changed it
+// installs the truncate trigger on new partitions, then writes a
+// transactional logical message naming the root, which flushes the root's
+// rules once it comes back through the pipeline: in WAL order, journaled and
+// confirmed like any transaction, and redelivered after a crash. The trigger
+// comes first so that a TRUNCATE of a new partition before it is covered by
+// the message. The tree is recorded in the cache only once the message is
+// written: a crash before that leaves the old record, and the next start
+// flushes for the difference (flushPartitionChanges).
+//
+// What remains is the time between the DDL's commit and this check (at most
+// PartitionCheckInterval) plus the message's way through the pipeline.
+func (d *Daemon) checkPartitions(ctx context.Context, conn *pgx.Conn) error {
+	tables := d.mapper.Tables()
+	now, err := replication.ReadPartitionTrees(ctx, conn, tables)
+	if err != nil {
+		return err
+	}
+	changed := d.trees.Changed(now)
+	if len(changed) == 0 {
+		return nil
+	}
+	d.failpoint("partitions-changed")
+	var roots []config.TableName
+	for _, t := range tables {
+		if slices.Contains(changed, t.String()) {
+			roots = append(roots, t)
+		}
+	}
+	// A trigger that cannot be installed ends the session (as at start),
+	// but the flush is written first.
+	parts, trigErr := replication.EnsurePartitionTruncateTriggers(ctx, conn, roots)
+	if _, err := conn.Exec(ctx, "SELECT pg_logical_emit_message(true, $1, root) FROM unnest($2::text[]) AS root",
+		wal.PartitionsMessagePrefix, changed); err != nil {
+		return fmt.Errorf("write the flush for the changed partitions of %v: %w", changed, err)
+	}
+	d.log.Warn().Strs("tables", changed).
+		Msg("partitions attached, detached, dropped or created (PostgreSQL publishes none of it): these tables' rules flush in WAL order")
+	if trigErr != nil {
+		return trigErr
+	}
+	if len(parts) > 0 {
+		d.log.Info().Strs("partitions", parts).Msg("truncate triggers installed on new partitions")
+	}
+	if err := d.retryRedis(ctx, func() error { return d.opts.Cache.SetPartitions(ctx, d.opts.Config.Postgres.Slot, now) }); err != nil {
+		return err
+	}
+	d.trees = now
+	return nil
 }
 
 // observe reads the figures that come from outside the pipeline.

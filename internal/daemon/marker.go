@@ -2,12 +2,14 @@ package daemon
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 
 	"github.com/redis/go-redis/v9"
 
 	"github.com/cachesync/cachesync/keyspace"
+	"github.com/cachesync/cachesync/replication"
 	"github.com/cachesync/cachesync/wal"
 )
 
@@ -35,6 +37,13 @@ type CacheState interface {
 	// SetRules records the rules now applied, after their key spaces were
 	// brought in line.
 	SetRules(ctx context.Context, slot string, rules map[string]string) error
+	// Partitions returns the partition trees of the rule tables as the
+	// instance that streamed last saw them after flushing for them; ok is
+	// false when none are recorded.
+	Partitions(ctx context.Context, slot string) (trees replication.PartitionTrees, ok bool, err error)
+	// SetPartitions records the partition trees whose changes were flushed
+	// (or written to the WAL as a flush).
+	SetPartitions(ctx context.Context, slot string, trees replication.PartitionTrees) error
 	// Slots records slot as used with this cache for the database scope
 	// (server identity and database name) and returns every slot recorded
 	// for it.
@@ -226,6 +235,41 @@ func (r RedisCacheState) SetRules(ctx context.Context, slot string, rules map[st
 	return nil
 }
 
+// PartitionsKey holds the partition trees of the rule tables that the cache
+// has seen flushed, as JSON (replication.PartitionTrees: root → digest).
+func PartitionsKey(slot string) string { return "cachesync:slot:" + slot + ":partitions" }
+
+// Partitions implements CacheState. An unreadable record counts as none.
+func (r RedisCacheState) Partitions(ctx context.Context, slot string) (replication.PartitionTrees, bool, error) {
+	v, err := r.Client.Get(ctx, PartitionsKey(slot)).Bytes()
+	if errors.Is(err, redis.Nil) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("read the recorded partition trees from Redis: %w", err)
+	}
+	var trees replication.PartitionTrees
+	if json.Unmarshal(v, &trees) != nil || trees == nil {
+		return nil, false, nil
+	}
+	return trees, true, nil
+}
+
+// SetPartitions implements CacheState.
+func (r RedisCacheState) SetPartitions(ctx context.Context, slot string, trees replication.PartitionTrees) error {
+	if trees == nil {
+		trees = replication.PartitionTrees{}
+	}
+	v, err := json.Marshal(trees)
+	if err != nil {
+		return err
+	}
+	if err := r.Client.Set(ctx, PartitionsKey(slot), v, 0).Err(); err != nil {
+		return fmt.Errorf("record the partition trees in Redis: %w", err)
+	}
+	return nil
+}
+
 // SlotsKey holds the names of the slots used with the cache for one database
 // (scope: system identifier and database name).
 func SlotsKey(scope string) string { return "cachesync:slots:" + scope }
@@ -249,13 +293,15 @@ func (r RedisCacheState) ForgetSlot(ctx context.Context, scope, slot string) err
 	return r.Client.SRem(ctx, SlotsKey(scope), slot).Err()
 }
 
-// Forget removes the slot's applied position and rules record (teardown).
+// Forget removes the slot's applied position, rules and partitions records
+// (teardown).
 func (r RedisCacheState) Forget(ctx context.Context, slot string) error {
 	_, err := r.Client.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for _, k := range r.keys(slot) {
 			p.Del(ctx, k)
 		}
 		p.Del(ctx, RulesKey(slot))
+		p.Del(ctx, PartitionsKey(slot))
 		return nil
 	})
 	return err

@@ -2,11 +2,13 @@ package daemon_test
 
 import (
 	"context"
+	"maps"
 	"testing"
 	"time"
 
 	"github.com/cachesync/cachesync/internal/daemon"
 	"github.com/cachesync/cachesync/internal/testenv"
+	"github.com/cachesync/cachesync/replication"
 	"github.com/cachesync/cachesync/wal"
 )
 
@@ -45,4 +47,43 @@ func TestMarkersWithAHungReplica(t *testing.T) {
 	if err != nil || !ok || got != from {
 		t.Fatalf("Applied = %s, %v, %v; want %s", got, ok, err, from)
 	}
+}
+
+// The partition trees record tells "none recorded" (a new cache, or one
+// written by an older version: nothing to compare with) from "no partitioned
+// rule table", and an unreadable record counts as none.
+func TestPartitionsRecord(t *testing.T) {
+	t.Parallel()
+	client := testenv.StartRedis(t).Client(t)
+	ctx := context.Background()
+	state := daemon.RedisCacheState{Client: client}
+	const slot = "s"
+	check := func(what string, want replication.PartitionTrees, wantOK bool) {
+		t.Helper()
+		got, ok, err := state.Partitions(ctx, slot)
+		if err != nil || ok != wantOK || !maps.Equal(got, want) {
+			t.Errorf("%s: Partitions = %v, %v, %v; want %v, %v", what, got, ok, err, want, wantOK)
+		}
+	}
+	check("nothing recorded", nil, false)
+	if err := state.SetPartitions(ctx, slot, nil); err != nil {
+		t.Fatal(err)
+	}
+	check("no partitioned table", replication.PartitionTrees{}, true)
+	trees := replication.PartitionTrees{"public.events": "abc", `my.app.Events`: "def"}
+	if err := state.SetPartitions(ctx, slot, trees); err != nil {
+		t.Fatal(err)
+	}
+	check("two trees", trees, true)
+	if err := client.Set(ctx, daemon.PartitionsKey(slot), "not json", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	check("unreadable", nil, false)
+	if err := state.SetPartitions(ctx, slot, trees); err != nil {
+		t.Fatal(err)
+	}
+	if err := state.Forget(ctx, slot); err != nil {
+		t.Fatal(err)
+	}
+	check("after teardown", nil, false)
 }

@@ -67,6 +67,13 @@ func (d *Daemon) ensureSlot(ctx context.Context, conn *pgx.Conn, repl *pgconn.Pg
 		}
 		return 0, fmt.Errorf("%w: pid %d", replication.ErrSlotActive, pid)
 	}
+	// The partition trees are read before alignPublication installs the
+	// truncate triggers: a partition created after this read is a change
+	// the monitor sees, and gets its trigger then.
+	trees, err := replication.ReadPartitionTrees(ctx, conn, d.mapper.Tables())
+	if err != nil {
+		return 0, err
+	}
 	added, err := d.alignPublication(ctx, conn)
 	if err != nil {
 		return 0, err
@@ -147,10 +154,17 @@ func (d *Daemon) ensureSlot(ctx context.Context, conn *pgx.Conn, repl *pgconn.Pg
 		if err := d.flushNewRules(ctx, added); err != nil {
 			return 0, err
 		}
+		if err := d.flushPartitionChanges(ctx, trees); err != nil {
+			return 0, err
+		}
 	}
 	if err := d.retryRedis(ctx, func() error { return d.opts.Cache.SetRules(ctx, name, d.ruleFingerprints()) }); err != nil {
 		return 0, err
 	}
+	if err := d.retryRedis(ctx, func() error { return d.opts.Cache.SetPartitions(ctx, name, trees) }); err != nil {
+		return 0, err
+	}
+	d.trees = trees
 	// The cache now reflects everything before start; effects beyond an
 	// older position are redelivered. Never move the position back.
 	mark := start
@@ -248,6 +262,34 @@ func (d *Daemon) flushNewRules(ctx context.Context, addedTables []string) error 
 		return d.flush(ctx, d.mapper.FlushTables(addedTables, mapping.ReasonTableAdd))
 	}
 	return nil
+}
+
+// flushPartitionChanges flushes the rules of the tables whose partition tree
+// differs from the one recorded by the instance that streamed last: a
+// partition attached, detached, dropped or created while no instance
+// watched, or after the last one saw the change but before the flush it
+// wrote reached the WAL (it records a tree only after that). Without a
+// record (the first start of a version that keeps one) nothing is flushed.
+func (d *Daemon) flushPartitionChanges(ctx context.Context, trees replication.PartitionTrees) error {
+	var recorded replication.PartitionTrees
+	var ok bool
+	if err := d.retryRedis(ctx, func() (err error) {
+		recorded, ok, err = d.opts.Cache.Partitions(ctx, d.opts.Config.Postgres.Slot)
+		return err
+	}); err != nil || !ok {
+		return err
+	}
+	changed := recorded.Changed(trees)
+	if len(changed) == 0 {
+		return nil // FlushTables(nil) would flush every rule
+	}
+	ops := d.mapper.FlushTables(changed, mapping.ReasonPartitions)
+	if len(ops) == 0 {
+		return nil
+	}
+	d.log.Warn().Strs("tables", changed).
+		Msg("partitions attached, detached, dropped or created since the cache was last streamed (PostgreSQL publishes none of it): flushing these tables' rules")
+	return d.flush(ctx, ops)
 }
 
 // ruleFingerprints are the rules in force, as CacheState.SetRules records them.
