@@ -1,6 +1,7 @@
 package mapping
 
 import (
+	"encoding/json"
 	"math/rand/v2"
 	"testing"
 
@@ -138,3 +139,22 @@ func TestIsJSONNumber(t *testing.T) {
 }
 
 func convertString(v cty.Value) (cty.Value, error) { return convert.Convert(v, cty.String) }
+
+// FuzzAppendJSON: whatever text PostgreSQL sends for a column, jsonencode's
+// rendering of it is valid JSON, or the exact path leaves it to HCL.
+func FuzzAppendJSON(f *testing.F) {
+	oids := []uint32{oidBool, oidInt8, oidFloat8, oidFloat4, oidNumeric, oidJSON, oidJSONB, oidTimestampTZ, 1007, 1009, 1021, oidText}
+	for _, s := range []string{"t", "42", "1e+308", "-0", "NaN", "1.50", `{"a": 1e308}`, "2024-03-01 10:20:30.5+00", "{1,NULL,3}", `{"a b",c}`, "{{1,2},{3,4}}", "e\u0301", "\xff"} {
+		for i := range oids {
+			f.Add(uint8(i), s)
+		}
+	}
+	d := newDecoder()
+	f.Fuzz(func(t *testing.T, which uint8, text string) {
+		oid := oids[int(which)%len(oids)]
+		b, res := d.appendJSON(nil, oid, d.class(oid), text)
+		if res == fastOK && !json.Valid(b) {
+			t.Fatalf("oid %d, text %q: invalid JSON %q", oid, text, b)
+		}
+	})
+}
