@@ -1218,3 +1218,46 @@ rule "page" {
 		})
 	}
 }
+
+// TestWhenReadingOnlyNewWarns: the `when` of an invalidate or bump_version
+// rule that reads new but neither row nor old gives both images of an UPDATE
+// the new row's answer, so a row leaving the filter invalidates nothing.
+func TestWhenReadingOnlyNewWarns(t *testing.T) {
+	t.Parallel()
+	const invalidate = "invalidate { keys = [\"order:${row.id}\"] }"
+	const bump = "bump_version { namespaces = [\"orders:${row.id}\"] }"
+	const refresh = "refresh {\n    key = \"order:${row.id}\"\n    value = jsonencode(row)\n    ttl = \"1h\"\n  }"
+	tests := []struct {
+		when, action string
+		pos          string // "" when no warning is expected
+	}{
+		{`new.status != "archived"`, invalidate, "2:10"},
+		{`new.status != "archived"`, bump, "2:10"},
+		{`new == null || new.status != "archived"`, invalidate, "2:10"},
+		{`true && new.flag`, invalidate, "2:18"},
+		{`row.status != "archived"`, invalidate, ""},
+		{`row.status != "archived" && new.flag`, invalidate, ""},
+		{`old == null || new == null || old.price != new.price`, invalidate, ""},
+		{`new.status != "archived"`, refresh, ""},
+		{`true`, invalidate, ""},
+	}
+	for _, tt := range tests {
+		src := "rule \"o\" {\n  when = " + tt.when + "\n  table = \"public.orders\"\n  " + tt.action + "\n}\n"
+		cfg, diags := config.Parse([]byte(src), "rules.hcl")
+		msg := config.FormatDiagnostics(diags, map[string]*hcl.File{"rules.hcl": {Bytes: []byte(src)}})
+		if cfg == nil || diags.HasErrors() {
+			t.Fatalf("%s: a warning must not stop the file:\n%s", tt.when, msg)
+		}
+		if tt.pos == "" {
+			if len(diags) != 0 {
+				t.Errorf("when = %s in %.12s: want no warning, got:\n%s", tt.when, tt.action, msg)
+			}
+			continue
+		}
+		if len(diags) != 1 || diags[0].Severity != hcl.DiagWarning ||
+			!strings.Contains(msg, "rules.hcl:"+tt.pos+": warning: rule \"o\": when reads only new") ||
+			!strings.Contains(msg, "^^^") || !strings.Contains(msg, "= hint: write row.<column> instead of new.<column>") {
+			t.Errorf("when = %s in %.12s: want one warning at %s with a caret and a hint, got:\n%s", tt.when, tt.action, tt.pos, msg)
+		}
+	}
+}

@@ -526,6 +526,9 @@ func decodeRule(b *hcl.Block) (*Rule, hcl.Diagnostics) {
 		}
 		diags = append(diags, ds...)
 	}
+	if r.When != nil && (r.Action == ActionInvalidate || r.Action == ActionBumpVersion) {
+		diags = append(diags, whenReadsOnlyNew(r.When, name, r.Action)...)
+	}
 	if action == nil {
 		diags = append(diags, &hcl.Diagnostic{
 			Severity: hcl.DiagError,
@@ -869,4 +872,34 @@ func envFunc(lookup func(string) (string, bool)) function.Function {
 			return cty.StringVal(v), nil
 		},
 	})
+}
+
+// whenReadsOnlyNew warns about the `when` of an invalidate or bump_version
+// rule that reads new and neither row nor old. Such a `when` is evaluated
+// for both images of an UPDATE but gives the same answer for both, the new
+// row's: an UPDATE that moves a row out of the filter acts on neither image,
+// and the old row's keys stay cached. `row` is each image in turn.
+func whenReadsOnlyNew(when hcl.Expression, rule string, action ActionKind) hcl.Diagnostics {
+	var first *hcl.Range
+	for _, tr := range when.Variables() {
+		switch tr.RootName() {
+		case "row", "old":
+			return nil
+		case "new":
+			if first == nil {
+				first = tr.SourceRange().Ptr()
+			}
+		}
+	}
+	if first == nil {
+		return nil
+	}
+	return hcl.Diagnostics{{
+		Severity: hcl.DiagWarning,
+		Summary:  fmt.Sprintf("rule %q: when reads only new", rule),
+		Detail: fmt.Sprintf("%s rules evaluate when once per row image, but new is the same for both images of an UPDATE: an UPDATE that moves a row out of the filter acts on neither image, and the keys of the old row stay cached",
+			action),
+		Subject: first,
+		Extra:   Hint("write row.<column> instead of new.<column>: row is each image in turn, so the old image is judged by the old row"),
+	}}
 }

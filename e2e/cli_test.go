@@ -49,6 +49,25 @@ func TestValidate(t *testing.T) {
 			t.Errorf("diagnostics lack %q:\n%s", want, out)
 		}
 	}
+
+	// A when that reads only new judges both images of an UPDATE by the new
+	// row: the file is valid, but validate says so, with the fix.
+	onlyNew := filepath.Join(t.TempDir(), "new.hcl")
+	os.WriteFile(onlyNew, []byte("rule \"open_orders\" {\n  table = \"public.orders\"\n  when  = new.status != \"archived\"\n  invalidate {\n    keys = [\"order:${row.id}\"]\n  }\n}\n"), 0o644)
+	out, code = e.cliEnv([]string{"DATABASE_URL="}, "validate", "--config", onlyNew)
+	if code != 0 {
+		t.Fatalf("a warning must not fail validate: exit %d\n%s", code, out)
+	}
+	for _, want := range []string{
+		`new.hcl:3:11: warning: rule "open_orders": when reads only new`,
+		"    3 |   when  = new.status != \"archived\"\n      |           ^^^^^^^^^^\n",
+		"= hint: write row.<column> instead of new.<column>",
+		"1 rule OK",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("validate output lacks %q:\n%s", want, out)
+		}
+	}
 }
 
 func TestValidateMissingTableAndColumn(t *testing.T) {

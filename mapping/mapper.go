@@ -16,11 +16,16 @@
 // image too, and an image whose `when` cannot be decided is acted on (an extra
 // invalidation is harmless, a missed one is not). For refresh rules, `when` is
 // evaluated against the new row: true writes the row, false deletes the key.
+//
+// Keys and refresh values are the committed text byte for byte: the common
+// expression shapes are evaluated from PostgreSQL's text without cty, whose
+// strings are NFC and whose floats print in plain decimal (exact.go).
 package mapping
 
 import (
 	"fmt"
 	"slices"
+	"sort"
 	"time"
 
 	"github.com/hashicorp/hcl/v2"
@@ -81,7 +86,7 @@ type Mapper struct {
 	dec     *decoder
 
 	bindings map[uint32]*binding
-	fast     map[*config.Template]*fastTemplate
+	exact    map[*config.Template]*exactExpr
 	txn      txnState
 	stats    Stats
 
@@ -95,6 +100,8 @@ type rule struct {
 	// columns read anywhere by the rule; all is set when a whole image is read.
 	columns map[string]bool
 	all     bool
+	// value is the refresh value compiled for exact evaluation, or nil.
+	value *exactExpr
 }
 
 // binding caches what a relation's changes need: which columns to decode.
@@ -103,6 +110,11 @@ type binding struct {
 	rel    *wal.Relation
 	rules  []*rule
 	decode []bool // per relation column
+	// For exact evaluation: column index by name, each column's value
+	// class, and the column indexes sorted by name (jsonencode's order).
+	index  map[string]int
+	class  []valueClass
+	sorted []int
 }
 
 type opKey struct {
@@ -131,7 +143,7 @@ func New(rules []*config.Rule, opts Options) (*Mapper, error) {
 		funcs:    config.Functions(),
 		dec:      newDecoder(),
 		bindings: map[uint32]*binding{},
-		fast:     map[*config.Template]*fastTemplate{},
+		exact:    map[*config.Template]*exactExpr{},
 		stats:    Stats{Flushes: map[string]uint64{}},
 	}
 	if m.keyCap <= 0 {
@@ -145,9 +157,12 @@ func New(rules []*config.Rule, opts Options) (*Mapper, error) {
 		}
 		r.keyspace = ks
 		for _, t := range rc.Templates() {
-			if f := compileFast(t.Expr); f != nil {
-				m.fast[t] = f
+			if x := compileExact(t.Expr); x != nil {
+				m.exact[t] = x
 			}
+		}
+		if rc.Refresh != nil && rc.Refresh.Value != nil {
+			r.value = compileExact(rc.Refresh.Value)
 		}
 		refs := append(append(rc.KeyColumns(), rc.WhenColumns()...), rc.ValueColumns()...)
 		for _, ref := range refs {
@@ -329,15 +344,16 @@ func (m *Mapper) Change(c wal.Change) error {
 		return err
 	}
 	oldObj, newObj := m.images(c, b)
+	oldImg, newImg := rawImages(c, b)
 	for _, r := range b.rules {
 		if m.txn.flushed[r.idx] {
 			continue
 		}
 		switch r.cfg.Action {
 		case config.ActionRefresh:
-			m.refresh(r, c.Kind, oldObj, newObj)
+			m.refresh(r, c.Kind, oldObj, newObj, oldImg, newImg)
 		default:
-			m.invalidate(r, c.Kind, oldObj, newObj)
+			m.invalidate(r, c.Kind, oldObj, newObj, oldImg, newImg)
 		}
 	}
 	return nil
@@ -368,7 +384,14 @@ func (m *Mapper) bind(rel *wal.Relation) *binding {
 	if b, ok := m.bindings[rel.ID]; ok && b.rel == rel {
 		return b
 	}
-	b := &binding{rel: rel, rules: m.byTable[rel.QualifiedName()], decode: make([]bool, len(rel.Columns))}
+	b := &binding{rel: rel, rules: m.byTable[rel.QualifiedName()], decode: make([]bool, len(rel.Columns)),
+		index: make(map[string]int, len(rel.Columns)), class: make([]valueClass, len(rel.Columns)), sorted: make([]int, len(rel.Columns))}
+	for i, col := range rel.Columns {
+		b.index[col.Name] = i
+		b.class[i] = m.dec.class(col.TypeOID)
+		b.sorted[i] = i
+	}
+	sort.Slice(b.sorted, func(x, y int) bool { return rel.Columns[b.sorted[x]].Name < rel.Columns[b.sorted[y]].Name })
 	for _, r := range b.rules {
 		for i, col := range rel.Columns {
 			if r.all || r.columns[col.Name] {
@@ -452,6 +475,42 @@ func (m *Mapper) images(c wal.Change, b *binding) (oldObj, newObj cty.Value) {
 	return oldObj, newObj
 }
 
+// rawImages builds the old and new images of a change as PostgreSQL sent
+// them, for exact evaluation, by the rules images follows: nil where an image
+// is absent, NotSent where a value is unknown.
+func rawImages(c wal.Change, b *binding) (oldImg, newImg *rowImage) {
+	cols := c.Relation.Columns
+	if c.Kind == wal.Update || c.Kind == wal.Delete {
+		vals := make([]wal.Value, len(cols))
+		for i, col := range cols {
+			switch {
+			case c.OldKind == wal.OldNone:
+				if col.Key && c.New != nil {
+					vals[i] = c.New[i]
+				}
+			case c.OldKind == wal.OldKey && !col.Key:
+			default:
+				vals[i] = c.Old[i]
+			}
+		}
+		oldImg = &rowImage{b: b, vals: vals}
+	}
+	if c.Kind == wal.Insert || c.Kind == wal.Update {
+		vals, copied := c.New, false
+		for i, v := range c.New {
+			if v.Kind == wal.NotSent && oldImg != nil && oldImg.vals[i].Kind != wal.NotSent {
+				// Unchanged TOAST: equal to the old value when that is known.
+				if !copied {
+					vals, copied = slices.Clone(c.New), true
+				}
+				vals[i] = oldImg.vals[i]
+			}
+		}
+		newImg = &rowImage{b: b, vals: vals}
+	}
+	return oldImg, newImg
+}
+
 func (m *Mapper) value(col wal.Column, v wal.Value) cty.Value {
 	switch v.Kind {
 	case wal.Null:
@@ -505,27 +564,35 @@ func (m *Mapper) evalWhen(r *rule, ctx *hcl.EvalContext) (ok, decided bool) {
 	return v.True(), true
 }
 
-func (m *Mapper) invalidate(r *rule, kind wal.Kind, oldObj, newObj cty.Value) {
-	for _, img := range rowImages(kind, oldObj, newObj) {
+func (m *Mapper) invalidate(r *rule, kind wal.Kind, oldObj, newObj cty.Value, oldImg, newImg *rowImage) {
+	raws := []*rowImage{oldImg, newImg}
+	switch kind {
+	case wal.Insert:
+		raws = raws[1:]
+	case wal.Delete:
+		raws = raws[:1]
+	}
+	for i, img := range rowImages(kind, oldObj, newObj) {
 		ctx := m.evalCtx(img, oldObj, newObj)
+		imgs := imageSet{row: raws[i], old: oldImg, new: newImg}
 		if ok, _ := m.evalWhen(r, ctx); !ok {
 			continue
 		}
 		if r.cfg.Invalidate != nil {
 			for _, t := range r.cfg.Invalidate.Keys {
-				if !m.emitTemplate(r, t, ctx, OpDelete) {
+				if !m.emitTemplate(r, t, ctx, imgs, OpDelete) {
 					return
 				}
 			}
 			for _, t := range r.cfg.Invalidate.Tags {
-				if !m.emitTemplate(r, t, ctx, OpDeleteTag) {
+				if !m.emitTemplate(r, t, ctx, imgs, OpDeleteTag) {
 					return
 				}
 			}
 		}
 		if r.cfg.BumpVersion != nil {
 			for _, t := range r.cfg.BumpVersion.Namespaces {
-				if !m.emitTemplate(r, t, ctx, OpBumpVersion) {
+				if !m.emitTemplate(r, t, ctx, imgs, OpBumpVersion) {
 					return
 				}
 			}
@@ -535,8 +602,8 @@ func (m *Mapper) invalidate(r *rule, kind wal.Kind, oldObj, newObj cty.Value) {
 
 // emitTemplate evaluates a key template and records the operation. It
 // returns false when the rule's key space was flushed instead.
-func (m *Mapper) emitTemplate(r *rule, t *config.Template, ctx *hcl.EvalContext, kind OpKind) bool {
-	key, ok := m.evalKey(r, t, ctx)
+func (m *Mapper) emitTemplate(r *rule, t *config.Template, ctx *hcl.EvalContext, imgs imageSet, kind OpKind) bool {
+	key, ok := m.evalKey(r, t, ctx, imgs)
 	if !ok {
 		return false
 	}
@@ -547,10 +614,11 @@ func (m *Mapper) emitTemplate(r *rule, t *config.Template, ctx *hcl.EvalContext,
 }
 
 // evalKey evaluates a key template. ok=false means the rule was flushed;
-// an empty key with ok=true means NULL (skip).
-func (m *Mapper) evalKey(r *rule, t *config.Template, ctx *hcl.EvalContext) (string, bool) {
-	if f := m.fast[t]; f != nil {
-		switch key, res := f.eval(ctx.Variables["row"]); res {
+// an empty key with ok=true means NULL (skip). The common shapes are
+// evaluated exactly (exact.go), the rest by HCL.
+func (m *Mapper) evalKey(r *rule, t *config.Template, ctx *hcl.EvalContext, imgs imageSet) (string, bool) {
+	if x := m.exact[t]; x != nil {
+		switch key, res := x.str(imgs, m.dec); res {
 		case fastOK:
 			if key == "" {
 				m.stats.NullKeys++
@@ -607,12 +675,12 @@ func readsNull(expr hcl.Expression, ctx *hcl.EvalContext) bool {
 	return false
 }
 
-func (m *Mapper) refresh(r *rule, kind wal.Kind, oldObj, newObj cty.Value) {
+func (m *Mapper) refresh(r *rule, kind wal.Kind, oldObj, newObj cty.Value, oldImg, newImg *rowImage) {
 	rf := r.cfg.Refresh
 	lsn := m.txn.begin.FinalLSN
 	var oldKey string
 	if kind == wal.Update || kind == wal.Delete {
-		k, ok := m.evalKey(r, rf.Key, m.evalCtx(oldObj, oldObj, newObj))
+		k, ok := m.evalKey(r, rf.Key, m.evalCtx(oldObj, oldObj, newObj), imageSet{row: oldImg, old: oldImg, new: newImg})
 		if !ok {
 			return
 		}
@@ -625,7 +693,8 @@ func (m *Mapper) refresh(r *rule, kind wal.Kind, oldObj, newObj cty.Value) {
 		return
 	}
 	ctx := m.evalCtx(newObj, oldObj, newObj)
-	newKey, ok := m.evalKey(r, rf.Key, ctx)
+	imgs := imageSet{row: newImg, old: oldImg, new: newImg}
+	newKey, ok := m.evalKey(r, rf.Key, ctx, imgs)
 	if !ok {
 		return
 	}
@@ -642,13 +711,17 @@ func (m *Mapper) refresh(r *rule, kind wal.Kind, oldObj, newObj cty.Value) {
 		m.add(r, unset)
 		return
 	}
-	if isJSONEncodeRow(rf.Value) {
-		switch b, res := jsonRow(newObj); res {
-		case fastOK:
-			m.add(r, Op{Kind: OpSet, Key: newKey, Value: b, TTL: rf.TTL, Jitter: rf.Jitter, LSN: lsn, Rule: r.cfg.Name})
+	if x := r.value; x != nil {
+		// The committed bytes, not HCL's NFC strings and plain-decimal floats.
+		switch s, res := x.str(imgs, m.dec); {
+		case res == fastOK:
+			m.add(r, Op{Kind: OpSet, Key: newKey, Value: []byte(s), TTL: rf.TTL, Jitter: rf.Jitter, LSN: lsn, Rule: r.cfg.Name})
 			return
-		case fastUnknown:
+		case res == fastUnknown:
 			m.stats.Incomplete++
+			m.add(r, unset)
+			return
+		case res == fastNull && x.kind == exColumn:
 			m.add(r, unset)
 			return
 		}
