@@ -26,12 +26,11 @@
 // than the value, so that an older change redelivered soon after the value
 // expired still cannot write it back. A value without a TTL (op.TTL == 0), and
 // an unset's tombstone, get a guard for Options.TombstoneTTL (default 24h, the
-// journal's default retention): the older changes that can still arrive are
-// redeliveries from the slot's confirmed position, journal replays (which
-// reach back no further than the journal's retention) and a stalled second
-// instance's last group, and each is followed, in its own order, by the
-// newer effects it replays, or is older than the bound. A change older than
-// its key's guard's life is not guarded.
+// journal's default retention). Older changes that can still arrive are
+// redeliveries from the slot's confirmed position (seconds back), journal
+// replays (no further back than the journal's retention) and a stalled
+// second instance's last group; the bound covers the first two, and a
+// change that arrives later than its key's guard lives is not guarded.
 //
 // A guard of another WAL history counts as absent (keyspace.EncodeGuard): a
 // new history (a restore, a promoted standby, another server) starts from a
