@@ -79,3 +79,34 @@ func lsnOfGuard(t *testing.T, guard string) wal.LSN {
 	}
 	return wal.LSN(n)
 }
+
+// `replay` beside a running daemon writes in the WAL history the journal
+// recorded: its older refresh writes meet the daemon's guards and are
+// refused, rather than taking guards of no history for absent ones.
+func TestReplayKeepsTheGuardsHistory(t *testing.T) {
+	e := setup(t, schema, rules)
+	d := e.start()
+	e.waitStreaming(d)
+	before := e.currentLSN()
+	e.exec(`INSERT INTO products VALUES (1, 'Pen', 42.50, true, 'blue')`)
+	e.exec(`UPDATE products SET name = 'Quill' WHERE id = 1`)
+	e.waitValue("product:1", productJSON(1, "Quill", "42.50", true, "blue"))
+	e.caughtUp(d, 30*time.Second)
+	guard, err := e.rdb.Get(e.ctx, keyspace.GuardKey("product:1")).Result()
+	if err != nil || !strings.Contains(guard, "@") {
+		t.Fatalf("guard of product:1 = %q (%v), want an LSN and a WAL history", guard, err)
+	}
+
+	out, code := e.cli("replay", "--from", before.String())
+	if code != 0 {
+		t.Fatalf("replay --from %s: exit %d\n%s", before, code, out)
+	}
+	if m := replayedRE.FindStringSubmatch(out); m == nil || m[1] == "0" {
+		t.Fatalf("replay --from %s replayed nothing:\n%s", before, out)
+	}
+	// Both replayed sets were refused by the guard: it is unchanged.
+	if after := e.rdb.Get(e.ctx, keyspace.GuardKey("product:1")).Val(); after != guard {
+		t.Errorf("guard of product:1 went from %q to %q: the replay rewrote the value", guard, after)
+	}
+	e.waitValue("product:1", productJSON(1, "Quill", "42.50", true, "blue"))
+}
