@@ -10,8 +10,9 @@
 //	version:<ns>                the current version of namespace <ns>, an integer
 //	                            string INCR'd by the daemon; absent means 0; VersionKey
 //	<ns>:v<n>:<key>             an entry of namespace <ns> cached at version <n>; VersionedKey
-//	cachesync:lsn:{<slot>}...   the guard of a write-through key: the commit LSN of
-//	                            the last write-through effect on it; GuardKey
+//	cachesync:lsn:{<slot>}...   the guard of a write-through key: the commit LSN and
+//	                            WAL history of the last write-through effect on it
+//	                            (EncodeGuard); always with a TTL; GuardKey
 //	cachesync:fence:{<slot>}... the tokens of the fills of a key in flight; FenceKey
 //	cachesync:lock:{<slot>}...  the lock of the one process loading a key; LockKey
 //
@@ -36,7 +37,10 @@
 // Write-through keys (refresh rules) are written only by the daemon, through
 // GuardedSetScript and GuardedUnsetScript, which compare the commit LSN of the
 // change with the one stored in the key's guard so that a redelivered older
-// change never overwrites a newer one.
+// change never overwrites a newer one. A guard records the WAL history of its
+// LSN too (History: the server's system identifier and timeline), and one of
+// another history counts as absent, so that a restored or new server, whose
+// positions may lie below the old ones, writes from its first change.
 //
 // Every multi-key script touches only keys in one Redis Cluster hash slot
 // (GuardKey(k) hashes to the slot of k), except DeleteTagScript: see its
@@ -128,6 +132,25 @@ func sameSlot(prefix, key string) string {
 		return prefix + "{" + key + "}"
 	}
 	return prefix + "{" + slotTag(Slot(key)) + "}:" + key
+}
+
+// History names a WAL history: a server's system identifier and timeline
+// (IDENTIFY_SYSTEM). LSNs of different histories cannot be compared: a
+// restore, a promoted standby or a move to another server starts a history
+// whose positions may lie below those already seen.
+func History(systemID string, timeline int32) string {
+	return systemID + "/" + strconv.FormatInt(int64(timeline), 10)
+}
+
+// EncodeGuard is the value of a write-through guard (GuardKey) and the LSN
+// argument of the guarded scripts: EncodeLSN(lsn), then "@" and history
+// when history is not empty. The scripts order guards of one history by
+// LSN, and take a guard of another history for no guard at all.
+func EncodeGuard(lsn uint64, history string) string {
+	if history == "" {
+		return EncodeLSN(lsn)
+	}
+	return EncodeLSN(lsn) + "@" + history
 }
 
 // EncodeLSN formats a PostgreSQL LSN as 16 zero-padded upper-case hex digits.

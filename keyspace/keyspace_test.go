@@ -338,6 +338,37 @@ func TestGuardedScripts(t *testing.T) {
 	if n := set("g", "v", 1, 0, 0); n != 1 {
 		t.Fatal("set over a set-typed guard")
 	}
+	// A guard of another WAL history counts as no guard; within one
+	// history, guards order by LSN as above.
+	oldH, newH := keyspace.History("7000000000000000001", 1), keyspace.History("7000000000000000002", 1)
+	guarded := func(key, value string, lsn uint64, history string) int64 {
+		t.Helper()
+		n, err := client.Eval(ctx, keyspace.GuardedSetScript, []string{key, keyspace.GuardKey(key)},
+			value, keyspace.EncodeGuard(lsn, history), 0, 60000).Int64()
+		if err != nil {
+			t.Fatalf("GuardedSetScript: %v", err)
+		}
+		return n
+	}
+	if n := guarded("w", "old", 1<<40, oldH); n != 1 {
+		t.Fatal("set in the old history")
+	}
+	if n := guarded("w", "new", 1, newH); n != 1 || get("w") != "new" {
+		t.Fatalf("lower LSN of a new history: %d %q, want written", n, get("w"))
+	}
+	if v := get(keyspace.GuardKey("w")); v != keyspace.EncodeLSN(1)+"@7000000000000000002/1" {
+		t.Fatalf("guard %q", v)
+	}
+	if n := guarded("w", "older", 0, newH); n != 0 || get("w") != "new" {
+		t.Fatalf("older set of the same history: %d %q, want refused", n, get("w"))
+	}
+	if n := guarded("w", "bare", 2, ""); n != 1 || get("w") != "bare" {
+		t.Fatalf("set without a history over a guard with one: %d %q, want written", n, get("w"))
+	}
+	if n, err := client.Eval(ctx, keyspace.GuardedUnsetScript, []string{"w", keyspace.GuardKey("w")},
+		keyspace.EncodeGuard(1, oldH), 60000).Int64(); err != nil || n != 1 || get("w") != "" {
+		t.Fatalf("unset of another history: %d %v %q, want applied", n, err, get("w"))
+	}
 	// A malformed LSN argument is an error, never a silent write.
 	err := client.Eval(ctx, keyspace.GuardedSetScript, []string{"m", keyspace.GuardKey("m")}, "v", "12", 0, 0).Err()
 	if err == nil || !strings.Contains(err.Error(), "16 hex digits") {

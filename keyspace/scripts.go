@@ -45,25 +45,30 @@ return deleted
 
 // lsnHelpers is the Lua shared by the guarded scripts.
 //
-// LSNs are compared as two exact 32-bit halves rather than as strings: Lua
-// numbers are doubles (53-bit), and Lua compares strings with strcoll, which
-// follows the server's locale. A guard that is missing, of another type or
-// not 16 hex digits counts as no guard (the value is then overwritten).
+// A guard's value is EncodeGuard's: the commit LSN as 16 hex digits, then
+// the WAL history (History) it belongs to. LSNs are compared as two exact
+// 32-bit halves rather than as strings: Lua numbers are doubles (53-bit),
+// and Lua compares strings with strcoll, which follows the server's locale.
+// A guard that is missing, of another type, not 16 hex digits, or of another
+// WAL history than the change counts as no guard (the value is then
+// overwritten): positions of another history say nothing about this one's
+// order, and keeping them would refuse every write of a restored or new
+// server until its WAL passed the old positions.
 const lsnHelpers = `
 local function lsn_halves(s)
-  if type(s) ~= 'string' or #s ~= 16 then
+  if type(s) ~= 'string' or #s < 16 or string.find(string.sub(s, 1, 16), '^%x+$') == nil then
     return nil
   end
-  local hi = tonumber(string.sub(s, 1, 8), 16)
-  local lo = tonumber(string.sub(s, 9, 16), 16)
-  if hi == nil or lo == nil then
-    return nil
-  end
-  return hi, lo
+  return tonumber(string.sub(s, 1, 8), 16), tonumber(string.sub(s, 9, 16), 16)
 end
 
-local function guard_halves(guard)
+-- the guard's LSN halves, or nil when it holds none of the change's history
+-- (arg: the change's EncodeGuard value)
+local function guard_halves(guard, arg)
   local v = redis.pcall('GET', guard)
+  if type(v) ~= 'string' or string.sub(v, 17) ~= string.sub(arg, 17) then
+    return nil
+  end
   return lsn_halves(v)
 end
 
@@ -91,20 +96,20 @@ end
 //	KEYS[2]  its guard (GuardKey(KEYS[1]))
 //	KEYS[3]  its fill fence (FenceKey(KEYS[1])), deleted in any case
 //	ARGV[1]  the value
-//	ARGV[2]  the commit LSN of the change (EncodeLSN)
+//	ARGV[2]  the commit LSN of the change and its WAL history (EncodeGuard)
 //	ARGV[3]  the value's TTL in milliseconds, "0" for no expiry
 //	ARGV[4]  the guard's TTL in milliseconds, "0" for no expiry
-//	returns  1 when written, 0 when the guard held an LSN >= ARGV[2]
+//	returns  1 when written, 0 when the guard held an LSN >= ARGV[2]'s, of its history
 //
 // Redelivering a change is therefore harmless, and an older change never
-// overwrites a newer one while the guard lives.
+// overwrites a newer one of its WAL history while the guard lives.
 const GuardedSetScript = lsnHelpers + `
 local hi, lo = lsn_halves(ARGV[2])
 if hi == nil then
-  return redis.error_reply('ERR cachesync: the LSN argument must be 16 hex digits')
+  return redis.error_reply('ERR cachesync: the guard argument must start with 16 hex digits (keyspace.EncodeGuard)')
 end
 unfence()
-local ghi, glo = guard_halves(KEYS[2])
+local ghi, glo = guard_halves(KEYS[2], ARGV[2])
 if ghi ~= nil and (ghi > hi or (ghi == hi and glo >= lo)) then
   return 0
 end
@@ -120,9 +125,9 @@ return 1
 //	KEYS[1]  the cache key
 //	KEYS[2]  its guard (GuardKey(KEYS[1]))
 //	KEYS[3]  its fill fence (FenceKey(KEYS[1])), deleted in any case
-//	ARGV[1]  the commit LSN of the change (EncodeLSN)
+//	ARGV[1]  the commit LSN of the change and its WAL history (EncodeGuard)
 //	ARGV[2]  the guard's TTL in milliseconds, "0" for no expiry
-//	returns  1 when applied, 0 when the guard held a later LSN
+//	returns  1 when applied, 0 when the guard held a later LSN of its history
 //
 // Unlike a set, an unset also applies when the guard holds the same LSN: two
 // effects of one transaction on one key share its commit LSN, and deleting a
@@ -130,10 +135,10 @@ return 1
 const GuardedUnsetScript = lsnHelpers + `
 local hi, lo = lsn_halves(ARGV[1])
 if hi == nil then
-  return redis.error_reply('ERR cachesync: the LSN argument must be 16 hex digits')
+  return redis.error_reply('ERR cachesync: the guard argument must start with 16 hex digits (keyspace.EncodeGuard)')
 end
 unfence()
-local ghi, glo = guard_halves(KEYS[2])
+local ghi, glo = guard_halves(KEYS[2], ARGV[1])
 if ghi ~= nil and (ghi > hi or (ghi == hi and glo > lo)) then
   return 0
 end

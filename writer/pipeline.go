@@ -120,17 +120,17 @@ func (w *Writer) queue(ctx context.Context, pipe redis.Pipeliner, op *mapping.Op
 		pipe.Incr(ctx, keyspace.VersionKey(op.Key))
 	case mapping.OpSet:
 		ttl := w.valueTTLMillis(op)
-		var guardTTL int64 // no expiry, like the value
+		guardTTL := w.opts.TombstoneTTL.Milliseconds() // a value without expiry
 		if ttl > 0 {
 			guardTTL = ttl + w.opts.GuardTTL.Milliseconds()
 		}
 		pipe.EvalSha(ctx, w.scripts.guardedSet.Hash(),
 			[]string{op.Key, keyspace.GuardKey(op.Key), keyspace.FenceKey(op.Key)},
-			op.Value, keyspace.EncodeLSN(uint64(op.LSN)), ttl, guardTTL)
+			op.Value, w.guardValue(uint64(op.LSN)), ttl, guardTTL)
 	case mapping.OpUnset:
 		pipe.EvalSha(ctx, w.scripts.guardedUnset.Hash(),
 			[]string{op.Key, keyspace.GuardKey(op.Key), keyspace.FenceKey(op.Key)},
-			keyspace.EncodeLSN(uint64(op.LSN)), w.opts.GuardTTL.Milliseconds())
+			w.guardValue(uint64(op.LSN)), w.opts.TombstoneTTL.Milliseconds())
 	case mapping.OpMark:
 		pipe.Set(ctx, op.Key, op.Value, 0)
 	default:

@@ -15,17 +15,28 @@
 //	               then UNLINK of the members grouped by slot, then the pending set
 //	OpBumpVersion  INCR keyspace.VersionKey(key)
 //	OpSet          GuardedSetScript: SET key (TTL ± jitter, at least 1s) unless the guard holds the same or a later LSN
-//	OpUnset        GuardedUnsetScript: DEL key and leave the LSN in the guard for Options.GuardTTL
+//	OpUnset        GuardedUnsetScript: DEL key and leave the LSN in the guard for Options.TombstoneTTL
 //	OpFlush        SCAN the rule's key space and drop what matches (see below)
 //	OpMark         SET key value, no expiry (the daemon's applied position)
 //
-// Write-through TTLs: a value with a TTL gets a guard that lives Options.GuardTTL
-// longer than the value, so that an older change redelivered soon after the
-// value expired still cannot write it back. A value without a TTL (op.TTL == 0)
-// gets a guard without a TTL too: the value lives forever, so a guard that
-// expired first would let an old redelivered change overwrite it for good. An
-// unset leaves a tombstone guard for Options.GuardTTL. Redelivery older than
-// GuardTTL after the last effect on a key is not guarded.
+// Write-through guards: every guard holds the commit LSN and the WAL history
+// (SetHistory) of the last effect on its key, and every guard expires, so
+// that none outlives its use (a TRUNCATE, a removed rule, a key never written
+// again). A value with a TTL gets a guard that lives Options.GuardTTL longer
+// than the value, so that an older change redelivered soon after the value
+// expired still cannot write it back. A value without a TTL (op.TTL == 0), and
+// an unset's tombstone, get a guard for Options.TombstoneTTL (default 24h, the
+// journal's default retention). Older changes that can still arrive are
+// redeliveries from the slot's confirmed position (seconds back), journal
+// replays (no further back than the journal's retention) and a stalled
+// second instance's last group; the bound covers the first two, and a
+// change that arrives later than its key's guard lives is not guarded.
+//
+// A guard of another WAL history counts as absent (keyspace.EncodeGuard): a
+// new history (a restore, a promoted standby, another server) starts from a
+// flushed cache and its positions may lie below the old ones. Guards are not
+// deleted by flushes: they keep a redelivered or stalled older change from
+// writing back a value the flush dropped, and expire by themselves.
 //
 // # Flushes
 //
@@ -46,8 +57,8 @@
 // the order of the batches is kept. A flush interrupted by an error is run
 // again from the start (SCAN cursors do not survive a Redis restart).
 //
-// Flushes leave guards in place, so that no change older than the flush can
-// write its value back. A redelivered flush therefore also drops write-through
+// Flushes leave guards in place (they expire by themselves), so that no
+// change older than the flush can write its value back. A redelivered flush therefore also drops write-through
 // values written after it, and their guards keep the redelivered sets from
 // writing them again: those keys stay missing until their rows change, a
 // cache miss and never an old value.
@@ -100,6 +111,9 @@ const (
 	DefaultMaxPipeline = 1000
 	DefaultScanCount   = 1000
 	DefaultGuardTTL    = time.Hour
+	// DefaultTombstoneTTL is journal.DefaultMaxAge: a replay of the whole
+	// journal still finds the guards of the changes it replays.
+	DefaultTombstoneTTL = 24 * time.Hour
 )
 
 // minJitteredTTL is the lowest TTL that jitter may bring a value's TTL down
@@ -124,10 +138,15 @@ type Options struct {
 	MaxPipeline int
 	// ScanCount is the COUNT hint of SCAN during flushes (default 1000).
 	ScanCount int
-	// GuardTTL is how much longer a write-through guard lives than its value,
-	// and how long an unset's tombstone lives (default 1h). It bounds how
-	// late a redelivered change can be and still be recognised as old.
+	// GuardTTL is how much longer a write-through guard lives than its
+	// value, when the value has a TTL (default 1h). It bounds how late a
+	// redelivered change can be and still be recognised as old.
 	GuardTTL time.Duration
+	// TombstoneTTL is how long the guard of a value without a TTL lives
+	// after the value was written, and how long an unset's tombstone lives
+	// (default DefaultTombstoneTTL). Set it to the journal's retention or
+	// more, so that no replay reaches further back than the guards.
+	TombstoneTTL time.Duration
 	// Rand returns a uniform random number in [0, n), for TTL and backoff
 	// jitter (default math/rand/v2's Int64N).
 	Rand func(n int64) int64
@@ -151,6 +170,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.GuardTTL <= 0 {
 		o.GuardTTL = DefaultGuardTTL
+	}
+	if o.TombstoneTTL <= 0 {
+		o.TombstoneTTL = DefaultTombstoneTTL
 	}
 	if o.Rand == nil {
 		o.Rand = rand.Int64N
@@ -178,6 +200,9 @@ type Writer struct {
 	}
 	// scriptsMayBeMissing: load the scripts before the next attempt.
 	scriptsMayBeMissing atomic.Bool
+	// history is the WAL history (keyspace.History) of the batches Apply
+	// receives, recorded in every guard: SetHistory.
+	history atomic.Pointer[string]
 }
 
 // scripts are the keyspace scripts with their SHA1 digests.
@@ -203,6 +228,24 @@ func New(client redis.UniversalClient, opts Options) *Writer {
 	w.cluster, _ = client.(*redis.ClusterClient)
 	w.scriptsMayBeMissing.Store(true) // a fresh or restarted Redis has none
 	return w
+}
+
+// SetHistory sets the WAL history (keyspace.History: the server's system
+// identifier and timeline) of the batches applied from now on. Guards
+// written under another history count as absent, so the first change of a
+// new history writes its value whatever LSNs the old history left behind.
+// Call it before applying the batches of a streaming session or of a
+// journal; the default, "", is a history of its own. Safe for concurrent
+// use.
+func (w *Writer) SetHistory(history string) { w.history.Store(&history) }
+
+// guardValue is the guards' encoding of lsn in the current history.
+func (w *Writer) guardValue(lsn uint64) string {
+	var history string
+	if h := w.history.Load(); h != nil {
+		history = *h
+	}
+	return keyspace.EncodeGuard(lsn, history)
 }
 
 // Apply applies every operation of the batches, in order, and returns nil

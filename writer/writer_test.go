@@ -256,8 +256,10 @@ func TestSetTTLAndJitter(t *testing.T) {
 	if pttl := tb.client.PTTL(ctx, "forever").Val(); pttl != -1 {
 		t.Errorf("forever PTTL %v, want no expiry", pttl)
 	}
-	if pttl := tb.client.PTTL(ctx, keyspace.GuardKey("forever")).Val(); pttl != -1 {
-		t.Errorf("guard of forever: PTTL %v, want no expiry", pttl)
+	// The guard of a value without expiry expires nonetheless (TombstoneTTL):
+	// no guard outlives its use.
+	if pttl := tb.client.PTTL(ctx, keyspace.GuardKey("forever")).Val(); pttl < writer.DefaultTombstoneTTL-time.Minute || pttl > writer.DefaultTombstoneTTL {
+		t.Errorf("guard of forever: PTTL %v, want within a minute below %v", pttl, writer.DefaultTombstoneTTL)
 	}
 }
 
@@ -277,11 +279,51 @@ func TestSetGuardedByLSN(t *testing.T) {
 	if v, _ := tb.get(t, "product:1"); v != "v3000" {
 		t.Fatalf("after newer change: %q, want v3000", v)
 	}
-	if v, _ := tb.get(t, keyspace.GuardKey("product:1")); v != keyspace.EncodeLSN(3000) {
-		t.Fatalf("guard %q, want %s", v, keyspace.EncodeLSN(3000))
+	if v, _ := tb.get(t, keyspace.GuardKey("product:1")); v != keyspace.EncodeGuard(3000, "") {
+		t.Fatalf("guard %q, want %s", v, keyspace.EncodeGuard(3000, ""))
 	}
 	if st := tb.writer.Stats(); st.Sets != 4 || st.SetsSkipped != 2 {
 		t.Errorf("Stats: %d sets, %d skipped; want 4, 2", st.Sets, st.SetsSkipped)
+	}
+}
+
+// Guards of another WAL history (a restore, another server) count as
+// absent: the new history's lower LSNs write. Within a history the guards
+// order effects as before.
+func TestGuardsOfAnotherHistory(t *testing.T) {
+	t.Parallel()
+	tb := setup(t, writer.Options{})
+	old := keyspace.History("7000000000000000001", 1)
+	tb.writer.SetHistory(old)
+	tb.apply(t, batch(0x9000000000, set("product:1", "old", 0x9000000000, time.Hour, 0),
+		set("product:2", "old", 0x9000000000, 0, 0)))
+	tb.apply(t, batch(0x9000000001, unset("product:3", 0x9000000001)))
+	if v, _ := tb.get(t, keyspace.GuardKey("product:1")); v != keyspace.EncodeGuard(0x9000000000, old) {
+		t.Fatalf("guard %q, want %q", v, keyspace.EncodeGuard(0x9000000000, old))
+	}
+
+	// A new server, far behind: its changes land, tombstoned key included.
+	tb.writer.SetHistory(keyspace.History("7000000000000000002", 1))
+	tb.apply(t, batch(0x1000, set("product:1", "new", 0x1000, time.Hour, 0),
+		set("product:2", "new", 0x1000, 0, 0), set("product:3", "new", 0x1000, 0, 0)))
+	for _, key := range []string{"product:1", "product:2", "product:3"} {
+		if v, _ := tb.get(t, key); v != "new" {
+			t.Errorf("%s = %q after the new history's set, want new", key, v)
+		}
+	}
+	// A new timeline of the same system is a new history too.
+	tb.writer.SetHistory(keyspace.History("7000000000000000002", 2))
+	tb.apply(t, batch(0x800, unset("product:2", 0x800)))
+	if tb.exists(t, "product:2") {
+		t.Error("product:2: the new timeline's unset was refused")
+	}
+	// Within the history, an older change is refused as before.
+	tb.apply(t, batch(0x700, set("product:2", "older", 0x700, 0, 0)))
+	if tb.exists(t, "product:2") {
+		t.Error("product:2: an older set of the same history came back after the unset")
+	}
+	if st := tb.writer.Stats(); st.SetsSkipped != 1 || st.UnsetsSkipped != 0 {
+		t.Errorf("Stats: %d sets and %d unsets skipped, want 1 and 0", st.SetsSkipped, st.UnsetsSkipped)
 	}
 }
 
@@ -293,6 +335,10 @@ func TestUnset(t *testing.T) {
 	tb.apply(t, batch(2000, unset("product:1", 2000)))
 	if tb.exists(t, "product:1") {
 		t.Fatal("unset did not delete")
+	}
+	// The tombstone lives TombstoneTTL (as long as the journal reaches back).
+	if pttl := tb.client.PTTL(context.Background(), keyspace.GuardKey("product:1")).Val(); pttl < writer.DefaultTombstoneTTL-time.Minute || pttl > writer.DefaultTombstoneTTL {
+		t.Errorf("tombstone PTTL %v, want within a minute below %v", pttl, writer.DefaultTombstoneTTL)
 	}
 	// The older set, redelivered, cannot bring the row back.
 	tb.apply(t, batch(1000, set("product:1", "v1000", 1000, time.Hour, 0)))

@@ -24,6 +24,7 @@ import (
 	"github.com/cachesync/cachesync/internal/daemon"
 	"github.com/cachesync/cachesync/internal/metrics"
 	"github.com/cachesync/cachesync/journal"
+	"github.com/cachesync/cachesync/keyspace"
 	"github.com/cachesync/cachesync/mapping"
 	"github.com/cachesync/cachesync/replication"
 	"github.com/cachesync/cachesync/wal"
@@ -247,7 +248,11 @@ func (e *env) stack(c *cli.Context, withJournal bool) (*stack, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &stack{redis: rc, writer: writer.New(rc, writer.Options{Logger: e.log})}
+	// Guards of values without a TTL, and tombstones, live as long as the
+	// journal keeps changes (at least the default), so that no replay
+	// reaches further back than they do.
+	tombstoneTTL := max(c.Duration("journal-max-age"), writer.DefaultTombstoneTTL)
+	s := &stack{redis: rc, writer: writer.New(rc, writer.Options{Logger: e.log, TombstoneTTL: tombstoneTTL})}
 	if withJournal {
 		s.journal, err = journal.Open(journal.Options{
 			Dir:      journalDir(c, e.cfg),
@@ -667,6 +672,16 @@ func replayCommand() *cli.Command {
 				return nil
 			}
 			dir := journalDir(c, e.cfg)
+			// Replayed changes are guarded in the history they were
+			// streamed in, like the daemon's own, so that none overwrites
+			// a newer value the daemon wrote.
+			state, ok, err := journal.ReadState(dir)
+			if err != nil {
+				return &exitError{code: 1, msg: "cachesync replay: " + err.Error()}
+			}
+			if ok {
+				s.writer.SetHistory(keyspace.History(state.SystemID, state.Timeline))
+			}
 			n, err := daemon.Replay(c.Context, dirReplayer(dir), s.writer, from, since)
 			if errors.Is(err, journal.ErrNotCovered) {
 				return &exitError{code: 1, msg: fmt.Sprintf("cachesync replay: %v\nNothing was applied. To heal the cache anyway, run cachesync replay --flush (drops every rule's key space).", err)}

@@ -36,6 +36,14 @@ type Applier interface {
 	Apply(ctx context.Context, batches []mapping.Batch) error
 }
 
+// HistoryRecorder is an Applier that records the WAL history of what it
+// applies (writer.Writer, in its write-through guards). ensureSlot tells it
+// the server's history before anything is applied: positions of another
+// history must not fence this one's writes.
+type HistoryRecorder interface {
+	SetHistory(history string)
+}
+
 // HealthReporter takes the outcome of a Redis command (nil: acknowledged).
 type HealthReporter interface {
 	ReportAttempt(err error)

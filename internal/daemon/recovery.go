@@ -15,6 +15,7 @@ import (
 
 	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/journal"
+	"github.com/cachesync/cachesync/keyspace"
 	"github.com/cachesync/cachesync/mapping"
 	"github.com/cachesync/cachesync/replication"
 	"github.com/cachesync/cachesync/wal"
@@ -55,6 +56,12 @@ func (d *Daemon) ensureSlot(ctx context.Context, conn *pgx.Conn, repl *pgconn.Pg
 	sys, err := pglogrepl.IdentifySystem(ctx, repl)
 	if err != nil {
 		return 0, fmt.Errorf("identify system: %w", err)
+	}
+	// Before any flush or replay: the guards written from here on belong
+	// to this server's history, and older histories' guards count as
+	// absent (a restored or new server's LSNs may lie below them).
+	if h, ok := d.opts.Applier.(HistoryRecorder); ok {
+		h.SetHistory(keyspace.History(sys.SystemID, sys.Timeline))
 	}
 	info, err := replication.ReadSlot(ctx, conn, name)
 	if err != nil {
