@@ -55,7 +55,7 @@ func (j *Journal) Replay(ctx context.Context, from wal.LSN, since time.Time, fn 
 		j.replaying--
 		j.mu.Unlock()
 	}()
-	return replaySegments(ctx, snaps, from, since, fn, nil)
+	return replaySegments(ctx, snaps, from, since, rng.CompleteFrom, fn, nil)
 }
 
 // ReplayDir is Replay on a journal directory, without its lock: for
@@ -96,7 +96,7 @@ func ReplayDir(ctx context.Context, dir string, from wal.LSN, since time.Time, f
 		}
 		return covered(dir, &m, from, since, Range{})
 	}
-	return replaySegments(ctx, snaps, from, since, fn, vanished)
+	return replaySegments(ctx, snaps, from, since, m.completeFrom(), fn, vanished)
 }
 
 func checkReplayArgs(from wal.LSN, since time.Time) error {
@@ -146,7 +146,9 @@ type segmentSnapshot struct {
 	maxTime time.Time
 }
 
-func replaySegments(ctx context.Context, snaps []segmentSnapshot, from wal.LSN, since time.Time, fn func(mapping.Batch) error, vanished func() error) error {
+// completeFrom is where the journal's coverage starts: the position the
+// daemon streamed from, which it vouches for even before any entry follows.
+func replaySegments(ctx context.Context, snaps []segmentSnapshot, from wal.LSN, since time.Time, completeFrom wal.LSN, fn func(mapping.Batch) error, vanished func() error) error {
 	var prevEnd, newest wal.LSN
 	matched := false
 	each := func(b mapping.Batch) error {
@@ -178,14 +180,15 @@ func replaySegments(ctx context.Context, snaps []segmentSnapshot, from wal.LSN, 
 		}
 		newest = max(newest, prevEnd)
 	}
-	if !matched && since.IsZero() && from != 0 {
-		// Every confirmed position was journaled first, so a position past
-		// the newest entry is one this journal never saw: another slot's,
-		// server's or data directory's, or a typo. Replaying nothing and
-		// reporting success would leave the cache as stale as it was.
-		return fmt.Errorf("%w: replay of LSN %s: the journal's newest entry ends at LSN %s, so it holds nothing at or after %s; "+
+	if !matched && since.IsZero() && from > max(newest, completeFrom) {
+		// Every confirmed position was journaled first (or is where the
+		// journal's coverage starts), so a position past both is one this
+		// journal never saw: another slot's, server's or data directory's,
+		// or a typo. Replaying nothing and reporting success would leave
+		// the cache as stale as it was.
+		return fmt.Errorf("%w: replay of LSN %s: the journal's newest entry ends at LSN %s (it holds every batch after %s), so it holds nothing at or after %s; "+
 			"check --from (is it a position of another slot, server or --data-dir?), or use --flush to drop the rules' key spaces instead",
-			ErrPastNewest, from, newest, from)
+			ErrPastNewest, from, newest, completeFrom, from)
 	}
 	return nil
 }
