@@ -3,8 +3,6 @@ package e2e
 import (
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -105,11 +103,7 @@ func TestMillionRowTransactionBoundedMemory(t *testing.T) {
 		t.Skip("1M rows: skipped with -short")
 	}
 	e := setup(t, schema, rules)
-	bin := filepath.Join(t.TempDir(), "cachesync")
-	if out, err := exec.Command("go", "build", "-o", bin, "../cmd/cachesync").CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
-	d := e.startBinary(bin)
+	d := e.startBinary(plainBinary(t))
 	e.waitStreaming(d)
 	e.set("user:999999999", "product:1")
 	e.exec(`INSERT INTO users SELECT g, 'u' || g || '@x.io', g % 100, 'n' FROM generate_series(1, 1000000) g`)

@@ -98,3 +98,14 @@ type Batch struct {
 	CommitTime time.Time
 	Ops        []Op
 }
+
+// Size estimates the memory a batch holds, in bytes: its keys and values and
+// a fixed cost per operation and per batch. Budgets bound the pipeline with it.
+func (b Batch) Size() int64 {
+	const perBatch, perOp = 96, 128
+	n := int64(perBatch)
+	for i := range b.Ops {
+		n += perOp + int64(len(b.Ops[i].Key)+len(b.Ops[i].Value))
+	}
+	return n
+}

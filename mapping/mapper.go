@@ -61,6 +61,11 @@ const (
 type Options struct {
 	// KeyCap is the per-rule, per-transaction operation cap (DefaultKeyCap if 0).
 	KeyCap int
+	// TxnValueBytes bounds the refresh values one transaction holds until
+	// its commit (0: no bound). A value that would go past it is not kept:
+	// its key is deleted instead (OpUnset), which is at least as strong as
+	// writing it. Wide rows then cost cache misses, not unbounded memory.
+	TxnValueBytes int64
 	// Logger receives warnings (evaluation errors, replica identity mismatches).
 	Logger zerolog.Logger
 }
@@ -71,6 +76,7 @@ type Stats struct {
 	Changes       uint64
 	NullKeys      uint64            // keys skipped because a template gave NULL
 	Incomplete    uint64            // refreshes turned into deletes: value not sent
+	TooLarge      uint64            // refreshes turned into deletes: past TxnValueBytes
 	Flushes       map[string]uint64 // by reason
 	EvalErrors    uint64
 	UnmappedTable uint64 // changes of tables no rule reads
@@ -81,9 +87,11 @@ type Mapper struct {
 	rules   []*rule
 	byTable map[string][]*rule
 	keyCap  int
-	log     zerolog.Logger
-	funcs   map[string]function.Function
-	dec     *decoder
+	// valueCap is Options.TxnValueBytes.
+	valueCap int64
+	log      zerolog.Logger
+	funcs    map[string]function.Function
+	dec      *decoder
 
 	bindings map[uint32]*binding
 	exact    map[*config.Template]*exactExpr
@@ -131,6 +139,8 @@ type txnState struct {
 	index     map[opKey]int
 	ruleCount []int
 	flushed   []bool
+	// valueBytes is what the values of ops hold.
+	valueBytes int64
 }
 
 // New compiles rules. It fails only on rules the config package should have
@@ -139,6 +149,7 @@ func New(rules []*config.Rule, opts Options) (*Mapper, error) {
 	m := &Mapper{
 		byTable:  map[string][]*rule{},
 		keyCap:   opts.KeyCap,
+		valueCap: opts.TxnValueBytes,
 		log:      opts.Logger,
 		funcs:    config.Functions(),
 		dec:      newDecoder(),
@@ -262,6 +273,7 @@ func (m *Mapper) resetTxn() {
 	m.txn.open = false
 	m.txn.ops = nil
 	m.txn.opRule = nil
+	m.txn.valueBytes = 0
 	clear(m.txn.index)
 	clear(m.txn.ruleCount)
 	clear(m.txn.flushed)
@@ -757,7 +769,17 @@ func (m *Mapper) refresh(r *rule, kind wal.Kind, oldObj, newObj cty.Value, oldIm
 // failing on every row does not log every row (the metric counts them all).
 func (m *Mapper) evalError(r *rule, what string, diags hcl.Diagnostics) {
 	m.stats.EvalErrors++
-	k := r.cfg.Name + "\x00" + what
+	g := m.logGate(r.cfg.Name + "\x00" + what)
+	if !g.pass(time.Now()) {
+		return
+	}
+	m.log.Warn().Str("rule", r.cfg.Name).Str("template", what).Str("error", diags.Error()).Int("not_logged_since", g.suppressed).
+		Msg("template evaluation failed; acting conservatively")
+	g.suppressed = 0
+}
+
+// logGate returns the gate of the log lines named k.
+func (m *Mapper) logGate(k string) *logGate {
 	if m.evalLogged == nil {
 		m.evalLogged = map[string]*logGate{}
 	}
@@ -766,14 +788,19 @@ func (m *Mapper) evalError(r *rule, what string, diags hcl.Diagnostics) {
 		g = &logGate{}
 		m.evalLogged[k] = g
 	}
-	now := time.Now()
-	if !g.last.IsZero() && now.Sub(g.last) < evalLogEvery {
-		g.suppressed++
-		return
+	return g
+}
+
+// tooLarge counts a refresh value that does not fit in the transaction's
+// value budget and logs it, at most once per rule per evalLogEvery.
+func (m *Mapper) tooLarge(r *rule, op Op) {
+	m.stats.TooLarge++
+	if g := m.logGate(r.cfg.Name + "\x00value_bytes"); g.pass(time.Now()) {
+		m.log.Warn().Str("rule", r.cfg.Name).Str("key", op.Key).Int("value_bytes", len(op.Value)).
+			Int64("txn_value_bytes", m.valueCap).Int("not_logged_since", g.suppressed).
+			Msg("refresh values of this transaction exceed the memory bound (--max-queued-bytes / 4): deleting the key instead of writing it; raise --max-queued-bytes to cache such rows")
+		g.suppressed = 0
 	}
-	m.log.Warn().Str("rule", r.cfg.Name).Str("template", what).Str("error", diags.Error()).Int("not_logged_since", g.suppressed).
-		Msg("template evaluation failed; acting conservatively")
-	g.last, g.suppressed = now, 0
 }
 
 // evalLogEvery spaces the log lines of one rule's failing template.
@@ -782,6 +809,17 @@ const evalLogEvery = time.Minute
 type logGate struct {
 	last       time.Time
 	suppressed int
+}
+
+// pass reports whether a line may be logged at now (and then counts it as
+// logged); otherwise it counts one more suppressed line.
+func (g *logGate) pass(now time.Time) bool {
+	if !g.last.IsZero() && now.Sub(g.last) < evalLogEvery {
+		g.suppressed++
+		return false
+	}
+	g.last = now
+	return true
 }
 
 // add records an operation, deduplicated per rule and key. Set and Unset of
@@ -795,7 +833,19 @@ func (m *Mapper) add(r *rule, op Op) bool {
 		kind = OpSet
 	}
 	k := opKey{rule: r.idx, kind: kind, key: op.Key}
-	if i, ok := t.index[k]; ok {
+	i, ok := t.index[k]
+	if op.Kind == OpSet && m.valueCap > 0 {
+		held := t.valueBytes
+		if ok {
+			held -= int64(len(t.ops[i].Value))
+		}
+		if held+int64(len(op.Value)) > m.valueCap {
+			m.tooLarge(r, op)
+			op = Op{Kind: OpUnset, Key: op.Key, LSN: op.LSN, Rule: op.Rule}
+		}
+	}
+	if ok {
+		t.valueBytes += int64(len(op.Value) - len(t.ops[i].Value))
 		t.ops[i] = op
 		return true
 	}
@@ -806,6 +856,7 @@ func (m *Mapper) add(r *rule, op Op) bool {
 	t.ruleCount[r.idx]++
 	t.index[k] = len(t.ops)
 	t.ops = append(t.ops, op)
+	t.valueBytes += int64(len(op.Value))
 	t.opRule = append(t.opRule, r.idx)
 	return true
 }
@@ -830,7 +881,9 @@ func (m *Mapper) flush(r *rule, reason string) {
 	}
 	t.ops, t.opRule = kept, keptRule
 	clear(t.index)
+	t.valueBytes = 0
 	for i, op := range t.ops {
+		t.valueBytes += int64(len(op.Value))
 		kind := op.Kind
 		if kind == OpUnset {
 			kind = OpSet

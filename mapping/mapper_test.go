@@ -395,3 +395,91 @@ func TestMessageFlushes(t *testing.T) {
 		})
 	}
 }
+
+// A transaction's refresh values are bounded in bytes: a value that would go
+// past TxnValueBytes deletes its key instead (never skipped), a later value
+// of the same key replaces the earlier one's share, and the bound holds after
+// every change.
+func TestTxnValueBytesDeletesInsteadOfHolding(t *testing.T) {
+	cfg, diags := config.Parse([]byte(testRules), "rules.hcl")
+	if diags.HasErrors() {
+		t.Fatalf("rules: %s", diags.Error())
+	}
+	const limit = 2500
+	m, err := New(cfg.Rules, Options{TxnValueBytes: limit})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wide, narrow := strings.Repeat("w", 1000), "n"
+	product := func(id, desc string) wal.Change {
+		return wal.Change{Relation: products, Kind: wal.Insert, New: tup(id, "p", "1.5", "t", desc)}
+	}
+	if err := m.Begin(wal.Begin{XID: 1, FinalLSN: 10}); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []wal.Change{
+		product("1", wide),   // fits
+		product("2", wide),   // fits
+		product("3", wide),   // past the bound: deleted instead
+		product("1", narrow), // replaces 1's wide value: room again
+		product("4", wide),   // fits in that room
+		product("5", narrow), // fits
+		product("6", wide),   // past the bound again
+	} {
+		if err := m.Change(c); err != nil {
+			t.Fatal(err)
+		}
+		held := 0
+		for _, op := range m.txn.ops {
+			held += len(op.Value)
+		}
+		if int64(held) != m.txn.valueBytes || held > limit {
+			t.Fatalf("after %s: values hold %d bytes, accounted %d, bound %d", c.New[0].Text, held, m.txn.valueBytes, limit)
+		}
+	}
+	b, err := m.Commit(wal.Commit{XID: 1, CommitLSN: 10, EndLSN: 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, op := range b.Ops {
+		got = append(got, op.Kind.String()+" "+op.Key)
+		if op.Kind == OpUnset && op.LSN != 10 {
+			t.Errorf("unset %s at LSN %s, want the commit's 0/A", op.Key, op.LSN)
+		}
+	}
+	want := []string{"set product:1", "set product:2", "unset product:3", "set product:4", "set product:5", "unset product:6"}
+	if !slices.Equal(got, want) {
+		t.Errorf("ops:\n got %q\nwant %q", got, want)
+	}
+	if s := m.Stats(); s.TooLarge != 2 {
+		t.Errorf("TooLarge = %d, want 2", s.TooLarge)
+	}
+	// The next transaction starts with the whole bound.
+	if err := m.Begin(wal.Begin{XID: 2, FinalLSN: 30}); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Change(product("7", wide)); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := m.Commit(wal.Commit{XID: 2, CommitLSN: 30, EndLSN: 40}); err != nil || len(b.Ops) != 1 || b.Ops[0].Kind != OpSet {
+		t.Errorf("next transaction: %v %q", err, describe(b.Ops))
+	}
+}
+
+func TestBatchSize(t *testing.T) {
+	tests := []struct {
+		name string
+		b    Batch
+		want int64
+	}{
+		{"empty (a barrier)", Batch{EndLSN: 1}, 96},
+		{"a delete", Batch{Ops: []Op{{Kind: OpDelete, Key: "user:1"}}}, 96 + 128 + 6},
+		{"a set and a flush", Batch{Ops: []Op{{Kind: OpSet, Key: "k", Value: make([]byte, 1<<20)}, {Kind: OpFlush, Keyspace: &Keyspace{}}}}, 96 + 2*128 + 1 + 1<<20},
+	}
+	for _, tt := range tests {
+		if got := tt.b.Size(); got != tt.want {
+			t.Errorf("%s: Size() = %d, want %d", tt.name, got, tt.want)
+		}
+	}
+}

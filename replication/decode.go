@@ -34,6 +34,19 @@ type Event struct {
 	Barrier wal.LSN
 }
 
+// Size estimates the memory an event holds, in bytes: its values' text and a
+// fixed cost per value and per event. Budgets bound the pipeline with it.
+func (e Event) Size() int64 {
+	const perEvent, perValue = 128, 24
+	n := int64(perEvent + len(e.Message.Prefix) + len(e.Message.Content))
+	for _, t := range [2]wal.Tuple{e.Change.Old, e.Change.New} {
+		for _, v := range t {
+			n += perValue + int64(len(v.Text))
+		}
+	}
+	return n
+}
+
 // ErrProtocol marks a message that breaks the pgoutput protocol as we use it
 // (a change outside a transaction, an unknown relation, a malformed message).
 // The stream reconnects; it never skips such a message and carries on.

@@ -237,3 +237,24 @@ func FuzzDecode(f *testing.F) {
 		})
 	})
 }
+
+func TestEventSize(t *testing.T) {
+	text := func(s string) wal.Value { return wal.Value{Kind: wal.Text, Text: s} }
+	wide := string(make([]byte, 1<<20))
+	tests := []struct {
+		name string
+		ev   Event
+		want int64
+	}{
+		{"begin", Event{Kind: EventBegin}, 128},
+		{"barrier", Event{Kind: EventBarrier, Barrier: 5}, 128},
+		{"message", Event{Kind: EventMessage, Message: wal.Message{Prefix: "cachesync.x", Content: []byte("abc")}}, 128 + 11 + 3},
+		{"insert of a wide row", Event{Kind: EventChange, Change: wal.Change{Kind: wal.Insert, New: wal.Tuple{text("1"), text(wide), {Kind: wal.Null}}}}, 128 + 3*24 + 1 + 1<<20},
+		{"update with the old row", Event{Kind: EventChange, Change: wal.Change{Kind: wal.Update, Old: wal.Tuple{text("1"), text(wide)}, New: wal.Tuple{text("1"), {Kind: wal.NotSent}}}}, 128 + 4*24 + 2 + 1<<20},
+	}
+	for _, tt := range tests {
+		if got := tt.ev.Size(); got != tt.want {
+			t.Errorf("%s: Size() = %d, want %d", tt.name, got, tt.want)
+		}
+	}
+}

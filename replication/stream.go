@@ -60,7 +60,17 @@ type StreamOptions struct {
 	StatusInterval time.Duration
 	// MessagePrefix selects the logical decoding messages passed on.
 	MessagePrefix string
-	Logger        zerolog.Logger
+	// Budget, when set, bounds the bytes of the events sent but not yet
+	// consumed: Run acquires each event's Size before sending it, and the
+	// consumer releases it once done with the event.
+	Budget Budget
+	Logger zerolog.Logger
+}
+
+// Budget bounds what the events in flight hold. Acquire waits until n bytes
+// fit (an event larger than the whole budget passes alone), or ctx is done.
+type Budget interface {
+	Acquire(ctx context.Context, n int64) error
 }
 
 // Stream owns one replication connection: it reads pgoutput, answers
@@ -237,6 +247,9 @@ func (s *Stream) handleCopyData(ctx context.Context, data []byte, events chan<- 
 // emit hands an event to the pipeline. While the pipeline is full (Redis is
 // slow or down) it keeps the session alive with status updates.
 func (s *Stream) emit(ctx context.Context, events chan<- Event, ev Event) error {
+	if err := s.reserve(ctx, ev.Size()); err != nil {
+		return err
+	}
 	select {
 	case events <- ev:
 		return nil
@@ -255,6 +268,33 @@ func (s *Stream) emit(ctx context.Context, events chan<- Event, ev Event) error 
 			if err := s.sendStatus(ctx, false); err != nil {
 				return err
 			}
+		}
+	}
+}
+
+// reserve acquires n bytes of the budget, if any, sending status updates
+// while it waits: the budget is full while Redis is slow or down, and the
+// session must stay alive meanwhile. Reading stops instead of memory growing.
+func (s *Stream) reserve(ctx context.Context, n int64) error {
+	if s.opts.Budget == nil {
+		return nil
+	}
+	for waited := false; ; waited = true {
+		wctx, cancel := context.WithTimeout(ctx, s.opts.StatusInterval/2)
+		err := s.opts.Budget.Acquire(wctx, n)
+		cancel()
+		if err == nil {
+			if waited {
+				// The server was not silent: we did not read.
+				s.lastMsg = time.Now()
+			}
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if err := s.sendStatus(ctx, false); err != nil {
+			return err
 		}
 	}
 }

@@ -116,6 +116,12 @@ const (
 	DefaultTombstoneTTL = 24 * time.Hour
 )
 
+// DefaultMaxPipelineBytes bounds the keys and values of one round trip
+// (Options.MaxPipelineBytes): 1000 write-throughs of 1 MB rows would
+// otherwise send 1 GB at once, more than a network write timeout or Redis's
+// client query buffer (1 GB) may allow, and retried whole on every failure.
+const DefaultMaxPipelineBytes = 8 << 20
+
 // minJitteredTTL is the lowest TTL that jitter may bring a value's TTL down
 // to (a TTL configured below it is kept as it is).
 const minJitteredTTL = time.Second
@@ -136,6 +142,9 @@ type Options struct {
 	MinBackoff, MaxBackoff time.Duration
 	// MaxPipeline is the number of commands per pipeline round trip (default 1000).
 	MaxPipeline int
+	// MaxPipelineBytes bounds the bytes of keys and values per round trip
+	// (default 8 MiB). A single larger operation goes alone.
+	MaxPipelineBytes int
 	// ScanCount is the COUNT hint of SCAN during flushes (default 1000).
 	ScanCount int
 	// GuardTTL is how much longer a write-through guard lives than its
@@ -164,6 +173,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.MaxPipeline <= 0 {
 		o.MaxPipeline = DefaultMaxPipeline
+	}
+	if o.MaxPipelineBytes <= 0 {
+		o.MaxPipelineBytes = DefaultMaxPipelineBytes
 	}
 	if o.ScanCount <= 0 {
 		o.ScanCount = DefaultScanCount
@@ -321,9 +333,9 @@ func collectOps(batches []mapping.Batch) ([]*mapping.Op, error) {
 	return ops, nil
 }
 
-// attempt applies the first round of ops, a flush or a pipeline of up to
-// MaxPipeline other operations, and returns how many operations, from the
-// first, Redis acknowledged: all of the round's when err is nil.
+// attempt applies the first round of ops, a flush or a pipeline of other
+// operations (pipelineLen), and returns how many operations, from the first,
+// Redis acknowledged: all of the round's when err is nil.
 func (w *Writer) attempt(ctx context.Context, ops []*mapping.Op) (int, error) {
 	if w.scriptsMayBeMissing.Load() {
 		if err := w.loadScripts(ctx); err != nil {
@@ -338,11 +350,21 @@ func (w *Writer) attempt(ctx context.Context, ops []*mapping.Op) (int, error) {
 		w.counters.applied[mapping.OpFlush].Add(1)
 		return 1, nil
 	}
-	n := 1
-	for n < len(ops) && n < w.opts.MaxPipeline && ops[n].Kind != mapping.OpFlush {
+	return w.applyPipeline(ctx, ops[:pipelineLen(ops, w.opts.MaxPipeline, w.opts.MaxPipelineBytes)])
+}
+
+// pipelineLen is how many of ops, from the first, go in one round trip: up
+// to the first flush, at most maxOps of them and, past the first, as long as
+// their keys and values add up to at most maxBytes.
+func pipelineLen(ops []*mapping.Op, maxOps, maxBytes int) int {
+	n, size := 1, len(ops[0].Key)+len(ops[0].Value)
+	for n < len(ops) && n < maxOps && ops[n].Kind != mapping.OpFlush {
+		if size += len(ops[n].Key) + len(ops[n].Value); size > maxBytes {
+			break
+		}
 		n++
 	}
-	return w.applyPipeline(ctx, ops[:n])
+	return n
 }
 
 // backoff returns the wait before retry number retry (from 0): uniform in

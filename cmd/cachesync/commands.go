@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -279,6 +280,7 @@ func (e *env) daemon(c *cli.Context, s *stack, dryRun bool, m *metrics.Metrics) 
 		DatabaseURL:       e.dbURL,
 		DryRun:            dryRun,
 		KeyCap:            c.Int("key-cap"),
+		MaxQueuedBytes:    c.Int64("max-queued-bytes"),
 		StatusInterval:    c.Duration("status-interval"),
 		HeartbeatInterval: c.Duration("heartbeat-interval"),
 		DrainTimeout:      c.Duration("drain-timeout"),
@@ -323,6 +325,7 @@ func runCommand() *cli.Command {
 			databaseURLFlag(), redisURLFlag(),
 			&cli.BoolFlag{Name: "dry-run", EnvVars: []string{"CACHESYNC_DRY_RUN"}, Usage: "print operations as JSON lines instead of applying them (streams from a temporary slot)"},
 			&cli.IntFlag{Name: "key-cap", Value: mapping.DefaultKeyCap, EnvVars: []string{"CACHESYNC_KEY_CAP"}, Usage: "distinct keys per rule and transaction above which the rule's key space is flushed instead"},
+			&cli.Int64Flag{Name: "max-queued-bytes", Value: daemon.DefaultMaxQueuedBytes, EnvVars: []string{"CACHESYNC_MAX_QUEUED_BYTES"}, Usage: "row data the pipeline may hold while Redis is slow (reading from PostgreSQL waits beyond it); a transaction's refresh values past a quarter of it delete their keys instead"},
 			&cli.DurationFlag{Name: "status-interval", Value: 10 * time.Second, EnvVars: []string{"CACHESYNC_STATUS_INTERVAL"}, Usage: "longest time between standby status updates"},
 			&cli.DurationFlag{Name: "heartbeat-interval", Value: 10 * time.Second, EnvVars: []string{"CACHESYNC_HEARTBEAT_INTERVAL"}, Usage: "how often to write a heartbeat message into the WAL (0: never); keeps the slot moving on an idle database"},
 			&cli.DurationFlag{Name: "drain-timeout", Value: 10 * time.Second, EnvVars: []string{"CACHESYNC_DRAIN_TIMEOUT"}, Usage: "on SIGTERM, how long to keep applying what was received"},
@@ -361,6 +364,11 @@ func runCommand() *cli.Command {
 				defer stop()
 			}
 			e.log.Info().Str("config", e.cfg.Filename).Int("rules", len(e.cfg.Rules)).Str("slot", e.cfg.Postgres.Slot).Msg("starting")
+			if os.Getenv("GOMEMLIMIT") == "" {
+				limit := daemon.MemoryLimit(c.Int64("max-queued-bytes"))
+				debug.SetMemoryLimit(limit)
+				e.log.Debug().Int64("bytes", limit).Msg("Go memory limit set from --max-queued-bytes (GOMEMLIMIT overrides it)")
+			}
 			if err := d.Run(ctx); err != nil {
 				return &exitError{code: 1, msg: "cachesync run: " + err.Error()}
 			}

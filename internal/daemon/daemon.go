@@ -20,7 +20,6 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/rs/zerolog"
 	"golang.org/x/sync/errgroup"
-	"golang.org/x/sync/semaphore"
 
 	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/internal/metrics"
@@ -85,6 +84,12 @@ type Options struct {
 	// DryRun streams from a temporary slot and never touches the real one.
 	DryRun bool
 	KeyCap int
+	// MaxQueuedBytes bounds the row data the pipeline holds between the
+	// replication connection and the journal (default
+	// DefaultMaxQueuedBytes): decoded events, the transaction being mapped
+	// and mapped batches (see queueBudgets). Reading from PostgreSQL waits
+	// while it is full.
+	MaxQueuedBytes int64
 	// StatusInterval bounds the time between standby status updates.
 	StatusInterval time.Duration
 	// HeartbeatInterval is how often a heartbeat message is written to the
@@ -130,8 +135,10 @@ type Daemon struct {
 	log    zerolog.Logger
 	// mark is the applied position last written to the cache.
 	mark wal.LSN
-	// opsBudget bounds the operations between mapper and writer.
-	opsBudget *semaphore.Weighted
+	// opsBudget bounds the operations between mapper and writer;
+	// eventBudget the bytes of events between stream and mapper, and
+	// batchBudget the bytes of batches between mapper and journal.
+	opsBudget, eventBudget, batchBudget *budget
 	// journalQ feeds the journal stage of the running session's pipeline.
 	journalQ chan<- journalItem
 	// gate holds the running session's groups until PostgreSQL shows them
@@ -180,10 +187,14 @@ func New(opts Options) (*Daemon, error) {
 	if opts.Metrics == nil {
 		opts.Metrics = metrics.New()
 	}
+	if opts.MaxQueuedBytes <= 0 {
+		opts.MaxQueuedBytes = DefaultMaxQueuedBytes
+	}
 	if !opts.DryRun && (opts.Journal == nil || opts.Cache == nil) {
 		return nil, errors.New("daemon: a journal and a cache state are required unless dry running")
 	}
-	m, err := mapping.New(opts.Config.Rules, mapping.Options{KeyCap: opts.KeyCap, Logger: opts.Logger})
+	_, txnValues, _ := queueBudgets(opts.MaxQueuedBytes)
+	m, err := mapping.New(opts.Config.Rules, mapping.Options{KeyCap: opts.KeyCap, TxnValueBytes: txnValues, Logger: opts.Logger})
 	if err != nil {
 		return nil, err
 	}
@@ -392,9 +403,10 @@ func (d *Daemon) session(ctx context.Context) error {
 		defer func() { d.gate = nil }()
 	}
 
+	d.newBudgets()
 	stream := replication.NewStream(repl, replication.StreamOptions{
 		Slot: slot, Publication: pgc.Publication, StatusInterval: d.opts.StatusInterval,
-		MessagePrefix: "cachesync", Logger: d.log,
+		MessagePrefix: "cachesync", Budget: d.eventBudget, Logger: d.log,
 	})
 	d.mapper.Abandon()
 	if d.passive {
@@ -419,20 +431,24 @@ func (d *Daemon) session(ctx context.Context) error {
 // queuedOps bounds the operations mapped but not yet applied.
 const queuedOps = 64 << 10
 
-// batchWeight is a batch's share of the queuedOps budget: at least 1 (so
-// empty batches queue in order too), at most the whole budget (so any batch
-// can pass alone).
-func batchWeight(b mapping.Batch) int64 {
-	return int64(min(max(len(b.Ops), 1), queuedOps))
-}
-
-// Channel sizes: bounded so that memory stays flat whatever Redis does.
+// Channel sizes: bounded so that memory stays flat whatever Redis does. The
+// budgets bound what the items weigh: operations (queuedOps) and bytes
+// (Options.MaxQueuedBytes).
 const (
 	eventQueue  = 4096
 	batchQueue  = 256
 	groupMaxTxn = 512
 	groupMaxOps = 8192
 )
+
+// newBudgets gives a session's pipeline budgets of its own: a failed
+// session's items are dropped with its budgets.
+func (d *Daemon) newBudgets() {
+	eventBytes, _, batchBytes := queueBudgets(d.opts.MaxQueuedBytes)
+	d.opsBudget, d.eventBudget, d.batchBudget = newBudget(queuedOps), newBudget(eventBytes), newBudget(batchBytes)
+	events, batches := d.eventBudget, d.batchBudget
+	d.metrics.QueuedBytes(func() int64 { return events.Held() + batches.Held() })
+}
 
 // pipeline runs stream → mapper → applier → journal → confirm until ctx is
 // done (graceful: drain what was received, within DrainTimeout) or a stage
@@ -450,7 +466,6 @@ func (d *Daemon) pipeline(ctx context.Context, stream *replication.Stream, start
 	stopOnSignal := context.AfterFunc(ctx, stopReading)
 	defer stopOnSignal()
 
-	d.opsBudget = semaphore.NewWeighted(queuedOps)
 	events := make(chan replication.Event, eventQueue)
 	batches := make(chan mapping.Batch, batchQueue)
 	g.Go(func() error {
@@ -620,10 +635,13 @@ func (d *Daemon) heartbeatReceived(m wal.Message) {
 
 func (d *Daemon) mapEvents(ctx context.Context, events <-chan replication.Event, batches chan<- mapping.Batch) error {
 	send := func(b mapping.Batch) error {
-		// Bound the operations waiting for the writer, not just the
-		// batches: 256 queued transactions near the key cap would hold
-		// millions of keys.
-		if err := d.opsBudget.Acquire(ctx, batchWeight(b)); err != nil {
+		// Bound the operations and bytes waiting for the writer and the
+		// journal, not just the batches: 256 queued transactions near the
+		// key cap would hold millions of keys, or of wide rows gigabytes.
+		if err := d.opsBudget.Acquire(ctx, int64(len(b.Ops))); err != nil {
+			return err
+		}
+		if err := d.batchBudget.Acquire(ctx, b.Size()); err != nil {
 			return err
 		}
 		select {
@@ -659,6 +677,9 @@ func (d *Daemon) mapEvents(ctx context.Context, events <-chan replication.Event,
 		case replication.EventBarrier:
 			err = send(mapping.Batch{EndLSN: ev.Barrier})
 		}
+		// The event is mapped: what the open transaction keeps of its
+		// values is bounded by mapping.Options.TxnValueBytes.
+		d.eventBudget.Release(ev.Size())
 		if err != nil {
 			return err
 		}
@@ -710,7 +731,10 @@ func (d *Daemon) applyBatches(ctx context.Context, batches <-chan mapping.Batch,
 			return err
 		}
 		for _, b := range group {
-			d.opsBudget.Release(batchWeight(b))
+			d.opsBudget.Release(int64(len(b.Ops)))
+			if d.opts.DryRun {
+				d.batchBudget.Release(b.Size()) // no journal stage after this
+			}
 		}
 		if closed {
 			return nil
@@ -818,6 +842,9 @@ func (d *Daemon) journalGroups(ctx context.Context, items <-chan journalItem, st
 				d.failpoint("after-journal")
 			}
 			d.logApplied(pending)
+			for _, b := range pending {
+				d.batchBudget.Release(b.Size()) // journaled: dropped now
+			}
 			confirmed := pending[len(pending)-1].EndLSN
 			stream.Confirm(confirmed)
 			d.metrics.ConfirmedLSN.Set(float64(confirmed))

@@ -437,12 +437,17 @@ type Replayer interface {
 	Replay(ctx context.Context, from wal.LSN, since time.Time, fn func(mapping.Batch) error) error
 }
 
+// replayGroupBytes bounds the bytes of a replayed group, as the budgets
+// bound the streaming pipeline: journaled write-through values can be wide.
+const replayGroupBytes = 32 << 20
+
 // Replay re-applies every journaled batch from `from` (or since `since`)
 // through the applier, in order and in groups, and returns how many batches
 // it applied.
 func Replay(ctx context.Context, j Replayer, a Applier, from wal.LSN, since time.Time) (int, error) {
 	var group []mapping.Batch
 	ops, n := 0, 0
+	var size int64
 	apply := func() error {
 		if ops > 0 {
 			if err := a.Apply(ctx, group); err != nil {
@@ -450,13 +455,14 @@ func Replay(ctx context.Context, j Replayer, a Applier, from wal.LSN, since time
 			}
 		}
 		n += len(group)
-		group, ops = group[:0], 0
+		group, ops, size = group[:0], 0, 0
 		return nil
 	}
 	err := j.Replay(ctx, from, since, func(b mapping.Batch) error {
 		group = append(group, b)
 		ops += len(b.Ops)
-		if len(group) >= groupMaxTxn || ops >= groupMaxOps {
+		size += b.Size()
+		if len(group) >= groupMaxTxn || ops >= groupMaxOps || size >= replayGroupBytes {
 			return apply()
 		}
 		return nil

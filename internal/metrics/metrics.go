@@ -77,6 +77,8 @@ type Metrics struct {
 	detail atomic.Value // string: why (the last error while reconnecting)
 
 	mapperStats atomic.Pointer[mapping.Stats]
+	// queued reports the bytes the running session's pipeline holds.
+	queued atomic.Pointer[func() int64]
 }
 
 // New returns the metrics, registered with a registry of their own together
@@ -109,9 +111,22 @@ func New() *Metrics {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		lagCollector{m},
 		mapperCollector{m},
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: namespace + "_pipeline_queued_bytes",
+			Help: "Row data the pipeline holds between the replication connection and the journal (decoded events and mapped batches), bounded by --max-queued-bytes; reading from PostgreSQL waits while it is full.",
+		}, func() float64 {
+			if fn := m.queued.Load(); fn != nil {
+				return float64((*fn)())
+			}
+			return 0
+		}),
 	)
 	return m
 }
+
+// QueuedBytes sets where the pipeline_queued_bytes gauge reads from (the
+// session's budgets).
+func (m *Metrics) QueuedBytes(fn func() int64) { m.queued.Store(&fn) }
 
 // Registry is where the metrics are registered (for /metrics, and for more
 // collectors such as the writer's).
@@ -235,6 +250,7 @@ type mapperCollector struct{ m *Metrics }
 var (
 	nullKeysDesc   = prometheus.NewDesc(namespace+"_null_keys_total", "Keys not produced because a template evaluated to NULL.", nil, nil)
 	notSentDesc    = prometheus.NewDesc(namespace+"_refresh_not_sent_total", "Write-through refreshes turned into deletes because a value was not sent (unchanged TOAST).", nil, nil)
+	tooLargeDesc   = prometheus.NewDesc(namespace+"_refresh_too_large_total", "Write-through refreshes turned into deletes because the transaction's values went past a quarter of --max-queued-bytes.", nil, nil)
 	evalErrorsDesc = prometheus.NewDesc(namespace+"_template_errors_total", "Template evaluations that failed (the rule acted conservatively: flush or delete).", nil, nil)
 	unmappedDesc   = prometheus.NewDesc(namespace+"_unmapped_changes_total", "Changes of tables that no rule reads.", nil, nil)
 )
@@ -242,6 +258,7 @@ var (
 func (c mapperCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- nullKeysDesc
 	ch <- notSentDesc
+	ch <- tooLargeDesc
 	ch <- evalErrorsDesc
 	ch <- unmappedDesc
 }
@@ -253,6 +270,7 @@ func (c mapperCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(nullKeysDesc, prometheus.CounterValue, float64(s.NullKeys))
 	ch <- prometheus.MustNewConstMetric(notSentDesc, prometheus.CounterValue, float64(s.Incomplete))
+	ch <- prometheus.MustNewConstMetric(tooLargeDesc, prometheus.CounterValue, float64(s.TooLarge))
 	ch <- prometheus.MustNewConstMetric(evalErrorsDesc, prometheus.CounterValue, float64(s.EvalErrors))
 	ch <- prometheus.MustNewConstMetric(unmappedDesc, prometheus.CounterValue, float64(s.UnmappedTable))
 }
