@@ -242,18 +242,61 @@ func journalDir(c *cli.Context, cfg *config.Config) string {
 	return filepath.Join(dir, cfg.Postgres.Slot)
 }
 
-func (e *env) stack(c *cli.Context, withJournal bool) (*stack, error) {
+// journalRecordTooLarge is the fallback reason of a journal record
+// replaced by flushes.
+const journalRecordTooLarge = "journal_record_too_large"
+
+// stack opens the Redis client, the writer and, withJournal, the journal.
+// m, when set, counts the fallbacks of both.
+func (e *env) stack(c *cli.Context, withJournal bool, m *metrics.Metrics) (*stack, error) {
+	mapper, err := mapping.New(e.cfg.Rules, mapping.Options{})
+	if err != nil {
+		return nil, &exitError{code: 1, msg: "cachesync: " + err.Error()}
+	}
+	// The rules' key spaces: what a fallback flushes.
+	keyspaces := map[string]mapping.Keyspace{}
+	for _, op := range mapper.FlushAll("") {
+		keyspaces[op.Rule] = *op.Keyspace
+	}
 	rc, err := redisClient(c, e.cfg)
 	if err != nil {
 		return nil, err
 	}
-	s := &stack{redis: rc, writer: writer.New(rc, writer.Options{Logger: e.log})}
+	s := &stack{redis: rc, writer: writer.New(rc, writer.Options{
+		Logger:    e.log,
+		Keyspaces: keyspaces,
+		OnFallback: func(f writer.Fallback) {
+			if m != nil {
+				m.Fallback(f.Rule, f.Reason)
+			}
+		},
+	})}
 	if withJournal {
 		s.journal, err = journal.Open(journal.Options{
 			Dir:      journalDir(c, e.cfg),
 			MaxAge:   c.Duration("journal-max-age"),
 			MaxBytes: c.Int64("journal-max-bytes"),
 			Logger:   e.log,
+			// A group too large for one record (wide values) is
+			// journaled as the flushes of its rules: replay drops
+			// what it would have written, and the daemon does not
+			// fail on it after every restart.
+			Oversized: func(b *mapping.Batch) (mapping.Batch, error) {
+				small, err := journal.CoveringFlushes(b, keyspaces, journalRecordTooLarge)
+				if err != nil {
+					return small, err
+				}
+				var rules []string
+				for _, op := range small.Ops {
+					rules = append(rules, op.Rule)
+					if m != nil {
+						m.Fallback(op.Rule, journalRecordTooLarge)
+					}
+				}
+				e.log.Error().Stringer("end_lsn", b.EndLSN).Int("ops", len(b.Ops)).Strs("rules", rules).Str("reason", journalRecordTooLarge).
+					Msg("a transaction is too large for one journal record; journaled as flushes of its rules' key spaces (a replay drops those key spaces instead of re-applying it)")
+				return small, nil
+			},
 		})
 		if err != nil {
 			rc.Close()
@@ -329,13 +372,13 @@ func runCommand() *cli.Command {
 				return err
 			}
 			s := &stack{}
+			m := metrics.New()
 			if !c.Bool("dry-run") {
-				if s, err = e.stack(c, true); err != nil {
+				if s, err = e.stack(c, true, m); err != nil {
 					return err
 				}
 			}
 			defer s.close()
-			m := metrics.New()
 			redisUp := func() bool { return true }
 			if s.writer != nil {
 				m.Registry().MustRegister(metrics.WriterCollector(s.writer.Stats))
@@ -445,7 +488,7 @@ func setupCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			s, err := e.stack(c, true)
+			s, err := e.stack(c, true, nil)
 			if err != nil {
 				return err
 			}
@@ -650,7 +693,7 @@ func replayCommand() *cli.Command {
 			if !c.Bool("flush") && ((c.String("from") == "") == since.IsZero()) {
 				return &exitError{code: 2, msg: "give exactly one of --from LSN and --since TIME, or --flush"}
 			}
-			s, err := e.stack(c, false)
+			s, err := e.stack(c, false, nil)
 			if err != nil {
 				return err
 			}
