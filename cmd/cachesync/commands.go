@@ -331,7 +331,10 @@ func (e *env) daemon(c *cli.Context, s *stack, dryRun bool, m *metrics.Metrics) 
 		opts.Health = s.writer
 		opts.CheckCache = func(ctx context.Context, spaces []mapping.Keyspace) error {
 			err := writer.CheckAccess(ctx, s.redis, spaces)
-			if errors.Is(err, writer.ErrNoAccess) {
+			if err == nil {
+				err = writer.CheckEviction(ctx, s.redis, c.Bool("allow-eviction"), e.log)
+			}
+			if errors.Is(err, writer.ErrNoAccess) || errors.Is(err, writer.ErrEvictionUnsafe) {
 				return fmt.Errorf("%w: %w", daemon.ErrConfig, err)
 			}
 			return err
@@ -349,6 +352,13 @@ func journalFlags() []cli.Flag {
 	}
 }
 
+// allowEvictionFlag downgrades the refusal of a Redis whose maxmemory
+// policy may evict cachesync's bookkeeping keys to a warning.
+func allowEvictionFlag() cli.Flag {
+	return &cli.BoolFlag{Name: "allow-eviction", EnvVars: []string{"CACHESYNC_ALLOW_EVICTION"},
+		Usage: "start even if Redis's maxmemory-policy may evict tag sets, guards or version keys (stale reads after an eviction; see docs/operations.md)"}
+}
+
 func dataDirFlag() cli.Flag {
 	return &cli.StringFlag{Name: "data-dir", EnvVars: []string{"CACHESYNC_DATA_DIR"}, Usage: "local state: the replay journal (default: .cachesync beside the rules file)"}
 }
@@ -358,7 +368,7 @@ func runCommand() *cli.Command {
 		Name:  "run",
 		Usage: "set up the publication and slot if missing, then stream changes into Redis",
 		Flags: flags(append(journalFlags(),
-			databaseURLFlag(), redisURLFlag(),
+			databaseURLFlag(), redisURLFlag(), allowEvictionFlag(),
 			&cli.BoolFlag{Name: "dry-run", EnvVars: []string{"CACHESYNC_DRY_RUN"}, Usage: "print operations as JSON lines instead of applying them (streams from a temporary slot)"},
 			&cli.IntFlag{Name: "key-cap", Value: mapping.DefaultKeyCap, EnvVars: []string{"CACHESYNC_KEY_CAP"}, Usage: "distinct keys per rule and transaction above which the rule's key space is flushed instead"},
 			&cli.DurationFlag{Name: "status-interval", Value: 10 * time.Second, EnvVars: []string{"CACHESYNC_STATUS_INTERVAL"}, Usage: "longest time between standby status updates"},
@@ -482,7 +492,7 @@ func setupCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "setup",
 		Usage: "create or update the publication, create the slot and flush the rules' key spaces; idempotent",
-		Flags: flags(append(journalFlags(), databaseURLFlag(), redisURLFlag())...),
+		Flags: flags(append(journalFlags(), databaseURLFlag(), redisURLFlag(), allowEvictionFlag())...),
 		Action: func(c *cli.Context) error {
 			e, err := setupEnv(c, true)
 			if err != nil {
