@@ -37,7 +37,8 @@
 //   - Tags: SCAN MATCH keyspace.TagKey(pattern) TYPE set, DeleteTagScript on each set found.
 //   - Versions: SCAN MATCH keyspace.VersionKey(pattern) TYPE string, INCR each
 //     version found (versions are never deleted: a client would fall back to
-//     version 0 and could read entries cached at version 0 long ago), then
+//     version 0 and could read entries cached at version 0 long ago; a
+//     version INCR refuses is reset instead, see Failures), then
 //     SCAN MATCH pattern + ":v*", UNLINK each page: that pattern matches every
 //     keyspace.VersionedKey of the namespaces, whether pattern is a glob
 //     ("orders:customer:*") or a single namespace ("orders:all").
