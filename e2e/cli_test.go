@@ -258,6 +258,44 @@ func TestDryRun(t *testing.T) {
 	}
 }
 
+// TestRunRefusesAnEvictingRedis: a maxmemory policy that may evict tag sets,
+// guards or version keys stops run and setup before they create anything,
+// with the fix; --allow-eviction turns that into a warning and streams.
+func TestRunRefusesAnEvictingRedis(t *testing.T) {
+	e := setup(t, schema, rules)
+	for _, kv := range [][2]string{{"maxmemory", "1gb"}, {"maxmemory-policy", "allkeys-lru"}} {
+		if err := e.rdb.ConfigSet(e.ctx, kv[0], kv[1]).Err(); err != nil {
+			t.Fatalf("CONFIG SET %s %s: %v", kv[0], kv[1], err)
+		}
+	}
+	for _, command := range []string{"run", "setup"} {
+		out, code := e.cli(command)
+		if code != 1 {
+			t.Fatalf("%s with allkeys-lru: exit %d, want 1\n%s", command, code, out)
+		}
+		for _, want := range []string{"maxmemory-policy allkeys-lru", "CONFIG SET maxmemory-policy noeviction", "--allow-eviction"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("the refusal of %s lacks %q:\n%s", command, want, out)
+			}
+		}
+	}
+	var slots int
+	if err := e.db.QueryRow(e.ctx, "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1", e.slot).Scan(&slots); err != nil || slots != 0 {
+		t.Errorf("a refused run or setup left %d slots (err %v)", slots, err)
+	}
+
+	d := e.start("CACHESYNC_ALLOW_EVICTION=true")
+	e.waitStreaming(d)
+	if !strings.Contains(d.log.String(), "Redis may evict cachesync's bookkeeping keys") {
+		t.Errorf("no eviction warning with --allow-eviction:\n%s", d.log.String())
+	}
+	e.exec(`INSERT INTO users VALUES (1, 'a@x.io', 1, 'a')`)
+	e.quiesce(d)
+	e.set("user:1")
+	e.exec(`UPDATE users SET name = 'b' WHERE id = 1`)
+	e.gone("user:1")
+}
+
 // TestRunRefusesARedisUserWithoutPermissions: a Redis ACL user that lacks a
 // command cachesync needs stops `run` before it creates anything, with the
 // ACL to grant; that ACL, applied as printed, is enough to stream.

@@ -101,10 +101,16 @@ func frameChecksum(lenField, payload []byte) uint32 {
 	return crc32.Update(crc32.Update(0, castagnoli, lenField), castagnoli, payload)
 }
 
-// appendRecord appends the framed record of b to dst. A batch without a
-// commit time (a keepalive barrier) stores appendTime instead, flagged, so
-// that retention and time-based replay can place it.
-func appendRecord(dst []byte, b *mapping.Batch, appendTime time.Time) ([]byte, error) {
+// ErrRecordTooLarge is returned, wrapped, by Append for a batch whose record
+// would exceed the journal's record limit, when Options.Oversized is not set
+// or does not make it fit.
+var ErrRecordTooLarge = errors.New("journal record too large")
+
+// appendRecord appends the framed record of b to dst, unless its payload
+// would be larger than limit (ErrRecordTooLarge; dst is returned as it was).
+// A batch without a commit time (a keepalive barrier) stores appendTime
+// instead, flagged, so that retention and time-based replay can place it.
+func appendRecord(dst []byte, b *mapping.Batch, appendTime time.Time, limit int) ([]byte, error) {
 	start := len(dst)
 	dst = append(dst, 0, 0, 0, 0, 0, 0, 0, 0)
 	var flags byte
@@ -124,9 +130,9 @@ func appendRecord(dst []byte, b *mapping.Batch, appendTime time.Time) ([]byte, e
 		dst = appendOp(dst, &b.Ops[i])
 	}
 	n := len(dst) - start - frameHeaderSize
-	if n > maxPayload {
-		return dst[:start], fmt.Errorf("batch end LSN %s with %d operations encodes to %d bytes, more than the journal's record limit of %d",
-			b.EndLSN, len(b.Ops), n, maxPayload)
+	if n > limit {
+		return dst[:start], fmt.Errorf("batch end LSN %s with %d operations encodes to %d bytes, more than the journal's record limit of %d: %w",
+			b.EndLSN, len(b.Ops), n, limit, ErrRecordTooLarge)
 	}
 	binary.LittleEndian.PutUint32(dst[start:], uint32(n))
 	binary.LittleEndian.PutUint32(dst[start+4:], frameChecksum(dst[start:start+4], dst[start+frameHeaderSize:]))

@@ -81,7 +81,16 @@ type Options struct {
 	// SegmentBytes starts a new segment once the newest one is this large.
 	// 0 or negative means DefaultSegmentBytes.
 	SegmentBytes int64
-	Logger       zerolog.Logger
+	// MaxRecordBytes bounds one record's payload: 0, negative or more than
+	// 1 GiB mean 1 GiB, the most a reader accepts.
+	MaxRecordBytes int
+	// Oversized, when set, is given a batch whose record would exceed
+	// MaxRecordBytes and returns one that fits and is at least as strong
+	// on replay (CoveringFlushes), which is journaled in its place. A
+	// batch that still does not fit, or without Oversized, fails Append
+	// with ErrRecordTooLarge before anything of the call is written.
+	Oversized func(b *mapping.Batch) (mapping.Batch, error)
+	Logger    zerolog.Logger
 	// Now is the clock (tests); default time.Now.
 	Now func() time.Time
 }
@@ -555,7 +564,18 @@ func (j *Journal) Append(ctx context.Context, batches []mapping.Batch) error {
 		}
 		n := len(buf)
 		var err error
-		if buf, err = appendRecord(buf, b, now); err != nil {
+		buf, err = appendRecord(buf, b, now, j.recordLimit())
+		if errors.Is(err, ErrRecordTooLarge) && j.opts.Oversized != nil {
+			// A record that can never be written would stop every
+			// confirm, restart after restart: journal a smaller
+			// batch that replays at least as strongly.
+			var small mapping.Batch
+			if small, err = j.opts.Oversized(b); err == nil {
+				b = &small
+				buf, err = appendRecord(buf, b, now, j.recordLimit())
+			}
+		}
+		if err != nil {
 			if wrote {
 				return j.fail(err)
 			}
@@ -596,6 +616,43 @@ func (j *Journal) Append(ctx context.Context, batches []mapping.Batch) error {
 	}
 	j.retain(now)
 	return nil
+}
+
+// recordLimit is the largest payload Append writes.
+func (j *Journal) recordLimit() int {
+	if n := j.opts.MaxRecordBytes; n > 0 && n < maxPayload {
+		return n
+	}
+	return maxPayload
+}
+
+// CoveringFlushes returns b with its operations replaced by flushes of the
+// key spaces of the rules they belong to, one per rule, in the order the
+// rules first appear (flushes b already holds are kept as they are): a
+// batch that replays at least as strongly as b, and whose size no longer
+// depends on the values it carried. It fails when a rule of b is not in
+// keyspaces.
+func CoveringFlushes(b *mapping.Batch, keyspaces map[string]mapping.Keyspace, reason string) (mapping.Batch, error) {
+	out := *b
+	out.Ops = nil
+	flushed := map[string]bool{}
+	for i := range b.Ops {
+		op := &b.Ops[i]
+		if op.Kind == mapping.OpFlush {
+			out.Ops = append(out.Ops, *op)
+			continue
+		}
+		if flushed[op.Rule] {
+			continue
+		}
+		ks, ok := keyspaces[op.Rule]
+		if !ok {
+			return mapping.Batch{}, fmt.Errorf("batch end LSN %s: rule %q of a %s operation has no known key space to flush instead", b.EndLSN, op.Rule, op.Kind)
+		}
+		flushed[op.Rule] = true
+		out.Ops = append(out.Ops, mapping.Op{Kind: mapping.OpFlush, Keyspace: &ks, Rule: op.Rule, Reason: reason})
+	}
+	return out, nil
 }
 
 func (j *Journal) write(p []byte) error {

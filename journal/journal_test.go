@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -760,7 +761,7 @@ func TestRetentionBySize(t *testing.T) {
 }
 
 func mustRecord(t *testing.T, b mapping.Batch) []byte {
-	rec, err := appendRecord(nil, &b, t0)
+	rec, err := appendRecord(nil, &b, t0, maxPayload)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1219,7 +1220,7 @@ func BenchmarkAppend(b *testing.B) {
 // the same entry.
 func FuzzDecodeEntry(f *testing.F) {
 	for _, b := range fuzzBatches() {
-		rec, err := appendRecord(nil, &b, t0)
+		rec, err := appendRecord(nil, &b, t0, maxPayload)
 		if err != nil {
 			f.Fatal(err)
 		}
@@ -1234,7 +1235,7 @@ func FuzzDecodeEntry(f *testing.F) {
 		if err != nil {
 			return
 		}
-		rec, err := appendRecord(nil, &b, e.Time)
+		rec, err := appendRecord(nil, &b, e.Time, maxPayload)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -1244,6 +1245,59 @@ func FuzzDecodeEntry(f *testing.F) {
 		}
 		if !sameBatch(again, b) || e3 != e {
 			t.Fatalf("round trip changed the entry:\n%+v\n%+v", b, again)
+		}
+	})
+}
+
+// A batch whose record exceeds the record limit must not stop the journal
+// for good (a restart would redeliver it and fail again): Oversized
+// replaces its operations by flushes of the rules they belong to, which
+// replay at least as strongly, and the journal goes on.
+func TestOversizedRecord(t *testing.T) {
+	keyspaces := map[string]mapping.Keyspace{
+		"docs":  {Keys: []string{"doc:*"}},
+		"users": {Keys: []string{"user:*"}, Tags: []string{"org:*"}},
+	}
+	wide := del(20, "doc:1")
+	wide.Ops[0].Kind, wide.Ops[0].Value, wide.Ops[0].Rule = mapping.OpSet, bytes.Repeat([]byte{'x'}, 64<<10), "docs"
+	wide.Ops = append(wide.Ops,
+		mapping.Op{Kind: mapping.OpDelete, Key: "user:1", Rule: "users"},
+		mapping.Op{Kind: mapping.OpSet, Key: "doc:2", Value: bytes.Repeat([]byte{'y'}, 64<<10), Rule: "docs"})
+
+	t.Run("without Oversized", func(t *testing.T) {
+		j := open(t, Options{MaxRecordBytes: 32 << 10})
+		j.SetCompleteFrom(1)
+		err := j.Append(context.Background(), []mapping.Batch{del(10, "user:0"), wide})
+		if !errors.Is(err, ErrRecordTooLarge) {
+			t.Fatalf("Append = %v, want ErrRecordTooLarge", err)
+		}
+		appendOK(t, j, del(10, "user:0")) // nothing of the failed call was written; still usable
+		sameBatches(t, replayFrom(t, j, 1), []mapping.Batch{del(10, "user:0")})
+	})
+
+	t.Run("with Oversized", func(t *testing.T) {
+		var replaced []wal.LSN
+		j := open(t, Options{MaxRecordBytes: 32 << 10, Oversized: func(b *mapping.Batch) (mapping.Batch, error) {
+			replaced = append(replaced, b.EndLSN)
+			return CoveringFlushes(b, keyspaces, "journal_record_too_large")
+		}})
+		j.SetCompleteFrom(1)
+		appendOK(t, j, del(10, "user:0"), wide, del(30, "user:3"))
+		if !slices.Equal(replaced, []wal.LSN{20}) {
+			t.Errorf("Oversized called for %v, want [20]", replaced)
+		}
+		covered := wide
+		docs, users := keyspaces["docs"], keyspaces["users"]
+		covered.Ops = []mapping.Op{
+			{Kind: mapping.OpFlush, Keyspace: &docs, Rule: "docs", Reason: "journal_record_too_large"},
+			{Kind: mapping.OpFlush, Keyspace: &users, Rule: "users", Reason: "journal_record_too_large"},
+		}
+		sameBatches(t, replayFrom(t, j, 1), []mapping.Batch{del(10, "user:0"), covered, del(30, "user:3")})
+	})
+
+	t.Run("rule without a key space", func(t *testing.T) {
+		if _, err := CoveringFlushes(&wide, map[string]mapping.Keyspace{"docs": {}}, "r"); err == nil || !strings.Contains(err.Error(), `"users"`) {
+			t.Errorf("CoveringFlushes = %v, want an error naming rule users", err)
 		}
 	})
 }

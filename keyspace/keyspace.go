@@ -23,7 +23,9 @@
 // writes <ns>:v<n>:<key>. Bumping the version retires every entry of the
 // namespace at once; the old entries are left to expire, or are dropped by a
 // flush. Version keys are never deleted: a client would fall back to version 0
-// and could read entries cached at version 0 long ago.
+// and could read entries cached at version 0 long ago. (The one exception is a
+// version INCR can no longer increment, which the daemon deletes after every
+// fill fence and every entry of its namespace.)
 //
 // Fenced fills: an application that fills a key after reading the database
 // can lose a race with the daemon (it reads the old row, the row changes, the

@@ -406,4 +406,14 @@ func TestDeleteTagScript(t *testing.T) {
 	if client.Exists(ctx, tag).Val() != 0 {
 		t.Fatal("string under tag: left in place")
 	}
+	// Strict (the daemon's): refused, and left for the caller to flush
+	// before it deletes the key.
+	client.Set(ctx, tag, "not a set", 0)
+	err = client.Eval(ctx, keyspace.DeleteTagScript, []string{tag}, "strict").Err()
+	if !redis.HasErrorPrefix(err, "WRONGTYPE") {
+		t.Fatalf("strict, string tag: %v, want WRONGTYPE", err)
+	}
+	if client.Exists(ctx, tag).Val() != 1 {
+		t.Fatal("strict, string tag: deleted")
+	}
 }

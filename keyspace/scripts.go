@@ -12,12 +12,18 @@ import (
 // set, atomically, so that no reader sees some members gone and others not.
 //
 //	KEYS[1]  the tag set (TagKey)
+//	ARGV[1]  optional: "strict" refuses a key of another type (see below)
 //	returns  the number of member keys that existed and were deleted
 //
 // Members are UNLINKed in chunks of at most 1000 (Lua's unpack has a stack
 // limit). A key of another type at KEYS[1] is deleted and 0 is returned: the
 // tag: prefix belongs to cachesync, and failing forever on it would stop
-// invalidation.
+// invalidation. In strict mode (the daemon's) it is left in place and the
+// script fails with a WRONGTYPE error instead: the members of that tag are
+// unknown (whatever overwrote the set dropped them), so the caller must drop
+// every key they could be, a flush of the rule's key space, before it
+// deletes the key. Deleting it here first would let a retry find no key and
+// forget the flush.
 //
 // Redis Cluster: the members are not declared in KEYS, so the script works on
 // a cluster only when every member hashes to the tag set's slot (members
@@ -30,6 +36,9 @@ if kind == 'none' then
   return 0
 end
 if kind ~= 'set' then
+  if ARGV[1] == 'strict' then
+    return redis.error_reply('WRONGTYPE cachesync: ' .. KEYS[1] .. ' holds a ' .. kind .. ', not a tag set: its members are unknown')
+  end
   redis.call('UNLINK', KEYS[1])
   return 0
 end
@@ -228,9 +237,17 @@ return 0
 //
 //	KEYS[1]  the tag set (TagKey)
 //	KEYS[2]  its pending set (TagPendingKey(KEYS[1]))
+//	ARGV[1]  optional: "strict" refuses a tag set or pending set of another
+//	         type with a WRONGTYPE error, changing nothing (as DeleteTagScript)
 //	returns  the members to delete
 const TagDetachScript = `
 local kind = redis.call('TYPE', KEYS[1]).ok
+if ARGV[1] == 'strict' then
+  local pending = redis.call('TYPE', KEYS[2]).ok
+  if (kind ~= 'set' and kind ~= 'none') or (pending ~= 'set' and pending ~= 'none') then
+    return redis.error_reply('WRONGTYPE cachesync: ' .. KEYS[1] .. ' or ' .. KEYS[2] .. ' is not a set: the tag\'s members are unknown')
+  end
+end
 if kind == 'set' then
   redis.call('SUNIONSTORE', KEYS[2], KEYS[2], KEYS[1])
 end

@@ -23,12 +23,14 @@ var ErrNoAccess = errors.New("the Redis server or user refuses what cachesync ne
 
 // Commands returns the Redis commands cachesync sends, directly or from its
 // Lua scripts (which run with the caller's permissions), in ACL syntax. A
-// cluster client also reads the slot map.
+// cluster client also reads the slot map. CONFIG GET (the eviction policy,
+// proto-max-bulk-len) is the one cachesync does without when refused, with
+// a warning; CheckAccess does not require it.
 func Commands(client redis.UniversalClient) []string {
 	cmds := []string{
 		"get", "set", "del", "unlink", "type", "incr", "sadd", "srem", "smembers",
 		"sunionstore", "hset", "hgetall", "scan", "eval", "evalsha", "script|load",
-		"multi", "exec",
+		"multi", "exec", "config|get",
 	}
 	if _, ok := client.(*redis.ClusterClient); ok {
 		cmds = append(cmds, "cluster|slots")

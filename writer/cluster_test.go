@@ -210,3 +210,69 @@ func TestCluster(t *testing.T) {
 		t.Errorf("%d retries with a replica hung, want none: the scripts were loaded on it", n)
 	}
 }
+
+// TestClusterFallbacksAndEviction: on a cluster, the eviction check reads
+// every master (one unsafe master is named and refused), and a tag key that
+// is not a set falls back on the stepwise path as on one server.
+func TestClusterFallbacksAndEviction(t *testing.T) {
+	t.Parallel()
+	cluster := testenv.StartRedisCluster(t, testenv.ClusterOptions{})
+	client := cluster.Client(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	log := zerolog.New(zerolog.NewTestWriter(t))
+
+	if err := writer.CheckEviction(ctx, client, false, log); err != nil {
+		t.Fatalf("CheckEviction on a default cluster: %v", err)
+	}
+	masters := cluster.Masters(t)
+	last := masters[len(masters)-1]
+	node := redis.NewClient(&redis.Options{Addr: last.Addr})
+	t.Cleanup(func() { _ = node.Close() })
+	for _, kv := range [][2]string{{"maxmemory", "1gb"}, {"maxmemory-policy", "volatile-ttl"}} {
+		if err := node.ConfigSet(ctx, kv[0], kv[1]).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	err := writer.CheckEviction(ctx, client, false, log)
+	if !errors.Is(err, writer.ErrEvictionUnsafe) || !strings.Contains(err.Error(), last.Addr) {
+		t.Errorf("CheckEviction with %s on volatile-ttl: %v, want ErrEvictionUnsafe naming it", last.Addr, err)
+	}
+	for _, m := range masters[:len(masters)-1] {
+		if err != nil && strings.Contains(err.Error(), m.Addr) {
+			t.Errorf("a safe master %s is named: %v", m.Addr, err)
+		}
+	}
+
+	var fallbacks []writer.Fallback
+	w := writer.New(client, writer.Options{
+		Logger:     log,
+		Keyspaces:  map[string]mapping.Keyspace{"test": {Keys: []string{"user:*"}, Tags: []string{"org:*"}}},
+		OnFallback: func(f writer.Fallback) { fallbacks = append(fallbacks, f) },
+	})
+	tag := keyspace.TagKey("org:1") // no hash tag: the stepwise path
+	for _, k := range []string{"user:1", "user:2", "other:1"} {
+		if err := client.Set(ctx, k, "v", 0).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := client.Set(ctx, tag, "not a set", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Apply(ctx, []mapping.Batch{{CommitLSN: 100, EndLSN: 101, Ops: []mapping.Op{
+		{Kind: mapping.OpDeleteTag, Key: "org:1", Rule: "test"},
+	}}}); err != nil {
+		t.Fatalf("Apply did not return: %v", err)
+	}
+	for _, k := range []string{tag, "user:1", "user:2"} {
+		if n, _ := client.Exists(ctx, k).Result(); n != 0 {
+			t.Errorf("%s survived the fallback", k)
+		}
+	}
+	if n, _ := client.Exists(ctx, "other:1").Result(); n != 1 {
+		t.Error("a key outside the rule's key space was deleted")
+	}
+	if want := []writer.Fallback{{Rule: "test", Reason: writer.FallbackTagWrongType, Key: "org:1"}}; fmt.Sprint(fallbacks) != fmt.Sprint(want) {
+		t.Errorf("fallbacks %v, want %v", fallbacks, want)
+	}
+}

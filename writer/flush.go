@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"sync/atomic"
 
 	"github.com/redis/go-redis/v9"
@@ -14,30 +16,35 @@ import (
 
 // flush drops a rule's key space: see the package documentation.
 func (w *Writer) flush(ctx context.Context, op *mapping.Op) error {
-	ks := op.Keyspace
+	return w.flushKeyspace(ctx, op.Rule, op.Keyspace)
+}
+
+// flushKeyspace drops the key space ks of rule.
+func (w *Writer) flushKeyspace(ctx context.Context, rule string, ks *mapping.Keyspace) error {
 	// Fences first: a fill in flight is refused from here on, and one that
 	// landed before this point is dropped by the passes below.
 	if err := w.scan(ctx, keyspace.FencePattern, "", w.unlinkPage); err != nil {
-		return fmt.Errorf("flush of rule %q, fill fences: %w", op.Rule, err)
+		return fmt.Errorf("flush of rule %q, fill fences: %w", rule, err)
 	}
 	for _, pattern := range ks.Keys {
 		if err := w.scan(ctx, pattern, "", w.unlinkPage); err != nil {
-			return fmt.Errorf("flush of rule %q, keys %q: %w", op.Rule, pattern, err)
+			return fmt.Errorf("flush of rule %q, keys %q: %w", rule, pattern, err)
 		}
 	}
 	for _, pattern := range ks.Tags {
 		if err := w.scan(ctx, keyspace.TagKey(pattern), "set", w.deleteTagsPage); err != nil {
-			return fmt.Errorf("flush of rule %q, tags %q: %w", op.Rule, pattern, err)
+			return fmt.Errorf("flush of rule %q, tags %q: %w", rule, pattern, err)
 		}
 	}
 	for _, pattern := range ks.Versions {
 		// Bump first: that retires the namespaces at once for every reader;
 		// dropping the entries afterwards only frees their memory.
-		if err := w.scan(ctx, keyspace.VersionKey(pattern), "string", w.bumpVersionsPage); err != nil {
-			return fmt.Errorf("flush of rule %q, versions %q: %w", op.Rule, pattern, err)
+		bump := func(ctx context.Context, keys []string) error { return w.bumpVersionsPage(ctx, rule, keys) }
+		if err := w.scan(ctx, keyspace.VersionKey(pattern), "string", bump); err != nil {
+			return fmt.Errorf("flush of rule %q, versions %q: %w", rule, pattern, err)
 		}
 		if err := w.scan(ctx, pattern+":v*", "", w.unlinkPage); err != nil {
-			return fmt.Errorf("flush of rule %q, entries of namespaces %q: %w", op.Rule, pattern, err)
+			return fmt.Errorf("flush of rule %q, entries of namespaces %q: %w", rule, pattern, err)
 		}
 	}
 	return nil
@@ -99,7 +106,7 @@ func (w *Writer) unlinkPage(ctx context.Context, keys []string) error {
 func (w *Writer) deleteTagsPage(ctx context.Context, tagKeys []string) error {
 	if w.cluster != nil {
 		for _, key := range tagKeys {
-			n, err := w.deleteTagAcross(ctx, key)
+			n, err := w.deleteTagAcross(ctx, key, false)
 			if err != nil {
 				return err
 			}
@@ -112,10 +119,42 @@ func (w *Writer) deleteTagsPage(ctx context.Context, tagKeys []string) error {
 	}, &w.counters.flushKeysDeleted, true)
 }
 
-// bumpVersionsPage increments version keys found by a flush.
-func (w *Writer) bumpVersionsPage(ctx context.Context, versionKeys []string) error {
-	return w.perKey(ctx, versionKeys, func(pipe redis.Pipeliner, key string) { pipe.Incr(ctx, key) },
-		&w.counters.flushVersionsBumped, false)
+// bumpVersionsPage increments version keys found by a flush of rule's key
+// space. A version that cannot be incremented (not an integer, or at the
+// largest one) would fail the flush on every retry: its namespace is reset
+// instead (resetNamespace), which retires it as surely.
+func (w *Writer) bumpVersionsPage(ctx context.Context, rule string, versionKeys []string) error {
+	for chunk := range slices.Chunk(versionKeys, w.opts.MaxPipeline) {
+		cmds, err := w.pipelined(ctx, func(pipe redis.Pipeliner) {
+			for _, key := range chunk {
+				pipe.Incr(ctx, key)
+			}
+		})
+		var cmdErr *commandError
+		if err != nil && !errors.As(err, &cmdErr) {
+			return err
+		}
+		bumped := 0
+		for i, cmd := range cmds {
+			cerr := cmd.Err()
+			if cerr == nil {
+				bumped++
+				continue
+			}
+			reason, ok := versionFailure(cerr)
+			if !ok {
+				return fmt.Errorf("key %q: %w", chunk[i], cerr)
+			}
+			if err := w.resetNamespace(ctx, chunk[i]); err != nil {
+				return fmt.Errorf("reset the namespace of %q: %w", chunk[i], err)
+			}
+			ns := strings.TrimPrefix(chunk[i], keyspace.VersionKey(""))
+			w.reportFallback(Fallback{Rule: rule, Reason: reason, Key: ns}, cerr,
+				"deleted the version key and every entry of the namespace, within a flush of the rule's key space", true)
+		}
+		w.counters.flushVersionsBumped.Add(uint64(bumped))
+	}
+	return nil
 }
 
 // perKey pipelines one command per key, MaxPipeline at a time, and adds to

@@ -44,7 +44,10 @@ func (w *Writer) applyPipeline(ctx context.Context, ops []*mapping.Op) (int, err
 			// The tag's members live in other slots: delete them in
 			// steps, then go on after it (what followed it in the
 			// pipeline is sent again; every effect is idempotent).
-			deleted, err := w.deleteTagAcross(ctx, keyspace.TagKey(op.Key))
+			deleted, err := w.deleteTagAcross(ctx, keyspace.TagKey(op.Key), true)
+			if reason, ok := permanentFailure(op, err); ok {
+				deleted, err = 0, w.fallback(ctx, op, reason, err)
+			}
 			if err != nil {
 				return acked, fmt.Errorf("%s %q (rule %q): %w", op.Kind, op.Key, op.Rule, err)
 			}
@@ -65,6 +68,19 @@ func (w *Writer) applyPipeline(ctx context.Context, ops []*mapping.Op) (int, err
 		var cmdErr *commandError
 		if errors.As(err, &cmdErr) {
 			op := rest[cmdErr.index]
+			if reason, ok := permanentFailure(op, cmdErr.err); ok {
+				// Redis will refuse it on every retry: apply a
+				// stronger effect in its place, then go on after it
+				// (what followed it is sent again, harmlessly).
+				if err := w.fallback(ctx, op, reason, cmdErr.err); err != nil {
+					return acked, fmt.Errorf("%s %q (rule %q): fallback after %v: %w", op.Kind, op.Key, op.Rule, cmdErr.err, err)
+				}
+				w.counters.applied[op.Kind].Add(1)
+				if acked++; acked == len(ops) {
+					return acked, nil
+				}
+				continue
+			}
 			return acked, fmt.Errorf("%s %q (rule %q): %w", op.Kind, op.Key, op.Rule, cmdErr.err)
 		}
 		return acked, err
@@ -91,6 +107,11 @@ func (w *Writer) record(ops []*mapping.Op, cmds []redis.Cmder) {
 				w.counters.tagKeysDeleted.Add(uint64(scriptResult(cmds[i])))
 			}
 		case mapping.OpSet:
+			if w.tooLarge(op) {
+				w.reportFallback(Fallback{Rule: op.Rule, Reason: FallbackValueTooLarge, Key: op.Key},
+					fmt.Errorf("a value of %d bytes, more than proto-max-bulk-len (%d)", len(op.Value), w.maxBulk.Load()),
+					"deleted the key and left a guard tombstone instead of writing the value", true)
+			}
 			if scriptResult(cmds[i]) == 0 {
 				w.counters.setsSkipped.Add(1)
 			}
@@ -112,13 +133,22 @@ func (w *Writer) queue(ctx context.Context, pipe redis.Pipeliner, op *mapping.Op
 	case mapping.OpDeleteTag:
 		if w.detaches(op) {
 			tag := keyspace.TagKey(op.Key)
-			pipe.EvalSha(ctx, w.scripts.tagDetach.Hash(), []string{tag, keyspace.TagPendingKey(tag)})
+			pipe.EvalSha(ctx, w.scripts.tagDetach.Hash(), []string{tag, keyspace.TagPendingKey(tag)}, "strict")
 			break
 		}
-		pipe.EvalSha(ctx, w.scripts.deleteTag.Hash(), []string{keyspace.TagKey(op.Key)})
+		// Strict: a key of another type is reported, and falls back.
+		pipe.EvalSha(ctx, w.scripts.deleteTag.Hash(), []string{keyspace.TagKey(op.Key)}, "strict")
 	case mapping.OpBumpVersion:
 		pipe.Incr(ctx, keyspace.VersionKey(op.Key))
 	case mapping.OpSet:
+		if w.tooLarge(op) {
+			// The server would drop the connection on it, every time:
+			// delete the key instead (see fallback).
+			pipe.EvalSha(ctx, w.scripts.guardedUnset.Hash(),
+				[]string{op.Key, keyspace.GuardKey(op.Key), keyspace.FenceKey(op.Key)},
+				keyspace.EncodeLSN(uint64(op.LSN)), w.opts.GuardTTL.Milliseconds())
+			break
+		}
 		ttl := w.valueTTLMillis(op)
 		guardTTL := w.opts.TombstoneTTL.Milliseconds() // a value without expiry
 		if ttl > 0 {
@@ -290,10 +320,15 @@ func isCrossSlot(err error) bool {
 // deleteTagAcross deletes a tag whose members span cluster slots:
 // TagDetachScript moves them to the tag's pending set and deletes the set,
 // then the members are unlinked per slot, then the pending set goes. It
-// returns how many member keys existed.
-func (w *Writer) deleteTagAcross(ctx context.Context, tagKey string) (int64, error) {
+// returns how many member keys existed. strict refuses a tag key of another
+// type (WRONGTYPE) rather than deleting it.
+func (w *Writer) deleteTagAcross(ctx context.Context, tagKey string, strict bool) (int64, error) {
 	pending := keyspace.TagPendingKey(tagKey)
-	members, err := w.scripts.tagDetach.Run(ctx, w.client, []string{tagKey, pending}).StringSlice()
+	var args []any
+	if strict {
+		args = append(args, "strict")
+	}
+	members, err := w.scripts.tagDetach.Run(ctx, w.client, []string{tagKey, pending}, args...).StringSlice()
 	if err != nil {
 		return 0, fmt.Errorf("detach the members of %s: %w", tagKey, err)
 	}

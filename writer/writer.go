@@ -48,7 +48,8 @@
 //   - Tags: SCAN MATCH keyspace.TagKey(pattern) TYPE set, DeleteTagScript on each set found.
 //   - Versions: SCAN MATCH keyspace.VersionKey(pattern) TYPE string, INCR each
 //     version found (versions are never deleted: a client would fall back to
-//     version 0 and could read entries cached at version 0 long ago), then
+//     version 0 and could read entries cached at version 0 long ago; a
+//     version INCR refuses is reset instead, see Failures), then
 //     SCAN MATCH pattern + ":v*", UNLINK each page: that pattern matches every
 //     keyspace.VersionedKey of the namespaces, whether pattern is a glob
 //     ("orders:customer:*") or a single namespace ("orders:all").
@@ -76,6 +77,27 @@
 // rest of its pipeline at once. Resent operations are harmless: deletes and
 // guarded scripts are idempotent, and a repeated INCR only retires a
 // namespace once more.
+//
+// Some replies are the same on every retry, and retrying them would wedge
+// the pipeline until the slot is invalidated. Nothing may be skipped, so the
+// operation is replaced by one at least as strong that Redis accepts,
+// before Apply returns (and so before the group is confirmed), with an
+// error-level log naming the key, the rule and the reason, and a count
+// (Stats.Fallbacks, Options.OnFallback):
+//
+//	INCR of a version key that is not an integer, would overflow, or is not a string
+//	    reset the namespace (delete every fill fence, every entry of the
+//	    namespace, then the version key), then flush the rule's key space
+//	DeleteTagScript on a tag key that is not a set (its members are unknown)
+//	    flush the rule's key space, then delete the tag key
+//	a write-through value larger than proto-max-bulk-len (read with CONFIG GET
+//	on every master when the scripts are loaded; 512 MiB when refused)
+//	    never sent (the server would drop the connection): an unset instead,
+//	    which deletes the key and leaves the change's LSN in the guard
+//
+// A flush that meets a version key it cannot INCR resets that namespace
+// the same way. Any other error (connection, LOADING, READONLY, MOVED,
+// CLUSTERDOWN, OOM, NOPERM) is retried as described above.
 //
 // # Redis Cluster
 //
@@ -159,6 +181,13 @@ type Options struct {
 	// Rand returns a uniform random number in [0, n), for TTL and backoff
 	// jitter (default math/rand/v2's Int64N).
 	Rand func(n int64) int64
+	// Keyspaces maps rule names to their key spaces: what a fallback
+	// flushes when an operation of the rule can never succeed (see
+	// Failures). Without a rule's entry, only the operation's own key or
+	// namespace is reset, and the log says so.
+	Keyspaces map[string]mapping.Keyspace
+	// OnFallback, when set, is called after each fallback (for metrics).
+	OnFallback func(Fallback)
 }
 
 func (o Options) withDefaults() Options {
@@ -215,6 +244,8 @@ type Writer struct {
 	// history is the WAL history (keyspace.History) of the batches Apply
 	// receives, recorded in every guard: SetHistory.
 	history atomic.Pointer[string]
+	// maxBulk is the server's proto-max-bulk-len, as last read.
+	maxBulk atomic.Int64
 }
 
 // scripts are the keyspace scripts with their SHA1 digests.
@@ -239,6 +270,7 @@ func New(client redis.UniversalClient, opts Options) *Writer {
 	}
 	w.cluster, _ = client.(*redis.ClusterClient)
 	w.scriptsMayBeMissing.Store(true) // a fresh or restarted Redis has none
+	w.maxBulk.Store(defaultMaxBulk)
 	return w
 }
 
@@ -341,6 +373,8 @@ func (w *Writer) attempt(ctx context.Context, ops []*mapping.Op) (int, error) {
 		if err := w.loadScripts(ctx); err != nil {
 			return 0, err
 		}
+		// A new or reconfigured server may take smaller values.
+		w.refreshBulkLimit(ctx)
 		w.scriptsMayBeMissing.Store(false)
 	}
 	if ops[0].Kind == mapping.OpFlush {
@@ -460,6 +494,7 @@ type counters struct {
 	flushVersionsBumped atomic.Uint64
 	setsSkipped         atomic.Uint64
 	unsetsSkipped       atomic.Uint64
+	fallbacks           atomic.Uint64
 	failing             atomic.Bool
 }
 
@@ -481,6 +516,9 @@ type Stats struct {
 	// SetsSkipped counts OpSet not written because the guard held the same or
 	// a later LSN (redelivery); UnsetsSkipped likewise for a later LSN.
 	SetsSkipped, UnsetsSkipped uint64
+	// Fallbacks counts operations that Redis would refuse on every retry,
+	// replaced by stronger ones (see Failures).
+	Fallbacks uint64
 	// Failing is true from the first failed attempt until an attempt
 	// succeeds, also between Apply calls when one gave up on a failing Redis.
 	Failing bool
@@ -503,6 +541,7 @@ func (w *Writer) Stats() Stats {
 		VersionsBumpedByFlushes: c.flushVersionsBumped.Load(),
 		SetsSkipped:             c.setsSkipped.Load(),
 		UnsetsSkipped:           c.unsetsSkipped.Load(),
+		Fallbacks:               c.fallbacks.Load(),
 		Failing:                 c.failing.Load(),
 	}
 }

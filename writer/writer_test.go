@@ -681,17 +681,28 @@ func TestCancelWhileRedisDown(t *testing.T) {
 
 // TestCommandErrorRetried checks that an error of one command inside a
 // pipeline is noticed, retried, and that the operations are applied once the
-// cause is gone, none skipped.
+// cause is gone, none skipped. The error is one an operator can cure (NOPERM
+// on the version key); errors no one can cure fall back (fallback_test.go).
 func TestCommandErrorRetried(t *testing.T) {
 	t.Parallel()
-	tb := setup(t, writer.Options{MinBackoff: time.Millisecond, MaxBackoff: 10 * time.Millisecond})
+	tb := setup(t, writer.Options{})
 	ctx := context.Background()
 	tb.populate(t, "a", "b")
-	tb.client.Set(ctx, keyspace.VersionKey("bad"), "not a number", 0)
+	tb.client.Set(ctx, keyspace.VersionKey("bad"), 41, 0)
+	if err := tb.client.Do(ctx, aclSetUser("w", "+@all", "~a", "~b", "~cachesync:*")...).Err(); err != nil {
+		t.Fatalf("ACL SETUSER: %v", err)
+	}
+	limited := redis.NewClient(&redis.Options{Addr: tb.server.Addr(), Username: "w", Password: "pw"})
+	t.Cleanup(func() { _ = limited.Close() })
+	w := writer.New(limited, writer.Options{MinBackoff: time.Millisecond, MaxBackoff: 10 * time.Millisecond,
+		Logger: zerolog.New(zerolog.NewTestWriter(t))})
 
-	done := startApply(ctx, tb.writer, batch(100, del("a"), bump("bad"), del("b")))
-	waitBlocked(t, tb.writer, done, 3)
-	tb.client.Set(ctx, keyspace.VersionKey("bad"), 41, 0) // an operator fixes the key
+	done := startApply(ctx, w, batch(100, del("a"), bump("bad"), del("b")))
+	waitBlocked(t, w, done, 3)
+	// An operator grants the key.
+	if err := tb.client.Do(ctx, aclSetUser("w", "+@all", "~*")...).Err(); err != nil {
+		t.Fatalf("ACL SETUSER: %v", err)
+	}
 
 	if err := waitDone(t, done); err != nil {
 		t.Fatal(err)
@@ -701,6 +712,9 @@ func TestCommandErrorRetried(t *testing.T) {
 	}
 	if v, _ := tb.get(t, keyspace.VersionKey("bad")); v != "42" {
 		t.Errorf("version %q, want 42", v)
+	}
+	if n := w.Stats().Fallbacks; n != 0 {
+		t.Errorf("%d fallbacks for an error an operator can cure", n)
 	}
 }
 

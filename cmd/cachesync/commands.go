@@ -244,7 +244,22 @@ func journalDir(c *cli.Context, cfg *config.Config) string {
 	return filepath.Join(dir, cfg.Postgres.Slot)
 }
 
-func (e *env) stack(c *cli.Context, withJournal bool) (*stack, error) {
+// journalRecordTooLarge is the fallback reason of a journal record
+// replaced by flushes.
+const journalRecordTooLarge = "journal_record_too_large"
+
+// stack opens the Redis client, the writer and, withJournal, the journal.
+// m, when set, counts the fallbacks of both.
+func (e *env) stack(c *cli.Context, withJournal bool, m *metrics.Metrics) (*stack, error) {
+	mapper, err := mapping.New(e.cfg.Rules, mapping.Options{})
+	if err != nil {
+		return nil, &exitError{code: 1, msg: "cachesync: " + err.Error()}
+	}
+	// The rules' key spaces: what a fallback flushes.
+	keyspaces := map[string]mapping.Keyspace{}
+	for _, op := range mapper.FlushAll("") {
+		keyspaces[op.Rule] = *op.Keyspace
+	}
 	rc, err := redisClient(c, e.cfg)
 	if err != nil {
 		return nil, err
@@ -253,13 +268,42 @@ func (e *env) stack(c *cli.Context, withJournal bool) (*stack, error) {
 	// journal keeps changes (at least the default), so that no replay
 	// reaches further back than they do.
 	tombstoneTTL := max(c.Duration("journal-max-age"), writer.DefaultTombstoneTTL)
-	s := &stack{redis: rc, writer: writer.New(rc, writer.Options{Logger: e.log, TombstoneTTL: tombstoneTTL})}
+	s := &stack{redis: rc, writer: writer.New(rc, writer.Options{
+		Logger:       e.log,
+		TombstoneTTL: tombstoneTTL,
+		Keyspaces:    keyspaces,
+		OnFallback: func(f writer.Fallback) {
+			if m != nil {
+				m.Fallback(f.Rule, f.Reason)
+			}
+		},
+	})}
 	if withJournal {
 		s.journal, err = journal.Open(journal.Options{
 			Dir:      journalDir(c, e.cfg),
 			MaxAge:   c.Duration("journal-max-age"),
 			MaxBytes: c.Int64("journal-max-bytes"),
 			Logger:   e.log,
+			// A group too large for one record (wide values) is
+			// journaled as the flushes of its rules: replay drops
+			// what it would have written, and the daemon does not
+			// fail on it after every restart.
+			Oversized: func(b *mapping.Batch) (mapping.Batch, error) {
+				small, err := journal.CoveringFlushes(b, keyspaces, journalRecordTooLarge)
+				if err != nil {
+					return small, err
+				}
+				var rules []string
+				for _, op := range small.Ops {
+					rules = append(rules, op.Rule)
+					if m != nil {
+						m.Fallback(op.Rule, journalRecordTooLarge)
+					}
+				}
+				e.log.Error().Stringer("end_lsn", b.EndLSN).Int("ops", len(b.Ops)).Strs("rules", rules).Str("reason", journalRecordTooLarge).
+					Msg("a transaction is too large for one journal record; journaled as flushes of its rules' key spaces (a replay drops those key spaces instead of re-applying it)")
+				return small, nil
+			},
 		})
 		if err != nil {
 			rc.Close()
@@ -295,7 +339,10 @@ func (e *env) daemon(c *cli.Context, s *stack, dryRun bool, m *metrics.Metrics) 
 		opts.Health = s.writer
 		opts.CheckCache = func(ctx context.Context, spaces []mapping.Keyspace) error {
 			err := writer.CheckAccess(ctx, s.redis, spaces)
-			if errors.Is(err, writer.ErrNoAccess) {
+			if err == nil {
+				err = writer.CheckEviction(ctx, s.redis, c.Bool("allow-eviction"), e.log)
+			}
+			if errors.Is(err, writer.ErrNoAccess) || errors.Is(err, writer.ErrEvictionUnsafe) {
 				return fmt.Errorf("%w: %w", daemon.ErrConfig, err)
 			}
 			return err
@@ -313,6 +360,13 @@ func journalFlags() []cli.Flag {
 	}
 }
 
+// allowEvictionFlag downgrades the refusal of a Redis whose maxmemory
+// policy may evict cachesync's bookkeeping keys to a warning.
+func allowEvictionFlag() cli.Flag {
+	return &cli.BoolFlag{Name: "allow-eviction", EnvVars: []string{"CACHESYNC_ALLOW_EVICTION"},
+		Usage: "start even if Redis's maxmemory-policy may evict tag sets, guards or version keys (stale reads after an eviction; see docs/operations.md)"}
+}
+
 func dataDirFlag() cli.Flag {
 	return &cli.StringFlag{Name: "data-dir", EnvVars: []string{"CACHESYNC_DATA_DIR"}, Usage: "local state: the replay journal (default: .cachesync beside the rules file)"}
 }
@@ -322,7 +376,7 @@ func runCommand() *cli.Command {
 		Name:  "run",
 		Usage: "set up the publication and slot if missing, then stream changes into Redis",
 		Flags: flags(append(journalFlags(),
-			databaseURLFlag(), redisURLFlag(),
+			databaseURLFlag(), redisURLFlag(), allowEvictionFlag(),
 			&cli.BoolFlag{Name: "dry-run", EnvVars: []string{"CACHESYNC_DRY_RUN"}, Usage: "print operations as JSON lines instead of applying them (streams from a temporary slot)"},
 			&cli.IntFlag{Name: "key-cap", Value: mapping.DefaultKeyCap, EnvVars: []string{"CACHESYNC_KEY_CAP"}, Usage: "distinct keys per rule and transaction above which the rule's key space is flushed instead"},
 			&cli.Int64Flag{Name: "max-queued-bytes", Value: daemon.DefaultMaxQueuedBytes, EnvVars: []string{"CACHESYNC_MAX_QUEUED_BYTES"}, Usage: "row data the pipeline may hold while Redis is slow (reading from PostgreSQL waits beyond it); a transaction's refresh values past a quarter of it delete their keys instead"},
@@ -337,13 +391,13 @@ func runCommand() *cli.Command {
 				return err
 			}
 			s := &stack{}
+			m := metrics.New()
 			if !c.Bool("dry-run") {
-				if s, err = e.stack(c, true); err != nil {
+				if s, err = e.stack(c, true, m); err != nil {
 					return err
 				}
 			}
 			defer s.close()
-			m := metrics.New()
 			redisUp := func() bool { return true }
 			if s.writer != nil {
 				m.Registry().MustRegister(metrics.WriterCollector(s.writer.Stats))
@@ -452,13 +506,13 @@ func setupCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "setup",
 		Usage: "create or update the publication, create the slot and flush the rules' key spaces; idempotent",
-		Flags: flags(append(journalFlags(), databaseURLFlag(), redisURLFlag())...),
+		Flags: flags(append(journalFlags(), databaseURLFlag(), redisURLFlag(), allowEvictionFlag())...),
 		Action: func(c *cli.Context) error {
 			e, err := setupEnv(c, true)
 			if err != nil {
 				return err
 			}
-			s, err := e.stack(c, true)
+			s, err := e.stack(c, true, nil)
 			if err != nil {
 				return err
 			}
@@ -663,7 +717,7 @@ func replayCommand() *cli.Command {
 			if !c.Bool("flush") && ((c.String("from") == "") == since.IsZero()) {
 				return &exitError{code: 2, msg: "give exactly one of --from LSN and --since TIME, or --flush"}
 			}
-			s, err := e.stack(c, false)
+			s, err := e.stack(c, false, nil)
 			if err != nil {
 				return err
 			}

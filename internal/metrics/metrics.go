@@ -57,6 +57,7 @@ type Metrics struct {
 	HeartbeatRTT prometheus.Gauge
 
 	flushes     *prometheus.CounterVec
+	fallbacks   *prometheus.CounterVec
 	Reconnects  prometheus.Counter
 	CacheResets prometheus.Counter
 
@@ -97,6 +98,7 @@ func New() *Metrics {
 	m.ConfirmedLSN = f.gauge("confirmed_lsn", "WAL position (bytes) confirmed to PostgreSQL: applied and journaled.")
 	m.HeartbeatRTT = f.gauge("heartbeat_rtt_seconds", "From writing the last heartbeat message to the WAL to receiving it back on the replication stream.")
 	m.flushes = f.counterVec("keyspace_flushes_total", "Flushes of a rule's key space, by rule and cause (truncate, key_cap, not_sent, slot_created, cache_reset, ...).", "rule", "reason")
+	m.fallbacks = f.counterVec("fallbacks_total", "Operations Redis would refuse on every retry (or journal records too large to write), replaced by stronger ones, by rule and reason (version_not_integer, version_overflow, version_wrong_type, tag_wrong_type, value_too_large, journal_record_too_large). Each is also logged at error level.", "rule", "reason")
 	m.Reconnects = f.counter("reconnects_total", "Replication sessions that ended with an error and were retried.")
 	m.CacheResets = f.counter("cache_resets_total", "Times the cache was found to have lost applied effects (restart, restore, failover) and was healed.")
 	m.SlotRetained = f.gauge("slot_retained_wal_bytes", "WAL the server retains for the slot: current WAL position minus the slot's restart_lsn.")
@@ -157,6 +159,10 @@ func (m *Metrics) Change(rel *wal.Relation, kind wal.Kind) {
 
 // Flush counts a key-space flush.
 func (m *Metrics) Flush(rule, reason string) { m.flushes.WithLabelValues(rule, reason).Inc() }
+
+// Fallback counts an operation replaced by a stronger one (writer.Fallback,
+// or a journal record replaced by flushes).
+func (m *Metrics) Fallback(rule, reason string) { m.fallbacks.WithLabelValues(rule, reason).Inc() }
 
 // Applied records a group acknowledged by Redis: its end and the commit time
 // of its oldest and newest transactions (zero for barriers only).

@@ -23,6 +23,7 @@ func everything(t *testing.T) (*metrics.Metrics, map[string]bool) {
 	m.Registry().MustRegister(metrics.WriterCollector(func() writer.Stats { return writer.Stats{} }))
 	m.Change(&wal.Relation{Namespace: "public", Name: "users"}, wal.Insert)
 	m.Flush("user", "truncate")
+	m.Fallback("user", "tag_wrong_type")
 	m.SlotWALStatus("reserved")
 	m.Applied(100, time.Now(), time.Now(), time.Now())
 	m.GroupOperations.Observe(1)
