@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -364,11 +365,25 @@ func runCommand() *cli.Command {
 	}
 }
 
-// failpoint returns a hook that kills the process with SIGKILL at the named
-// point of the pipeline, for crash tests (CACHESYNC_FAILPOINT=after-apply).
+// failpoint returns a hook that acts at the named point of the pipeline,
+// for fault tests. CACHESYNC_FAILPOINT=after-apply kills the process with
+// SIGKILL there; CACHESYNC_FAILPOINT=stop:before-advance stops it with
+// SIGSTOP the first time it gets there, so that a test can change the world
+// (roll Redis back) at exactly that moment and then let it go on (SIGCONT).
 func failpoint(name string) func(string) {
 	if name == "" {
 		return nil
+	}
+	if at, ok := strings.CutPrefix(name, "stop:"); ok {
+		var once sync.Once
+		return func(point string) {
+			if point == at {
+				once.Do(func() {
+					fmt.Fprintf(os.Stderr, "cachesync: failpoint %s: stopping the process\n", point)
+					stopSelf()
+				})
+			}
+		}
 	}
 	return func(at string) {
 		if at == name {

@@ -94,9 +94,11 @@ type Options struct {
 	// restored or failed-over Redis while nothing changes (default 1s).
 	CacheCheckInterval time.Duration
 	// Failpoint, when set, is called at named points of the pipeline so
-	// that tests can crash the process exactly there: "before-apply" (a
-	// group is mapped, nothing applied), "after-apply" (Redis acknowledged
-	// it, nothing journaled), "after-journal" (journaled, not confirmed).
+	// that tests can crash or stop the process exactly there:
+	// "before-apply" (a group is mapped, nothing applied), "before-advance"
+	// (Redis acknowledged it, the applied position not yet moved),
+	// "after-apply" (the position moved, nothing journaled), "after-journal"
+	// (journaled, not confirmed).
 	Failpoint func(name string)
 	// FormatDiagnostics renders preflight findings (with source lines when
 	// the parser's files are at hand).
@@ -663,6 +665,9 @@ func (d *Daemon) commitGroup(ctx context.Context, group []mapping.Batch, ops int
 	}
 	d.metrics.GroupTransactions.Observe(float64(len(group)))
 	d.metrics.GroupOperations.Observe(float64(ops))
+	if ops > 0 {
+		d.failpoint("before-advance")
+	}
 	if err := d.advance(ctx, end); err != nil {
 		return err
 	}
