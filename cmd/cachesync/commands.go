@@ -285,7 +285,7 @@ func (e *env) daemon(c *cli.Context, s *stack, dryRun bool, m *metrics.Metrics) 
 	if dryRun {
 		opts.Applier = &jsonLines{out: os.Stdout}
 	} else {
-		opts.Applier, opts.Journal, opts.Cache = s.writer, s.journal, daemon.RedisCacheState{Client: s.redis}
+		opts.Applier, opts.Journal, opts.Cache = s.writer, s.journal, daemon.NewRedisCacheState(s.redis)
 		opts.Health = s.writer
 		opts.CheckCache = func(ctx context.Context, spaces []mapping.Keyspace) error {
 			err := writer.CheckAccess(ctx, s.redis, spaces)
@@ -538,11 +538,12 @@ func cacheStatus(c *cli.Context, cfg *config.Config) *cacheReport {
 	defer rc.Close()
 	ctx, cancel := context.WithTimeout(c.Context, 5*time.Second)
 	defer cancel()
-	lsn, ok, err := daemon.RedisCacheState{Client: rc}.Applied(ctx, cfg.Postgres.Slot)
+	pos, err := daemon.NewRedisCacheState(rc).Applied(ctx, cfg.Postgres.Slot)
+	lsn := pos.LSN
 	switch {
 	case err != nil:
 		return &cacheReport{Error: "Redis: " + err.Error()}
-	case !ok:
+	case !pos.OK:
 		return &cacheReport{Error: "no applied position (a new or emptied Redis: the next run flushes every key space)"}
 	}
 	return &cacheReport{AppliedLSN: &lsn}
@@ -738,7 +739,7 @@ func teardownCommand() *cli.Command {
 					return err
 				}
 				defer rc.Close()
-				if err := (daemon.RedisCacheState{Client: rc}).Forget(c.Context, e.cfg.Postgres.Slot); err != nil {
+				if err := daemon.NewRedisCacheState(rc).Forget(c.Context, e.cfg.Postgres.Slot); err != nil {
 					e.log.Warn().Err(err).Msg("could not remove the applied position from Redis")
 				}
 			}

@@ -114,8 +114,8 @@ type Daemon struct {
 	opts   Options
 	mapper *mapping.Mapper
 	log    zerolog.Logger
-	// mark is the applied position last written to the cache.
-	mark wal.LSN
+	// mark is the applied position last written to the cache, as written.
+	mark Position
 	// opsBudget bounds the operations between mapper and writer.
 	opsBudget *semaphore.Weighted
 	// journalQ feeds the journal stage of the running session's pipeline.
@@ -668,7 +668,7 @@ func (d *Daemon) commitGroup(ctx context.Context, group []mapping.Batch, ops int
 	if ops > 0 {
 		d.failpoint("before-advance")
 	}
-	if err := d.advance(ctx, end); err != nil {
+	if err := d.advance(ctx, end, group); err != nil {
 		return err
 	}
 	var oldest, newest time.Time
