@@ -23,12 +23,14 @@ var ErrNoAccess = errors.New("the Redis server or user refuses what cachesync ne
 
 // Commands returns the Redis commands cachesync sends, directly or from its
 // Lua scripts (which run with the caller's permissions), in ACL syntax. A
-// cluster client also reads the slot map.
+// cluster client also reads the slot map. INFO is advised, not checked: the
+// applied-position scripts read the server's run_id with it, and do
+// without (less safely) when refused.
 func Commands(client redis.UniversalClient) []string {
 	cmds := []string{
 		"get", "set", "del", "unlink", "type", "incr", "sadd", "srem", "smembers",
 		"sunionstore", "hset", "hgetall", "scan", "eval", "evalsha", "script|load",
-		"multi", "exec",
+		"multi", "exec", "info",
 	}
 	if _, ok := client.(*redis.ClusterClient); ok {
 		cmds = append(cmds, "cluster|slots")

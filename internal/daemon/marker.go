@@ -127,6 +127,18 @@ func (p Position) Settled(base Position) bool {
 	return true
 }
 
+// ServersKnown reports whether every marker's server told its identity:
+// false when Redis refuses INFO to the user (then a rollback that leaves
+// the previous position behind goes unnoticed).
+func (p Position) ServersKnown() bool {
+	for _, m := range p.markers {
+		if m.server == "" {
+			return false
+		}
+	}
+	return true
+}
+
 // RedisCacheState is CacheState on a Redis client.
 //
 // # The group in flight

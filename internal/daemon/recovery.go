@@ -113,6 +113,9 @@ func (d *Daemon) ensureSlot(ctx context.Context, conn *pgx.Conn, repl *pgconn.Pg
 		return 0, err
 	}
 	applied, appliedOK := position.LSN, position.OK
+	if !position.ServersKnown() {
+		d.log.Warn().Msg("Redis refuses INFO to cachesync's user: a restart or failover between a group's apply and its advance that keeps the previous applied position cannot be detected; grant +info (see docs/operations.md, Redis lost effects)")
+	}
 	flushedAll := true
 	switch {
 	case len(lost) > 0:
