@@ -183,8 +183,9 @@ func (p Position) ServersKnown() bool {
 // placement no longer uses is left alone. What this cannot see: writes a
 // master loses between getting its first slots and the first advance after
 // the next topology read (about a second), and, at start, a marker new to
-// the placement since the last run looks lost (one flush of every key
-// space after resharding while cachesync was stopped).
+// the placement since the last run looks lost, or behind when an older
+// placement left it (after resharding while cachesync was stopped, one
+// flush of every key space, or one replay, at the next start).
 type RedisCacheState struct {
 	client  redis.UniversalClient
 	cluster *redis.ClusterClient
