@@ -25,12 +25,14 @@ var ErrNoAccess = errors.New("the Redis server or user refuses what cachesync ne
 // Lua scripts (which run with the caller's permissions), in ACL syntax. A
 // cluster client also reads the slot map. CONFIG GET (the eviction policy,
 // proto-max-bulk-len) is the one cachesync does without when refused, with
-// a warning; CheckAccess does not require it.
+// a warning; CheckAccess does not require it. INFO is advised, not checked
+// either: the applied-position scripts read the server's run_id with it,
+// and do without (less safely) when refused.
 func Commands(client redis.UniversalClient) []string {
 	cmds := []string{
 		"get", "set", "del", "unlink", "type", "incr", "sadd", "srem", "smembers",
 		"sunionstore", "hset", "hgetall", "scan", "eval", "evalsha", "script|load",
-		"multi", "exec", "config|get",
+		"multi", "exec", "config|get", "info",
 	}
 	if _, ok := client.(*redis.ClusterClient); ok {
 		cmds = append(cmds, "cluster|slots")

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"runtime/debug"
 	"strings"
+	"sync"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -335,7 +336,7 @@ func (e *env) daemon(c *cli.Context, s *stack, dryRun bool, m *metrics.Metrics) 
 	if dryRun {
 		opts.Applier = &jsonLines{out: os.Stdout}
 	} else {
-		opts.Applier, opts.Journal, opts.Cache = s.writer, s.journal, daemon.RedisCacheState{Client: s.redis}
+		opts.Applier, opts.Journal, opts.Cache = s.writer, s.journal, daemon.NewRedisCacheState(s.redis)
 		opts.Health = s.writer
 		opts.CheckCache = func(ctx context.Context, spaces []mapping.Keyspace) error {
 			err := writer.CheckAccess(ctx, s.redis, spaces)
@@ -431,11 +432,25 @@ func runCommand() *cli.Command {
 	}
 }
 
-// failpoint returns a hook that kills the process with SIGKILL at the named
-// point of the pipeline, for crash tests (CACHESYNC_FAILPOINT=after-apply).
+// failpoint returns a hook that acts at the named point of the pipeline,
+// for fault tests. CACHESYNC_FAILPOINT=after-apply kills the process with
+// SIGKILL there; CACHESYNC_FAILPOINT=stop:before-advance stops it with
+// SIGSTOP the first time it gets there, so that a test can change the world
+// (roll Redis back) at exactly that moment and then let it go on (SIGCONT).
 func failpoint(name string) func(string) {
 	if name == "" {
 		return nil
+	}
+	if at, ok := strings.CutPrefix(name, "stop:"); ok {
+		var once sync.Once
+		return func(point string) {
+			if point == at {
+				once.Do(func() {
+					fmt.Fprintf(os.Stderr, "cachesync: failpoint %s: stopping the process\n", point)
+					stopSelf()
+				})
+			}
+		}
 	}
 	return func(at string) {
 		if at == name {
@@ -590,11 +605,12 @@ func cacheStatus(c *cli.Context, cfg *config.Config) *cacheReport {
 	defer rc.Close()
 	ctx, cancel := context.WithTimeout(c.Context, 5*time.Second)
 	defer cancel()
-	lsn, ok, err := daemon.RedisCacheState{Client: rc}.Applied(ctx, cfg.Postgres.Slot)
+	pos, err := daemon.NewRedisCacheState(rc).Applied(ctx, cfg.Postgres.Slot)
+	lsn := pos.LSN
 	switch {
 	case err != nil:
 		return &cacheReport{Error: "Redis: " + err.Error()}
-	case !ok:
+	case !pos.OK:
 		return &cacheReport{Error: "no applied position (a new or emptied Redis: the next run flushes every key space)"}
 	}
 	return &cacheReport{AppliedLSN: &lsn}
@@ -800,7 +816,7 @@ func teardownCommand() *cli.Command {
 					return err
 				}
 				defer rc.Close()
-				if err := (daemon.RedisCacheState{Client: rc}).Forget(c.Context, e.cfg.Postgres.Slot); err != nil {
+				if err := daemon.NewRedisCacheState(rc).Forget(c.Context, e.cfg.Postgres.Slot); err != nil {
 					e.log.Warn().Err(err).Msg("could not remove the applied position from Redis")
 				}
 			}

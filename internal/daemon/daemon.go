@@ -113,11 +113,12 @@ type Options struct {
 	// trigger (default 1s).
 	PartitionCheckInterval time.Duration
 	// Failpoint, when set, is called at named points of the pipeline so
-	// that tests can crash the process exactly there: "before-apply" (a
-	// group is mapped, nothing applied), "after-apply" (Redis acknowledged
-	// it, nothing journaled), "after-journal" (journaled, not confirmed),
-	// "partitions-changed" (a partition tree change seen, its flush not yet
-	// written to the WAL).
+	// that tests can crash or stop the process exactly there:
+	// "before-apply" (a group is mapped, nothing applied), "before-advance"
+	// (Redis acknowledged it, the applied position not yet moved),
+	// "after-apply" (the position moved, nothing journaled), "after-journal"
+	// (journaled, not confirmed), "partitions-changed" (a partition tree
+	// change seen, its flush not yet written to the WAL).
 	Failpoint func(name string)
 	// FormatDiagnostics renders preflight findings (with source lines when
 	// the parser's files are at hand).
@@ -133,8 +134,8 @@ type Daemon struct {
 	opts   Options
 	mapper *mapping.Mapper
 	log    zerolog.Logger
-	// mark is the applied position last written to the cache.
-	mark wal.LSN
+	// mark is the applied position last written to the cache, as written.
+	mark Position
 	// opsBudget bounds the operations between mapper and writer;
 	// eventBudget the bytes of events between stream and mapper, and
 	// batchBudget the bytes of batches between mapper and journal.
@@ -769,7 +770,10 @@ func (d *Daemon) commitGroup(ctx context.Context, group []mapping.Batch, ops int
 	}
 	d.metrics.GroupTransactions.Observe(float64(len(group)))
 	d.metrics.GroupOperations.Observe(float64(ops))
-	if err := d.advance(ctx, end); err != nil {
+	if ops > 0 {
+		d.failpoint("before-advance")
+	}
+	if err := d.advance(ctx, end, group); err != nil {
 		return err
 	}
 	var oldest, newest time.Time

@@ -5,6 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
+	"sync"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 
@@ -19,17 +22,16 @@ import (
 // confirmed, so a cache that lost applied effects (restarted without
 // persistence, restored from an older backup, failed over to a replica that
 // missed writes) shows itself at once: its position is missing or older than
-// the one last written.
+// the one last written, or it is held by another server than the one that
+// acknowledged the group in flight.
 type CacheState interface {
-	// Applied returns the slot's applied position; ok is false when the
-	// cache has none (new or emptied).
-	Applied(ctx context.Context, slot string) (lsn wal.LSN, ok bool, err error)
-	// Advance sets the position to `to` if it still is `from` (fromOK
-	// false: absent). When it is not, it changes nothing and returns what
-	// it found.
-	Advance(ctx context.Context, slot string, from wal.LSN, fromOK bool, to wal.LSN) (swapped bool, cur wal.LSN, curOK bool, err error)
-	// Set overwrites the position (after the cache was healed).
-	Set(ctx context.Context, slot string, lsn wal.LSN) error
+	// Applied returns the slot's applied position as the cache holds it
+	// now.
+	Applied(ctx context.Context, slot string) (Position, error)
+	// Advance sets the position to `to` if the cache still holds `from`
+	// exactly as it was read (same values, same servers). When it does
+	// not, it changes nothing it should not and returns what it found.
+	Advance(ctx context.Context, slot string, from Position, to wal.LSN) (swapped bool, cur Position, err error)
 	// Rules returns the fingerprints of the rules (name → fingerprint)
 	// applied to the cache by the instance that streamed last; ok is false
 	// when none are recorded.
@@ -52,22 +54,171 @@ type CacheState interface {
 	ForgetSlot(ctx context.Context, scope, slot string) error
 }
 
-// RedisCacheState is CacheState on a Redis client.
-//
-// On Redis Cluster one key cannot describe the cache: a failover of one
-// shard can lose that shard's acknowledged writes and nobody else's. So the
-// position is kept in ClusterMarkers keys spread over the slot space (every
-// master that owns a range of at least SlotCount/ClusterMarkers slots holds
-// one), each written after the effects before it were acknowledged. A shard
-// that failed over to a replica which missed writes shows an older (or no)
-// position, since replication keeps a master's order; Applied reports the
-// oldest, so healing replays from there.
-type RedisCacheState struct {
-	Client redis.UniversalClient
+// Position is the applied position as the cache's markers hold it.
+type Position struct {
+	// LSN is the oldest marker's position.
+	LSN wal.LSN
+	// OK is false when a marker is missing or unreadable (a new or emptied
+	// cache, or a shard that lost it).
+	OK bool
+	// markers is what each marker key held ("" absent) and which server
+	// answered for it.
+	markers map[string]marker
 }
 
-// ClusterMarkers is how many keys hold the applied position on a cluster.
+// marker is one marker key as read or written.
+type marker struct {
+	value  string
+	server string // the run_id of the Redis server that answered ("" unknown)
+}
+
+// newPosition summarises markers: the oldest, and whether all are readable.
+func newPosition(markers map[string]marker) Position {
+	p := Position{OK: true, markers: markers}
+	first := true
+	for _, m := range markers {
+		lsn, err := wal.ParseLSN(m.value)
+		if m.value == "" || err != nil {
+			// Unreadable bookkeeping is as good as none: heal from scratch.
+			p.OK = false
+			continue
+		}
+		if first || lsn < p.LSN {
+			p.LSN, first = lsn, false
+		}
+	}
+	if first {
+		p.OK = false
+	}
+	return p
+}
+
+// Since summarises p over the markers that base knows: a marker placed
+// since base was read (a master that just got slots) holds nothing yet,
+// and that is no loss. With no marker in common, it is p itself.
+func (p Position) Since(base Position) Position {
+	common := map[string]marker{}
+	for k, m := range p.markers {
+		if _, ok := base.markers[k]; ok {
+			common[k] = m
+		}
+	}
+	if len(common) == 0 {
+		return p
+	}
+	s := newPosition(common)
+	s.markers = p.markers
+	return s
+}
+
+// SameValues reports whether every marker known to both holds the same
+// value in p as in base: nothing was lost between them, whichever servers
+// answered.
+func (p Position) SameValues(base Position) bool {
+	for k, m := range p.markers {
+		if b, ok := base.markers[k]; ok && b.value != m.value {
+			return false
+		}
+	}
+	return true
+}
+
+// Settled reports whether p holds the same markers as base, with the same
+// values on the same servers: nothing to heal, nothing to record.
+func (p Position) Settled(base Position) bool {
+	if len(p.markers) != len(base.markers) {
+		return false
+	}
+	for k, m := range p.markers {
+		if b, ok := base.markers[k]; !ok || b != m {
+			return false
+		}
+	}
+	return true
+}
+
+// ServersKnown reports whether every marker's server told its identity:
+// false when Redis refuses INFO to the user (then a rollback that leaves
+// the previous position behind goes unnoticed).
+func (p Position) ServersKnown() bool {
+	for _, m := range p.markers {
+		if m.server == "" {
+			return false
+		}
+	}
+	return true
+}
+
+// RedisCacheState is CacheState on a Redis client.
+//
+// # The group in flight
+//
+// A marker written after a group's effects proves them only as long as the
+// server that holds it is the one that acknowledged them. A rollback that
+// lands between a group's effects and its marker (a failover to a replica
+// that got everything up to the previous group, an AOF everysec loss, a
+// restart from a snapshot) can leave exactly the previous position behind,
+// and a compare-and-set on the value alone would then succeed and confirm
+// a group whose effects are gone. So every marker is read and swapped
+// together with the run_id of the server that answers (INFO server, from
+// the same script), and a swap requires the server seen before: a restart
+// or a failover between a group's apply and its advance fails the swap,
+// and the daemon re-applies the group (daemon.cacheReset). A server that
+// refuses INFO to the user answers "" and this check is lost, not the
+// others. A rollback that keeps the server (FLUSHALL and RESTORE of a
+// backup into the running server) is caught by the value only: from a
+// backup older than the previous group, not from one taken between that
+// group's advance and the next group's apply.
+//
+// # Redis Cluster
+//
+// On Redis Cluster one key cannot describe the cache: a failover of one
+// shard can lose that shard's acknowledged writes and nobody else's. So
+// every master holds a marker in a slot of its own ranges, written after
+// the effects before it were acknowledged; a shard that failed over to a
+// replica which missed writes shows an older (or no) position, since
+// replication keeps a master's order, or another server. Applied reports
+// the oldest, so healing replays from there.
+//
+// The markers follow the topology (CLUSTER SLOTS, read again at least
+// every topologyRefresh, and after a swap failed): the ClusterMarkers fixed
+// slots 0, 1024, ... (where earlier versions kept every marker, so that an
+// upgrade finds them), plus the lowest slot of every master that owns none
+// of those (fragmented ranges after resharding, more than 16 masters).
+// Markers follow their slots when slots migrate (MIGRATE moves keys), so a
+// failover shows the same marker key missing or older. A marker new to the
+// placement (a master that got slots) holds nothing yet: Position.Since
+// leaves it out of the comparison with the position last written, and the
+// next Advance writes it without expecting anything. A marker the
+// placement no longer uses is left alone. What this cannot see: writes a
+// master loses between getting its first slots and the first advance after
+// the next topology read (about a second), and, at start, a marker new to
+// the placement since the last run looks lost, or behind when an older
+// placement left it (after resharding while cachesync was stopped, one
+// flush of every key space, or one replay, at the next start).
+type RedisCacheState struct {
+	client  redis.UniversalClient
+	cluster *redis.ClusterClient
+
+	mu        sync.Mutex
+	placement []int // marker slots (cluster)
+	refreshed time.Time
+}
+
+// NewRedisCacheState returns the CacheState kept in client's Redis: a
+// *redis.Client, a failover client or a *redis.ClusterClient.
+func NewRedisCacheState(client redis.UniversalClient) *RedisCacheState {
+	r := &RedisCacheState{client: client}
+	r.cluster, _ = client.(*redis.ClusterClient)
+	return r
+}
+
+// ClusterMarkers is how many fixed slots hold a marker on a cluster.
 const ClusterMarkers = 16
+
+// topologyRefresh bounds the age of the cluster topology the markers are
+// placed by.
+const topologyRefresh = time.Second
 
 // AppliedKey holds the slot's applied position in the cache.
 func AppliedKey(slot string) string { return "cachesync:slot:" + slot + ":applied" }
@@ -76,143 +227,215 @@ func AppliedKey(slot string) string { return "cachesync:slot:" + slot + ":applie
 // of rule name → config.Rule.Fingerprint.
 func RulesKey(slot string) string { return "cachesync:slot:" + slot + ":rules" }
 
-// keys are the keys that hold the position: one, or ClusterMarkers on a
-// cluster, hash-tagged into slots 0, 1024, 2048, ...
-func (r RedisCacheState) keys(slot string) []string {
-	if _, ok := r.Client.(*redis.ClusterClient); !ok {
+// MarkerKey is the marker of the slot's applied position in cluster hash
+// slot hashSlot.
+func MarkerKey(slot string, hashSlot int) string {
+	return AppliedKey(slot) + ":{" + keyspace.SlotTag(hashSlot) + "}"
+}
+
+// MarkerSlots places the markers on a cluster whose masters own the given
+// slot ranges (each [2]int{first, last}, both included): the fixed slots
+// 0, 1024, ... and the lowest slot of every master that owns none of them.
+// The result is sorted.
+func MarkerSlots(masters [][][2]int) []int {
+	slots := make([]int, 0, ClusterMarkers+len(masters))
+	fixed := map[int]bool{}
+	for i := range ClusterMarkers {
+		s := i * keyspace.SlotCount / ClusterMarkers
+		slots = append(slots, s)
+		fixed[s] = true
+	}
+	for _, ranges := range masters {
+		lowest, hasFixed := -1, false
+		for _, r := range ranges {
+			if r[0] > r[1] {
+				continue
+			}
+			if lowest < 0 || r[0] < lowest {
+				lowest = r[0]
+			}
+			// The fixed slots are multiples of the step: is one in [first, last]?
+			step := keyspace.SlotCount / ClusterMarkers
+			if first := (r[0] + step - 1) / step * step; first <= r[1] && fixed[first] {
+				hasFixed = true
+			}
+		}
+		if lowest >= 0 && !hasFixed {
+			slots = append(slots, lowest)
+		}
+	}
+	slices.Sort(slots)
+	return slices.Compact(slots)
+}
+
+// keys are the keys that hold the position: one, or on a cluster one per
+// slot of the current placement.
+func (r *RedisCacheState) keys(ctx context.Context, slot string) []string {
+	if r.cluster == nil {
 		return []string{AppliedKey(slot)}
 	}
-	keys := make([]string, ClusterMarkers)
-	for i := range keys {
-		keys[i] = AppliedKey(slot) + ":{" + keyspace.SlotTag(i*keyspace.SlotCount/ClusterMarkers) + "}"
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.placement == nil || time.Since(r.refreshed) >= topologyRefresh {
+		if placement, err := r.readPlacement(ctx); err == nil {
+			r.placement, r.refreshed = placement, time.Now()
+		} else if r.placement == nil {
+			// The commands that follow fail too, or the cluster came
+			// back: keep to the fixed slots until the next read.
+			r.placement = MarkerSlots(nil)
+		}
+	}
+	keys := make([]string, len(r.placement))
+	for i, s := range r.placement {
+		keys[i] = MarkerKey(slot, s)
 	}
 	return keys
 }
 
-// Applied returns the slot's applied position; ok is false when the cache has
-// none (new or emptied). On a cluster it is the oldest of the markers, and
-// ok is false when any is missing.
-func (r RedisCacheState) Applied(ctx context.Context, slot string) (wal.LSN, bool, error) {
-	keys := r.keys(slot)
-	cmds, err := r.Client.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for _, k := range keys {
-			p.Get(ctx, k)
-		}
-		return nil
-	})
-	if err != nil && !errors.Is(err, redis.Nil) {
-		return 0, false, fmt.Errorf("read the applied position from Redis: %w", err)
-	}
-	var oldest wal.LSN
-	for i, c := range cmds {
-		v, err := c.(*redis.StringCmd).Result()
-		if errors.Is(err, redis.Nil) {
-			return 0, false, nil
-		}
-		if err != nil {
-			return 0, false, fmt.Errorf("read the applied position from Redis: %w", err)
-		}
-		lsn, err := wal.ParseLSN(v)
-		if err != nil {
-			// Unreadable bookkeeping is as good as none: heal from scratch.
-			return 0, false, nil
-		}
-		if i == 0 || lsn < oldest {
-			oldest = lsn
-		}
-	}
-	return oldest, true, nil
-}
-
-// Set implements CacheState.
-func (r RedisCacheState) Set(ctx context.Context, slot string, lsn wal.LSN) error {
-	_, err := r.Client.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for _, k := range r.keys(slot) {
-			p.Set(ctx, k, lsn.String(), 0)
-		}
-		return nil
-	})
+// readPlacement reads the masters' ranges (CLUSTER SLOTS) and places the
+// markers on them.
+func (r *RedisCacheState) readPlacement(ctx context.Context) ([]int, error) {
+	//lint:ignore SA1019 go-redis's cluster client learns the topology from CLUSTER SLOTS too (and cachesync's ACL grants it)
+	ranges, err := r.cluster.ClusterSlots(ctx).Result()
 	if err != nil {
-		return fmt.Errorf("set the applied position in Redis: %w", err)
+		return nil, fmt.Errorf("read the cluster's slots: %w", err)
 	}
-	return nil
+	byMaster := map[string][][2]int{}
+	for _, cs := range ranges {
+		if len(cs.Nodes) == 0 {
+			continue
+		}
+		m := cs.Nodes[0].ID
+		if m == "" {
+			m = cs.Nodes[0].Addr
+		}
+		byMaster[m] = append(byMaster[m], [2]int{int(cs.Start), int(cs.End)})
+	}
+	masters := make([][][2]int, 0, len(byMaster))
+	for _, rs := range byMaster {
+		masters = append(masters, rs)
+	}
+	return MarkerSlots(masters), nil
 }
 
-// advanceScript swaps the applied position when it holds the expected value
-// ("" for absent) and otherwise returns what it holds.
-var advanceScript = redis.NewScript(`
-local cur = redis.call('GET', KEYS[1])
-if (cur == false and ARGV[1] == '') or cur == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[2])
-  return {1, ''}
+// topologyChanged makes the next call read the cluster's topology again.
+func (r *RedisCacheState) topologyChanged() {
+	r.mu.Lock()
+	r.refreshed = time.Time{}
+	r.mu.Unlock()
+}
+
+// serverIDLua returns the answering server's run_id ("" when INFO is
+// refused).
+const serverIDLua = `
+local function server_id()
+  local ok, info = pcall(redis.call, 'INFO', 'server')
+  if not ok or type(info) ~= 'string' then return '' end
+  return string.match(info, 'run_id:(%x+)') or ''
 end
-if cur == false then cur = '' end
-return {0, cur}
+`
+
+// appliedScript returns a marker's value ("" absent) and the server's run_id.
+var appliedScript = redis.NewScript(serverIDLua + `
+return {redis.call('GET', KEYS[1]) or '', server_id()}
 `)
 
-// Advance implements CacheState. On a cluster every marker must hold from
-// (a marker already at to counts as swapped: a retry after a partial
-// advance); otherwise the oldest value found is returned.
-func (r RedisCacheState) Advance(ctx context.Context, slot string, from wal.LSN, fromOK bool, to wal.LSN) (bool, wal.LSN, bool, error) {
-	expected := ""
-	if fromOK {
-		expected = from.String()
-	}
-	keys := r.keys(slot)
-	advance := func() ([]redis.Cmder, error) {
-		return r.Client.Pipelined(ctx, func(p redis.Pipeliner) error {
+// advanceScript swaps a marker to ARGV[2] when it holds ARGV[1] ("" absent,
+// "*" anything) or already ARGV[2], on the server ARGV[3] ("" any); it
+// returns {swapped, value now, run_id}.
+var advanceScript = redis.NewScript(serverIDLua + `
+local cur = redis.call('GET', KEYS[1]) or ''
+local id = server_id()
+if ARGV[3] ~= '' and id ~= ARGV[3] then return {0, cur, id} end
+if ARGV[1] == '*' or cur == ARGV[1] or cur == ARGV[2] then
+  redis.call('SET', KEYS[1], ARGV[2])
+  return {1, ARGV[2], id}
+end
+return {0, cur, id}
+`)
+
+// evalMarkers runs script on every key with the arguments args(key) in one
+// pipeline, loading the script where a server lacks it (first use, a
+// restart, a promoted replica), not before every call: a load costs a
+// round trip to every master.
+func (r *RedisCacheState) evalMarkers(ctx context.Context, script *redis.Script, keys []string, args func(key string) []any) ([]redis.Cmder, error) {
+	run := func() ([]redis.Cmder, error) {
+		return r.client.Pipelined(ctx, func(p redis.Pipeliner) error {
 			for _, k := range keys {
-				advanceScript.EvalSha(ctx, p, []string{k}, expected, to.String())
+				script.EvalSha(ctx, p, []string{k}, args(k)...)
 			}
 			return nil
 		})
 	}
-	// The script is loaded only when a server lacks it (first use, a
-	// restart, a promoted replica), not before every advance: a load
-	// costs a round trip to every master.
-	cmds, err := advance()
+	cmds, err := run()
 	if keyspace.IsNoScript(err) {
-		if err = keyspace.LoadScripts(ctx, r.Client, advanceScript); err == nil {
-			cmds, err = advance()
+		if err = keyspace.LoadScripts(ctx, r.client, script); err == nil {
+			cmds, err = run()
 		}
 	}
+	return cmds, err
+}
+
+// Applied implements CacheState. On a cluster the position is the oldest
+// of the markers, and OK is false when any is missing.
+func (r *RedisCacheState) Applied(ctx context.Context, slot string) (Position, error) {
+	keys := r.keys(ctx, slot)
+	cmds, err := r.evalMarkers(ctx, appliedScript, keys, func(string) []any { return nil })
 	if err != nil {
-		return false, 0, false, fmt.Errorf("advance the applied position in Redis: %w", err)
+		return Position{}, fmt.Errorf("read the applied position from Redis: %w", err)
 	}
-	swapped, oldestOK := true, true
-	var oldest wal.LSN
-	first := true
-	for _, c := range cmds {
+	markers := make(map[string]marker, len(keys))
+	for i, c := range cmds {
 		res, err := c.(*redis.Cmd).Slice()
 		if err != nil || len(res) != 2 {
-			return false, 0, false, fmt.Errorf("advance the applied position in Redis: unexpected reply %v (%v)", res, err)
+			return Position{}, fmt.Errorf("read the applied position from Redis: unexpected reply %v (%v)", res, err)
 		}
-		if n, _ := res[0].(int64); n == 1 {
-			continue
-		}
-		s, _ := res[1].(string)
-		if s == to.String() {
-			continue
-		}
-		swapped = false
-		cur, perr := wal.ParseLSN(s)
-		if s == "" || perr != nil {
-			oldestOK = false
-			continue
-		}
-		if first || cur < oldest {
-			oldest, first = cur, false
-		}
+		value, _ := res[0].(string)
+		server, _ := res[1].(string)
+		markers[keys[i]] = marker{value: value, server: server}
 	}
-	if swapped {
-		return true, to, true, nil
+	return newPosition(markers), nil
+}
+
+// Advance implements CacheState. Every marker must hold what from says it
+// held, on the same server (a marker already at to counts as swapped: a
+// retry after a partial advance); a marker from does not know (new to the
+// placement) is written whatever it holds. The markers that did not swap
+// are returned as they are, the others at to.
+func (r *RedisCacheState) Advance(ctx context.Context, slot string, from Position, to wal.LSN) (bool, Position, error) {
+	keys := r.keys(ctx, slot)
+	cmds, err := r.evalMarkers(ctx, advanceScript, keys, func(k string) []any {
+		m, ok := from.markers[k]
+		if !ok {
+			return []any{"*", to.String(), ""}
+		}
+		return []any{m.value, to.String(), m.server}
+	})
+	if err != nil {
+		return false, Position{}, fmt.Errorf("advance the applied position in Redis: %w", err)
 	}
-	return false, oldest, oldestOK && !first, nil
+	swapped := true
+	markers := make(map[string]marker, len(keys))
+	for i, c := range cmds {
+		res, err := c.(*redis.Cmd).Slice()
+		if err != nil || len(res) != 3 {
+			return false, Position{}, fmt.Errorf("advance the applied position in Redis: unexpected reply %v (%v)", res, err)
+		}
+		n, _ := res[0].(int64)
+		value, _ := res[1].(string)
+		server, _ := res[2].(string)
+		swapped = swapped && n == 1
+		markers[keys[i]] = marker{value: value, server: server}
+	}
+	if !swapped && r.cluster != nil {
+		r.topologyChanged() // a failover or a migration moved a marker
+	}
+	return swapped, newPosition(markers), nil
 }
 
 // Rules implements CacheState.
-func (r RedisCacheState) Rules(ctx context.Context, slot string) (map[string]string, bool, error) {
-	rules, err := r.Client.HGetAll(ctx, RulesKey(slot)).Result()
+func (r *RedisCacheState) Rules(ctx context.Context, slot string) (map[string]string, bool, error) {
+	rules, err := r.client.HGetAll(ctx, RulesKey(slot)).Result()
 	if err != nil {
 		return nil, false, fmt.Errorf("read the rules in force from Redis: %w", err)
 	}
@@ -220,9 +443,9 @@ func (r RedisCacheState) Rules(ctx context.Context, slot string) (map[string]str
 }
 
 // SetRules implements CacheState: the hash is replaced in one transaction.
-func (r RedisCacheState) SetRules(ctx context.Context, slot string, rules map[string]string) error {
+func (r *RedisCacheState) SetRules(ctx context.Context, slot string, rules map[string]string) error {
 	key := RulesKey(slot)
-	_, err := r.Client.TxPipelined(ctx, func(p redis.Pipeliner) error {
+	_, err := r.client.TxPipelined(ctx, func(p redis.Pipeliner) error {
 		p.Del(ctx, key)
 		if len(rules) > 0 {
 			p.HSet(ctx, key, rules)
@@ -240,8 +463,8 @@ func (r RedisCacheState) SetRules(ctx context.Context, slot string, rules map[st
 func PartitionsKey(slot string) string { return "cachesync:slot:" + slot + ":partitions" }
 
 // Partitions implements CacheState. An unreadable record counts as none.
-func (r RedisCacheState) Partitions(ctx context.Context, slot string) (replication.PartitionTrees, bool, error) {
-	v, err := r.Client.Get(ctx, PartitionsKey(slot)).Bytes()
+func (r *RedisCacheState) Partitions(ctx context.Context, slot string) (replication.PartitionTrees, bool, error) {
+	v, err := r.client.Get(ctx, PartitionsKey(slot)).Bytes()
 	if errors.Is(err, redis.Nil) {
 		return nil, false, nil
 	}
@@ -256,7 +479,7 @@ func (r RedisCacheState) Partitions(ctx context.Context, slot string) (replicati
 }
 
 // SetPartitions implements CacheState.
-func (r RedisCacheState) SetPartitions(ctx context.Context, slot string, trees replication.PartitionTrees) error {
+func (r *RedisCacheState) SetPartitions(ctx context.Context, slot string, trees replication.PartitionTrees) error {
 	if trees == nil {
 		trees = replication.PartitionTrees{}
 	}
@@ -264,7 +487,7 @@ func (r RedisCacheState) SetPartitions(ctx context.Context, slot string, trees r
 	if err != nil {
 		return err
 	}
-	if err := r.Client.Set(ctx, PartitionsKey(slot), v, 0).Err(); err != nil {
+	if err := r.client.Set(ctx, PartitionsKey(slot), v, 0).Err(); err != nil {
 		return fmt.Errorf("record the partition trees in Redis: %w", err)
 	}
 	return nil
@@ -275,9 +498,9 @@ func (r RedisCacheState) SetPartitions(ctx context.Context, slot string, trees r
 func SlotsKey(scope string) string { return "cachesync:slots:" + scope }
 
 // Slots implements CacheState.
-func (r RedisCacheState) Slots(ctx context.Context, scope, slot string) ([]string, error) {
+func (r *RedisCacheState) Slots(ctx context.Context, scope, slot string) ([]string, error) {
 	var members *redis.StringSliceCmd
-	_, err := r.Client.Pipelined(ctx, func(p redis.Pipeliner) error {
+	_, err := r.client.Pipelined(ctx, func(p redis.Pipeliner) error {
 		p.SAdd(ctx, SlotsKey(scope), slot)
 		members = p.SMembers(ctx, SlotsKey(scope))
 		return nil
@@ -289,15 +512,21 @@ func (r RedisCacheState) Slots(ctx context.Context, scope, slot string) ([]strin
 }
 
 // ForgetSlot implements CacheState.
-func (r RedisCacheState) ForgetSlot(ctx context.Context, scope, slot string) error {
-	return r.Client.SRem(ctx, SlotsKey(scope), slot).Err()
+func (r *RedisCacheState) ForgetSlot(ctx context.Context, scope, slot string) error {
+	return r.client.SRem(ctx, SlotsKey(scope), slot).Err()
 }
 
-// Forget removes the slot's applied position, rules and partitions records
-// (teardown).
-func (r RedisCacheState) Forget(ctx context.Context, slot string) error {
-	_, err := r.Client.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for _, k := range r.keys(slot) {
+// Forget removes the slot's applied position (every marker of the current
+// placement, and the fixed ones), rules and partitions records (teardown).
+func (r *RedisCacheState) Forget(ctx context.Context, slot string) error {
+	keys := r.keys(ctx, slot)
+	if r.cluster != nil {
+		for _, s := range MarkerSlots(nil) {
+			keys = append(keys, MarkerKey(slot, s))
+		}
+	}
+	_, err := r.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, k := range keys {
 			p.Del(ctx, k)
 		}
 		p.Del(ctx, RulesKey(slot))

@@ -3,13 +3,14 @@ package daemon_test
 import (
 	"context"
 	"maps"
+	"slices"
 	"testing"
 	"time"
 
 	"github.com/cachesync/cachesync/internal/daemon"
 	"github.com/cachesync/cachesync/internal/testenv"
+	"github.com/cachesync/cachesync/keyspace"
 	"github.com/cachesync/cachesync/replication"
-	"github.com/cachesync/cachesync/wal"
 )
 
 // TestMarkersWithAHungReplica advances the applied position on a Redis
@@ -25,27 +26,74 @@ func TestMarkersWithAHungReplica(t *testing.T) {
 	client := cluster.Client(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	state := daemon.RedisCacheState{Client: client}
+	state := daemon.NewRedisCacheState(client)
 	const slot = "hung"
-	if err := state.Set(ctx, slot, 0x100); err != nil { // replicas sync
-		t.Fatal(err)
+	// Written whatever the cache holds: no marker is known yet.
+	if swapped, _, err := state.Advance(ctx, slot, daemon.Position{}, 0x100); err != nil || !swapped { // replicas sync
+		t.Fatalf("first Advance: swapped %v, %v", swapped, err)
 	}
 	cluster.AwaitReplicasListed(t)
 	replica := cluster.Replicas(t)[0].Addr
 	cluster.PauseNode(t, replica)
 	t.Cleanup(func() { cluster.ResumeNode(t, replica) })
 
-	from := wal.LSN(0x100)
-	for to := from + 1; to <= 0x103; to++ {
-		swapped, _, _, err := state.Advance(ctx, slot, from, true, to)
-		if err != nil || !swapped {
-			t.Fatalf("Advance %s → %s with replica %s hung: swapped %v, %v", from, to, replica, swapped, err)
-		}
-		from = to
+	from, err := state.Applied(ctx, slot)
+	if err != nil {
+		t.Fatal(err)
 	}
-	got, ok, err := state.Applied(ctx, slot)
-	if err != nil || !ok || got != from {
-		t.Fatalf("Applied = %s, %v, %v; want %s", got, ok, err, from)
+	for to := from.LSN + 1; to <= 0x103; to++ {
+		swapped, cur, err := state.Advance(ctx, slot, from, to)
+		if err != nil || !swapped {
+			t.Fatalf("Advance %s → %s with replica %s hung: swapped %v, %v", from.LSN, to, replica, swapped, err)
+		}
+		from = cur
+	}
+	got, err := state.Applied(ctx, slot)
+	if err != nil || !got.OK || got.LSN != from.LSN {
+		t.Fatalf("Applied = %s, %v, %v; want %s", got.LSN, got.OK, err, from.LSN)
+	}
+}
+
+// TestMarkerSlots: every master holds a marker, whatever its ranges; the
+// fixed slots of earlier versions stay, so an upgrade finds its markers.
+func TestMarkerSlots(t *testing.T) {
+	t.Parallel()
+	fixed := daemon.MarkerSlots(nil)
+	if len(fixed) != daemon.ClusterMarkers || fixed[0] != 0 || fixed[1] != keyspace.SlotCount/daemon.ClusterMarkers {
+		t.Fatalf("fixed slots %v", fixed)
+	}
+	tests := []struct {
+		name    string
+		masters [][][2]int
+		extra   []int // beyond the fixed slots
+	}{
+		{"three even masters", [][][2]int{{{0, 5460}}, {{5461, 10922}}, {{10923, 16383}}}, nil},
+		{"a master between two fixed slots", [][][2]int{{{0, 99}, {200, 16383}}, {{100, 199}}}, []int{100}},
+		{"fragmented ranges", [][][2]int{{{0, 1000}, {1100, 16383}}, {{1025, 1099}, {1001, 1023}}}, []int{1001}},
+		{"a range ending on a fixed slot", [][][2]int{{{0, 1023}, {1025, 16383}}, {{1024, 1024}}}, nil},
+		{"one slot each, 20 masters", func() (m [][][2]int) {
+			for s := range 20 {
+				m = append(m, [][2]int{{s + 1, s + 1}})
+			}
+			return m
+		}(), []int{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := daemon.MarkerSlots(tt.masters)
+			want := append(slices.Clone(fixed), tt.extra...)
+			slices.Sort(want)
+			if !slices.Equal(got, want) {
+				t.Errorf("MarkerSlots = %v, want %v", got, want)
+			}
+			for _, ranges := range tt.masters {
+				if !slices.ContainsFunc(got, func(s int) bool {
+					return slices.ContainsFunc(ranges, func(r [2]int) bool { return r[0] <= s && s <= r[1] })
+				}) {
+					t.Errorf("master with ranges %v holds no marker", ranges)
+				}
+			}
+		})
 	}
 }
 
@@ -56,7 +104,7 @@ func TestPartitionsRecord(t *testing.T) {
 	t.Parallel()
 	client := testenv.StartRedis(t).Client(t)
 	ctx := context.Background()
-	state := daemon.RedisCacheState{Client: client}
+	state := daemon.NewRedisCacheState(client)
 	const slot = "s"
 	check := func(what string, want replication.PartitionTrees, wantOK bool) {
 		t.Helper()

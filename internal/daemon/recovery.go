@@ -121,10 +121,14 @@ func (d *Daemon) ensureSlot(ctx context.Context, conn *pgx.Conn, repl *pgconn.Pg
 	}
 	start := info.ConfirmedFlushLSN
 
-	applied, appliedOK, err := d.opts.Cache.Applied(ctx, name)
+	position, err := d.opts.Cache.Applied(ctx, name)
 	d.reportRedis(ctx, err)
 	if err != nil {
 		return 0, err
+	}
+	applied, appliedOK := position.LSN, position.OK
+	if !position.ServersKnown() {
+		d.log.Warn().Msg("Redis refuses INFO to cachesync's user: a restart or failover between a group's apply and its advance that keeps the previous applied position cannot be detected; grant +info (see docs/operations.md, Redis lost effects)")
 	}
 	flushedAll := true
 	switch {
@@ -178,7 +182,7 @@ func (d *Daemon) ensureSlot(ctx context.Context, conn *pgx.Conn, repl *pgconn.Pg
 	if appliedOK && applied > start && len(lost) == 0 && !created {
 		mark = applied
 	}
-	if err := d.setApplied(ctx, mark); err != nil {
+	if err := d.recordRecovered(ctx, position, mark); err != nil {
 		return 0, err
 	}
 	switch {
@@ -308,13 +312,24 @@ func (d *Daemon) ruleFingerprints() map[string]string {
 	return out
 }
 
-// setApplied overwrites the cache's applied position (after recovery).
-func (d *Daemon) setApplied(ctx context.Context, lsn wal.LSN) error {
+// recordRecovered records lsn as the cache's applied position after
+// ensureSlot recovered it from what Applied read (read). If the cache
+// changed meanwhile (another rollback during the flush or replay), the
+// recovery may be lost with it: the session starts over and recovers again.
+func (d *Daemon) recordRecovered(ctx context.Context, read Position, lsn wal.LSN) error {
 	name := d.opts.Config.Postgres.Slot
-	if err := d.retryRedis(ctx, func() error { return d.opts.Cache.Set(ctx, name, lsn) }); err != nil {
+	var swapped bool
+	var cur Position
+	if err := d.retryRedis(ctx, func() (err error) {
+		swapped, cur, err = d.opts.Cache.Advance(ctx, name, read, lsn)
+		return err
+	}); err != nil {
 		return err
 	}
-	d.mark = lsn
+	if !swapped {
+		return fmt.Errorf("the cache's applied position changed while it was being recovered (now %s, ok %v): recovering again", cur.LSN, cur.OK)
+	}
+	d.mark = cur
 	return nil
 }
 
@@ -356,22 +371,33 @@ func (d *Daemon) retryWait(ctx context.Context, attempt int, err error) error {
 	}
 }
 
-// advance records end as the cache's applied position after a group was
-// applied. When the cache's position is not the one last written, the cache
-// lost effects since (restart, restore, failover): it is healed first.
-func (d *Daemon) advance(ctx context.Context, end wal.LSN) error {
+// advance records end as the cache's applied position after group was
+// applied. When the cache does not hold the position last written, as
+// written, it lost effects since (restart, restore, failover): it is healed
+// first, group included.
+func (d *Daemon) advance(ctx context.Context, end wal.LSN, group []mapping.Batch) error {
+	return d.settle(ctx, d.mark, end, group)
+}
+
+// settle swaps the cache's applied position from `from` (as read) to `to`.
+// Whenever the cache holds something else, it is healed from what it holds
+// and group (the group in flight, whose effects are not in the journal
+// yet) is applied again, and the swap is tried from there: the position
+// recorded always has every effect up to it.
+func (d *Daemon) settle(ctx context.Context, from Position, to wal.LSN, group []mapping.Batch) error {
 	name := d.opts.Config.Postgres.Slot
 	for attempt := 0; ; attempt++ {
-		swapped, cur, curOK, err := d.opts.Cache.Advance(ctx, name, d.mark, true, end)
+		swapped, cur, err := d.opts.Cache.Advance(ctx, name, from, to)
 		d.reportRedis(ctx, err)
 		if err == nil && swapped {
-			d.mark = end
+			d.mark = cur
 			return nil
 		}
 		if err == nil {
-			if err := d.cacheReset(ctx, cur, curOK); err != nil {
+			if err := d.cacheReset(ctx, cur, group); err != nil {
 				return err
 			}
+			from = cur
 			continue
 		}
 		if err := d.retryWait(ctx, attempt, err); err != nil {
@@ -382,29 +408,64 @@ func (d *Daemon) advance(ctx context.Context, end wal.LSN) error {
 
 // verifyCache checks, between groups, that the cache still holds the
 // position last written, so that a reset is healed within about a second
-// even while nothing changes.
+// even while nothing changes. Markers that merely moved (a restart with
+// everything kept, a new master's marker still to write) are recorded
+// again as they are: with no group in flight, every effect up to the
+// position is behind them.
 func (d *Daemon) verifyCache(ctx context.Context) error {
-	cur, ok, err := d.opts.Cache.Applied(ctx, d.opts.Config.Postgres.Slot)
+	cur, err := d.opts.Cache.Applied(ctx, d.opts.Config.Postgres.Slot)
 	d.reportRedis(ctx, err)
-	if err != nil || (ok && cur == d.mark) {
+	if err != nil || cur.Settled(d.mark) {
 		return nil // unreachable Redis: the next check or group retries
 	}
-	return d.cacheReset(ctx, cur, ok)
+	if !cur.SameValues(d.mark) {
+		if err := d.cacheReset(ctx, cur, nil); err != nil {
+			return err
+		}
+	}
+	return d.settle(ctx, cur, d.mark.LSN, nil)
 }
 
-// cacheReset heals a cache that lost applied effects: its position is cur
-// (absent when !curOK) instead of d.mark.
-func (d *Daemon) cacheReset(ctx context.Context, cur wal.LSN, curOK bool) error {
-	d.metrics.CacheResets.Inc()
-	if !curOK {
-		d.log.Error().Stringer("expected", d.mark).Msg("REDIS RESET: the cache lost its applied position (restarted without persistence, or emptied); flushing every rule's key space")
+// cacheReset heals a cache that does not hold the position last written
+// (d.mark) but cur, then applies group (the group in flight) again: its
+// effects may be exactly those the cache lost, and the journal does not
+// have them yet.
+func (d *Daemon) cacheReset(ctx context.Context, cur Position, group []mapping.Batch) error {
+	since := cur.Since(d.mark)
+	switch {
+	case cur.SameValues(d.mark) && since.OK:
+		// Another server answers with the position last written: a
+		// restart or a failover that kept it, or a migrated marker.
+		// Only the group in flight can be missing.
+		if hasOps(group) {
+			d.log.Warn().Stringer("applied", since.LSN).Msg("a Redis server holding the applied position changed (restart, failover or resharding) while a group was being applied: applying it again")
+		}
+	case !since.OK:
+		d.metrics.CacheResets.Inc()
+		d.log.Error().Stringer("expected", d.mark.LSN).Msg("REDIS RESET: the cache lost its applied position (restarted without persistence, or emptied); flushing every rule's key space")
 		if err := d.flush(ctx, d.mapper.FlushAll(mapping.ReasonCacheReset)); err != nil {
 			return err
 		}
-	} else if err := d.heal(ctx, cur, fmt.Sprintf("REDIS RESET: the cache's applied position went back from %s to %s (restored from a backup, or a failover lost acknowledged writes)", d.mark, cur)); err != nil {
-		return err
+	default:
+		d.metrics.CacheResets.Inc()
+		if err := d.heal(ctx, since.LSN, fmt.Sprintf("REDIS RESET: the cache's applied position went back from %s to %s (restored from a backup, or a failover lost acknowledged writes)", d.mark.LSN, since.LSN)); err != nil {
+			return err
+		}
 	}
-	return d.setApplied(ctx, d.mark)
+	if !hasOps(group) {
+		return nil
+	}
+	return d.opts.Applier.Apply(ctx, group)
+}
+
+// hasOps reports whether any batch of group has an operation.
+func hasOps(group []mapping.Batch) bool {
+	for _, b := range group {
+		if len(b.Ops) > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // heal re-applies the journal from `from` when the policy is replay and the
