@@ -148,14 +148,25 @@ func TestClusterLostAcknowledgedWrites(t *testing.T) {
 			onShard = append(onShard, id)
 		}
 	}
-	cutReplica(t, master.Addr, func() { cluster.PauseNode(t, replica) })
+	e.loseShardWrites(d, cluster, master.Addr, replica, onShard)
+	// The promoted replica still has the old names cached: unless the
+	// daemon notices, they stay stale.
+	e.expectHealed(d)
+}
+
+// loseShardWrites makes a shard lose acknowledged invalidations: its replica
+// is cut off, the users onShard are renamed (their keys deleted on the
+// master only), the master is killed and the stale replica promoted.
+func (e *env) loseShardWrites(d *daemon, cluster *testenv.RedisCluster, master, replica string, onShard []int64) {
+	t := e.t
+	cutReplica(t, master, func() { cluster.PauseNode(t, replica) })
 	for _, id := range onShard {
 		e.exec(`UPDATE users SET name = name || '+' WHERE id = $1`, id)
 	}
 	e.quiesce(d)
 	// The invalidations reached the master, and only the master.
 	e.gone(userKeys(onShard)...)
-	cluster.KillNode(t, master.Addr)
+	cluster.KillNode(t, master)
 	cluster.ResumeNode(t, replica)
 	eventually(t, 60*time.Second, "the replica promoted", func() (bool, string) {
 		for _, m := range cluster.Masters(t) {
@@ -165,9 +176,6 @@ func TestClusterLostAcknowledgedWrites(t *testing.T) {
 		}
 		return false, "not a master yet"
 	})
-	// The promoted replica still has the old names cached: unless the
-	// daemon notices, they stay stale.
-	e.expectHealed(d)
 }
 
 // expectHealed waits until no cached key differs from PostgreSQL after a

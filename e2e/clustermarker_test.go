@@ -69,23 +69,7 @@ func TestClusterMarkerOnEveryMaster(t *testing.T) {
 	if len(onShard) == 0 {
 		t.Fatalf("no user key on %s", master)
 	}
-	cutReplica(t, master, func() { cluster.PauseNode(t, replica) })
-	for _, id := range onShard {
-		e.exec(`UPDATE users SET name = name || '+' WHERE id = $1`, id)
-	}
-	e.quiesce(d)
-	// The invalidations reached the master, and only the master.
-	e.gone(userKeys(onShard)...)
-	cluster.KillNode(t, master)
-	cluster.ResumeNode(t, replica)
-	eventually(t, 60*time.Second, "the replica promoted", func() (bool, string) {
-		for _, m := range cluster.Masters(t) {
-			if m.Addr == replica {
-				return true, ""
-			}
-		}
-		return false, "not a master yet"
-	})
+	e.loseShardWrites(d, cluster, master, replica, onShard)
 	// The promoted replica still has the old names cached: unless a
 	// marker on this shard went back with them, they stay stale.
 	e.expectHealed(d)
