@@ -547,23 +547,21 @@ func TestFaultReplayBelowConfirmed(t *testing.T) {
 	e.checkCache()
 }
 
-// --- 6. Two instances on one slot; the active one is killed ----------------
-
-func TestFaultTwoInstancesActiveKilled(t *testing.T) {
-	e, _ := setupPrivate(t, schema, rules)
-	dirA, dirB := t.TempDir(), t.TempDir()
-	// Both start at once on a database without a slot: only the one that
-	// takes the instance lock creates the slot and flushes.
-	a := e.start("CACHESYNC_DATA_DIR=" + dirA)
-	b := e.start("CACHESYNC_DATA_DIR=" + dirB)
-	var active, passive *daemon
-	eventually(t, 60*time.Second, "one instance active, the other passive", func() (bool, string) {
+// startTwo starts two instances at once on a database without a slot, each
+// with its own data directory, and returns them once one streams and the
+// other stands by. Only the one that takes the instance lock creates the
+// slot and flushes.
+func (e *env) startTwo() (active, passive *daemon) {
+	e.t.Helper()
+	a := e.start("CACHESYNC_DATA_DIR=" + e.t.TempDir())
+	b := e.start("CACHESYNC_DATA_DIR=" + e.t.TempDir())
+	eventually(e.t, 60*time.Second, "one instance active, the other passive", func() (bool, string) {
 		a.alive("instance A")
 		b.alive("instance B")
 		as, bs := strings.Contains(a.log.String(), `"streaming"`), strings.Contains(b.log.String(), `"streaming"`)
 		ap, bp := strings.Contains(a.log.String(), "standing by as passive"), strings.Contains(b.log.String(), "standing by as passive")
 		if as && bs {
-			t.Fatalf("both instances stream from one slot\nA:\n%s\nB:\n%s", a.log.String(), b.log.String())
+			e.t.Fatalf("both instances stream from one slot\nA:\n%s\nB:\n%s", a.log.String(), b.log.String())
 		}
 		switch {
 		case as && bp:
@@ -575,6 +573,14 @@ func TestFaultTwoInstancesActiveKilled(t *testing.T) {
 		}
 		return true, ""
 	})
+	return active, passive
+}
+
+// --- 6. Two instances on one slot; the active one is killed ----------------
+
+func TestFaultTwoInstancesActiveKilled(t *testing.T) {
+	e, _ := setupPrivate(t, schema, rules)
+	active, passive := e.startTwo()
 	if strings.Contains(passive.log.String(), "flushing key space") || strings.Contains(passive.log.String(), "replication slot created") {
 		t.Errorf("the passive instance recovered the slot or the cache:\n%s", passive.log.String())
 	}
@@ -643,6 +649,105 @@ wait:
 	}
 	e.logAtStake(names)
 	e.checkCache()
+}
+
+// --- 6b. Two instances; the active one freezes without closing a socket ---
+
+// TestFaultTwoInstancesActiveFrozen freezes the active instance (SIGSTOP, as
+// a power loss or a network partition would look to PostgreSQL: no FIN, no
+// RST, the kernel even keeps acknowledging). Its walsender times out after
+// wal_sender_timeout, but the backend holding its instance lock would live
+// until TCP keepalive gives up: the passive instance must take over on the
+// lease instead, and the old one, thawed, must stand by without writing.
+func TestFaultTwoInstancesActiveFrozen(t *testing.T) {
+	e, _ := setupPrivateWith(t, map[string]string{"wal_sender_timeout": "5s"}, schema, rules)
+	var wstMS int64
+	if err := e.db.QueryRow(e.ctx, "SELECT setting::bigint FROM pg_settings WHERE name = 'wal_sender_timeout'").Scan(&wstMS); err != nil {
+		t.Fatal(err)
+	}
+	wst := time.Duration(wstMS) * time.Millisecond
+	// wal_sender_timeout, then one standby retry (≤ 3 s) and recovery.
+	bound := wst + 10*time.Second
+	active, passive := e.startTwo()
+	pid := e.slotPID()
+	names := e.seed(active)
+	e.exec(`INSERT INTO users VALUES (900001, 'frozen@x.io', 1, 'before the freeze')`)
+	e.caughtUp(active, 60*time.Second)
+
+	// docs/operations.md's query finds the holder: the active instance's
+	// lock connection, stating its lease.
+	var holderPID int32
+	var holderApp, holderState string
+	if err := e.db.QueryRow(e.ctx, documentedLockQuery(t, e.slot)).Scan(&holderPID, &holderApp, &holderState, new(any), new(any)); err != nil {
+		t.Fatalf("the documented lock-holder query: %v", err)
+	}
+	if !strings.HasPrefix(holderApp, "cachesync lock lease=") {
+		t.Errorf("the lock holder (pid %d) is %q, want the active instance's lock connection stating its lease", holderPID, holderApp)
+	}
+
+	ops := faultWorkload(651, faultStatements)
+	reached, done := e.workloadInBackground(ops, faultStatements/3)
+	e.waitChan("a third of the workload committed", reached, done, 60*time.Second)
+	frozen := time.Now()
+	thaw := active.freeze()
+	eventually(t, bound, fmt.Sprintf("the passive instance takes over from the frozen one within wal_sender_timeout (%s) + 10s", wst), func() (bool, string) {
+		passive.alive("passive instance")
+		got := e.slotPID()
+		return got != 0 && got != pid && strings.Contains(passive.log.String(), `"streaming"`), fmt.Sprintf("active_pid %d (was %d)", got, pid)
+	})
+	t.Logf("takeover %s after SIGSTOP of the active instance (wal_sender_timeout %s; walsender %d → %d)",
+		time.Since(frozen).Round(time.Millisecond), wst, pid, e.slotPID())
+	takeover := logLines(passive.log.String(), "TAKEOVER")
+	if len(takeover) != 1 || !strings.Contains(takeover[0], fmt.Sprintf(`"holder_pid":%d`, holderPID)) {
+		t.Errorf("the passive instance logged %d TAKEOVER lines, want one naming holder pid %d: %v", len(takeover), holderPID, takeover)
+	}
+
+	// Invalidations flow again while the old active is still frozen.
+	e.set("user:900001")
+	e.exec(`UPDATE users SET name = 'after the takeover' WHERE id = 900001`)
+	e.gone("user:900001")
+
+	// Thawed, the old active finds its lock connection gone and its lease
+	// expired: it stands by, and never streams, applies or flushes again.
+	woke := len(active.log.String())
+	thaw()
+	eventually(t, 30*time.Second, "the thawed instance stands by", func() (bool, string) {
+		active.alive("thawed instance")
+		after := active.log.String()[woke:]
+		return strings.Contains(after, "INSTANCE LOCK LOST") && strings.Contains(after, "standing by as passive"), after
+	})
+	e.waitWorkload(done, 120*time.Second)
+	e.quiesce(passive)
+	after := active.log.String()[woke:]
+	for _, bad := range []string{`"streaming"`, `"applied"`, "flushing key space", "REDIS RESET", "replayed the journal", "SLOT", "takes over", `"stopped"`} {
+		if l := logLines(after, bad); len(l) > 0 {
+			t.Errorf("the thawed instance logged %q while the other one was active: %s", bad, l[0])
+		}
+	}
+	if l := logLines(passive.log.String(), "REDIS RESET"); len(l) > 0 {
+		t.Errorf("the new active instance saw its applied position moved under it: %s", l[0])
+	}
+	if got := e.slotPID(); got == 0 || got == pid {
+		t.Errorf("after the thaw the slot's active_pid is %d, want the new active's walsender", got)
+	}
+	e.logAtStake(names)
+	e.checkCache()
+}
+
+// documentedLockQuery returns the lock-holder query of docs/operations.md
+// for slot, so that the test runs exactly what the operator is told to.
+func documentedLockQuery(t *testing.T, slot string) string {
+	t.Helper()
+	doc := mustRead(t, filepath.Join("..", "docs", "operations.md"))
+	_, rest, ok := strings.Cut(doc, "Who holds the lock of slot `cachesync`")
+	if ok {
+		_, rest, ok = strings.Cut(rest, "```sql\n")
+	}
+	query, _, closed := strings.Cut(rest, "```")
+	if !ok || !closed || strings.Count(query, "'cachesync slot ' || 'cachesync'") != 2 {
+		t.Fatal("docs/operations.md no longer shows the lock-holder query for slot `cachesync` after \"Who holds the lock of slot `cachesync`\"")
+	}
+	return strings.ReplaceAll(query, "'cachesync slot ' || 'cachesync'", "'cachesync slot ' || '"+slot+"'")
 }
 
 // --- 7. Redis restarts without persistence --------------------------------
