@@ -14,6 +14,7 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -661,11 +662,7 @@ wait:
 // lease instead, and the old one, thawed, must stand by without writing.
 func TestFaultTwoInstancesActiveFrozen(t *testing.T) {
 	e, _ := setupPrivateWith(t, map[string]string{"wal_sender_timeout": "5s"}, schema, rules)
-	var wstMS int64
-	if err := e.db.QueryRow(e.ctx, "SELECT setting::bigint FROM pg_settings WHERE name = 'wal_sender_timeout'").Scan(&wstMS); err != nil {
-		t.Fatal(err)
-	}
-	wst := time.Duration(wstMS) * time.Millisecond
+	wst := e.walSenderTimeout()
 	// wal_sender_timeout, then one standby retry (≤ 3 s) and recovery.
 	bound := wst + 10*time.Second
 	active, passive := e.startTwo()
@@ -676,11 +673,7 @@ func TestFaultTwoInstancesActiveFrozen(t *testing.T) {
 
 	// docs/operations.md's query finds the holder: the active instance's
 	// lock connection, stating its lease.
-	var holderPID int32
-	var holderApp, holderState string
-	if err := e.db.QueryRow(e.ctx, documentedLockQuery(t, e.slot)).Scan(&holderPID, &holderApp, &holderState, new(any), new(any)); err != nil {
-		t.Fatalf("the documented lock-holder query: %v", err)
-	}
+	holderPID, holderApp := e.lockHolder()
 	if !strings.HasPrefix(holderApp, "cachesync lock lease=") {
 		t.Errorf("the lock holder (pid %d) is %q, want the active instance's lock connection stating its lease", holderPID, holderApp)
 	}
@@ -732,6 +725,95 @@ func TestFaultTwoInstancesActiveFrozen(t *testing.T) {
 	}
 	e.logAtStake(names)
 	e.checkCache()
+}
+
+// TestFaultTwoInstancesSlowRecoveryKeepsTheLock makes the active instance's
+// recovery wait on Redis (CLIENT PAUSE WRITE holds the new slot's flush) for
+// three times wal_sender_timeout, with a second instance standing by: a slow
+// holder is not a dead one, and the lease keeps the lock where it is.
+func TestFaultTwoInstancesSlowRecoveryKeepsTheLock(t *testing.T) {
+	e, _ := setupPrivateWith(t, map[string]string{"wal_sender_timeout": "5s"}, schema, rules)
+	wst := e.walSenderTimeout()
+	if err := e.rdb.Do(e.ctx, "CLIENT", "PAUSE", 600_000, "WRITE").Err(); err != nil {
+		t.Fatal(err)
+	}
+	unpause := func() {
+		if err := e.rdb.Do(e.ctx, "CLIENT", "UNPAUSE").Err(); err != nil {
+			t.Error(err)
+		}
+	}
+	t.Cleanup(unpause)
+	a := e.start("CACHESYNC_DATA_DIR=" + t.TempDir())
+	eventually(t, 60*time.Second, "the first instance holds the lock and its recovery waits on Redis", func() (bool, string) {
+		a.alive("first instance")
+		_, app := e.lockHolder()
+		return strings.HasPrefix(app, "cachesync lock") && strings.Contains(a.log.String(), "replication slot created"), app
+	})
+	b := e.start("CACHESYNC_DATA_DIR=" + t.TempDir())
+	eventually(t, 60*time.Second, "the second instance stands by", func() (bool, string) {
+		b.alive("second instance")
+		if l := logLines(b.log.String(), "TAKEOVER"); len(l) > 0 {
+			t.Fatalf("the second instance took the lock from the first, whose recovery waits on Redis: %s", l[0])
+		}
+		return strings.Contains(b.log.String(), "standing by as passive"), ""
+	})
+	holder, _ := e.lockHolder()
+	began := time.Now()
+	tick := time.NewTicker(300 * time.Millisecond)
+	defer tick.Stop()
+	for time.Since(began) < 3*wst {
+		<-tick.C
+		a.alive("first instance, waiting on Redis")
+		if strings.Contains(a.log.String(), `"streaming"`) {
+			t.Fatalf("the first instance streams while Redis takes no writes: its recovery did not wait (the test proves nothing)")
+		}
+		if pid, app := e.lockHolder(); pid != holder {
+			t.Fatalf("after %s of recovery waiting on Redis the lock moved from pid %d to %d (%q)\nfirst:\n%s\nsecond:\n%s",
+				time.Since(began).Round(time.Millisecond), holder, pid, app, a.log.String(), b.log.String())
+		}
+	}
+	unpause()
+	e.waitStreaming(a)
+	e.exec(`INSERT INTO users VALUES (900002, 'slow@x.io', 1, 'before')`)
+	e.set("user:900002")
+	e.exec(`UPDATE users SET name = 'after' WHERE id = 900002`)
+	e.gone("user:900002")
+	for name, d := range map[string]*daemon{"first": a, "second": b} {
+		for _, bad := range []string{"TAKEOVER", "INSTANCE LOCK LOST"} {
+			if l := logLines(d.log.String(), bad); len(l) > 0 {
+				t.Errorf("the %s instance logged %q: %s", name, bad, l[0])
+			}
+		}
+	}
+	if strings.Contains(b.log.String(), `"streaming"`) {
+		t.Errorf("the second instance streamed:\n%s", b.log.String())
+	}
+}
+
+// walSenderTimeout reads the server's wal_sender_timeout.
+func (e *env) walSenderTimeout() time.Duration {
+	e.t.Helper()
+	var ms int64
+	if err := e.db.QueryRow(e.ctx, "SELECT setting::bigint FROM pg_settings WHERE name = 'wal_sender_timeout'").Scan(&ms); err != nil {
+		e.t.Fatal(err)
+	}
+	return time.Duration(ms) * time.Millisecond
+}
+
+// lockHolder runs docs/operations.md's query: the pid and application_name
+// of the instance lock's holder (0 and "" when nobody holds it).
+func (e *env) lockHolder() (int32, string) {
+	e.t.Helper()
+	var pid int32
+	var app, state string
+	err := e.db.QueryRow(e.ctx, documentedLockQuery(e.t, e.slot)).Scan(&pid, &app, &state, new(any), new(any))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, ""
+	}
+	if err != nil {
+		e.t.Fatalf("the documented lock-holder query: %v", err)
+	}
+	return pid, app
 }
 
 // documentedLockQuery returns the lock-holder query of docs/operations.md
