@@ -727,6 +727,67 @@ func TestFaultTwoInstancesActiveFrozen(t *testing.T) {
 	e.checkCache()
 }
 
+// TestFaultTwoInstancesActiveFrozenMidGroup freezes the active instance at
+// the before-apply failpoint: a group mapped and about to be applied when the
+// host froze. Thawed after the takeover, it must see its lease expired
+// before it writes anything: no apply, no compare-and-set of the applied
+// position (the new active's position would look like a Redis reset to it,
+// and its heal would flush and move the position back under the new active).
+func TestFaultTwoInstancesActiveFrozenMidGroup(t *testing.T) {
+	e, _ := setupPrivateWith(t, map[string]string{"wal_sender_timeout": "5s"}, schema, rules)
+	wst := e.walSenderTimeout()
+	a := e.start("CACHESYNC_DATA_DIR="+t.TempDir(), "CACHESYNC_FAILPOINT=before-apply:stop")
+	t.Cleanup(func() { _ = a.cmd.Process.Signal(syscall.SIGCONT) })
+	e.waitStreaming(a)
+	b := e.start("CACHESYNC_DATA_DIR=" + t.TempDir())
+	eventually(t, 60*time.Second, "the second instance stands by", func() (bool, string) {
+		b.alive("second instance")
+		return strings.Contains(b.log.String(), "standing by as passive"), ""
+	})
+	pid := e.slotPID()
+	e.exec(`INSERT INTO users VALUES (900003, 'mid@x.io', 1, 'v1')`)
+	eventually(t, 30*time.Second, "the active instance stops itself before applying the INSERT", func() (bool, string) {
+		return strings.Contains(a.log.String(), "failpoint before-apply: stopping"), ""
+	})
+	frozen := time.Now()
+	eventually(t, wst+10*time.Second, fmt.Sprintf("the passive instance takes over within wal_sender_timeout (%s) + 10s", wst), func() (bool, string) {
+		b.alive("passive instance")
+		got := e.slotPID()
+		return got != 0 && got != pid && strings.Contains(b.log.String(), `"streaming"`), fmt.Sprintf("active_pid %d (was %d)", got, pid)
+	})
+	t.Logf("takeover %s after the active instance froze mid-group", time.Since(frozen).Round(time.Millisecond))
+	e.set("user:900003")
+	e.exec(`UPDATE users SET name = 'v2' WHERE id = 900003`)
+	e.gone("user:900003")
+	e.quiesce(b)
+
+	woke := len(a.log.String())
+	if err := a.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 30*time.Second, "the thawed instance stands by", func() (bool, string) {
+		a.alive("thawed instance")
+		after := a.log.String()[woke:]
+		return strings.Contains(after, "INSTANCE LOCK LOST") && strings.Contains(after, "standing by as passive"), after
+	})
+	// A group through the new active: its compare-and-set fails (REDIS
+	// RESET) if the thawed instance moved the applied position.
+	e.set("user:900003")
+	e.exec(`UPDATE users SET name = 'v3' WHERE id = 900003`)
+	e.gone("user:900003")
+	e.quiesce(b)
+	after := a.log.String()[woke:]
+	for _, bad := range []string{`"streaming"`, `"applied"`, "flushing key space", "REDIS RESET", "replayed the journal", "SLOT", "takes over", `"stopped"`} {
+		if l := logLines(after, bad); len(l) > 0 {
+			t.Errorf("the thawed instance logged %q after the takeover: %s", bad, l[0])
+		}
+	}
+	if l := logLines(b.log.String(), "REDIS RESET"); len(l) > 0 {
+		t.Errorf("the new active instance saw its applied position moved under it: %s", l[0])
+	}
+	e.checkCache()
+}
+
 // TestFaultTwoInstancesSlowRecoveryKeepsTheLock makes the active instance's
 // recovery wait on Redis (CLIENT PAUSE WRITE holds the new slot's flush) for
 // three times wal_sender_timeout, with a second instance standing by: a slow

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -366,9 +367,22 @@ func runCommand() *cli.Command {
 
 // failpoint returns a hook that kills the process with SIGKILL at the named
 // point of the pipeline, for crash tests (CACHESYNC_FAILPOINT=after-apply).
+// With ":stop" (before-apply:stop) the process stops itself (SIGSTOP) there
+// once instead, as a frozen host would, until the test sends SIGCONT.
 func failpoint(name string) func(string) {
 	if name == "" {
 		return nil
+	}
+	if point, ok := strings.CutSuffix(name, ":stop"); ok {
+		var once sync.Once
+		return func(at string) {
+			if at == point {
+				once.Do(func() {
+					fmt.Fprintf(os.Stderr, "cachesync: failpoint %s: stopping the process\n", at)
+					_ = syscall.Kill(os.Getpid(), syscall.SIGSTOP)
+				})
+			}
+		}
 	}
 	return func(at string) {
 		if at == name {
