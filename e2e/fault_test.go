@@ -16,10 +16,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -786,6 +788,198 @@ func TestFaultTwoInstancesActiveFrozenMidGroup(t *testing.T) {
 		t.Errorf("the new active instance saw its applied position moved under it: %s", l[0])
 	}
 	e.checkCache()
+}
+
+// TestFaultTwoInstancesActivePartitioned cuts the active instance off from
+// PostgreSQL as a network partition does: it keeps running and reaching
+// Redis, but nothing passes between it and PostgreSQL and no socket is
+// closed. Its lease renewal times out, so it stops writing before the
+// passive instance takes over on the lease, within wal_sender_timeout plus a
+// few seconds; once the partition heals it finds the lock taken and stands by.
+func TestFaultTwoInstancesActivePartitioned(t *testing.T) {
+	e, pg := setupPrivateWith(t, map[string]string{"wal_sender_timeout": "5s"}, schema, rules)
+	wst := e.walSenderTimeout()
+	link := startPartitionable(t, fmt.Sprintf("127.0.0.1:%d", pg.Port()))
+	a := e.start("CACHESYNC_DATA_DIR="+t.TempDir(), "DATABASE_URL="+strings.Replace(e.dbURL, fmt.Sprintf(":%d/", pg.Port()), ":"+link.port()+"/", 1))
+	e.waitStreaming(a)
+	b := e.start("CACHESYNC_DATA_DIR=" + t.TempDir())
+	eventually(t, 60*time.Second, "the second instance stands by", func() (bool, string) {
+		b.alive("second instance")
+		return strings.Contains(b.log.String(), "standing by as passive"), ""
+	})
+	pid := e.slotPID()
+	holder, _ := e.lockHolder()
+	e.exec(`INSERT INTO users VALUES (900004, 'cut@x.io', 1, 'v1')`)
+	e.caughtUp(a, 60*time.Second)
+
+	cutAt := len(a.log.String())
+	cut := time.Now()
+	link.cut()
+	eventually(t, wst+10*time.Second, fmt.Sprintf("the passive instance takes over from the cut-off one within wal_sender_timeout (%s) + 10s", wst), func() (bool, string) {
+		a.alive("cut-off instance")
+		b.alive("passive instance")
+		got := e.slotPID()
+		return got != 0 && got != pid && strings.Contains(b.log.String(), `"streaming"`), fmt.Sprintf("active_pid %d (was %d)", got, pid)
+	})
+	t.Logf("takeover %s after the partition (wal_sender_timeout %s)", time.Since(cut).Round(time.Millisecond), wst)
+	if l := logLines(b.log.String(), "TAKEOVER"); len(l) != 1 || !strings.Contains(l[0], fmt.Sprintf(`"holder_pid":%d`, holder)) {
+		t.Errorf("the passive instance logged %d TAKEOVER lines, want one naming holder pid %d: %v", len(l), holder, l)
+	}
+	e.set("user:900004")
+	e.exec(`UPDATE users SET name = 'v2' WHERE id = 900004`)
+	e.gone("user:900004")
+	// The cut-off instance is alive and reaches Redis, where it sees the
+	// new active's applied position: it must have ended its session before
+	// (its stream hears nothing, or its lease ran out).
+	eventually(t, 30*time.Second, "the cut-off instance ends its session", func() (bool, string) {
+		a.alive("cut-off instance")
+		after := a.log.String()[cutAt:]
+		return strings.Contains(after, "INSTANCE LOCK LOST") || strings.Contains(after, "replication session ended"), after
+	})
+
+	link.heal()
+	eventually(t, 60*time.Second, "the reconnected instance stands by", func() (bool, string) {
+		a.alive("reconnected instance")
+		return strings.Contains(a.log.String()[cutAt:], "standing by as passive"), a.log.String()[cutAt:]
+	})
+	e.set("user:900004")
+	e.exec(`UPDATE users SET name = 'v3' WHERE id = 900004`)
+	e.gone("user:900004")
+	e.quiesce(b)
+	after := a.log.String()[cutAt:]
+	for _, bad := range []string{`"streaming"`, `"applied"`, "flushing key space", "REDIS RESET", "replayed the journal", "SLOT", "takes over", `"stopped"`} {
+		if l := logLines(after, bad); len(l) > 0 {
+			t.Errorf("the cut-off instance logged %q after the partition: %s", bad, l[0])
+		}
+	}
+	if l := logLines(b.log.String(), "REDIS RESET"); len(l) > 0 {
+		t.Errorf("the new active instance saw its applied position moved under it: %s", l[0])
+	}
+	if got := e.slotPID(); got == 0 || got == pid {
+		t.Errorf("after the partition healed the slot's active_pid is %d, want the new active's walsender", got)
+	}
+	e.checkCache()
+}
+
+// partitionable relays TCP connections to a server and can cut them as a
+// network partition does: while cut, no byte and no close passes in either
+// direction and new connections hang, but no socket is closed, so neither
+// end learns anything until its own timeouts fire. heal lets everything
+// that waited through.
+type partitionable struct {
+	ln     net.Listener
+	target string
+	mu     sync.Mutex
+	open   chan struct{} // closed while the link is up
+	done   chan struct{}
+}
+
+func startPartitionable(t *testing.T, target string) *partitionable {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &partitionable{ln: ln, target: target, open: make(chan struct{}), done: make(chan struct{})}
+	close(p.open)
+	var wg sync.WaitGroup
+	var conns []net.Conn
+	var connsMu sync.Mutex
+	track := func(c net.Conn) {
+		connsMu.Lock()
+		conns = append(conns, c)
+		connsMu.Unlock()
+	}
+	t.Cleanup(func() {
+		close(p.done)
+		ln.Close()
+		connsMu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		connsMu.Unlock()
+		wg.Wait()
+	})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			client, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			track(client)
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if !p.wait() {
+					return
+				}
+				server, err := net.Dial("tcp", p.target)
+				if err != nil {
+					client.Close()
+					return
+				}
+				track(server)
+				wg.Add(2)
+				go func() { defer wg.Done(); p.relay(server, client) }()
+				go func() { defer wg.Done(); p.relay(client, server) }()
+			}()
+		}
+	}()
+	return p
+}
+
+func (p *partitionable) port() string {
+	_, port, _ := net.SplitHostPort(p.ln.Addr().String())
+	return port
+}
+
+// wait blocks while the link is cut; false when the test ended.
+func (p *partitionable) wait() bool {
+	p.mu.Lock()
+	open := p.open
+	p.mu.Unlock()
+	select {
+	case <-open:
+		return true
+	case <-p.done:
+		return false
+	}
+}
+
+// relay copies src to dst, holding every chunk and the final close while
+// the link is cut.
+func (p *partitionable) relay(dst, src net.Conn) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if !p.wait() {
+			return
+		}
+		if n > 0 {
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				src.Close()
+				return
+			}
+		}
+		if err != nil {
+			dst.Close()
+			return
+		}
+	}
+}
+
+func (p *partitionable) cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.open = make(chan struct{})
+}
+
+func (p *partitionable) heal() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	close(p.open)
 }
 
 // TestFaultTwoInstancesSlowRecoveryKeepsTheLock makes the active instance's
