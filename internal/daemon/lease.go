@@ -118,8 +118,10 @@ type lease struct {
 	until atomic.Int64
 }
 
-func newLease(conn *pgx.Conn, dur time.Duration) *lease {
-	l := &lease{conn: conn, dur: dur, epoch: time.Now()}
+// newLease starts a lease taken by a query sent at sent: the server's
+// state_change of the lock connection is later than that.
+func newLease(conn *pgx.Conn, dur time.Duration, sent time.Time) *lease {
+	l := &lease{conn: conn, dur: dur, epoch: sent}
 	l.until.Store(int64(l.validFor()))
 	return l
 }
@@ -205,20 +207,25 @@ func (d *Daemon) takeLock(ctx context.Context) (_ *lease, err error) {
 	if _, err := conn.Exec(ctx, "SELECT set_config('application_name', $1, false)", lockAppName(dur)); err != nil {
 		return nil, fmt.Errorf("name the lock connection: %w", err)
 	}
-	if locked, err := replication.TryInstanceLock(ctx, conn, slot); err != nil {
-		return nil, err
-	} else if locked {
-		return newLease(conn, dur), nil
+	// try returns the lease, or nil when another session holds the lock.
+	try := func() (*lease, error) {
+		sent := time.Now()
+		locked, err := replication.TryInstanceLock(ctx, conn, slot)
+		if err != nil || !locked {
+			return nil, err
+		}
+		return newLease(conn, dur, sent), nil
+	}
+	if l, err := try(); l != nil || err != nil {
+		return l, err
 	}
 	holder, err := replication.InstanceLockHolder(ctx, conn, slot)
 	if err != nil {
 		return nil, err
 	}
 	if holder == nil { // released meanwhile
-		if locked, err := replication.TryInstanceLock(ctx, conn, slot); err != nil {
-			return nil, err
-		} else if locked {
-			return newLease(conn, dur), nil
+		if l, err := try(); l != nil || err != nil {
+			return l, err
 		}
 		return nil, fmt.Errorf("%w: another instance is starting or streaming on slot %q", replication.ErrSlotActive, slot)
 	}
@@ -243,10 +250,8 @@ func (d *Daemon) takeLock(ctx context.Context) (_ *lease, err error) {
 		Msg("TAKEOVER: the active instance stopped renewing its lease (host down, frozen or cut off); terminated its lock connection to take over")
 	deadline := time.Now().Add(takeoverRelease)
 	for {
-		if locked, err := replication.TryInstanceLock(ctx, conn, slot); err != nil {
-			return nil, err
-		} else if locked {
-			return newLease(conn, dur), nil
+		if l, err := try(); l != nil || err != nil {
+			return l, err
 		}
 		if time.Now().After(deadline) {
 			return nil, fmt.Errorf("%w: backend %d holding the instance lock of slot %q was terminated but did not release it within %s", replication.ErrSlotActive, holder.PID, slot, takeoverRelease)

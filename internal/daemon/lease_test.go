@@ -75,7 +75,7 @@ func TestTakeoverVerdict(t *testing.T) {
 }
 
 func TestLeaseCheck(t *testing.T) {
-	l := newLease(nil, 10*time.Second)
+	l := newLease(nil, 10*time.Second, time.Now())
 	if err := l.check(); err != nil {
 		t.Fatalf("a lease just taken: %v", err)
 	}
