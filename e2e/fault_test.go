@@ -14,11 +14,14 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -554,23 +557,21 @@ func TestFaultReplayBelowConfirmed(t *testing.T) {
 	e.checkCache()
 }
 
-// --- 6. Two instances on one slot; the active one is killed ----------------
-
-func TestFaultTwoInstancesActiveKilled(t *testing.T) {
-	e, _ := setupPrivate(t, schema, rules)
-	dirA, dirB := t.TempDir(), t.TempDir()
-	// Both start at once on a database without a slot: only the one that
-	// takes the instance lock creates the slot and flushes.
-	a := e.start("CACHESYNC_DATA_DIR=" + dirA)
-	b := e.start("CACHESYNC_DATA_DIR=" + dirB)
-	var active, passive *daemon
-	eventually(t, 60*time.Second, "one instance active, the other passive", func() (bool, string) {
+// startTwo starts two instances at once on a database without a slot, each
+// with its own data directory, and returns them once one streams and the
+// other stands by. Only the one that takes the instance lock creates the
+// slot and flushes.
+func (e *env) startTwo() (active, passive *daemon) {
+	e.t.Helper()
+	a := e.start("CACHESYNC_DATA_DIR=" + e.t.TempDir())
+	b := e.start("CACHESYNC_DATA_DIR=" + e.t.TempDir())
+	eventually(e.t, 60*time.Second, "one instance active, the other passive", func() (bool, string) {
 		a.alive("instance A")
 		b.alive("instance B")
 		as, bs := strings.Contains(a.log.String(), `"streaming"`), strings.Contains(b.log.String(), `"streaming"`)
 		ap, bp := strings.Contains(a.log.String(), "standing by as passive"), strings.Contains(b.log.String(), "standing by as passive")
 		if as && bs {
-			t.Fatalf("both instances stream from one slot\nA:\n%s\nB:\n%s", a.log.String(), b.log.String())
+			e.t.Fatalf("both instances stream from one slot\nA:\n%s\nB:\n%s", a.log.String(), b.log.String())
 		}
 		switch {
 		case as && bp:
@@ -582,6 +583,14 @@ func TestFaultTwoInstancesActiveKilled(t *testing.T) {
 		}
 		return true, ""
 	})
+	return active, passive
+}
+
+// --- 6. Two instances on one slot; the active one is killed ----------------
+
+func TestFaultTwoInstancesActiveKilled(t *testing.T) {
+	e, _ := setupPrivate(t, schema, rules)
+	active, passive := e.startTwo()
 	if strings.Contains(passive.log.String(), "flushing key space") || strings.Contains(passive.log.String(), "replication slot created") {
 		t.Errorf("the passive instance recovered the slot or the cache:\n%s", passive.log.String())
 	}
@@ -650,6 +659,452 @@ wait:
 	}
 	e.logAtStake(names)
 	e.checkCache()
+}
+
+// --- 6b. Two instances; the active one freezes without closing a socket ---
+
+// TestFaultTwoInstancesActiveFrozen freezes the active instance (SIGSTOP, as
+// a power loss or a network partition would look to PostgreSQL: no FIN, no
+// RST, the kernel even keeps acknowledging). Its walsender times out after
+// wal_sender_timeout, but the backend holding its instance lock would live
+// until TCP keepalive gives up: the passive instance must take over on the
+// lease instead, and the old one, thawed, must stand by without writing.
+func TestFaultTwoInstancesActiveFrozen(t *testing.T) {
+	e, _ := setupPrivate(t, schema, rules)
+	wst := e.walSenderTimeout()
+	// wal_sender_timeout, then one standby retry (≤ 3 s) and recovery.
+	bound := wst + 10*time.Second
+	active, passive := e.startTwo()
+	pid := e.slotPID()
+	names := e.seed(active)
+	e.exec(`INSERT INTO users VALUES (900001, 'frozen@x.io', 1, 'before the freeze')`)
+	e.caughtUp(active, 60*time.Second)
+
+	// docs/operations.md's query finds the holder: the active instance's
+	// lock connection, stating its lease.
+	holderPID, holderApp := e.lockHolder()
+	if !strings.HasPrefix(holderApp, "cachesync lock lease=") {
+		t.Errorf("the lock holder (pid %d) is %q, want the active instance's lock connection stating its lease", holderPID, holderApp)
+	}
+
+	ops := faultWorkload(651, faultStatements)
+	reached, done := e.workloadInBackground(ops, faultStatements/3)
+	e.waitChan("a third of the workload committed", reached, done, 60*time.Second)
+	active.heldTheLock("before the freeze")
+	frozen := time.Now()
+	thaw := active.freeze()
+	eventually(t, bound, fmt.Sprintf("the passive instance takes over from the frozen one within wal_sender_timeout (%s) + 10s", wst), func() (bool, string) {
+		passive.alive("passive instance")
+		got := e.slotPID()
+		return got != 0 && got != pid && strings.Contains(passive.log.String(), `"streaming"`), fmt.Sprintf("active_pid %d (was %d)", got, pid)
+	})
+	t.Logf("takeover %s after SIGSTOP of the active instance (wal_sender_timeout %s; walsender %d → %d)",
+		time.Since(frozen).Round(time.Millisecond), wst, pid, e.slotPID())
+	takeover := logLines(passive.log.String(), "TAKEOVER")
+	if len(takeover) != 1 || !strings.Contains(takeover[0], fmt.Sprintf(`"holder_pid":%d`, holderPID)) {
+		t.Errorf("the passive instance logged %d TAKEOVER lines, want one naming holder pid %d: %v", len(takeover), holderPID, takeover)
+	}
+
+	// Invalidations flow again while the old active is still frozen.
+	e.set("user:900001")
+	e.exec(`UPDATE users SET name = 'after the takeover' WHERE id = 900001`)
+	e.gone("user:900001")
+
+	// Thawed, the old active finds its lock connection gone and its lease
+	// expired: it stands by, and never streams, applies or flushes again.
+	woke := len(active.log.String())
+	thaw()
+	eventually(t, 30*time.Second, "the thawed instance stands by", func() (bool, string) {
+		active.alive("thawed instance")
+		after := active.log.String()[woke:]
+		return strings.Contains(after, "INSTANCE LOCK LOST") && strings.Contains(after, "standing by as passive"), after
+	})
+	e.waitWorkload(done, 120*time.Second)
+	e.quiesce(passive)
+	after := active.log.String()[woke:]
+	for _, bad := range []string{`"streaming"`, `"applied"`, "flushing key space", "REDIS RESET", "replayed the journal", "SLOT", "takes over", `"stopped"`} {
+		if l := logLines(after, bad); len(l) > 0 {
+			t.Errorf("the thawed instance logged %q while the other one was active: %s", bad, l[0])
+		}
+	}
+	if l := logLines(passive.log.String(), "REDIS RESET"); len(l) > 0 {
+		t.Errorf("the new active instance saw its applied position moved under it: %s", l[0])
+	}
+	if got := e.slotPID(); got == 0 || got == pid {
+		t.Errorf("after the thaw the slot's active_pid is %d, want the new active's walsender", got)
+	}
+	e.logAtStake(names)
+	e.checkCache()
+}
+
+// TestFaultTwoInstancesActiveFrozenMidGroup freezes the active instance at
+// the before-apply failpoint: a group mapped and about to be applied when the
+// host froze. Thawed after the takeover, it must see its lease expired
+// before it writes anything: no apply, no compare-and-set of the applied
+// position (the new active's position would look like a Redis reset to it,
+// and its heal would flush and move the position back under the new active).
+func TestFaultTwoInstancesActiveFrozenMidGroup(t *testing.T) {
+	e, _ := setupPrivate(t, schema, rules)
+	wst := e.walSenderTimeout()
+	a := e.start("CACHESYNC_DATA_DIR="+t.TempDir(), "CACHESYNC_FAILPOINT=stop:before-apply")
+	t.Cleanup(func() { _ = a.cmd.Process.Signal(syscall.SIGCONT) })
+	e.waitStreaming(a)
+	b := e.start("CACHESYNC_DATA_DIR=" + t.TempDir())
+	eventually(t, 60*time.Second, "the second instance stands by", func() (bool, string) {
+		b.alive("second instance")
+		return strings.Contains(b.log.String(), "standing by as passive"), ""
+	})
+	pid := e.slotPID()
+	a.heldTheLock("before the freeze")
+	e.exec(`INSERT INTO users VALUES (900003, 'mid@x.io', 1, 'v1')`)
+	eventually(t, 30*time.Second, "the active instance stops itself before applying the INSERT", func() (bool, string) {
+		return strings.Contains(a.log.String(), "failpoint before-apply: stopping"), ""
+	})
+	frozen := time.Now()
+	eventually(t, wst+10*time.Second, fmt.Sprintf("the passive instance takes over within wal_sender_timeout (%s) + 10s", wst), func() (bool, string) {
+		b.alive("passive instance")
+		got := e.slotPID()
+		return got != 0 && got != pid && strings.Contains(b.log.String(), `"streaming"`), fmt.Sprintf("active_pid %d (was %d)", got, pid)
+	})
+	t.Logf("takeover %s after the active instance froze mid-group", time.Since(frozen).Round(time.Millisecond))
+	e.set("user:900003")
+	e.exec(`UPDATE users SET name = 'v2' WHERE id = 900003`)
+	e.gone("user:900003")
+	e.quiesce(b)
+
+	woke := len(a.log.String())
+	if err := a.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 30*time.Second, "the thawed instance stands by", func() (bool, string) {
+		a.alive("thawed instance")
+		after := a.log.String()[woke:]
+		return strings.Contains(after, "INSTANCE LOCK LOST") && strings.Contains(after, "standing by as passive"), after
+	})
+	// A group through the new active: its compare-and-set fails (REDIS
+	// RESET) if the thawed instance moved the applied position.
+	e.set("user:900003")
+	e.exec(`UPDATE users SET name = 'v3' WHERE id = 900003`)
+	e.gone("user:900003")
+	e.quiesce(b)
+	after := a.log.String()[woke:]
+	for _, bad := range []string{`"streaming"`, `"applied"`, "flushing key space", "REDIS RESET", "replayed the journal", "SLOT", "takes over", `"stopped"`} {
+		if l := logLines(after, bad); len(l) > 0 {
+			t.Errorf("the thawed instance logged %q after the takeover: %s", bad, l[0])
+		}
+	}
+	if l := logLines(b.log.String(), "REDIS RESET"); len(l) > 0 {
+		t.Errorf("the new active instance saw its applied position moved under it: %s", l[0])
+	}
+	e.checkCache()
+}
+
+// TestFaultTwoInstancesActivePartitioned cuts the active instance off from
+// PostgreSQL as a network partition does: it keeps running and reaching
+// Redis, but nothing passes between it and PostgreSQL and no socket is
+// closed. Its lease renewal times out, so it stops writing before the
+// passive instance takes over on the lease, within wal_sender_timeout plus a
+// few seconds; once the partition heals it finds the lock taken and stands by.
+func TestFaultTwoInstancesActivePartitioned(t *testing.T) {
+	e, pg := setupPrivate(t, schema, rules)
+	wst := e.walSenderTimeout()
+	link := startPartitionable(t, fmt.Sprintf("127.0.0.1:%d", pg.Port()))
+	a := e.start("CACHESYNC_DATA_DIR="+t.TempDir(), "DATABASE_URL="+strings.Replace(e.dbURL, fmt.Sprintf(":%d/", pg.Port()), ":"+link.port()+"/", 1))
+	e.waitStreaming(a)
+	b := e.start("CACHESYNC_DATA_DIR=" + t.TempDir())
+	eventually(t, 60*time.Second, "the second instance stands by", func() (bool, string) {
+		b.alive("second instance")
+		return strings.Contains(b.log.String(), "standing by as passive"), ""
+	})
+	pid := e.slotPID()
+	holder, _ := e.lockHolder()
+	e.exec(`INSERT INTO users VALUES (900004, 'cut@x.io', 1, 'v1')`)
+	e.caughtUp(a, 60*time.Second)
+
+	a.heldTheLock("before the partition")
+	cutAt := len(a.log.String())
+	cut := time.Now()
+	link.cut()
+	eventually(t, wst+10*time.Second, fmt.Sprintf("the passive instance takes over from the cut-off one within wal_sender_timeout (%s) + 10s", wst), func() (bool, string) {
+		a.alive("cut-off instance")
+		b.alive("passive instance")
+		got := e.slotPID()
+		return got != 0 && got != pid && strings.Contains(b.log.String(), `"streaming"`), fmt.Sprintf("active_pid %d (was %d)", got, pid)
+	})
+	t.Logf("takeover %s after the partition (wal_sender_timeout %s)", time.Since(cut).Round(time.Millisecond), wst)
+	if l := logLines(b.log.String(), "TAKEOVER"); len(l) != 1 || !strings.Contains(l[0], fmt.Sprintf(`"holder_pid":%d`, holder)) {
+		t.Errorf("the passive instance logged %d TAKEOVER lines, want one naming holder pid %d: %v", len(l), holder, l)
+	}
+	e.set("user:900004")
+	e.exec(`UPDATE users SET name = 'v2' WHERE id = 900004`)
+	e.gone("user:900004")
+	// The cut-off instance is alive and reaches Redis, where it sees the
+	// new active's applied position: it must have ended its session before
+	// (its stream hears nothing, or its lease ran out).
+	eventually(t, 30*time.Second, "the cut-off instance ends its session", func() (bool, string) {
+		a.alive("cut-off instance")
+		after := a.log.String()[cutAt:]
+		return strings.Contains(after, "INSTANCE LOCK LOST") || strings.Contains(after, "replication session ended"), after
+	})
+
+	link.heal()
+	eventually(t, 60*time.Second, "the reconnected instance stands by", func() (bool, string) {
+		a.alive("reconnected instance")
+		return strings.Contains(a.log.String()[cutAt:], "standing by as passive"), a.log.String()[cutAt:]
+	})
+	e.set("user:900004")
+	e.exec(`UPDATE users SET name = 'v3' WHERE id = 900004`)
+	e.gone("user:900004")
+	e.quiesce(b)
+	after := a.log.String()[cutAt:]
+	for _, bad := range []string{`"streaming"`, `"applied"`, "flushing key space", "REDIS RESET", "replayed the journal", "SLOT", "takes over", `"stopped"`} {
+		if l := logLines(after, bad); len(l) > 0 {
+			t.Errorf("the cut-off instance logged %q after the partition: %s", bad, l[0])
+		}
+	}
+	if l := logLines(b.log.String(), "REDIS RESET"); len(l) > 0 {
+		t.Errorf("the new active instance saw its applied position moved under it: %s", l[0])
+	}
+	if got := e.slotPID(); got == 0 || got == pid {
+		t.Errorf("after the partition healed the slot's active_pid is %d, want the new active's walsender", got)
+	}
+	e.checkCache()
+}
+
+// partitionable relays TCP connections to a server and can cut them as a
+// network partition does: while cut, no byte and no close passes in either
+// direction and new connections hang, but no socket is closed, so neither
+// end learns anything until its own timeouts fire. heal lets everything
+// that waited through.
+type partitionable struct {
+	ln     net.Listener
+	target string
+	mu     sync.Mutex
+	open   chan struct{} // closed while the link is up
+	done   chan struct{}
+}
+
+func startPartitionable(t *testing.T, target string) *partitionable {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &partitionable{ln: ln, target: target, open: make(chan struct{}), done: make(chan struct{})}
+	close(p.open)
+	var wg sync.WaitGroup
+	var conns []net.Conn
+	var connsMu sync.Mutex
+	track := func(c net.Conn) {
+		connsMu.Lock()
+		conns = append(conns, c)
+		connsMu.Unlock()
+	}
+	t.Cleanup(func() {
+		close(p.done)
+		ln.Close()
+		connsMu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		connsMu.Unlock()
+		wg.Wait()
+	})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			client, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			track(client)
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if !p.wait() {
+					return
+				}
+				server, err := net.Dial("tcp", p.target)
+				if err != nil {
+					client.Close()
+					return
+				}
+				track(server)
+				wg.Add(2)
+				go func() { defer wg.Done(); p.relay(server, client) }()
+				go func() { defer wg.Done(); p.relay(client, server) }()
+			}()
+		}
+	}()
+	return p
+}
+
+func (p *partitionable) port() string {
+	_, port, _ := net.SplitHostPort(p.ln.Addr().String())
+	return port
+}
+
+// wait blocks while the link is cut; false when the test ended.
+func (p *partitionable) wait() bool {
+	p.mu.Lock()
+	open := p.open
+	p.mu.Unlock()
+	select {
+	case <-open:
+		return true
+	case <-p.done:
+		return false
+	}
+}
+
+// relay copies src to dst, holding every chunk and the final close while
+// the link is cut.
+func (p *partitionable) relay(dst, src net.Conn) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if !p.wait() {
+			return
+		}
+		if n > 0 {
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				src.Close()
+				return
+			}
+		}
+		if err != nil {
+			dst.Close()
+			return
+		}
+	}
+}
+
+func (p *partitionable) cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.open = make(chan struct{})
+}
+
+func (p *partitionable) heal() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	close(p.open)
+}
+
+// TestFaultTwoInstancesSlowRecoveryKeepsTheLock makes the active instance's
+// recovery wait on Redis (CLIENT PAUSE WRITE holds the new slot's flush) for
+// three times wal_sender_timeout, with a second instance standing by: a slow
+// holder is not a dead one, and the lease keeps the lock where it is.
+func TestFaultTwoInstancesSlowRecoveryKeepsTheLock(t *testing.T) {
+	e, _ := setupPrivate(t, schema, rules)
+	wst := e.walSenderTimeout()
+	if err := e.rdb.Do(e.ctx, "CLIENT", "PAUSE", 600_000, "WRITE").Err(); err != nil {
+		t.Fatal(err)
+	}
+	unpause := func() {
+		if err := e.rdb.Do(e.ctx, "CLIENT", "UNPAUSE").Err(); err != nil {
+			t.Error(err)
+		}
+	}
+	t.Cleanup(unpause)
+	a := e.start("CACHESYNC_DATA_DIR=" + t.TempDir())
+	eventually(t, 60*time.Second, "the first instance holds the lock and its recovery waits on Redis", func() (bool, string) {
+		a.alive("first instance")
+		_, app := e.lockHolder()
+		return strings.HasPrefix(app, "cachesync lock") && strings.Contains(a.log.String(), "replication slot created"), app
+	})
+	b := e.start("CACHESYNC_DATA_DIR=" + t.TempDir())
+	eventually(t, 60*time.Second, "the second instance stands by", func() (bool, string) {
+		b.alive("second instance")
+		if l := logLines(b.log.String(), "TAKEOVER"); len(l) > 0 {
+			t.Fatalf("the second instance took the lock from the first, whose recovery waits on Redis: %s", l[0])
+		}
+		return strings.Contains(b.log.String(), "standing by as passive"), ""
+	})
+	holder, _ := e.lockHolder()
+	began := time.Now()
+	tick := time.NewTicker(300 * time.Millisecond)
+	defer tick.Stop()
+	for time.Since(began) < 3*wst {
+		<-tick.C
+		a.alive("first instance, waiting on Redis")
+		if strings.Contains(a.log.String(), `"streaming"`) {
+			t.Fatalf("the first instance streams while Redis takes no writes: its recovery did not wait (the test proves nothing)")
+		}
+		if pid, app := e.lockHolder(); pid != holder {
+			t.Fatalf("after %s of recovery waiting on Redis the lock moved from pid %d to %d (%q)\nfirst:\n%s\nsecond:\n%s",
+				time.Since(began).Round(time.Millisecond), holder, pid, app, a.log.String(), b.log.String())
+		}
+	}
+	unpause()
+	e.waitStreaming(a)
+	e.exec(`INSERT INTO users VALUES (900002, 'slow@x.io', 1, 'before')`)
+	e.set("user:900002")
+	e.exec(`UPDATE users SET name = 'after' WHERE id = 900002`)
+	e.gone("user:900002")
+	for name, d := range map[string]*daemon{"first": a, "second": b} {
+		for _, bad := range []string{"TAKEOVER", "INSTANCE LOCK LOST"} {
+			if l := logLines(d.log.String(), bad); len(l) > 0 {
+				t.Errorf("the %s instance logged %q: %s", name, bad, l[0])
+			}
+		}
+	}
+	if strings.Contains(b.log.String(), `"streaming"`) {
+		t.Errorf("the second instance streamed:\n%s", b.log.String())
+	}
+}
+
+// heldTheLock fails the test if the instance lost the instance lock so far:
+// its lease renewal stalled for ¾ of wal_sender_timeout (an overloaded
+// machine), which makes the takeover that follows prove nothing.
+func (d *daemon) heldTheLock(when string) {
+	d.e.t.Helper()
+	if l := logLines(d.log.String(), "INSTANCE LOCK LOST"); len(l) > 0 {
+		d.e.t.Fatalf("%s the active instance already lost its lock: %s", when, l[0])
+	}
+}
+
+// walSenderTimeout reads the server's wal_sender_timeout.
+func (e *env) walSenderTimeout() time.Duration {
+	e.t.Helper()
+	var ms int64
+	if err := e.db.QueryRow(e.ctx, "SELECT setting::bigint FROM pg_settings WHERE name = 'wal_sender_timeout'").Scan(&ms); err != nil {
+		e.t.Fatal(err)
+	}
+	return time.Duration(ms) * time.Millisecond
+}
+
+// lockHolder runs docs/operations.md's query: the pid and application_name
+// of the instance lock's holder (0 and "" when nobody holds it).
+func (e *env) lockHolder() (int32, string) {
+	e.t.Helper()
+	var pid int32
+	var app, state string
+	err := e.db.QueryRow(e.ctx, documentedLockQuery(e.t, e.slot)).Scan(&pid, &app, &state, new(any), new(any))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, ""
+	}
+	if err != nil {
+		e.t.Fatalf("the documented lock-holder query: %v", err)
+	}
+	return pid, app
+}
+
+// documentedLockQuery returns the lock-holder query of docs/operations.md
+// for slot, so that the test runs exactly what the operator is told to.
+func documentedLockQuery(t *testing.T, slot string) string {
+	t.Helper()
+	doc := mustRead(t, filepath.Join("..", "docs", "operations.md"))
+	_, rest, ok := strings.Cut(doc, "Who holds the lock of slot `cachesync`")
+	if ok {
+		_, rest, ok = strings.Cut(rest, "```sql\n")
+	}
+	query, _, closed := strings.Cut(rest, "```")
+	if !ok || !closed || strings.Count(query, "'cachesync slot ' || 'cachesync'") != 2 {
+		t.Fatal("docs/operations.md no longer shows the lock-holder query for slot `cachesync` after \"Who holds the lock of slot `cachesync`\"")
+	}
+	return strings.ReplaceAll(query, "'cachesync slot ' || 'cachesync'", "'cachesync slot ' || '"+slot+"'")
 }
 
 // --- 7. Redis restarts without persistence --------------------------------

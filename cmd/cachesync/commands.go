@@ -435,8 +435,9 @@ func runCommand() *cli.Command {
 // failpoint returns a hook that acts at the named point of the pipeline,
 // for fault tests. CACHESYNC_FAILPOINT=after-apply kills the process with
 // SIGKILL there; CACHESYNC_FAILPOINT=stop:before-advance stops it with
-// SIGSTOP the first time it gets there, so that a test can change the world
-// (roll Redis back) at exactly that moment and then let it go on (SIGCONT).
+// SIGSTOP the first time it gets there, as a frozen host would, so that a
+// test can change the world (roll Redis back, take over) at exactly that
+// moment and then let it go on (SIGCONT).
 func failpoint(name string) func(string) {
 	if name == "" {
 		return nil

@@ -151,6 +151,9 @@ type Daemon struct {
 	// trees are the partition trees of the rule tables whose changes were
 	// flushed: read by ensureSlot, then followed by monitor.
 	trees replication.PartitionTrees
+	// lease is the running session's hold on the instance lock (nil in
+	// dry runs and between sessions).
+	lease *lease
 }
 
 // ErrConfig marks failures that retrying cannot fix: the rules do not fit the
@@ -224,7 +227,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 		}
 		if errors.Is(err, replication.ErrSlotActive) {
 			// Another instance streams: that is our active/passive lock.
-			// Retry often, never terminate the holder.
+			// Retry often; only a holder whose lease expired is
+			// terminated (takeLock).
+			if errors.Is(err, errLockLost) {
+				d.log.Error().Err(err).Str("slot", d.opts.Config.Postgres.Slot).
+					Msg("INSTANCE LOCK LOST: stopped streaming without confirming anything more; another instance may have taken over")
+			}
 			if !d.passive {
 				d.passive = true
 				d.metrics.SetState(metrics.StateStandby, "")
@@ -371,9 +379,18 @@ func (d *Daemon) alignPublication(ctx context.Context, conn *pgx.Conn) ([]string
 	return added, nil
 }
 
-// session is one replication connection's life: slot check or creation,
-// any pending flush, then the streaming pipeline.
+// session is one replication connection's life: the instance lock, slot
+// check or creation, any pending flush, then the streaming pipeline.
 func (d *Daemon) session(ctx context.Context) error {
+	if d.opts.DryRun {
+		return d.streamSession(ctx, context.WithoutCancel(ctx))
+	}
+	return d.withLock(ctx, d.streamSession)
+}
+
+// streamSession is a session's work once the lock is held (or in a dry
+// run): ctx ends it gracefully (drain, confirm), hard at once.
+func (d *Daemon) streamSession(ctx, hard context.Context) error {
 	pgc := d.opts.Config.Postgres
 	conns, err := d.open(ctx)
 	if err != nil {
@@ -416,8 +433,8 @@ func (d *Daemon) session(ctx context.Context) error {
 	}
 	d.metrics.Positions(stream.Positions)
 	d.metrics.SetState(metrics.StateStreaming, "")
-	err = d.pipeline(ctx, stream, start, conn)
-	if ctx.Err() != nil {
+	err = d.pipeline(ctx, hard, stream, start, conn)
+	if ctx.Err() != nil && hard.Err() == nil && d.fence() == nil {
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
 		if ferr := stream.Finish(fctx); ferr != nil {
@@ -452,10 +469,11 @@ func (d *Daemon) newBudgets() {
 }
 
 // pipeline runs stream → mapper → applier → journal → confirm until ctx is
-// done (graceful: drain what was received, within DrainTimeout) or a stage
-// fails (the others stop; nothing unapplied is confirmed).
-func (d *Daemon) pipeline(ctx context.Context, stream *replication.Stream, start wal.LSN, conn *pgx.Conn) error {
-	hard, hardCancel := context.WithCancel(context.WithoutCancel(ctx))
+// done (graceful: drain what was received, within DrainTimeout), hardStop
+// is done (the instance lock was lost: stop at once) or a stage fails (the
+// others stop; nothing unapplied is confirmed).
+func (d *Daemon) pipeline(ctx, hardStop context.Context, stream *replication.Stream, start wal.LSN, conn *pgx.Conn) error {
+	hard, hardCancel := context.WithCancel(hardStop)
 	defer hardCancel()
 	stopDrain := context.AfterFunc(ctx, func() {
 		time.AfterFunc(d.opts.DrainTimeout, hardCancel)
@@ -491,6 +509,9 @@ func (d *Daemon) pipeline(ctx context.Context, stream *replication.Stream, start
 		g.Go(func() error { return d.monitor(readCtx, conn) })
 	}
 	err := g.Wait()
+	if cause := context.Cause(hardStop); cause != nil {
+		return cause
+	}
 	if ctx.Err() != nil && errors.Is(err, context.Canceled) {
 		d.log.Warn().Dur("drain_timeout", d.opts.DrainTimeout).Msg("stopped before everything received was applied; it will be redelivered")
 		return nil
@@ -761,6 +782,9 @@ func (d *Daemon) commitGroup(ctx context.Context, group []mapping.Batch, ops int
 		}
 		d.metrics.VisibilitySeconds.Observe(time.Since(waitBegan).Seconds())
 		d.failpoint("before-apply")
+		if err := d.fence(); err != nil {
+			return err
+		}
 		d.noteFlushes(group)
 		began := time.Now()
 		if err := d.opts.Applier.Apply(ctx, group); err != nil {
@@ -844,6 +868,9 @@ func (d *Daemon) journalGroups(ctx context.Context, items <-chan journalItem, st
 			}
 			if ops > 0 {
 				d.failpoint("after-journal")
+			}
+			if err := d.fence(); err != nil {
+				return err
 			}
 			d.logApplied(pending)
 			for _, b := range pending {
@@ -941,13 +968,15 @@ func (d *Daemon) Setup(ctx context.Context) error {
 	if err := d.checkCache(ctx); err != nil {
 		return err
 	}
-	conns, err := d.open(ctx)
-	if err != nil {
+	return d.withLock(ctx, func(ctx, _ context.Context) error {
+		conns, err := d.open(ctx)
+		if err != nil {
+			return err
+		}
+		defer conns.close(ctx)
+		_, err = d.ensureSlot(ctx, conns.conn, conns.repl, conns.dbname)
 		return err
-	}
-	defer conns.close(ctx)
-	_, err = d.ensureSlot(ctx, conns.conn, conns.repl, conns.dbname)
-	return err
+	})
 }
 
 // sessionConns are the two connections of a session: a normal one for

@@ -41,18 +41,11 @@ import (
 //
 // It also aligns the publication with the rules, under the same lock.
 func (d *Daemon) ensureSlot(ctx context.Context, conn *pgx.Conn, repl *pgconn.PgConn, dbname string) (wal.LSN, error) {
+	// The caller holds the instance lock (withLock): only its holder may
+	// recover the slot and the cache, so two instances starting at once
+	// never both flush or move the cache's position; the slot itself
+	// (55006) stays the lock for streaming.
 	name := d.opts.Config.Postgres.Slot
-	// Only the instance that holds this session-level lock may recover the
-	// slot and the cache, so two instances starting at once never both
-	// flush or move the cache's position; the slot itself (55006) stays
-	// the lock for streaming. The lock goes with the catalog connection.
-	var locked bool
-	if err := conn.QueryRow(ctx, "SELECT pg_try_advisory_lock(hashtext($1))", "cachesync slot "+name).Scan(&locked); err != nil {
-		return 0, fmt.Errorf("take the instance lock: %w", err)
-	}
-	if !locked {
-		return 0, fmt.Errorf("%w: another instance is starting or streaming on slot %q", replication.ErrSlotActive, name)
-	}
 	sys, err := pglogrepl.IdentifySystem(ctx, repl)
 	if err != nil {
 		return 0, fmt.Errorf("identify system: %w", err)
@@ -336,6 +329,9 @@ func (d *Daemon) recordRecovered(ctx context.Context, read Position, lsn wal.LSN
 // retryRedis runs a Redis bookkeeping command until it succeeds or ctx ends.
 func (d *Daemon) retryRedis(ctx context.Context, cmd func() error) error {
 	for attempt := 0; ; attempt++ {
+		if err := d.fence(); err != nil {
+			return err
+		}
 		err := cmd()
 		d.reportRedis(ctx, err)
 		if err == nil {
@@ -387,6 +383,9 @@ func (d *Daemon) advance(ctx context.Context, end wal.LSN, group []mapping.Batch
 func (d *Daemon) settle(ctx context.Context, from Position, to wal.LSN, group []mapping.Batch) error {
 	name := d.opts.Config.Postgres.Slot
 	for attempt := 0; ; attempt++ {
+		if err := d.fence(); err != nil {
+			return err
+		}
 		swapped, cur, err := d.opts.Cache.Advance(ctx, name, from, to)
 		d.reportRedis(ctx, err)
 		if err == nil && swapped {
@@ -431,6 +430,11 @@ func (d *Daemon) verifyCache(ctx context.Context) error {
 // effects may be exactly those the cache lost, and the journal does not
 // have them yet.
 func (d *Daemon) cacheReset(ctx context.Context, cur Position, group []mapping.Batch) error {
+	// An instance that lost its lock sees the new active's position: that
+	// is no reset, and nothing here is its to heal.
+	if err := d.fence(); err != nil {
+		return err
+	}
 	since := cur.Since(d.mark)
 	switch {
 	case cur.SameValues(d.mark) && since.OK:
@@ -474,6 +478,9 @@ func (d *Daemon) heal(ctx context.Context, from wal.LSN, why string) error {
 	// Groups applied but still on their way to the journal must be in it
 	// before it is replayed.
 	if err := d.journalSync(ctx); err != nil {
+		return err
+	}
+	if err := d.fence(); err != nil {
 		return err
 	}
 	policy := d.opts.Config.Redis.OnReset
@@ -538,6 +545,9 @@ func Replay(ctx context.Context, j Replayer, a Applier, from wal.LSN, since time
 func (d *Daemon) flush(ctx context.Context, ops []mapping.Op) error {
 	if len(ops) == 0 {
 		return nil
+	}
+	if err := d.fence(); err != nil {
+		return err
 	}
 	for _, op := range ops {
 		d.metrics.Flush(op.Rule, op.Reason)
