@@ -114,9 +114,15 @@ func (d *Daemon) ensureSlot(ctx context.Context, conn *pgx.Conn, repl *pgconn.Pg
 	}
 	start := info.ConfirmedFlushLSN
 
-	position, err := d.opts.Cache.Applied(ctx, name)
-	d.reportRedis(ctx, err)
-	if err != nil {
+	// Retried under the lock, like every bookkeeping command of the
+	// recovery: a Redis that does not answer (down, or paused for writes,
+	// which holds the script that reads the position) must not end the
+	// session and hand the slot's recovery to whoever comes next.
+	var position Position
+	if err := d.retryRedis(ctx, func() (err error) {
+		position, err = d.opts.Cache.Applied(ctx, name)
+		return err
+	}); err != nil {
 		return 0, err
 	}
 	applied, appliedOK := position.LSN, position.OK
