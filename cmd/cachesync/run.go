@@ -1,0 +1,139 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"runtime/debug"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/cachesync/cachesync/internal/daemon"
+	"github.com/cachesync/cachesync/internal/metrics"
+	"github.com/cachesync/cachesync/mapping"
+)
+
+// defaultListen keeps the metrics, health and pprof endpoints on loopback
+// unless asked otherwise.
+const defaultListen = "127.0.0.1:9716"
+
+func runCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "run",
+		Usage: "set up the publication and slot if missing, then stream changes into Redis",
+		Flags: flags(append(journalFlags(),
+			databaseURLFlag(), redisURLFlag(), allowEvictionFlag(),
+			&cli.BoolFlag{Name: "dry-run", EnvVars: []string{"CACHESYNC_DRY_RUN"}, Usage: "print operations as JSON lines instead of applying them (streams from a temporary slot)"},
+			&cli.IntFlag{Name: "key-cap", Value: mapping.DefaultKeyCap, EnvVars: []string{"CACHESYNC_KEY_CAP"}, Usage: "distinct keys per rule and transaction above which the rule's key space is flushed instead"},
+			&cli.Int64Flag{Name: "max-queued-bytes", Value: daemon.DefaultMaxQueuedBytes, EnvVars: []string{"CACHESYNC_MAX_QUEUED_BYTES"}, Usage: "row data the pipeline may hold while Redis is slow (reading from PostgreSQL waits beyond it); a transaction's refresh values past a quarter of it delete their keys instead"},
+			&cli.DurationFlag{Name: "status-interval", Value: 10 * time.Second, EnvVars: []string{"CACHESYNC_STATUS_INTERVAL"}, Usage: "longest time between standby status updates"},
+			&cli.DurationFlag{Name: "heartbeat-interval", Value: 10 * time.Second, EnvVars: []string{"CACHESYNC_HEARTBEAT_INTERVAL"}, Usage: "how often to write a heartbeat message into the WAL (0: never); keeps the slot moving on an idle database"},
+			&cli.DurationFlag{Name: "drain-timeout", Value: 10 * time.Second, EnvVars: []string{"CACHESYNC_DRAIN_TIMEOUT"}, Usage: "on SIGTERM, how long to keep applying what was received"},
+			&cli.StringFlag{Name: "listen", Value: defaultListen, EnvVars: []string{"CACHESYNC_LISTEN"}, Usage: "serve /metrics, /healthz, /readyz and /debug/pprof/ on this address (loopback by default; \"\" turns it off)"},
+		)...),
+		Action: func(c *cli.Context) error {
+			e, err := setupEnv(c, true)
+			if err != nil {
+				return err
+			}
+			s := &stack{}
+			m := metrics.New()
+			if !c.Bool("dry-run") {
+				if s, err = e.stack(c, true, m); err != nil {
+					return err
+				}
+			}
+			defer s.close()
+			redisUp := func() bool { return true }
+			if s.writer != nil {
+				m.Registry().MustRegister(metrics.WriterCollector(s.writer.Stats))
+				redisUp = func() bool { return !s.writer.Stats().Failing }
+			}
+			d, err := e.daemon(c, s, c.Bool("dry-run"), m)
+			if err != nil {
+				return err
+			}
+			ctx, stop := context.WithCancel(c.Context)
+			defer stop()
+			if addr := c.String("listen"); addr != "" {
+				served, err := metrics.Serve(ctx, addr, m.Handler(redisUp), e.log)
+				if err != nil {
+					return &exitError{code: 1, msg: "cachesync run: " + err.Error()}
+				}
+				defer served()
+				defer stop()
+			}
+			e.log.Info().Str("config", e.cfg.Filename).Int("rules", len(e.cfg.Rules)).Str("slot", e.cfg.Postgres.Slot).Msg("starting")
+			if os.Getenv("GOMEMLIMIT") == "" {
+				limit := daemon.MemoryLimit(c.Int64("max-queued-bytes"))
+				debug.SetMemoryLimit(limit)
+				e.log.Debug().Int64("bytes", limit).Msg("Go memory limit set from --max-queued-bytes (GOMEMLIMIT overrides it)")
+			}
+			if err := d.Run(ctx); err != nil {
+				return &exitError{code: 1, msg: "cachesync run: " + err.Error()}
+			}
+			return nil
+		},
+	}
+}
+
+// failpoint returns a hook that acts at the named point of the pipeline,
+// for fault tests. CACHESYNC_FAILPOINT=after-apply kills the process with
+// SIGKILL there; CACHESYNC_FAILPOINT=stop:before-advance stops it with
+// SIGSTOP the first time it gets there, as a frozen host would, so that a
+// test can change the world (roll Redis back, take over) at exactly that
+// moment and then let it go on (SIGCONT).
+func failpoint(name string) func(string) {
+	if name == "" {
+		return nil
+	}
+	if at, ok := strings.CutPrefix(name, "stop:"); ok {
+		var once sync.Once
+		return func(point string) {
+			if point == at {
+				once.Do(func() {
+					fmt.Fprintf(os.Stderr, "cachesync: failpoint %s: stopping the process\n", point)
+					stopSelf()
+				})
+			}
+		}
+	}
+	return func(at string) {
+		if at == name {
+			fmt.Fprintf(os.Stderr, "cachesync: failpoint %s: killing the process\n", at)
+			_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
+			select {}
+		}
+	}
+}
+
+// jsonLines is the dry run's applier: one JSON object per operation.
+type jsonLines struct {
+	out io.Writer
+}
+
+func (j *jsonLines) Apply(_ context.Context, batches []mapping.Batch) error {
+	enc := json.NewEncoder(j.out)
+	for _, b := range batches {
+		for _, op := range b.Ops {
+			line := struct {
+				XID        uint32    `json:"xid"`
+				CommitLSN  string    `json:"commit_lsn"`
+				EndLSN     string    `json:"end_lsn"`
+				CommitTime time.Time `json:"commit_time"`
+				mapping.Op
+				Value string `json:"value,omitempty"`
+			}{b.XID, b.CommitLSN.String(), b.EndLSN.String(), b.CommitTime, op, string(op.Value)}
+			if err := enc.Encode(line); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}

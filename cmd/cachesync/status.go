@@ -1,0 +1,79 @@
+package main
+
+import (
+	"context"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/cachesync/cachesync/config"
+	"github.com/cachesync/cachesync/internal/daemon"
+	"github.com/cachesync/cachesync/journal"
+	"github.com/cachesync/cachesync/replication"
+	"github.com/cachesync/cachesync/wal"
+)
+
+func statusCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "status",
+		Usage: "show the slot: confirmed LSN, lag, retained WAL, activity",
+		Flags: flags(databaseURLFlag(), redisURLFlag(), dataDirFlag(), &cli.BoolFlag{Name: "json", Usage: "print JSON"},
+			&cli.Int64Flag{Name: "warn-retained-bytes", Value: 1 << 30, EnvVars: []string{"CACHESYNC_WARN_RETAINED_BYTES"}, Usage: "warn when the slot retains more WAL than this"}),
+		Action: func(c *cli.Context) error {
+			e, err := setupEnv(c, true)
+			if err != nil {
+				return err
+			}
+			conn, err := connectPG(c, e.dbURL)
+			if err != nil {
+				return err
+			}
+			defer conn.Close(context.WithoutCancel(c.Context))
+			slot, err := replication.ReadSlot(c.Context, conn, e.cfg.Postgres.Slot)
+			if err != nil {
+				return err
+			}
+			pub, err := replication.ReadPublication(c.Context, conn, e.cfg.Postgres.Publication)
+			if err != nil {
+				return err
+			}
+			var jr *journal.Range
+			if r, err := journal.Inspect(journalDir(c, e.cfg)); err == nil {
+				jr = &r
+			}
+			cache := cacheStatus(c, e.cfg)
+			return printStatus(c.App.Writer, c.Bool("json"), e.cfg, slot, pub, jr, cache, c.Int64("warn-retained-bytes"))
+		},
+	}
+}
+
+// cacheReport is what the cache says: the position its effects are applied
+// to (the daemon's marker).
+type cacheReport struct {
+	AppliedLSN *wal.LSN `json:"applied_lsn,omitempty"`
+	Error      string   `json:"error,omitempty"`
+}
+
+// cacheStatus reads the applied position from Redis, if one is configured;
+// a status never fails because Redis does.
+func cacheStatus(c *cli.Context, cfg *config.Config) *cacheReport {
+	if !redisConfigured(c, cfg) {
+		return nil
+	}
+	rc, err := redisClient(c, cfg)
+	if err != nil {
+		return &cacheReport{Error: err.Error()}
+	}
+	defer rc.Close()
+	ctx, cancel := context.WithTimeout(c.Context, 5*time.Second)
+	defer cancel()
+	pos, err := daemon.NewRedisCacheState(rc).Applied(ctx, cfg.Postgres.Slot)
+	lsn := pos.LSN
+	switch {
+	case err != nil:
+		return &cacheReport{Error: "Redis: " + err.Error()}
+	case !pos.OK:
+		return &cacheReport{Error: "no applied position (a new or emptied Redis: the next run flushes every key space)"}
+	}
+	return &cacheReport{AppliedLSN: &lsn}
+}
