@@ -104,7 +104,7 @@
 // Every single-key command and the guarded scripts are cluster-safe, and
 // flushes SCAN every master of a *redis.ClusterClient (a path not yet tested
 // against a real cluster). DeleteTagScript needs the members of a tag to share
-// the tag set's hash slot there (see keyspace.DeleteTagScript). Within one
+// the tag set's hash slot there (see redisops.DeleteTagScript). Within one
 // pipeline, commands on keys of different cluster nodes run in parallel: only
 // effects on the same key keep their order, which is all the operations need.
 // A *redis.Ring is not supported: a flush would scan one shard only.
@@ -123,6 +123,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/cachesync/cachesync/keyspace"
+	"github.com/cachesync/cachesync/keyspace/redisops"
 	"github.com/cachesync/cachesync/mapping"
 )
 
@@ -262,10 +263,10 @@ func New(client redis.UniversalClient, opts Options) *Writer {
 		opts:   opts,
 		log:    opts.Logger.With().Str("component", "writer").Logger(),
 		scripts: scripts{
-			deleteTag:    redis.NewScript(keyspace.DeleteTagScript),
-			guardedSet:   redis.NewScript(keyspace.GuardedSetScript),
-			guardedUnset: redis.NewScript(keyspace.GuardedUnsetScript),
-			tagDetach:    redis.NewScript(keyspace.TagDetachScript),
+			deleteTag:    redis.NewScript(redisops.DeleteTagScript),
+			guardedSet:   redis.NewScript(redisops.GuardedSetScript),
+			guardedUnset: redis.NewScript(redisops.GuardedUnsetScript),
+			tagDetach:    redis.NewScript(redisops.TagDetachScript),
 		},
 	}
 	w.cluster, _ = client.(*redis.ClusterClient)
