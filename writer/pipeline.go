@@ -162,8 +162,6 @@ func (w *Writer) queue(ctx context.Context, pipe redis.Pipeliner, op *mapping.Op
 		pipe.EvalSha(ctx, w.scripts.guardedUnset.Hash(),
 			[]string{op.Key, keyspace.GuardKey(op.Key), keyspace.FenceKey(op.Key)},
 			w.guardValue(uint64(op.LSN)), w.opts.TombstoneTTL.Milliseconds())
-	case mapping.OpMark:
-		pipe.Set(ctx, op.Key, op.Value, 0)
 	default:
 		// collectOps let through only the kinds above; a flush never reaches a pipeline.
 		panic(fmt.Sprintf("writer: cannot pipeline a %s operation", op.Kind))

@@ -17,7 +17,6 @@
 //	OpSet          GuardedSetScript: SET key (TTL ± jitter, at least 1s) unless the guard holds the same or a later LSN
 //	OpUnset        GuardedUnsetScript: DEL key and leave the LSN in the guard for Options.TombstoneTTL
 //	OpFlush        SCAN the rule's key space and drop what matches (see below)
-//	OpMark         SET key value, no expiry (the daemon's applied position)
 //
 // Write-through guards: every guard holds the commit LSN and the WAL history
 // (SetHistory) of the last effect on its key, and every guard expires, so
@@ -353,7 +352,7 @@ func collectOps(batches []mapping.Batch) ([]*mapping.Op, error) {
 		for j := range b.Ops {
 			op := &b.Ops[j]
 			switch {
-			case op.Kind < mapping.OpDelete || op.Kind > mapping.OpMark:
+			case op.Kind < mapping.OpDelete || op.Kind > mapping.OpFlush:
 				return nil, fmt.Errorf("writer: batch with end LSN %s, operation %d (rule %q): kind %d: %w",
 					b.EndLSN, j, op.Rule, op.Kind, ErrInvalidOp)
 			case op.Kind == mapping.OpFlush && op.Keyspace == nil:
@@ -488,7 +487,7 @@ func (w *Writer) recovered() {
 
 // counters are the Writer's statistics, updated as Redis acknowledges.
 type counters struct {
-	applied             [mapping.OpMark + 1]atomic.Uint64
+	applied             [mapping.OpFlush + 1]atomic.Uint64
 	retries             atomic.Uint64
 	tagKeysDeleted      atomic.Uint64
 	flushKeysDeleted    atomic.Uint64
