@@ -1,18 +1,17 @@
 package mapping
 
 import (
-	"bytes"
 	"fmt"
 	"strconv"
+	"strings"
 	"unicode"
 )
 
 // PostgreSQL arrays in text form, decoded without a PostgreSQL driver so
-// that mapping depends on no database client (issue 13): the element type of
-// every array type, and a parser of the array text format. Both are exactly
-// what pgx v5's pgtype did for the mapper before (its default type map and
-// its text array parser, ported here under pgx's MIT licence), which
-// TestArrayTypesMatchPgtype and FuzzParseTextArray check against pgtype.
+// that mapping depends on no database client: the element type of every
+// built-in array type (PostgreSQL's catalog), and a parser of the array
+// output format. They replace what pgx's pgtype did for the mapper before;
+// TestArrayTypesMatchPgtype and FuzzParseTextArray hold them to it.
 
 // arrayType is the element type of an array type and the delimiter between
 // its elements.
@@ -108,250 +107,202 @@ func parseArray(oid uint32, text string) (arrayType, textArray, bool) {
 
 // parseTextArray parses PostgreSQL's array output: optional explicit bounds
 // ("[0:1]={a,b}"), nested braces for more dimensions, elements separated by
-// delimiter, double-quoted elements with backslash escapes, and NULL.
+// delimiter, double-quoted elements with backslash escapes, and NULL. Every
+// sub-array of one level must have the same length, as PostgreSQL requires.
 func parseTextArray(src string, delimiter byte) (textArray, error) {
-	uta, err := parseUntypedTextArray(src, delimiter)
-	if err != nil {
-		return textArray{}, err
-	}
-	if n := cardinality(uta.dimensions); n != len(uta.elements) {
-		return textArray{}, fmt.Errorf("array dimensions describe %d elements but %d were parsed", n, len(uta.elements))
-	}
-	arr := textArray{dims: uta.dimensions, elements: make([]*string, len(uta.elements))}
-	for i, s := range uta.elements {
-		if s != "NULL" || uta.quoted[i] {
-			arr.elements[i] = &s
+	p := arrayParser{src: src, delimiter: delimiter}
+	p.skipSpace()
+	var bounds []arrayDimension
+	for p.more() && p.peek() == '[' {
+		p.pos++
+		lower, err := p.integer()
+		if err != nil {
+			return textArray{}, err
+		}
+		if err := p.expect(':'); err != nil {
+			return textArray{}, err
+		}
+		upper, err := p.integer()
+		if err != nil {
+			return textArray{}, err
+		}
+		if err := p.expect(']'); err != nil {
+			return textArray{}, err
+		}
+		bounds = append(bounds, arrayDimension{lowerBound: lower, length: upper - lower + 1})
+		if !p.more() || p.peek() != '[' {
+			if err := p.expect('='); err != nil {
+				return textArray{}, err
+			}
 		}
 	}
+	var arr textArray
+	if err := p.list(0, &arr); err != nil {
+		return textArray{}, err
+	}
+	p.skipSpace()
+	if p.more() {
+		return textArray{}, fmt.Errorf("array: unexpected %q after the closing brace", p.src[p.pos:])
+	}
+	if len(arr.elements) == 0 {
+		return textArray{}, nil // "{}": no dimensions, whatever bounds it states
+	}
+	if bounds == nil {
+		for _, n := range p.lengths {
+			arr.dims = append(arr.dims, arrayDimension{lowerBound: 1, length: n})
+		}
+		return arr, nil
+	}
+	if len(bounds) != len(p.lengths) {
+		return textArray{}, fmt.Errorf("array: %d bounds for %d dimensions", len(bounds), len(p.lengths))
+	}
+	for i, b := range bounds {
+		if b.length != p.lengths[i] {
+			return textArray{}, fmt.Errorf("array: dimension %d holds %d elements, its bounds say %d", i+1, p.lengths[i], b.length)
+		}
+	}
+	arr.dims = bounds
 	return arr, nil
 }
 
-func cardinality(dimensions []arrayDimension) int {
-	if len(dimensions) == 0 {
-		return 0
-	}
-	elementCount := int(dimensions[0].length)
-	for _, d := range dimensions[1:] {
-		elementCount *= int(d.length)
-	}
-	if elementCount < 0 {
-		return 0
-	}
-	return elementCount
+// arrayParser reads one array's text. lengths are the lengths of the
+// sub-arrays at each depth, set by the first one seen there.
+type arrayParser struct {
+	src       string
+	pos       int
+	delimiter byte
+	lengths   []int32
+	// leafDepth is the depth whose items are elements (0 until known).
+	leafDepth int
 }
 
-type untypedTextArray struct {
-	elements   []string
-	quoted     []bool
-	dimensions []arrayDimension
+func (p *arrayParser) more() bool { return p.pos < len(p.src) }
+func (p *arrayParser) peek() byte { return p.src[p.pos] }
+
+func (p *arrayParser) skipSpace() {
+	for p.more() && unicode.IsSpace(rune(p.peek())) {
+		p.pos++
+	}
 }
 
-func parseUntypedTextArray(src string, delimiter byte) (*untypedTextArray, error) {
-	dst := &untypedTextArray{}
-	buf := bytes.NewBufferString(src)
-	skipWhitespace(buf)
+func (p *arrayParser) expect(c byte) error {
+	if !p.more() || p.peek() != c {
+		return fmt.Errorf("array: expected %q at offset %d of %q", c, p.pos, p.src)
+	}
+	p.pos++
+	return nil
+}
 
-	r, _, err := buf.ReadRune()
+// integer reads a bound: an optional minus and digits.
+func (p *arrayParser) integer() (int32, error) {
+	start := p.pos
+	if p.more() && p.peek() == '-' {
+		p.pos++
+	}
+	for p.more() && '0' <= p.peek() && p.peek() <= '9' {
+		p.pos++
+	}
+	n, err := strconv.ParseInt(p.src[start:p.pos], 10, 32)
 	if err != nil {
-		return nil, fmt.Errorf("invalid array: %w", err)
+		return 0, fmt.Errorf("array: bad bound at offset %d of %q", start, p.src)
 	}
+	return int32(n), nil
+}
 
-	var explicitDimensions []arrayDimension
-
-	// Explicit bounds: [lower:upper][lower:upper]=
-	if r == '[' {
-		_ = buf.UnreadRune()
-		for {
-			r, _, err = buf.ReadRune()
-			if err != nil {
-				return nil, fmt.Errorf("invalid array: %w", err)
-			}
-			if r == '=' {
-				break
-			} else if r != '[' {
-				return nil, fmt.Errorf("invalid array, expected '[' or '=' got %v", r)
-			}
-			lower, err := arrayParseInteger(buf)
-			if err != nil {
-				return nil, fmt.Errorf("invalid array: %w", err)
-			}
-			r, _, err = buf.ReadRune()
-			if err != nil {
-				return nil, fmt.Errorf("invalid array: %w", err)
-			}
-			if r != ':' {
-				return nil, fmt.Errorf("invalid array, expected ':' got %v", r)
-			}
-			upper, err := arrayParseInteger(buf)
-			if err != nil {
-				return nil, fmt.Errorf("invalid array: %w", err)
-			}
-			r, _, err = buf.ReadRune()
-			if err != nil {
-				return nil, fmt.Errorf("invalid array: %w", err)
-			}
-			if r != ']' {
-				return nil, fmt.Errorf("invalid array, expected ']' got %v", r)
-			}
-			explicitDimensions = append(explicitDimensions, arrayDimension{lowerBound: lower, length: upper - lower + 1})
-		}
-		r, _, err = buf.ReadRune()
-		if err != nil {
-			return nil, fmt.Errorf("invalid array: %w", err)
-		}
+// list reads a brace-enclosed list at depth, appending its elements.
+func (p *arrayParser) list(depth int, arr *textArray) error {
+	if err := p.expect('{'); err != nil {
+		return err
 	}
-
-	if r != '{' {
-		return nil, fmt.Errorf("invalid array, expected '{' got %v", r)
+	if depth == 0 && p.more() && p.peek() == '}' {
+		p.pos++
+		return nil // the empty array
 	}
-
-	implicitDimensions := []arrayDimension{{lowerBound: 1, length: 0}}
-
-	// The opening braces at the start give the number of dimensions.
+	var n int32
 	for {
-		r, _, err = buf.ReadRune()
-		if err != nil {
-			return nil, fmt.Errorf("invalid array: %w", err)
+		if !p.more() {
+			return fmt.Errorf("array: %q ends inside a list", p.src)
 		}
-		if r == '{' {
-			implicitDimensions[len(implicitDimensions)-1].length = 1
-			implicitDimensions = append(implicitDimensions, arrayDimension{lowerBound: 1})
+		nested := p.peek() == '{'
+		switch {
+		case p.leafDepth == 0 && depth == len(p.lengths):
+			// The first item at a new depth says whether it holds lists.
+			p.lengths = append(p.lengths, 0)
+			if !nested {
+				p.leafDepth = depth + 1
+			}
+		case nested != (depth+1 < p.leafDepth || p.leafDepth == 0):
+			return fmt.Errorf("array: sub-arrays and elements mixed at offset %d of %q", p.pos, p.src)
+		}
+		if nested {
+			if err := p.list(depth+1, arr); err != nil {
+				return err
+			}
 		} else {
-			_ = buf.UnreadRune()
-			break
-		}
-	}
-	currentDim := len(implicitDimensions) - 1
-	counterDim := currentDim
-
-	for {
-		r, _, err = buf.ReadRune()
-		if err != nil {
-			return nil, fmt.Errorf("invalid array: %w", err)
-		}
-		switch r {
-		case '{':
-			if currentDim == counterDim {
-				implicitDimensions[currentDim].length++
-			}
-			currentDim++
-		case rune(delimiter):
-		case '}':
-			currentDim--
-			if currentDim < counterDim {
-				counterDim = currentDim
-			}
-		default:
-			_ = buf.UnreadRune()
-			value, quoted, err := arrayParseValue(buf, delimiter)
+			v, isNull, err := p.element()
 			if err != nil {
-				return nil, fmt.Errorf("invalid array value: %w", err)
+				return err
 			}
-			if currentDim == counterDim {
-				implicitDimensions[currentDim].length++
+			if isNull {
+				arr.elements = append(arr.elements, nil)
+			} else {
+				arr.elements = append(arr.elements, &v)
 			}
-			dst.quoted = append(dst.quoted, quoted)
-			dst.elements = append(dst.elements, value)
 		}
-		if currentDim < 0 {
+		n++
+		if !p.more() {
+			return fmt.Errorf("array: %q ends inside a list", p.src)
+		}
+		if c := p.peek(); c == '}' {
+			p.pos++
 			break
+		} else if c != p.delimiter {
+			return fmt.Errorf("array: expected %q or '}' at offset %d of %q", p.delimiter, p.pos, p.src)
 		}
+		p.pos++
 	}
-
-	skipWhitespace(buf)
-	if buf.Len() > 0 {
-		return nil, fmt.Errorf("unexpected trailing data: %v", buf.String())
+	if p.lengths[depth] == 0 {
+		p.lengths[depth] = n
+	} else if p.lengths[depth] != n {
+		return fmt.Errorf("array: sub-arrays of different lengths (%d and %d) in %q", p.lengths[depth], n, p.src)
 	}
-
-	switch {
-	case len(dst.elements) == 0:
-	case len(explicitDimensions) > 0:
-		dst.dimensions = explicitDimensions
-	default:
-		dst.dimensions = implicitDimensions
-	}
-	return dst, nil
+	return nil
 }
 
-func skipWhitespace(buf *bytes.Buffer) {
-	for {
-		r, _, err := buf.ReadRune()
-		if err != nil {
-			return
-		}
-		if !unicode.IsSpace(r) {
-			_ = buf.UnreadRune()
-			return
-		}
-	}
-}
-
-func arrayParseValue(buf *bytes.Buffer, delimiter byte) (string, bool, error) {
-	r, _, err := buf.ReadRune()
-	if err != nil {
-		return "", false, err
-	}
-	if r == '"' {
-		return arrayParseQuotedValue(buf)
-	}
-	_ = buf.UnreadRune()
-
-	s := &bytes.Buffer{}
-	for {
-		r, _, err := buf.ReadRune()
-		if err != nil {
-			return "", false, err
-		}
-		switch r {
-		case rune(delimiter), '}':
-			_ = buf.UnreadRune()
-			return s.String(), false, nil
-		}
-		s.WriteRune(r)
-	}
-}
-
-func arrayParseQuotedValue(buf *bytes.Buffer) (string, bool, error) {
-	s := &bytes.Buffer{}
-	for {
-		r, _, err := buf.ReadRune()
-		if err != nil {
-			return "", false, err
-		}
-		switch r {
-		case '\\':
-			r, _, err = buf.ReadRune()
-			if err != nil {
-				return "", false, err
+// element reads one element: quoted (backslash escapes the next byte), or
+// bare up to the delimiter or the closing brace, where a bare NULL is NULL.
+func (p *arrayParser) element() (string, bool, error) {
+	if p.peek() != '"' {
+		start := p.pos
+		for p.more() && p.peek() != p.delimiter && p.peek() != '}' {
+			switch p.peek() {
+			case '{', '"', '\\':
+				return "", false, fmt.Errorf("array: %q inside a bare element at offset %d of %q", p.peek(), p.pos, p.src)
 			}
+			p.pos++
+		}
+		v := p.src[start:p.pos]
+		if v == "" {
+			return "", false, fmt.Errorf("array: empty element at offset %d of %q", start, p.src)
+		}
+		return v, v == "NULL", nil
+	}
+	p.pos++
+	var b strings.Builder
+	for p.more() {
+		c := p.peek()
+		p.pos++
+		switch c {
 		case '"':
-			_, _, err = buf.ReadRune()
-			if err != nil {
-				return "", false, err
+			return b.String(), false, nil
+		case '\\':
+			if !p.more() {
+				return "", false, fmt.Errorf("array: %q ends after a backslash", p.src)
 			}
-			_ = buf.UnreadRune()
-			return s.String(), true, nil
+			c = p.peek()
+			p.pos++
 		}
-		s.WriteRune(r)
+		b.WriteByte(c)
 	}
-}
-
-func arrayParseInteger(buf *bytes.Buffer) (int32, error) {
-	s := &bytes.Buffer{}
-	for {
-		r, _, err := buf.ReadRune()
-		if err != nil {
-			return 0, err
-		}
-		if ('0' <= r && r <= '9') || r == '-' {
-			s.WriteRune(r)
-		} else {
-			_ = buf.UnreadRune()
-			n, err := strconv.ParseInt(s.String(), 10, 32)
-			if err != nil {
-				return 0, err
-			}
-			return int32(n), nil
-		}
-	}
+	return "", false, fmt.Errorf("array: %q ends inside a quoted element", p.src)
 }
