@@ -52,9 +52,10 @@ lint: ## gofmt, go vet and staticcheck
 	$(STATICCHECK) ./...
 
 .PHONY: fuzz
-fuzz: ## fuzz the rules.hcl parser, the pgoutput decoder and the journal, 30s each (FUZZTIME=2m to change)
+fuzz: ## fuzz the rules.hcl parser, the pgoutput decoder, the array parser and the journal, 30s each (FUZZTIME=2m to change)
 	go test -run='^$$' -fuzz='^FuzzParse$$' -fuzztime=$(FUZZTIME) ./config
 	go test -run='^$$' -fuzz='^FuzzDecode$$' -fuzztime=$(FUZZTIME) ./replication
+	go test -run='^$$' -fuzz='^FuzzParseTextArray$$' -fuzztime=$(FUZZTIME) ./mapping
 	go test -run='^$$' -fuzz='^FuzzDecodeEntry$$' -fuzztime=$(FUZZTIME) ./journal
 	go test -run='^$$' -fuzz='^FuzzOpen$$' -fuzztime=$(FUZZTIME) ./journal
 

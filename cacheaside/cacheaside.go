@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/cachesync/cachesync/keyspace"
+	"github.com/cachesync/cachesync/keyspace/redisops"
 )
 
 // ErrNotFound is what a loader returns for a row that does not exist. The
@@ -150,12 +151,12 @@ func New(rdb redis.UniversalClient, opts Options) (*Client, error) {
 	c := &Client{rdb: rdb, opts: opts}
 	c.errLog.every = opts.ErrorLogInterval
 	c.errLog.log = opts.Logger
-	c.scripts.ticket = redis.NewScript(keyspace.TicketScript)
-	c.scripts.fill = redis.NewScript(keyspace.FillScript)
-	c.scripts.tagAdd = redis.NewScript(keyspace.TagAddScript)
-	c.scripts.unlock = redis.NewScript(keyspace.UnlockScript)
-	c.scripts.deleteTag = redis.NewScript(keyspace.DeleteTagScript)
-	c.scripts.tagDetach = redis.NewScript(keyspace.TagDetachScript)
+	c.scripts.ticket = redis.NewScript(redisops.TicketScript)
+	c.scripts.fill = redis.NewScript(redisops.FillScript)
+	c.scripts.tagAdd = redis.NewScript(redisops.TagAddScript)
+	c.scripts.unlock = redis.NewScript(redisops.UnlockScript)
+	c.scripts.deleteTag = redis.NewScript(redisops.DeleteTagScript)
+	c.scripts.tagDetach = redis.NewScript(redisops.TagDetachScript)
 	return c, nil
 }
 
@@ -484,7 +485,7 @@ func (c *Client) runScripts(ctx context.Context, queue func(redis.Pipeliner), do
 			queue(p)
 			return nil
 		})
-		if err != nil && attempt == 0 && keyspace.IsNoScript(err) {
+		if err != nil && attempt == 0 && redisops.IsNoScript(err) {
 			if lerr := c.loadScripts(ctx); lerr != nil {
 				return lerr
 			}
@@ -500,7 +501,7 @@ func (c *Client) runScripts(ctx context.Context, queue func(redis.Pipeliner), do
 }
 
 func (c *Client) loadScripts(ctx context.Context) error {
-	return keyspace.LoadScripts(ctx, c.rdb, c.scripts.ticket, c.scripts.fill, c.scripts.tagAdd, c.scripts.unlock, c.scripts.deleteTag, c.scripts.tagDetach)
+	return redisops.LoadScripts(ctx, c.rdb, c.scripts.ticket, c.scripts.fill, c.scripts.tagAdd, c.scripts.unlock, c.scripts.deleteTag, c.scripts.tagDetach)
 }
 
 // refreshInBackground reloads a soft-expired key with a fenced fill: one
@@ -610,7 +611,7 @@ func (c *Client) InvalidateTags(ctx context.Context, tags ...string) error {
 		if err != nil {
 			return err
 		}
-		if _, err := keyspace.DeleteDetachedTag(ctx, c.rdb, k, members); err != nil {
+		if _, err := redisops.DeleteDetachedTag(ctx, c.rdb, k, members); err != nil {
 			return err
 		}
 	}

@@ -72,5 +72,5 @@
 // Every script touches one cluster slot: the key with its fence or its lock.
 // Tag sets live in their own slots; the daemon deletes a tag's members
 // atomically only when they share the tag's slot (a hash tag), see the
-// keyspace package.
+// keyspace and keyspace/redisops packages.
 package cacheaside

@@ -1,7 +1,10 @@
 // Package keyspace is what the cachesync daemon and the application-side
 // client (cacheaside) must agree on: the names of the Redis keys each side
-// reads and writes, the LSN encoding of write-through guards, and the Lua
-// scripts that change several keys atomically.
+// reads and writes, their Redis Cluster hash slots, and the LSN encoding of
+// write-through guards. It is pure naming: it depends on nothing but the
+// standard library, so that mapping can name keys without a Redis client.
+// The Lua scripts that change several keys atomically, and the helpers that
+// load and run them, are in package keyspace/redisops.
 //
 // # Naming scheme
 //
@@ -17,7 +20,7 @@
 //	cachesync:lock:{<slot>}...  the lock of the one process loading a key; LockKey
 //
 // Tags: the client adds every key it caches under a tag to the tag's set; the
-// daemon deletes the members and the set in one script (DeleteTagScript).
+// daemon deletes the members and the set in one script (redisops.DeleteTagScript).
 //
 // Versions: the client reads version:<ns> (absent = 0) and then reads or
 // writes <ns>:v<n>:<key>. Bumping the version retires every entry of the
@@ -32,21 +35,20 @@
 // daemon deletes the key, then the old value is written). The client first
 // adds a random token to FenceKey(key) (and registers the fence key under the
 // key's tags), then reads the database, then writes the value with
-// FillScript, which writes only if the token is still there. Every
+// redisops.FillScript, which writes only if the token is still there. Every
 // invalidation of the key deletes the fence, so a fill that may have read a
 // row older than the invalidation is refused.
 //
 // Write-through keys (refresh rules) are written only by the daemon, through
-// GuardedSetScript and GuardedUnsetScript, which compare the commit LSN of the
+// redisops.GuardedSetScript and redisops.GuardedUnsetScript, which compare the commit LSN of the
 // change with the one stored in the key's guard so that a redelivered older
 // change never overwrites a newer one. A guard records the WAL history of its
 // LSN too (History: the server's system identifier and timeline), and one of
 // another history counts as absent, so that a restored or new server, whose
 // positions may lie below the old ones, writes from its first change.
 //
-// Every multi-key script touches only keys in one Redis Cluster hash slot
-// (GuardKey(k) hashes to the slot of k), except DeleteTagScript: see its
-// documentation.
+// Companion keys (GuardKey, FenceKey, LockKey, TagPendingKey) hash to the
+// Redis Cluster slot of the key they serve, so that one script may use both.
 package keyspace
 
 import (
@@ -102,7 +104,7 @@ func GuardKey(key string) string { return sameSlot(guardPrefix, key) }
 // key in flight (cacheaside). Every invalidation of key deletes it (the
 // daemon's UNLINK, the guarded scripts, a tag's deletion, since fills register
 // it under the key's tags, and a flush), and a fill writes its value only if
-// its token is still in the set (FillScript). It hashes to the slot of key,
+// its token is still in the set (redisops.FillScript). It hashes to the slot of key,
 // named like GuardKey.
 func FenceKey(key string) string { return sameSlot(fencePrefix, key) }
 
@@ -120,7 +122,7 @@ func HasHashTag(key string) bool {
 }
 
 // TagPendingKey returns where a tag's members wait while they are deleted
-// across cluster slots (TagDetachScript); it hashes to the slot of the tag
+// across cluster slots (redisops.TagDetachScript); it hashes to the slot of the tag
 // set tagKey.
 func TagPendingKey(tagKey string) string { return sameSlot(tagDelPrefix, tagKey) }
 

@@ -28,9 +28,6 @@ const (
 	// OpFlush drops a rule's whole key space (TRUNCATE, key-set cap overflow,
 	// values that were not sent, slot creation).
 	OpFlush
-	// OpMark writes Value to Key without expiry: the daemon's own
-	// bookkeeping in the cache (the position its effects were applied to).
-	OpMark
 )
 
 func (k OpKind) String() string {
@@ -47,8 +44,6 @@ func (k OpKind) String() string {
 		return "unset"
 	case OpFlush:
 		return "flush"
-	case OpMark:
-		return "mark"
 	}
 	return "unknown"
 }

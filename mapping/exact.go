@@ -8,7 +8,6 @@ import (
 
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/hclsyntax"
-	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/zclconf/go-cty/cty"
 	"github.com/zclconf/go-cty/cty/convert"
 	ctyjson "github.com/zclconf/go-cty/cty/json"
@@ -98,17 +97,10 @@ func (d *decoder) class(oid uint32) valueClass {
 	return classText
 }
 
-// arrayElement returns the element type of an array type pgx knows.
+// arrayElement returns the element type of a known array type (arrayTypes).
 func (d *decoder) arrayElement(oid uint32) (uint32, bool) {
-	t, ok := d.types.TypeForOID(oid)
-	if !ok {
-		return 0, false
-	}
-	codec, ok := t.Codec.(*pgtype.ArrayCodec)
-	if !ok || codec.ElementType == nil {
-		return 0, false
-	}
-	return codec.ElementType.OID, true
+	t, ok := arrayTypes[oid]
+	return t.elem, ok
 }
 
 // text renders a non-NULL value where HCL would convert it to a string
@@ -172,23 +164,20 @@ func (d *decoder) appendJSON(buf []byte, oid uint32, class valueClass, text stri
 
 // appendJSONArray renders an array value; multi-dimensional arrays nest.
 func (d *decoder) appendJSONArray(buf []byte, oid uint32, text string) ([]byte, bool) {
-	elemOID, ok := d.arrayElement(oid)
+	t, arr, ok := parseArray(oid, text)
 	if !ok {
 		return buf, false
 	}
-	var arr pgtype.Array[*string]
-	if err := d.types.Scan(oid, pgtype.TextFormatCode, []byte(text), &arr); err != nil {
-		return buf, false
-	}
-	if len(arr.Dims) == 0 {
+	elemOID := t.elem
+	if len(arr.dims) == 0 {
 		return append(buf, "[]"...), true
 	}
 	class := d.class(elemOID)
-	elems := arr.Elements
-	var nest func(buf []byte, dims []pgtype.ArrayDimension) ([]byte, bool)
-	nest = func(buf []byte, dims []pgtype.ArrayDimension) ([]byte, bool) {
+	elems := arr.elements
+	var nest func(buf []byte, dims []arrayDimension) ([]byte, bool)
+	nest = func(buf []byte, dims []arrayDimension) ([]byte, bool) {
 		buf = append(buf, '[')
-		for i := 0; i < int(dims[0].Length); i++ {
+		for i := 0; i < int(dims[0].length); i++ {
 			if i > 0 {
 				buf = append(buf, ',')
 			}
@@ -215,7 +204,7 @@ func (d *decoder) appendJSONArray(buf []byte, oid uint32, text string) ([]byte, 
 		}
 		return append(buf, ']'), true
 	}
-	return nest(buf, arr.Dims)
+	return nest(buf, arr.dims)
 }
 
 // appendJSONString writes s as a JSON string the way cty's jsonencode does

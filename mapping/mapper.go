@@ -1,9 +1,11 @@
 // Package mapping turns committed row changes into Redis operations according
 // to the compiled rules of rules.hcl. It is pure: no network, no clock, no
-// randomness. The daemon feeds it one transaction at a time (Begin, Change…,
-// Commit) so that a huge transaction never has to be held in memory: per rule,
-// at most KeyCap distinct operations are kept, above which the rule's whole key
-// space is flushed instead.
+// randomness, and no Redis or PostgreSQL client among its dependencies, even
+// transitively (TestMappingAndConfigArePure). The daemon feeds it one
+// transaction at a time (Begin, Change…, Commit) so that a huge transaction
+// never has to be held in memory: per rule, at most KeyCap distinct
+// operations are kept, above which the rule's whole key space is flushed
+// instead.
 //
 // Template semantics (design.md): key, tag and namespace templates are
 // evaluated once per row image (INSERT: new; DELETE: old; UPDATE: old and new,

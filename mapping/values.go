@@ -6,7 +6,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/zclconf/go-cty/cty"
 	ctyjson "github.com/zclconf/go-cty/cty/json"
 )
@@ -32,11 +31,9 @@ const (
 // decoder turns PostgreSQL text values into cty values as design.md specifies.
 // It relies on the replication session's pinned output settings (TimeZone=UTC,
 // DateStyle=ISO), so the text forms it parses are stable.
-type decoder struct {
-	types *pgtype.Map
-}
+type decoder struct{}
 
-func newDecoder() *decoder { return &decoder{types: pgtype.NewMap()} }
+func newDecoder() *decoder { return &decoder{} }
 
 // decode converts one non-NULL text value of the given type.
 func (d *decoder) decode(oid uint32, text string) cty.Value {
@@ -115,36 +112,28 @@ func decodeTimestamp(text string) (cty.Value, bool) {
 // decodeArray decodes array types into lists of their element type's values;
 // multi-dimensional arrays become nested lists.
 func (d *decoder) decodeArray(oid uint32, text string) (cty.Value, bool) {
-	t, ok := d.types.TypeForOID(oid)
+	t, arr, ok := parseArray(oid, text)
 	if !ok {
 		return cty.NilVal, false
 	}
-	codec, ok := t.Codec.(*pgtype.ArrayCodec)
-	if !ok || codec.ElementType == nil {
-		return cty.NilVal, false
-	}
-	var arr pgtype.Array[*string]
-	if err := d.types.Scan(oid, pgtype.TextFormatCode, []byte(text), &arr); err != nil {
-		return cty.NilVal, false
-	}
-	elems := make([]cty.Value, len(arr.Elements))
-	for i, e := range arr.Elements {
+	elems := make([]cty.Value, len(arr.elements))
+	for i, e := range arr.elements {
 		if e == nil {
 			elems[i] = cty.NullVal(cty.DynamicPseudoType)
 			continue
 		}
-		elems[i] = d.decode(codec.ElementType.OID, *e)
+		elems[i] = d.decode(t.elem, *e)
 	}
-	if len(arr.Dims) == 0 {
+	if len(arr.dims) == 0 {
 		return cty.EmptyTupleVal, true
 	}
-	v, _ := nest(elems, arr.Dims)
+	v, _ := nest(elems, arr.dims)
 	return v, true
 }
 
 // nest folds a flat element slice into nested tuples following dims.
-func nest(elems []cty.Value, dims []pgtype.ArrayDimension) (cty.Value, []cty.Value) {
-	n := int(dims[0].Length)
+func nest(elems []cty.Value, dims []arrayDimension) (cty.Value, []cty.Value) {
+	n := int(dims[0].length)
 	out := make([]cty.Value, 0, n)
 	for i := 0; i < n; i++ {
 		var v cty.Value

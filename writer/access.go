@@ -13,6 +13,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/cachesync/cachesync/keyspace"
+	"github.com/cachesync/cachesync/keyspace/redisops"
 	"github.com/cachesync/cachesync/mapping"
 )
 
@@ -137,13 +138,13 @@ func CheckAccess(ctx context.Context, client redis.UniversalClient, spaces []map
 	}
 	// SCAN and SCRIPT LOAD go to every master; EVALSHA needs the load.
 	script := redis.NewScript("return redis.call('GET', KEYS[1])")
-	if err := keyspace.LoadScripts(ctx, client, script); err != nil {
+	if err := redisops.LoadScripts(ctx, client, script); err != nil {
 		return accessError(client, "SCRIPT LOAD", err, spaces)
 	}
 	if err := script.EvalSha(ctx, client, []string{str}).Err(); err != nil && !errors.Is(err, redis.Nil) {
 		return accessError(client, "EVALSHA", err, spaces)
 	}
-	err = keyspace.OnMasters(ctx, client, func(ctx context.Context, node redis.Cmdable) error {
+	err = redisops.OnMasters(ctx, client, func(ctx context.Context, node redis.Cmdable) error {
 		return node.Scan(ctx, 0, scratch+"*", 10).Err()
 	})
 	if err != nil {

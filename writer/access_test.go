@@ -74,7 +74,6 @@ func TestCheckAccess(t *testing.T) {
 	err := w.Apply(short, []mapping.Batch{batch(100,
 		del("user:email:a@b"), delTag("org:1"), bump("orders:customer:7"),
 		set("product:1", `{"id":1}`, 100, time.Hour, time.Minute), unset("product:2", 100),
-		mapping.Op{Kind: mapping.OpMark, Key: "cachesync:slot:s:applied", Value: []byte("0/64"), Rule: "test"},
 		flush(spaces[0]), flush(spaces[1]),
 	)})
 	if err != nil {

@@ -11,7 +11,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
 
-	"github.com/cachesync/cachesync/keyspace"
+	"github.com/cachesync/cachesync/keyspace/redisops"
 )
 
 // ErrEvictionUnsafe marks a Redis server whose maxmemory policy may evict
@@ -63,7 +63,7 @@ func CheckEviction(ctx context.Context, client redis.UniversalClient, allow bool
 		mu                sync.Mutex
 		unsafe, unchecked []finding
 	)
-	err := keyspace.OnMasters(ctx, client, func(ctx context.Context, node redis.Cmdable) error {
+	err := redisops.OnMasters(ctx, client, func(ctx context.Context, node redis.Cmdable) error {
 		addr := "Redis"
 		if c, ok := node.(*redis.Client); ok {
 			addr = c.Options().Addr

@@ -10,6 +10,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/cachesync/cachesync/keyspace"
+	"github.com/cachesync/cachesync/keyspace/redisops"
 	"github.com/cachesync/cachesync/mapping"
 )
 
@@ -99,7 +100,7 @@ func (w *Writer) tooLarge(op *mapping.Op) bool {
 func (w *Writer) refreshBulkLimit(ctx context.Context) {
 	var mu sync.Mutex
 	var lowest int64
-	err := keyspace.OnMasters(ctx, w.client, func(ctx context.Context, node redis.Cmdable) error {
+	err := redisops.OnMasters(ctx, w.client, func(ctx context.Context, node redis.Cmdable) error {
 		vals, err := node.ConfigGet(ctx, "proto-max-bulk-len").Result()
 		if err != nil {
 			return err

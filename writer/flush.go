@@ -11,6 +11,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/cachesync/cachesync/keyspace"
+	"github.com/cachesync/cachesync/keyspace/redisops"
 	"github.com/cachesync/cachesync/mapping"
 )
 
@@ -54,7 +55,7 @@ func (w *Writer) flushKeyspace(ctx context.Context, rule string, ks *mapping.Key
 // keyType, unless empty) returns, on every master of a cluster. Pages of
 // different masters are handled concurrently.
 func (w *Writer) scan(ctx context.Context, match, keyType string, page func(context.Context, []string) error) error {
-	return keyspace.OnMasters(ctx, w.client, func(ctx context.Context, node redis.Cmdable) error {
+	return redisops.OnMasters(ctx, w.client, func(ctx context.Context, node redis.Cmdable) error {
 		return w.scanNode(ctx, node, match, keyType, page)
 	})
 }

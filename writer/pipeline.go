@@ -9,6 +9,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/cachesync/cachesync/keyspace"
+	"github.com/cachesync/cachesync/keyspace/redisops"
 	"github.com/cachesync/cachesync/mapping"
 )
 
@@ -161,8 +162,6 @@ func (w *Writer) queue(ctx context.Context, pipe redis.Pipeliner, op *mapping.Op
 		pipe.EvalSha(ctx, w.scripts.guardedUnset.Hash(),
 			[]string{op.Key, keyspace.GuardKey(op.Key), keyspace.FenceKey(op.Key)},
 			w.guardValue(uint64(op.LSN)), w.opts.TombstoneTTL.Milliseconds())
-	case mapping.OpMark:
-		pipe.Set(ctx, op.Key, op.Value, 0)
 	default:
 		// collectOps let through only the kinds above; a flush never reaches a pipeline.
 		panic(fmt.Sprintf("writer: cannot pipeline a %s operation", op.Kind))
@@ -226,7 +225,7 @@ func (w *Writer) execPipeline(ctx context.Context, fill func(redis.Pipeliner)) (
 		if first == nil {
 			first = &commandError{index: i, err: err}
 		}
-		if keyspace.IsNoScript(err) {
+		if redisops.IsNoScript(err) {
 			first.noScript = true
 		}
 	}
@@ -242,7 +241,7 @@ func (w *Writer) execPipeline(ctx context.Context, fill func(redis.Pipeliner)) (
 // loadScripts loads every keyspace script into Redis's script cache (on
 // every master of a cluster).
 func (w *Writer) loadScripts(ctx context.Context) error {
-	return keyspace.LoadScripts(ctx, w.client, w.scripts.deleteTag, w.scripts.guardedSet, w.scripts.guardedUnset, w.scripts.tagDetach)
+	return redisops.LoadScripts(ctx, w.client, w.scripts.deleteTag, w.scripts.guardedSet, w.scripts.guardedUnset, w.scripts.tagDetach)
 }
 
 // needsScripts reports whether err, or a later failure in its pipeline, is
@@ -252,7 +251,7 @@ func needsScripts(err error) bool {
 	if errors.As(err, &cmdErr) && cmdErr.noScript {
 		return true
 	}
-	return keyspace.IsNoScript(err)
+	return redisops.IsNoScript(err)
 }
 
 // scriptResult returns the integer a keyspace script returned.
@@ -286,7 +285,7 @@ func (w *Writer) finishDetached(ctx context.Context, ops []*mapping.Op, cmds []r
 		if err != nil {
 			return i, fmt.Errorf("%s %q (rule %q): %w", op.Kind, op.Key, op.Rule, err)
 		}
-		deleted, err := keyspace.DeleteDetachedTag(ctx, w.client, keyspace.TagKey(op.Key), members)
+		deleted, err := redisops.DeleteDetachedTag(ctx, w.client, keyspace.TagKey(op.Key), members)
 		if err != nil {
 			return i, fmt.Errorf("%s %q (rule %q): %w", op.Kind, op.Key, op.Rule, err)
 		}
@@ -332,5 +331,5 @@ func (w *Writer) deleteTagAcross(ctx context.Context, tagKey string, strict bool
 	if err != nil {
 		return 0, fmt.Errorf("detach the members of %s: %w", tagKey, err)
 	}
-	return keyspace.DeleteDetachedTag(ctx, w.client, tagKey, members)
+	return redisops.DeleteDetachedTag(ctx, w.client, tagKey, members)
 }

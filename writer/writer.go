@@ -17,7 +17,6 @@
 //	OpSet          GuardedSetScript: SET key (TTL ± jitter, at least 1s) unless the guard holds the same or a later LSN
 //	OpUnset        GuardedUnsetScript: DEL key and leave the LSN in the guard for Options.TombstoneTTL
 //	OpFlush        SCAN the rule's key space and drop what matches (see below)
-//	OpMark         SET key value, no expiry (the daemon's applied position)
 //
 // Write-through guards: every guard holds the commit LSN and the WAL history
 // (SetHistory) of the last effect on its key, and every guard expires, so
@@ -104,7 +103,7 @@
 // Every single-key command and the guarded scripts are cluster-safe, and
 // flushes SCAN every master of a *redis.ClusterClient (a path not yet tested
 // against a real cluster). DeleteTagScript needs the members of a tag to share
-// the tag set's hash slot there (see keyspace.DeleteTagScript). Within one
+// the tag set's hash slot there (see redisops.DeleteTagScript). Within one
 // pipeline, commands on keys of different cluster nodes run in parallel: only
 // effects on the same key keep their order, which is all the operations need.
 // A *redis.Ring is not supported: a flush would scan one shard only.
@@ -123,6 +122,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/cachesync/cachesync/keyspace"
+	"github.com/cachesync/cachesync/keyspace/redisops"
 	"github.com/cachesync/cachesync/mapping"
 )
 
@@ -262,10 +262,10 @@ func New(client redis.UniversalClient, opts Options) *Writer {
 		opts:   opts,
 		log:    opts.Logger.With().Str("component", "writer").Logger(),
 		scripts: scripts{
-			deleteTag:    redis.NewScript(keyspace.DeleteTagScript),
-			guardedSet:   redis.NewScript(keyspace.GuardedSetScript),
-			guardedUnset: redis.NewScript(keyspace.GuardedUnsetScript),
-			tagDetach:    redis.NewScript(keyspace.TagDetachScript),
+			deleteTag:    redis.NewScript(redisops.DeleteTagScript),
+			guardedSet:   redis.NewScript(redisops.GuardedSetScript),
+			guardedUnset: redis.NewScript(redisops.GuardedUnsetScript),
+			tagDetach:    redis.NewScript(redisops.TagDetachScript),
 		},
 	}
 	w.cluster, _ = client.(*redis.ClusterClient)
@@ -352,7 +352,7 @@ func collectOps(batches []mapping.Batch) ([]*mapping.Op, error) {
 		for j := range b.Ops {
 			op := &b.Ops[j]
 			switch {
-			case op.Kind < mapping.OpDelete || op.Kind > mapping.OpMark:
+			case op.Kind < mapping.OpDelete || op.Kind > mapping.OpFlush:
 				return nil, fmt.Errorf("writer: batch with end LSN %s, operation %d (rule %q): kind %d: %w",
 					b.EndLSN, j, op.Rule, op.Kind, ErrInvalidOp)
 			case op.Kind == mapping.OpFlush && op.Keyspace == nil:
@@ -487,7 +487,7 @@ func (w *Writer) recovered() {
 
 // counters are the Writer's statistics, updated as Redis acknowledges.
 type counters struct {
-	applied             [mapping.OpMark + 1]atomic.Uint64
+	applied             [mapping.OpFlush + 1]atomic.Uint64
 	retries             atomic.Uint64
 	tagKeysDeleted      atomic.Uint64
 	flushKeysDeleted    atomic.Uint64

@@ -549,7 +549,7 @@ func TestInvalidOperation(t *testing.T) {
 	tb.populate(t, "k")
 	for _, bad := range []mapping.Op{
 		{Kind: 0, Key: "x"},
-		{Kind: mapping.OpMark + 1, Key: "x"},
+		{Kind: mapping.OpFlush + 1, Key: "x"},
 		{Kind: mapping.OpFlush},
 	} {
 		err := tb.writer.Apply(context.Background(), []mapping.Batch{batch(100, del("k"), bad)})

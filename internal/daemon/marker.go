@@ -12,6 +12,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/cachesync/cachesync/keyspace"
+	"github.com/cachesync/cachesync/keyspace/redisops"
 	"github.com/cachesync/cachesync/replication"
 	"github.com/cachesync/cachesync/wal"
 )
@@ -368,8 +369,8 @@ func (r *RedisCacheState) evalMarkers(ctx context.Context, script *redis.Script,
 		})
 	}
 	cmds, err := run()
-	if keyspace.IsNoScript(err) {
-		if err = keyspace.LoadScripts(ctx, r.client, script); err == nil {
+	if redisops.IsNoScript(err) {
+		if err = redisops.LoadScripts(ctx, r.client, script); err == nil {
 			cmds, err = run()
 		}
 	}

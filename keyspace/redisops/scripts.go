@@ -1,4 +1,4 @@
-package keyspace
+package redisops
 
 import (
 	"context"
@@ -11,7 +11,7 @@ import (
 // DeleteTagScript deletes every key registered under a tag, then the tag's
 // set, atomically, so that no reader sees some members gone and others not.
 //
-//	KEYS[1]  the tag set (TagKey)
+//	KEYS[1]  the tag set (keyspace.TagKey)
 //	ARGV[1]  optional: "strict" refuses a key of another type (see below)
 //	returns  the number of member keys that existed and were deleted
 //
@@ -54,8 +54,8 @@ return deleted
 
 // lsnHelpers is the Lua shared by the guarded scripts.
 //
-// A guard's value is EncodeGuard's: the commit LSN as 16 hex digits, then
-// the WAL history (History) it belongs to. LSNs are compared as two exact
+// A guard's value is keyspace.EncodeGuard's: the commit LSN as 16 hex digits, then
+// the WAL history (keyspace.History) it belongs to. LSNs are compared as two exact
 // 32-bit halves rather than as strings: Lua numbers are doubles (53-bit),
 // and Lua compares strings with strcoll, which follows the server's locale.
 // A guard that is missing, of another type, not 16 hex digits, or of another
@@ -102,10 +102,10 @@ end
 // the same or a later commit LSN.
 //
 //	KEYS[1]  the cache key
-//	KEYS[2]  its guard (GuardKey(KEYS[1]))
-//	KEYS[3]  its fill fence (FenceKey(KEYS[1])), deleted in any case
+//	KEYS[2]  its guard (keyspace.GuardKey(KEYS[1]))
+//	KEYS[3]  its fill fence (keyspace.FenceKey(KEYS[1])), deleted in any case
 //	ARGV[1]  the value
-//	ARGV[2]  the commit LSN of the change and its WAL history (EncodeGuard)
+//	ARGV[2]  the commit LSN of the change and its WAL history (keyspace.EncodeGuard)
 //	ARGV[3]  the value's TTL in milliseconds, "0" for no expiry
 //	ARGV[4]  the guard's TTL in milliseconds, "0" for no expiry
 //	returns  1 when written, 0 when the guard held an LSN >= ARGV[2]'s, of its history
@@ -132,9 +132,9 @@ return 1
 // GuardedSetScript cannot bring the value back.
 //
 //	KEYS[1]  the cache key
-//	KEYS[2]  its guard (GuardKey(KEYS[1]))
-//	KEYS[3]  its fill fence (FenceKey(KEYS[1])), deleted in any case
-//	ARGV[1]  the commit LSN of the change and its WAL history (EncodeGuard)
+//	KEYS[2]  its guard (keyspace.GuardKey(KEYS[1]))
+//	KEYS[3]  its fill fence (keyspace.FenceKey(KEYS[1])), deleted in any case
+//	ARGV[1]  the commit LSN of the change and its WAL history (keyspace.EncodeGuard)
 //	ARGV[2]  the guard's TTL in milliseconds, "0" for no expiry
 //	returns  1 when applied, 0 when the guard held a later LSN of its history
 //
@@ -159,7 +159,7 @@ return 1
 // TicketScript opens a fill: it adds the fill's token to the key's fence and
 // makes sure the fence lives at least as long as the fill may take.
 //
-//	KEYS[1]  the fence (FenceKey(key))
+//	KEYS[1]  the fence (keyspace.FenceKey(key))
 //	ARGV[1]  the fill's token (random, unique)
 //	ARGV[2]  how long the fill may take, in milliseconds
 //	returns  1
@@ -178,7 +178,7 @@ return 1
 // invalidation deletes the fence, and with it the token.
 //
 //	KEYS[1]  the cache key
-//	KEYS[2]  its fence (FenceKey(KEYS[1]))
+//	KEYS[2]  its fence (keyspace.FenceKey(KEYS[1]))
 //	ARGV[1]  the fill's token
 //	ARGV[2]  the value
 //	ARGV[3]  the value's TTL in milliseconds, "0" for no expiry
@@ -200,7 +200,7 @@ return 1
 // that expired before a member would leave that member out of the tag's next
 // invalidation. A set without a TTL keeps none.
 //
-//	KEYS[1]  the tag set (TagKey(tag))
+//	KEYS[1]  the tag set (keyspace.TagKey(tag))
 //	ARGV[1]  the longest time a member may live from now, in milliseconds
 //	ARGV[2…] the members
 //	returns  1
@@ -215,7 +215,7 @@ end
 return 1
 `
 
-// UnlockScript releases a LockKey only if it still holds the caller's token.
+// UnlockScript releases a keyspace.LockKey only if it still holds the caller's token.
 //
 //	KEYS[1]  the lock
 //	ARGV[1]  the caller's token
@@ -235,8 +235,8 @@ return 0
 // were filled after the invalidation began. A deletion interrupted before
 // the pending set is gone is finished by the next one, which merges into it.
 //
-//	KEYS[1]  the tag set (TagKey)
-//	KEYS[2]  its pending set (TagPendingKey(KEYS[1]))
+//	KEYS[1]  the tag set (keyspace.TagKey)
+//	KEYS[2]  its pending set (keyspace.TagPendingKey(KEYS[1]))
 //	ARGV[1]  optional: "strict" refuses a tag set or pending set of another
 //	         type with a WRONGTYPE error, changing nothing (as DeleteTagScript)
 //	returns  the members to delete

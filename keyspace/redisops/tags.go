@@ -1,4 +1,4 @@
-package keyspace
+package redisops
 
 import (
 	"context"
@@ -6,6 +6,8 @@ import (
 	"slices"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/cachesync/cachesync/keyspace"
 )
 
 // DeleteDetachedTag finishes the stepwise deletion of a tag that
@@ -19,7 +21,7 @@ func DeleteDetachedTag(ctx context.Context, rdb redis.UniversalClient, tagKey st
 	if len(members) > 0 {
 		bySlot := map[int][]string{}
 		for _, m := range members {
-			bySlot[Slot(m)] = append(bySlot[Slot(m)], m)
+			bySlot[keyspace.Slot(m)] = append(bySlot[keyspace.Slot(m)], m)
 		}
 		cmds, err := rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 			for _, keys := range bySlot {
@@ -36,7 +38,7 @@ func DeleteDetachedTag(ctx context.Context, rdb redis.UniversalClient, tagKey st
 			deleted += c.(*redis.IntCmd).Val()
 		}
 	}
-	pending := TagPendingKey(tagKey)
+	pending := keyspace.TagPendingKey(tagKey)
 	if err := rdb.Del(ctx, pending).Err(); err != nil {
 		return deleted, fmt.Errorf("delete %s: %w", pending, err)
 	}
