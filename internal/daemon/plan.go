@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/cachesync/cachesync/config"
@@ -245,4 +246,22 @@ func planCache(in cacheInput) cachePlan {
 		p.Journal = journalCompleteFrom
 	}
 	return p
+}
+
+// changedRules are the rules whose key spaces flushNewRules flushes by
+// name: those whose fingerprint differs from the one recorded (added or
+// changed since the last instance streamed), but for the rules of tables
+// just added to the publication, which are flushed by table. Without a
+// record (ok false: the first start of a version that keeps one), none.
+func changedRules(rules []*config.Rule, recorded map[string]string, ok bool, addedTables []string) []string {
+	if !ok {
+		return nil
+	}
+	var changed []string
+	for _, r := range rules {
+		if recorded[r.Name] != r.Fingerprint && !slices.Contains(addedTables, r.Table.String()) {
+			changed = append(changed, r.Name)
+		}
+	}
+	return changed
 }

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 
@@ -174,4 +175,32 @@ func causeMissing(cause string, want []string) string {
 		cause = cause[i+len(w):]
 	}
 	return ""
+}
+
+// TestChangedRules: which rules' key spaces a start flushes by name because
+// the cache never had them applied in their current form.
+func TestChangedRules(t *testing.T) {
+	t.Parallel()
+	rule := func(name, table, fp string) *config.Rule {
+		return &config.Rule{Name: name, Table: config.TableName{Schema: "public", Name: table}, Fingerprint: fp}
+	}
+	rules := []*config.Rule{rule("users", "users", "u1"), rule("orders", "orders", "o2"), rule("items", "items", "i1")}
+	tests := []struct {
+		name     string
+		recorded map[string]string
+		ok       bool
+		added    []string
+		want     []string
+	}{
+		{"no record", nil, false, nil, nil},
+		{"unchanged", map[string]string{"users": "u1", "orders": "o2", "items": "i1"}, true, nil, nil},
+		{"changed and added rules", map[string]string{"users": "u1", "orders": "o1"}, true, nil, []string{"orders", "items"}},
+		{"rules of added tables are flushed by table", map[string]string{"users": "u1"}, true, []string{"public.orders"}, []string{"items"}},
+		{"removed rules are nothing to flush", map[string]string{"users": "u1", "orders": "o2", "items": "i1", "gone": "g1"}, true, nil, nil},
+	}
+	for _, tt := range tests {
+		if got := changedRules(rules, tt.recorded, tt.ok, tt.added); !slices.Equal(got, tt.want) {
+			t.Errorf("%s: %q, want %q", tt.name, got, tt.want)
+		}
+	}
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"slices"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -225,14 +224,7 @@ func (d *Daemon) flushNewRules(ctx context.Context, addedTables []string) error 
 	}); err != nil {
 		return err
 	}
-	var changed []string
-	if ok {
-		for _, r := range d.opts.Config.Rules {
-			if recorded[r.Name] != r.Fingerprint && !slices.Contains(addedTables, r.Table.String()) {
-				changed = append(changed, r.Name)
-			}
-		}
-	}
+	changed := changedRules(d.opts.Config.Rules, recorded, ok, addedTables)
 	if len(changed) > 0 {
 		d.log.Warn().Strs("rules", changed).
 			Msg("rules added or changed since the cache was last streamed: flushing their key spaces, since nobody invalidated their keys before")
