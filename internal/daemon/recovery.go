@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"slices"
-	"strings"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -39,7 +37,10 @@ import (
 //     or changed, a table added to the publication): those rules' key
 //     spaces are flushed, since nobody invalidated their keys before.
 //
-// It also aligns the publication with the rules, under the same lock.
+// What to do in each case is decided by planSlot and planCache (plan.go,
+// pure, one test row per case); ensureSlot reads their inputs and executes
+// their plans. It also aligns the publication with the rules, under the
+// same lock.
 func (d *Daemon) ensureSlot(ctx context.Context, conn *pgx.Conn, repl *pgconn.PgConn, dbname string) (wal.LSN, error) {
 	// The caller holds the instance lock (withLock): only its holder may
 	// recover the slot and the cache, so two instances starting at once
@@ -60,12 +61,10 @@ func (d *Daemon) ensureSlot(ctx context.Context, conn *pgx.Conn, repl *pgconn.Pg
 	if err != nil {
 		return 0, err
 	}
-	if info != nil && info.Active {
-		pid := int32(0)
-		if info.ActivePID != nil {
-			pid = *info.ActivePID
-		}
-		return 0, fmt.Errorf("%w: pid %d", replication.ErrSlotActive, pid)
+	state, hasState := d.opts.Journal.State()
+	slotPlan, err := planSlot(slotInput{Name: name, Slot: info, SystemID: sys.SystemID, Timeline: sys.Timeline, Saved: state, HasSaved: hasState})
+	if err != nil {
+		return 0, err
 	}
 	// The partition trees are read before alignPublication installs the
 	// truncate triggers: a partition created after this read is a change
@@ -78,28 +77,15 @@ func (d *Daemon) ensureSlot(ctx context.Context, conn *pgx.Conn, repl *pgconn.Pg
 	if err != nil {
 		return 0, err
 	}
-	var lost []string
-	if info != nil && info.WALStatus == "lost" {
+	if slotPlan.Drop {
 		if _, err := replication.DropSlot(ctx, conn, name); err != nil {
 			return 0, err
 		}
-		lost = append(lost, "the slot was invalidated (wal_status = lost: it fell behind max_slot_wal_keep_size) and was dropped")
-		info = nil
 	}
-	state, hasState := d.opts.Journal.State()
-	if hasState && state.Slot == name && (state.SystemID != sys.SystemID || state.Timeline != sys.Timeline) {
-		lost = append(lost, fmt.Sprintf("the database's system identifier or timeline changed from %s/%d to %s/%d (a restore or a promoted standby)",
-			state.SystemID, state.Timeline, sys.SystemID, sys.Timeline))
-	}
-	created := false
-	if info == nil {
+	if slotPlan.Create {
 		lsn, err := replication.CreateSlot(ctx, repl, name, false)
 		if err != nil {
 			return 0, err
-		}
-		created = true
-		if hasState && state.Slot == name && len(lost) == 0 {
-			lost = append(lost, "the slot was missing (dropped, or lost in a failover)")
 		}
 		d.log.Warn().Str("slot", name).Stringer("consistent_point", lsn).Msg("replication slot created")
 		if info, err = replication.ReadSlot(ctx, conn, name); err != nil {
@@ -125,42 +111,36 @@ func (d *Daemon) ensureSlot(ctx context.Context, conn *pgx.Conn, repl *pgconn.Pg
 	}); err != nil {
 		return 0, err
 	}
-	applied, appliedOK := position.LSN, position.OK
 	if !position.ServersKnown() {
 		d.log.Warn().Msg("Redis refuses INFO to cachesync's user: a restart or failover between a group's apply and its advance that keeps the previous applied position cannot be detected; grant +info (see docs/operations.md, Redis lost effects)")
 	}
-	flushedAll := true
-	switch {
-	case len(lost) > 0:
-		d.log.Error().Str("slot", name).Str("cause", strings.Join(lost, "; ")).
+	journaled := d.opts.Journal.LastLSN()
+	plan := planCache(cacheInput{
+		Slot: slotPlan, Start: start, Applied: position.LSN, AppliedOK: position.OK,
+		Journaled: journaled, Policy: d.opts.Config.Redis.OnReset,
+	})
+	switch plan.Step {
+	case cacheFlushLost:
+		d.log.Error().Str("slot", name).Str("cause", plan.Cause).
 			Msg("SLOT LOST: changes may have been missed; flushing every rule's key space before streaming")
-		err = d.flush(ctx, d.mapper.FlushAll(mapping.ReasonSlotLost))
-	case created:
+		err = d.flush(ctx, d.mapper.FlushAll(plan.Reason))
+	case cacheFlushNewSlot:
 		d.log.Warn().Str("slot", name).Msg("new slot: flushing every rule's key space, since entries cached before it would never be invalidated")
-		err = d.flush(ctx, d.mapper.FlushAll(mapping.ReasonSlot))
-	case !appliedOK:
+		err = d.flush(ctx, d.mapper.FlushAll(plan.Reason))
+	case cacheFlushNoPosition:
 		d.log.Warn().Str("slot", name).Msg("the cache holds no applied position (a new or emptied Redis): flushing every rule's key space")
-		err = d.flush(ctx, d.mapper.FlushAll(mapping.ReasonCacheReset))
-	case applied < start && d.opts.Journal.LastLSN() >= start:
-		// This instance applied and journaled everything up to the slot's
-		// position, but the cache lost part of it: a restored backup.
-		flushedAll = false
-		err = d.heal(ctx, applied, fmt.Sprintf("the cache's applied position %s is behind the slot's %s (Redis restored from an older backup)", applied, start))
-	case applied < start:
-		// Neither the cache nor this instance's journal reaches the slot's
-		// position: someone advanced the slot (or the cache was restored
-		// while another instance was streaming). The changes in between
-		// were never applied here, and no replay can bring them back.
-		d.log.Error().Str("slot", name).Stringer("cache_applied", applied).Stringer("journaled", d.opts.Journal.LastLSN()).Stringer("slot_confirmed", start).
+		err = d.flush(ctx, d.mapper.FlushAll(plan.Reason))
+	case cacheHeal:
+		err = d.heal(ctx, plan.HealFrom, plan.Replay, plan.Cause)
+	case cacheFlushAhead:
+		d.log.Error().Str("slot", name).Stringer("cache_applied", position.LSN).Stringer("journaled", journaled).Stringer("slot_confirmed", start).
 			Msg("SLOT AHEAD: the slot was advanced past what was applied to the cache; flushing every rule's key space")
-		err = d.flush(ctx, d.mapper.FlushAll(mapping.ReasonSlotLost))
-	default:
-		flushedAll = false
+		err = d.flush(ctx, d.mapper.FlushAll(plan.Reason))
 	}
 	if err != nil {
 		return 0, err
 	}
-	if !flushedAll {
+	if plan.FlushChanged {
 		if err := d.flushNewRules(ctx, added); err != nil {
 			return 0, err
 		}
@@ -175,30 +155,21 @@ func (d *Daemon) ensureSlot(ctx context.Context, conn *pgx.Conn, repl *pgconn.Pg
 		return 0, err
 	}
 	d.trees = trees
-	// The cache now reflects everything before start; effects beyond an
-	// older position are redelivered. Never move the position back.
-	mark := start
-	if appliedOK && applied > start && len(lost) == 0 && !created {
-		mark = applied
-	}
-	if err := d.recordRecovered(ctx, position, mark); err != nil {
+	if err := d.recordRecovered(ctx, position, plan.Mark); err != nil {
 		return 0, err
 	}
-	switch {
-	case hasState && (state.SystemID != sys.SystemID || state.Timeline != sys.Timeline):
-		// Positions of another system or timeline mean nothing here.
+	switch plan.Journal {
+	case journalReset:
 		err = d.opts.Journal.Reset(start)
-	case created || len(lost) > 0 || d.opts.Journal.LastLSN() < start:
-		// The journal does not reach the slot (new journal, new slot, or
-		// another instance streamed meanwhile): complete from here on.
+	case journalCompleteFrom:
 		err = d.opts.Journal.SetCompleteFrom(start)
 	}
 	if err != nil {
 		return 0, err
 	}
 	d.warnAbandonedSlots(ctx, conn, sys.SystemID+":"+dbname, name)
-	if !hasState || state != (journal.State{SystemID: sys.SystemID, Timeline: sys.Timeline, Slot: name}) {
-		if err := d.opts.Journal.SaveState(journal.State{SystemID: sys.SystemID, Timeline: sys.Timeline, Slot: name}); err != nil {
+	if slotPlan.SaveState {
+		if err := d.opts.Journal.SaveState(slotPlan.State); err != nil {
 			return 0, err
 		}
 	}
@@ -253,14 +224,7 @@ func (d *Daemon) flushNewRules(ctx context.Context, addedTables []string) error 
 	}); err != nil {
 		return err
 	}
-	var changed []string
-	if ok {
-		for _, r := range d.opts.Config.Rules {
-			if recorded[r.Name] != r.Fingerprint && !slices.Contains(addedTables, r.Table.String()) {
-				changed = append(changed, r.Name)
-			}
-		}
-	}
+	changed := changedRules(d.opts.Config.Rules, recorded, ok, addedTables)
 	if len(changed) > 0 {
 		d.log.Warn().Strs("rules", changed).
 			Msg("rules added or changed since the cache was last streamed: flushing their key spaces, since nobody invalidated their keys before")
@@ -458,7 +422,7 @@ func (d *Daemon) cacheReset(ctx context.Context, cur Position, group []mapping.B
 		}
 	default:
 		d.metrics.CacheResets.Inc()
-		if err := d.heal(ctx, since.LSN, fmt.Sprintf("REDIS RESET: the cache's applied position went back from %s to %s (restored from a backup, or a failover lost acknowledged writes)", d.mark.LSN, since.LSN)); err != nil {
+		if err := d.heal(ctx, since.LSN, d.opts.Config.Redis.OnReset != config.ResetFlush, fmt.Sprintf("REDIS RESET: the cache's applied position went back from %s to %s (restored from a backup, or a failover lost acknowledged writes)", d.mark.LSN, since.LSN)); err != nil {
 			return err
 		}
 	}
@@ -478,9 +442,10 @@ func hasOps(group []mapping.Batch) bool {
 	return false
 }
 
-// heal re-applies the journal from `from` when the policy is replay and the
-// journal reaches back that far, and flushes every key space otherwise.
-func (d *Daemon) heal(ctx context.Context, from wal.LSN, why string) error {
+// heal re-applies the journal from `from` when replay (on_redis_reset =
+// "replay") and the journal reaches back that far, and flushes every key
+// space otherwise.
+func (d *Daemon) heal(ctx context.Context, from wal.LSN, replay bool, why string) error {
 	// Groups applied but still on their way to the journal must be in it
 	// before it is replayed.
 	if err := d.journalSync(ctx); err != nil {
@@ -489,8 +454,7 @@ func (d *Daemon) heal(ctx context.Context, from wal.LSN, why string) error {
 	if err := d.fence(); err != nil {
 		return err
 	}
-	policy := d.opts.Config.Redis.OnReset
-	if policy == config.ResetFlush {
+	if !replay {
 		d.log.Error().Str("cause", why).Msg("on_redis_reset = flush: flushing every rule's key space")
 		return d.flush(ctx, d.mapper.FlushAll(mapping.ReasonCacheReset))
 	}
