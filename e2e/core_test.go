@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/cachesync/cachesync/internal/testenv"
 )
 
 const schema = `
@@ -95,7 +97,7 @@ func (e *env) version(ns string) int64 {
 
 func (e *env) waitVersion(ns string, want int64) {
 	e.t.Helper()
-	eventually(e.t, 30*time.Second, "version of "+ns, func() (bool, string) {
+	testenv.Eventually(e.t, 30*time.Second, "version of "+ns, func() (bool, string) {
 		got := e.version(ns)
 		return got == want, fmt.Sprintf("version %d, want %d", got, want)
 	})
@@ -135,7 +137,7 @@ func productJSON(id int, name, price string, published bool, description string)
 
 func (e *env) waitValue(key string, want map[string]any) {
 	e.t.Helper()
-	eventually(e.t, 30*time.Second, "value of "+key, func() (bool, string) {
+	testenv.Eventually(e.t, 30*time.Second, "value of "+key, func() (bool, string) {
 		raw, err := e.rdb.Get(e.ctx, key).Result()
 		if err != nil {
 			return false, err.Error()
