@@ -15,9 +15,6 @@
 #
 # Check this file with `cachesync validate --config rules.hcl`
 # (add --database-url to check tables, columns and replica identity too).
-#
-# The config, mapping and e2e tests run this file's rules against the demo
-# schema: changing what a rule does changes what those tests expect.
 
 # Where to stream from. Command-line flags and DATABASE_URL override url;
 # env() is available in this block and in the redis block only.
