@@ -107,17 +107,6 @@ func (l *loader) load(context.Context) (user, error) {
 	return l.user, l.err
 }
 
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 func TestMissThenHit(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
@@ -234,8 +223,14 @@ func TestSingleflightInProcess(t *testing.T) {
 			}
 		})
 	}
-	eventually(t, "the first load", func() bool { return calls.Load() == 1 })
-	eventually(t, "every reader to miss", func() bool { return c.Stats().Misses == 50 })
+	testenv.Eventually(t, 10*time.Second, "the first load", func() (bool, string) {
+		n := calls.Load()
+		return n == 1, fmt.Sprintf("%d loads", n)
+	})
+	testenv.Eventually(t, 10*time.Second, "every reader to miss", func() (bool, string) {
+		n := c.Stats().Misses
+		return n == 50, fmt.Sprintf("%d misses, want 50", n)
+	})
 	close(release)
 	wg.Wait()
 	if n := calls.Load(); n != 1 {
@@ -327,9 +322,9 @@ func TestStaleWhileRevalidate(t *testing.T) {
 	if v, err := cacheaside.GetOrLoad(ctx, c, "k", load); err != nil || v != 0 {
 		t.Fatalf("stale read got %d, %v; want the cached 0 at once", v, err)
 	}
-	eventually(t, "the background refresh", func() bool {
+	testenv.Eventually(t, 10*time.Second, "the background refresh", func() (bool, string) {
 		v, _ := e.get(t, "k")
-		return v == "1"
+		return v == "1", fmt.Sprintf("k = %q, want \"1\"", v)
 	})
 	if st := c.Stats(); st.StaleServed != 1 || st.Refreshes != 1 {
 		t.Errorf("stats %+v, want one stale serve and one refresh", st)
@@ -353,9 +348,9 @@ func TestStaleWhileRevalidate(t *testing.T) {
 		}
 	}
 	close(release)
-	eventually(t, "the second refresh", func() bool {
+	testenv.Eventually(t, 10*time.Second, "the second refresh", func() (bool, string) {
 		v, _ := e.get(t, "k")
-		return v == "2"
+		return v == "2", fmt.Sprintf("k = %q, want \"2\"", v)
 	})
 	if n := slowLoads.Load(); n != 1 {
 		t.Errorf("50 stale reads during a refresh made %d loads, want 1", n)
@@ -490,9 +485,11 @@ func TestRedisDown(t *testing.T) {
 	}
 
 	e.server.Start(t)
-	eventually(t, "a fill after Redis returned", func() bool {
-		_, err := cacheaside.GetOrLoad(context.Background(), c, "user:5", l.load)
-		return err == nil && e.rdb.Exists(context.Background(), "user:5").Val() == 1
+	testenv.Eventually(t, 10*time.Second, "a fill after Redis returned", func() (bool, string) {
+		if _, err := cacheaside.GetOrLoad(context.Background(), c, "user:5", l.load); err != nil {
+			return false, fmt.Sprintf("GetOrLoad: %v", err)
+		}
+		return e.rdb.Exists(context.Background(), "user:5").Val() == 1, "user:5 not cached"
 	})
 }
 

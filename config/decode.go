@@ -57,17 +57,11 @@ var (
 )
 
 var (
-	ruleNameRe    = regexp.MustCompile(`^[A-Za-z0-9_.-]+$`)
-	slotRe        = regexp.MustCompile(`^[a-z0-9_]{1,63}$`)
-	publicationRe = regexp.MustCompile(`^[a-z0-9_]{1,63}$`)
+	ruleNameRe = regexp.MustCompile(`^[A-Za-z0-9_.-]+$`)
 	// unquotedIdentRe is a PostgreSQL identifier as it is stored when written
 	// unquoted: folded to lower case.
 	unquotedIdentRe = regexp.MustCompile(`^[a-z_][a-z0-9_$]*$`)
 )
-
-// maxIdentLen is PostgreSQL's NAMEDATALEN-1: longer names are truncated by
-// the server and would never match.
-const maxIdentLen = 63
 
 // blockWhat names a block in messages: `postgres block`, `rule "user"`.
 func blockWhat(b *hcl.Block) string {
@@ -167,11 +161,11 @@ func (p *Parser) decodePostgres(b *hcl.Block, pg *Postgres) hcl.Diagnostics {
 		diags = append(diags, ds...)
 		if !ds.HasErrors() {
 			pg.Slot = s
-			if !slotRe.MatchString(s) {
+			if !validName(s) {
 				diags = append(diags, &hcl.Diagnostic{
 					Severity: hcl.DiagError,
 					Summary:  fmt.Sprintf("postgres: invalid slot name %q", s),
-					Detail:   fmt.Sprintf("replication slot names are 1 to 63 lower-case letters, digits and underscores; for example slot = %q", suggestIdent(s, DefaultSlot)),
+					Detail:   fmt.Sprintf("replication slot names are "+nameRule+"; for example slot = %q", suggestIdent(s, DefaultSlot)),
 					Subject:  attr.Expr.Range().Ptr(),
 				})
 			}
@@ -182,11 +176,11 @@ func (p *Parser) decodePostgres(b *hcl.Block, pg *Postgres) hcl.Diagnostics {
 		diags = append(diags, ds...)
 		if !ds.HasErrors() {
 			pg.Publication = s
-			if !publicationRe.MatchString(s) {
+			if !validName(s) {
 				diags = append(diags, &hcl.Diagnostic{
 					Severity: hcl.DiagError,
 					Summary:  fmt.Sprintf("postgres: invalid publication name %q", s),
-					Detail:   fmt.Sprintf("use 1 to 63 lower-case letters, digits and underscores, which need no quoting in SQL; for example publication = %q", suggestIdent(s, DefaultPublication)),
+					Detail:   fmt.Sprintf("use "+nameRule+", which need no quoting in SQL; for example publication = %q", suggestIdent(s, DefaultPublication)),
 					Subject:  attr.Expr.Range().Ptr(),
 				})
 			}
@@ -387,27 +381,6 @@ func checkRedisURL(s string, rng hcl.Range) *hcl.Diagnostic {
 		Detail:   `write url = "redis://host:6379/0", "rediss://…" for TLS or "unix:///path/to/redis.sock"`,
 		Subject:  rng.Ptr(),
 	}
-}
-
-// suggestIdent lower-cases s and replaces what PostgreSQL would need quoted.
-func suggestIdent(s, fallback string) string {
-	var b strings.Builder
-	for _, r := range strings.ToLower(s) {
-		switch {
-		case r >= 'a' && r <= 'z', r >= '0' && r <= '9', r == '_':
-			b.WriteRune(r)
-		default:
-			b.WriteByte('_')
-		}
-	}
-	out := b.String()
-	if len(out) > maxIdentLen {
-		out = out[:maxIdentLen]
-	}
-	if strings.Trim(out, "_") == "" {
-		return fallback
-	}
-	return out
 }
 
 // settingString evaluates a postgres or redis argument to a string; null is "".

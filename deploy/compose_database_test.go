@@ -70,9 +70,10 @@ func testComposeDatabase(t *testing.T, c *cli, df *dockerfile) {
 		t.Fatal(err)
 	}
 	pg.Exec(t, dbname, `INSERT INTO public.users (id, email, org_id, name) VALUES (1, 'a@example.com', 7, 'A')`)
-	waitFor(t, active, 30*time.Second, "user:1 to be invalidated", func() bool {
+	testenv.Eventually(t, 30*time.Second, "user:1 to be invalidated", func() (bool, string) {
+		active.running(t, "user:1 to be invalidated")
 		n, err := rdb.Exists(ctx, "user:1").Result()
-		return err == nil && n == 0
+		return err == nil && n == 0, fmt.Sprintf("EXISTS user:1 = %d, %v\n%s", n, err, active.logText())
 	})
 	t.Logf("%s streams and invalidated user:1", active.name)
 	passive := startRun(t, c, image, dbURL, redis.URL())
@@ -176,11 +177,11 @@ func (r *runProcess) get(t *testing.T, path string) (int, string) {
 // waitReady waits until /readyz answers 200 with a body starting with state.
 func (r *runProcess) waitReady(t *testing.T, state string) {
 	t.Helper()
-	var code int
-	var body string
-	waitFor(t, r, 60*time.Second, fmt.Sprintf("%s: /readyz 200 %q", r.name, state), func() bool {
-		code, body = r.get(t, "/readyz")
-		return code == 200 && strings.HasPrefix(body, state)
+	what := fmt.Sprintf("%s: /readyz 200 %q", r.name, state)
+	testenv.Eventually(t, 60*time.Second, what, func() (bool, string) {
+		r.running(t, what)
+		code, body := r.get(t, "/readyz")
+		return code == 200 && strings.HasPrefix(body, state), fmt.Sprintf("/readyz %d %q\n%s", code, body, r.logText())
 	})
 }
 
@@ -202,20 +203,14 @@ func (r *runProcess) stop(t *testing.T) time.Duration {
 	return time.Since(start)
 }
 
-// waitFor polls cond every 100ms until it holds, failing with the process's
-// log after timeout or when the process exits.
-func waitFor(t *testing.T, r *runProcess, timeout time.Duration, what string, cond func() bool) {
+// running fails the test, with the process's log, when the process exited
+// while the test waits for what: a condition polled with testenv.Eventually
+// calls it first, so that a crash fails at once rather than at the timeout.
+func (r *runProcess) running(t *testing.T, what string) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		select {
-		case <-r.exited:
-			t.Fatalf("%s exited (%v) while waiting for %s\n%s", r.name, r.err, what, r.logText())
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s\n%s", timeout, what, r.logText())
-		}
-		time.Sleep(100 * time.Millisecond)
+	select {
+	case <-r.exited:
+		t.Fatalf("%s exited (%v) while waiting for %s\n%s", r.name, r.err, what, r.logText())
+	default:
 	}
 }

@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/cachesync/cachesync/internal/testenv"
 )
 
 func TestValidate(t *testing.T) {
@@ -211,7 +213,7 @@ func TestDryRun(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	eventually(t, 30*time.Second, "dry run streaming", func() (bool, string) {
+	testenv.Eventually(t, 30*time.Second, "dry run streaming", func() (bool, string) {
 		return strings.Contains(logs.String(), `"streaming"`), logs.String()
 	})
 	e.set("user:1")
@@ -355,7 +357,7 @@ func TestRunRefusesARedisUserWithoutPermissions(t *testing.T) {
 	e.exec(`UPDATE users SET name = 'b' WHERE id = 1`)
 	e.exec(`UPDATE orders SET customer_id = 7 WHERE id = 1`)
 	e.gone("user:1", "user:email:a@x.io", "org-page")
-	eventually(t, 30*time.Second, "version bumped", func() (bool, string) {
+	testenv.Eventually(t, 30*time.Second, "version bumped", func() (bool, string) {
 		v, _ := e.rdb.Get(e.ctx, "version:orders:customer:7").Result()
 		return v != "" && v != "0", v
 	})

@@ -168,7 +168,7 @@ func (e *env) loseShardWrites(d *daemon, cluster *testenv.RedisCluster, master, 
 	e.gone(userKeys(onShard)...)
 	cluster.KillNode(t, master)
 	cluster.ResumeNode(t, replica)
-	eventually(t, 60*time.Second, "the replica promoted", func() (bool, string) {
+	testenv.Eventually(t, 60*time.Second, "the replica promoted", func() (bool, string) {
 		for _, m := range cluster.Masters(t) {
 			if m.Addr == replica {
 				return true, ""
@@ -182,7 +182,7 @@ func (e *env) loseShardWrites(d *daemon, cluster *testenv.RedisCluster, master, 
 // failover lost acknowledged writes, and checks the daemon said why.
 func (e *env) expectHealed(d *daemon) {
 	e.t.Helper()
-	eventually(e.t, 60*time.Second, "the lost invalidations healed", func() (bool, string) {
+	testenv.Eventually(e.t, 60*time.Second, "the lost invalidations healed", func() (bool, string) {
 		m, checked, err := e.compareCache()
 		if err != nil {
 			return false, err.Error()
@@ -263,7 +263,7 @@ func TestSentinelLostAcknowledgedWrites(t *testing.T) {
 	// dead primary, and the sentinels promote it without the writes.
 	var killed sync.WaitGroup
 	killed.Go(func() { s.KillMaster(t) })
-	eventually(t, 30*time.Second, "the primary gone", func() (bool, string) {
+	testenv.Eventually(t, 30*time.Second, "the primary gone", func() (bool, string) {
 		c := redis.NewClient(&redis.Options{Addr: master, MaxRetries: -1, DialTimeout: 200 * time.Millisecond})
 		defer c.Close()
 		err := c.Ping(context.Background()).Err()

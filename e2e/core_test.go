@@ -3,10 +3,13 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	"os"
 	"reflect"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/cachesync/cachesync/internal/testenv"
 )
 
 const schema = `
@@ -21,31 +24,23 @@ ALTER TABLE products ALTER description SET STORAGE EXTERNAL;
 CREATE TABLE unrelated (id bigint PRIMARY KEY, v text);
 `
 
-const rules = `
-rule "user" {
-  table = "public.users"
-  invalidate {
-    keys = ["user:${row.id}", "user:email:${lower(row.email)}"]
-    tags = ["org:${row.org_id}"]
-  }
+// rules are the rule blocks of the repository's rules.hcl, which is written
+// for the schema above; the postgres and redis blocks are the harness's own.
+// Tests that need other rules write them out; these are read, not pasted,
+// so that the documented example is the one the tests run.
+var rules = exampleRules()
+
+func exampleRules() string {
+	src, err := os.ReadFile("../rules.hcl")
+	if err != nil {
+		panic(fmt.Sprintf("e2e: the tests' rules come from the repository's rules.hcl: %v", err))
+	}
+	i := strings.Index(string(src), "\nrule \"")
+	if i < 0 {
+		panic("e2e: ../rules.hcl has no rule block")
+	}
+	return string(src[i+1:])
 }
-rule "order_lists" {
-  table = "public.orders"
-  bump_version {
-    namespaces = ["orders:customer:${row.customer_id}"]
-  }
-}
-rule "product" {
-  table = "public.products"
-  when  = row.published
-  refresh {
-    key    = "product:${row.id}"
-    value  = jsonencode(row)
-    ttl    = "1h"
-    jitter = "5m"
-  }
-}
-`
 
 func TestInvalidateOnInsertUpdateDeleteTruncate(t *testing.T) {
 	e := setup(t, schema, rules)
@@ -95,7 +90,7 @@ func (e *env) version(ns string) int64 {
 
 func (e *env) waitVersion(ns string, want int64) {
 	e.t.Helper()
-	eventually(e.t, 30*time.Second, "version of "+ns, func() (bool, string) {
+	testenv.Eventually(e.t, 30*time.Second, "version of "+ns, func() (bool, string) {
 		got := e.version(ns)
 		return got == want, fmt.Sprintf("version %d, want %d", got, want)
 	})
@@ -135,7 +130,7 @@ func productJSON(id int, name, price string, published bool, description string)
 
 func (e *env) waitValue(key string, want map[string]any) {
 	e.t.Helper()
-	eventually(e.t, 30*time.Second, "value of "+key, func() (bool, string) {
+	testenv.Eventually(e.t, 30*time.Second, "value of "+key, func() (bool, string) {
 		raw, err := e.rdb.Get(e.ctx, key).Result()
 		if err != nil {
 			return false, err.Error()

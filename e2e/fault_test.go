@@ -77,7 +77,7 @@ func (e *env) reconnect() {
 	e.t.Helper()
 	old := e.db
 	var conn *pgx.Conn
-	eventually(e.t, 30*time.Second, "reconnect to PostgreSQL", func() (bool, string) {
+	testenv.Eventually(e.t, 30*time.Second, "reconnect to PostgreSQL", func() (bool, string) {
 		c, err := pgx.Connect(e.ctx, e.dbURL)
 		if err != nil {
 			return false, err.Error()
@@ -138,7 +138,7 @@ func (e *env) slotPID() int32 {
 func (e *env) slotBacklog() map[string]wal.LSN {
 	e.t.Helper()
 	backlog := map[string]wal.LSN{}
-	eventually(e.t, 30*time.Second, "peek at the slot's backlog", func() (bool, string) {
+	testenv.Eventually(e.t, 30*time.Second, "peek at the slot's backlog", func() (bool, string) {
 		rows, err := e.db.Query(e.ctx, `SELECT lsn::text, xid::text FROM pg_logical_slot_peek_binary_changes($1, NULL, NULL,
 			'proto_version', '1', 'publication_names', 'cachesync')`, e.slot)
 		if err != nil {
@@ -407,7 +407,7 @@ func TestFaultRedisDownLongerThanWalSenderTimeout(t *testing.T) {
 func TestFaultSlotDroppedWhileStopped(t *testing.T) {
 	e := setup(t, schema, rules)
 	e.seedAndStop()
-	eventually(t, 30*time.Second, "drop the slot", func() (bool, string) {
+	testenv.Eventually(t, 30*time.Second, "drop the slot", func() (bool, string) {
 		_, err := e.db.Exec(e.ctx, "SELECT pg_drop_replication_slot($1)", e.slot)
 		return err == nil, fmt.Sprint(err)
 	})
@@ -565,7 +565,7 @@ func (e *env) startTwo() (active, passive *daemon) {
 	e.t.Helper()
 	a := e.start("CACHESYNC_DATA_DIR=" + e.t.TempDir())
 	b := e.start("CACHESYNC_DATA_DIR=" + e.t.TempDir())
-	eventually(e.t, 60*time.Second, "one instance active, the other passive", func() (bool, string) {
+	testenv.Eventually(e.t, 60*time.Second, "one instance active, the other passive", func() (bool, string) {
 		a.alive("instance A")
 		b.alive("instance B")
 		as, bs := strings.Contains(a.log.String(), `"streaming"`), strings.Contains(b.log.String(), `"streaming"`)
@@ -631,7 +631,7 @@ wait:
 	}
 	killed := time.Now()
 	active.kill()
-	eventually(t, 30*time.Second, "the passive instance takes the slot over", func() (bool, string) {
+	testenv.Eventually(t, 30*time.Second, "the passive instance takes the slot over", func() (bool, string) {
 		passive.alive("passive instance")
 		got := e.slotPID()
 		return got != 0 && got != pid && strings.Contains(passive.log.String(), `"streaming"`), fmt.Sprintf("active_pid %d", got)
@@ -693,7 +693,7 @@ func TestFaultTwoInstancesActiveFrozen(t *testing.T) {
 	active.heldTheLock("before the freeze")
 	frozen := time.Now()
 	thaw := active.freeze()
-	eventually(t, bound, fmt.Sprintf("the passive instance takes over from the frozen one within wal_sender_timeout (%s) + 10s", wst), func() (bool, string) {
+	testenv.Eventually(t, bound, fmt.Sprintf("the passive instance takes over from the frozen one within wal_sender_timeout (%s) + 10s", wst), func() (bool, string) {
 		passive.alive("passive instance")
 		got := e.slotPID()
 		return got != 0 && got != pid && strings.Contains(passive.log.String(), `"streaming"`), fmt.Sprintf("active_pid %d (was %d)", got, pid)
@@ -714,7 +714,7 @@ func TestFaultTwoInstancesActiveFrozen(t *testing.T) {
 	// expired: it stands by, and never streams, applies or flushes again.
 	woke := len(active.log.String())
 	thaw()
-	eventually(t, 30*time.Second, "the thawed instance stands by", func() (bool, string) {
+	testenv.Eventually(t, 30*time.Second, "the thawed instance stands by", func() (bool, string) {
 		active.alive("thawed instance")
 		after := active.log.String()[woke:]
 		return strings.Contains(after, "INSTANCE LOCK LOST") && strings.Contains(after, "standing by as passive"), after
@@ -750,18 +750,18 @@ func TestFaultTwoInstancesActiveFrozenMidGroup(t *testing.T) {
 	t.Cleanup(func() { _ = a.cmd.Process.Signal(syscall.SIGCONT) })
 	e.waitStreaming(a)
 	b := e.start("CACHESYNC_DATA_DIR=" + t.TempDir())
-	eventually(t, 60*time.Second, "the second instance stands by", func() (bool, string) {
+	testenv.Eventually(t, 60*time.Second, "the second instance stands by", func() (bool, string) {
 		b.alive("second instance")
 		return strings.Contains(b.log.String(), "standing by as passive"), ""
 	})
 	pid := e.slotPID()
 	a.heldTheLock("before the freeze")
 	e.exec(`INSERT INTO users VALUES (900003, 'mid@x.io', 1, 'v1')`)
-	eventually(t, 30*time.Second, "the active instance stops itself before applying the INSERT", func() (bool, string) {
+	testenv.Eventually(t, 30*time.Second, "the active instance stops itself before applying the INSERT", func() (bool, string) {
 		return strings.Contains(a.log.String(), "failpoint before-apply: stopping"), ""
 	})
 	frozen := time.Now()
-	eventually(t, wst+10*time.Second, fmt.Sprintf("the passive instance takes over within wal_sender_timeout (%s) + 10s", wst), func() (bool, string) {
+	testenv.Eventually(t, wst+10*time.Second, fmt.Sprintf("the passive instance takes over within wal_sender_timeout (%s) + 10s", wst), func() (bool, string) {
 		b.alive("passive instance")
 		got := e.slotPID()
 		return got != 0 && got != pid && strings.Contains(b.log.String(), `"streaming"`), fmt.Sprintf("active_pid %d (was %d)", got, pid)
@@ -776,7 +776,7 @@ func TestFaultTwoInstancesActiveFrozenMidGroup(t *testing.T) {
 	if err := a.cmd.Process.Signal(syscall.SIGCONT); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 30*time.Second, "the thawed instance stands by", func() (bool, string) {
+	testenv.Eventually(t, 30*time.Second, "the thawed instance stands by", func() (bool, string) {
 		a.alive("thawed instance")
 		after := a.log.String()[woke:]
 		return strings.Contains(after, "INSTANCE LOCK LOST") && strings.Contains(after, "standing by as passive"), after
@@ -812,7 +812,7 @@ func TestFaultTwoInstancesActivePartitioned(t *testing.T) {
 	a := e.start("CACHESYNC_DATA_DIR="+t.TempDir(), "DATABASE_URL="+strings.Replace(e.dbURL, fmt.Sprintf(":%d/", pg.Port()), ":"+link.port()+"/", 1))
 	e.waitStreaming(a)
 	b := e.start("CACHESYNC_DATA_DIR=" + t.TempDir())
-	eventually(t, 60*time.Second, "the second instance stands by", func() (bool, string) {
+	testenv.Eventually(t, 60*time.Second, "the second instance stands by", func() (bool, string) {
 		b.alive("second instance")
 		return strings.Contains(b.log.String(), "standing by as passive"), ""
 	})
@@ -825,7 +825,7 @@ func TestFaultTwoInstancesActivePartitioned(t *testing.T) {
 	cutAt := len(a.log.String())
 	cut := time.Now()
 	link.cut()
-	eventually(t, wst+10*time.Second, fmt.Sprintf("the passive instance takes over from the cut-off one within wal_sender_timeout (%s) + 10s", wst), func() (bool, string) {
+	testenv.Eventually(t, wst+10*time.Second, fmt.Sprintf("the passive instance takes over from the cut-off one within wal_sender_timeout (%s) + 10s", wst), func() (bool, string) {
 		a.alive("cut-off instance")
 		b.alive("passive instance")
 		got := e.slotPID()
@@ -841,14 +841,14 @@ func TestFaultTwoInstancesActivePartitioned(t *testing.T) {
 	// The cut-off instance is alive and reaches Redis, where it sees the
 	// new active's applied position: it must have ended its session before
 	// (its stream hears nothing, or its lease ran out).
-	eventually(t, 30*time.Second, "the cut-off instance ends its session", func() (bool, string) {
+	testenv.Eventually(t, 30*time.Second, "the cut-off instance ends its session", func() (bool, string) {
 		a.alive("cut-off instance")
 		after := a.log.String()[cutAt:]
 		return strings.Contains(after, "INSTANCE LOCK LOST") || strings.Contains(after, "replication session ended"), after
 	})
 
 	link.heal()
-	eventually(t, 60*time.Second, "the reconnected instance stands by", func() (bool, string) {
+	testenv.Eventually(t, 60*time.Second, "the reconnected instance stands by", func() (bool, string) {
 		a.alive("reconnected instance")
 		return strings.Contains(a.log.String()[cutAt:], "standing by as passive"), a.log.String()[cutAt:]
 	})
@@ -1009,13 +1009,13 @@ func TestFaultTwoInstancesSlowRecoveryKeepsTheLock(t *testing.T) {
 	}
 	t.Cleanup(unpause)
 	a := e.start("CACHESYNC_DATA_DIR=" + t.TempDir())
-	eventually(t, 60*time.Second, "the first instance holds the lock and its recovery waits on Redis", func() (bool, string) {
+	testenv.Eventually(t, 60*time.Second, "the first instance holds the lock and its recovery waits on Redis", func() (bool, string) {
 		a.alive("first instance")
 		_, app := e.lockHolder()
 		return strings.HasPrefix(app, "cachesync lock") && strings.Contains(a.log.String(), "replication slot created"), app
 	})
 	b := e.start("CACHESYNC_DATA_DIR=" + t.TempDir())
-	eventually(t, 60*time.Second, "the second instance stands by", func() (bool, string) {
+	testenv.Eventually(t, 60*time.Second, "the second instance stands by", func() (bool, string) {
 		b.alive("second instance")
 		if l := logLines(b.log.String(), "TAKEOVER"); len(l) > 0 {
 			t.Fatalf("the second instance took the lock from the first, whose recovery waits on Redis: %s", l[0])
@@ -1185,7 +1185,7 @@ func testFaultRedisSnapshot(t *testing.T, redisBlock, want, notWant string, seed
 	restored := time.Now()
 	thaw()
 
-	eventually(t, 15*time.Second, "the daemon heals the restored cache", func() (bool, string) {
+	testenv.Eventually(t, 15*time.Second, "the daemon heals the restored cache", func() (bool, string) {
 		d.alive("healing")
 		return strings.Contains(d.log.String(), want), ""
 	})

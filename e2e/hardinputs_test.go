@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/cachesync/cachesync/internal/testenv"
 )
 
 // TRUNCATE of a partitioned root, of one partition (not published under
@@ -87,7 +89,7 @@ func TestAlterTableWhileStreaming(t *testing.T) {
 	e.set("user:1", "user:2", "user:email:b@x.io")
 	e.exec(`UPDATE users SET nickname = 'a' WHERE id = 1`)
 	e.gone("user:1", "user:2", "user:email:b@x.io")
-	eventually(t, 10*time.Second, "eval_error flush logged", func() (bool, string) {
+	testenv.Eventually(t, 10*time.Second, "eval_error flush logged", func() (bool, string) {
 		return strings.Contains(d.log.String(), "flush(user: eval_error)"), d.log.String()
 	})
 	if d.exited() {
@@ -108,7 +110,7 @@ func TestMillionRowTransactionBoundedMemory(t *testing.T) {
 	e.set("user:999999999", "product:1")
 	e.exec(`INSERT INTO users SELECT g, 'u' || g || '@x.io', g % 100, 'n' FROM generate_series(1, 1000000) g`)
 	var peak int64
-	eventually(t, 5*time.Minute, "the 1M-row transaction applied", func() (bool, string) {
+	testenv.Eventually(t, 5*time.Minute, "the 1M-row transaction applied", func() (bool, string) {
 		if kb := peakRSSKiB(d.cmd.Process.Pid); kb > peak {
 			peak = kb
 		}

@@ -228,24 +228,6 @@ func (d *daemon) waitExit(timeout time.Duration) {
 	}
 }
 
-// eventually polls cond until it holds or the deadline passes.
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	var last string
-	for {
-		ok, detail := cond()
-		if ok {
-			return
-		}
-		last = detail
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not true after %s: %s", what, timeout, last)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // currentLSN returns the server's WAL insert position.
 func (e *env) currentLSN() wal.LSN {
 	e.t.Helper()
@@ -283,7 +265,7 @@ func (e *env) confirmedLSN() wal.LSN {
 func (e *env) caughtUp(d *daemon, timeout time.Duration) {
 	e.t.Helper()
 	target := e.currentLSN()
-	eventually(e.t, timeout, "slot confirms "+target.String(), func() (bool, string) {
+	testenv.Eventually(e.t, timeout, "slot confirms "+target.String(), func() (bool, string) {
 		if d != nil && d.exited() {
 			e.t.Fatalf("daemon exited: %v\n%s", d.err, d.log.String())
 		}
@@ -295,7 +277,7 @@ func (e *env) caughtUp(d *daemon, timeout time.Duration) {
 // waitStreaming waits until the daemon holds the slot.
 func (e *env) waitStreaming(d *daemon) {
 	e.t.Helper()
-	eventually(e.t, 60*time.Second, "daemon streaming", func() (bool, string) {
+	testenv.Eventually(e.t, 60*time.Second, "daemon streaming", func() (bool, string) {
 		if d.exited() {
 			e.t.Fatalf("daemon exited: %v\n%s", d.err, d.log.String())
 		}
@@ -326,7 +308,7 @@ func (e *env) set(keys ...string) {
 // gone waits until none of the keys exists.
 func (e *env) gone(keys ...string) {
 	e.t.Helper()
-	eventually(e.t, 30*time.Second, fmt.Sprintf("keys %v deleted", keys), func() (bool, string) {
+	testenv.Eventually(e.t, 30*time.Second, fmt.Sprintf("keys %v deleted", keys), func() (bool, string) {
 		for _, k := range keys {
 			if e.exists(k) {
 				return false, k + " still exists"

@@ -13,6 +13,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/cachesync/cachesync/internal/testenv"
 	"github.com/cachesync/cachesync/wal"
 )
 
@@ -99,7 +100,7 @@ rule "doc" {
 	end := e.currentLSN()
 	// Wait until the daemon holds what it can: all of it (unbounded), or
 	// as much as its budget lets in.
-	eventually(t, 3*time.Minute, "the daemon's queues full", func() (bool, string) {
+	testenv.Eventually(t, 3*time.Minute, "the daemon's queues full", func() (bool, string) {
 		d.alive("while Redis is paused")
 		got := e.receivedLSN()
 		queued := d.scrape().value("cachesync_pipeline_queued_bytes")

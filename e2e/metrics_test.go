@@ -12,6 +12,8 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+
+	"github.com/cachesync/cachesync/internal/testenv"
 )
 
 // listenAddr is the address the daemon serves its endpoints on, from its log.
@@ -19,7 +21,7 @@ func (d *daemon) listenAddr() string {
 	d.e.t.Helper()
 	re := regexp.MustCompile(`"addr":"([^"]+)"[^\n]*serving /metrics`)
 	var addr string
-	eventually(d.e.t, 30*time.Second, "the metrics listener", func() (bool, string) {
+	testenv.Eventually(d.e.t, 30*time.Second, "the metrics listener", func() (bool, string) {
 		m := re.FindStringSubmatch(d.log.String())
 		if m != nil {
 			addr = m[1]
@@ -110,7 +112,7 @@ func TestMetricsMoveWithTheWorkload(t *testing.T) {
 	if code, body := httpGet(t, base+"/healthz"); code != 200 {
 		t.Errorf("/healthz: %d %s", code, body)
 	}
-	eventually(t, 30*time.Second, "/readyz", func() (bool, string) {
+	testenv.Eventually(t, 30*time.Second, "/readyz", func() (bool, string) {
 		code, body := httpGet(t, base+"/readyz")
 		return code == 200 && strings.Contains(body, "streaming"), fmt.Sprint(code, " ", body)
 	})
@@ -126,7 +128,7 @@ func TestMetricsMoveWithTheWorkload(t *testing.T) {
 	target := float64(e.currentLSN())
 
 	var after scrape
-	eventually(t, 30*time.Second, "the metrics to reach the workload", func() (bool, string) {
+	testenv.Eventually(t, 30*time.Second, "the metrics to reach the workload", func() (bool, string) {
 		after = d.scrape()
 		ok := after.value("cachesync_confirmed_lsn") >= target &&
 			after.value("cachesync_heartbeat_rtt_seconds") > 0 &&
@@ -208,17 +210,17 @@ func TestMetricsMoveWithTheWorkload(t *testing.T) {
 	// Redis down: not ready, redis_up 0, the lag grows; back: ready again.
 	e.redis.Stop(t)
 	e.exec(`INSERT INTO users VALUES (100, 'x@x.io', 1, 'x')`)
-	eventually(t, 30*time.Second, "/readyz to report Redis failing", func() (bool, string) {
+	testenv.Eventually(t, 30*time.Second, "/readyz to report Redis failing", func() (bool, string) {
 		code, body := httpGet(t, base+"/readyz")
 		return code == http.StatusServiceUnavailable && strings.Contains(body, "Redis"), fmt.Sprint(code, " ", body)
 	})
-	eventually(t, 30*time.Second, "the lag to grow while Redis is down", func() (bool, string) {
+	testenv.Eventually(t, 30*time.Second, "the lag to grow while Redis is down", func() (bool, string) {
 		s := d.scrape()
 		return s.value("cachesync_redis_up") == 0 && s.value("cachesync_replication_lag_seconds") > 0.5,
 			fmt.Sprintf("redis_up %v, lag %vs", s.value("cachesync_redis_up"), s.value("cachesync_replication_lag_seconds"))
 	})
 	e.redis.Start(t)
-	eventually(t, 60*time.Second, "/readyz after Redis returned", func() (bool, string) {
+	testenv.Eventually(t, 60*time.Second, "/readyz after Redis returned", func() (bool, string) {
 		code, body := httpGet(t, base+"/readyz")
 		return code == 200, fmt.Sprint(code, " ", body)
 	})
@@ -235,14 +237,14 @@ func TestIdleRedisOutageIsReported(t *testing.T) {
 	d := e.start("CACHESYNC_HEARTBEAT_INTERVAL=0s")
 	e.waitStreaming(d)
 	base := "http://" + d.listenAddr()
-	eventually(t, 30*time.Second, "/readyz", func() (bool, string) {
+	testenv.Eventually(t, 30*time.Second, "/readyz", func() (bool, string) {
 		code, body := httpGet(t, base+"/readyz")
 		return code == 200, fmt.Sprint(code, " ", body)
 	})
 	retries := d.scrape().value("cachesync_redis_retries_total")
 
 	e.redis.Stop(t)
-	eventually(t, 30*time.Second, "/readyz and redis_up to report Redis failing", func() (bool, string) {
+	testenv.Eventually(t, 30*time.Second, "/readyz and redis_up to report Redis failing", func() (bool, string) {
 		code, body := httpGet(t, base+"/readyz")
 		up := d.scrape().value("cachesync_redis_up")
 		return code == http.StatusServiceUnavailable && up == 0, fmt.Sprint(code, " ", body, "redis_up ", up)
@@ -251,7 +253,7 @@ func TestIdleRedisOutageIsReported(t *testing.T) {
 		t.Error("the outage was not logged")
 	}
 	e.redis.Start(t)
-	eventually(t, 60*time.Second, "/readyz after Redis returned", func() (bool, string) {
+	testenv.Eventually(t, 60*time.Second, "/readyz after Redis returned", func() (bool, string) {
 		code, body := httpGet(t, base+"/readyz")
 		return code == 200, fmt.Sprint(code, " ", body)
 	})
@@ -262,7 +264,7 @@ func TestIdleRedisOutageIsReported(t *testing.T) {
 	if s.value("cachesync_redis_up") != 1 {
 		t.Error("cachesync_redis_up is not back to 1")
 	}
-	eventually(t, 10*time.Second, "the recovery to be logged", func() (bool, string) {
+	testenv.Eventually(t, 10*time.Second, "the recovery to be logged", func() (bool, string) {
 		return strings.Contains(d.log.String(), "Redis recovered"), "no \"Redis recovered\" line"
 	})
 }

@@ -4,6 +4,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/cachesync/cachesync/internal/testenv"
 )
 
 // partitionedSchema has a partitioned rule table with two partitions, a
@@ -51,7 +53,7 @@ func TestPartitionTreeChangesFlush(t *testing.T) {
 				e.exec(`TRUNCATE events_asia`)
 				e.gone("event:5", "event:6")
 				e.present("account:2")
-				eventually(t, 10*time.Second, "truncate flush logged", func() (bool, string) {
+				testenv.Eventually(t, 10*time.Second, "truncate flush logged", func() (bool, string) {
 					return strings.Contains(d.log.String(), "flush(event: truncate)"), ""
 				})
 			}},
@@ -66,7 +68,7 @@ func TestPartitionTreeChangesFlush(t *testing.T) {
 			e.exec(tt.ddl)
 			e.gone("event:1", "event:2", "event:7", "event:99")
 			e.present("account:1")
-			eventually(t, 10*time.Second, "partitions flush logged", func() (bool, string) {
+			testenv.Eventually(t, 10*time.Second, "partitions flush logged", func() (bool, string) {
 				return strings.Contains(d.log.String(), "flush(event: partitions_changed)"), ""
 			})
 			if tt.after != nil {

@@ -117,14 +117,14 @@ func TestIdleRulesBusyUnrelatedTableKeepsWALFlat(t *testing.T) {
 	}
 	e.caughtUp(d, 60*time.Second)
 	var retained int64
-	eventually(t, 60*time.Second, "retained WAL back to a few MiB", func() (bool, string) {
+	testenv.Eventually(t, 60*time.Second, "retained WAL back to a few MiB", func() (bool, string) {
 		if err := e.db.QueryRow(e.ctx, `SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint FROM pg_replication_slots WHERE slot_name = $1`, e.slot).Scan(&retained); err != nil {
 			t.Fatal(err)
 		}
 		return retained < 4<<20, fmt.Sprintf("retained %d bytes after %d bytes of unrelated WAL", retained, generated)
 	})
 	t.Logf("unrelated WAL written: %.1f MiB; retained by the slot afterwards: %.2f MiB", float64(generated)/(1<<20), float64(retained)/(1<<20))
-	eventually(t, 30*time.Second, "heartbeats written", func() (bool, string) {
+	testenv.Eventually(t, 30*time.Second, "heartbeats written", func() (bool, string) {
 		return strings.Count(d.log.String(), `"heartbeat written"`) >= 2, ""
 	})
 }

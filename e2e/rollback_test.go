@@ -7,6 +7,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/cachesync/cachesync/internal/testenv"
 )
 
 // TestFaultRollbackBeforeAdvance rolls Redis back (a restore from a backup
@@ -94,7 +96,7 @@ func setupInFlight(t *testing.T) (*env, *daemon) {
 func (e *env) stopInFlight(d *daemon) (thaw func()) {
 	e.t.Helper()
 	e.exec(`BEGIN; UPDATE users SET name = 'Ann 2' WHERE id = 1; UPDATE products SET price = 2.50 WHERE id = 1; COMMIT`)
-	eventually(e.t, 60*time.Second, "the daemon stopped at before-advance", func() (bool, string) {
+	testenv.Eventually(e.t, 60*time.Second, "the daemon stopped at before-advance", func() (bool, string) {
 		if d.exited() {
 			e.t.Fatalf("daemon exited: %v\n%s", d.err, d.log.String())
 		}

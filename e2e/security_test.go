@@ -121,7 +121,7 @@ func startTLSRedis(t *testing.T, ca *testCA) string {
 	pool.AppendCertsFromPEM(ca.caPEM)
 	rdb := redis.NewClient(&redis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", port), TLSConfig: &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"}})
 	defer rdb.Close()
-	eventually(t, 20*time.Second, "redis-server with TLS", func() (bool, string) {
+	testenv.Eventually(t, 20*time.Second, "redis-server with TLS", func() (bool, string) {
 		err := rdb.Ping(context.Background()).Err()
 		return err == nil, fmt.Sprint(err, "\n", out.String())
 	})
@@ -179,7 +179,7 @@ rule "user" {
 	opts.TLSConfig.RootCAs = pool
 	rdb := redis.NewClient(opts)
 	defer rdb.Close()
-	eventually(t, 60*time.Second, "the daemon streaming over TLS", func() (bool, string) {
+	testenv.Eventually(t, 60*time.Second, "the daemon streaming over TLS", func() (bool, string) {
 		var ssl bool
 		err := conn.QueryRow(ctx, `SELECT s.ssl FROM pg_replication_slots r JOIN pg_stat_ssl s ON s.pid = r.active_pid WHERE r.slot_name = 'tls'`).Scan(&ssl)
 		if err == nil && !ssl {
@@ -191,7 +191,7 @@ rule "user" {
 	if _, err := conn.Exec(ctx, `INSERT INTO users VALUES (1, 'a@x.io', 1, 'a')`); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 30*time.Second, "user:1 deleted through TLS", func() (bool, string) {
+	testenv.Eventually(t, 30*time.Second, "user:1 deleted through TLS", func() (bool, string) {
 		n, err := rdb.Exists(ctx, "user:1").Result()
 		return err == nil && n == 0, fmt.Sprint(n, err)
 	})

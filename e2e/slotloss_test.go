@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/cachesync/cachesync/internal/testenv"
 )
 
 // A slot invalidated by max_slot_wal_keep_size while the daemon was down:
@@ -17,7 +19,7 @@ func TestFaultSlotInvalidatedWhileStopped(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.expectStale("after the workload while stopped")
-	eventually(t, 2*time.Minute, "the slot is invalidated", func() (bool, string) {
+	testenv.Eventually(t, 2*time.Minute, "the slot is invalidated", func() (bool, string) {
 		e.exec(`INSERT INTO filler (payload) SELECT repeat(md5(g::text), 16) FROM generate_series(1, 20000) g`)
 		e.exec(`CHECKPOINT`)
 		var status string

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/cachesync/cachesync/internal/testenv"
 )
 
 // TestRollingRulesUpgrade replaces the rules the way a rolling deploy does:
@@ -39,7 +41,7 @@ func TestRollingRulesUpgrade(t *testing.T) {
 		t.Fatal(err)
 	}
 	next := e.start("CACHESYNC_CONFIG=" + newFile)
-	eventually(t, 60*time.Second, "the new instance to stand by", func() (bool, string) {
+	testenv.Eventually(t, 60*time.Second, "the new instance to stand by", func() (bool, string) {
 		next.alive("new instance")
 		return strings.Contains(next.log.String(), "standing by as passive"), "not standing by yet"
 	})
@@ -50,7 +52,7 @@ func TestRollingRulesUpgrade(t *testing.T) {
 		t.Errorf("publication tables while the new instance stands by: %s", got)
 	}
 	e.exec(`INSERT INTO products VALUES (1, 'p', 1.50, true, 'd')`)
-	eventually(t, 30*time.Second, "the old instance to refresh product:1", func() (bool, string) {
+	testenv.Eventually(t, 30*time.Second, "the old instance to refresh product:1", func() (bool, string) {
 		return e.exists("product:1"), "product:1 missing"
 	})
 

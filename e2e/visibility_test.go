@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/cachesync/cachesync/internal/testenv"
 )
 
 // TestInvalidationWaitsForVisibility: a commit reaches the WAL, and so the
@@ -47,7 +49,7 @@ func TestInvalidationWaitsForVisibility(t *testing.T) {
 		_, err := writer.Exec(context.Background(), `UPDATE users SET name = 'new' WHERE id = 1`)
 		committed <- err
 	}()
-	eventually(t, 30*time.Second, "the UPDATE to wait for the synchronous standby", func() (bool, string) {
+	testenv.Eventually(t, 30*time.Second, "the UPDATE to wait for the synchronous standby", func() (bool, string) {
 		var ev *string
 		err := e.db.QueryRow(e.ctx, `SELECT wait_event FROM pg_stat_activity WHERE pid = $1`, pid).Scan(&ev)
 		return err == nil && ev != nil && *ev == "SyncRep", fmt.Sprint(err, ev)
@@ -55,7 +57,7 @@ func TestInvalidationWaitsForVisibility(t *testing.T) {
 	// The commit is in the WAL. Either the daemon applied it already (the
 	// bug: the slot confirms it), or it holds it until it is visible.
 	target := e.currentLSN()
-	eventually(t, 30*time.Second, "the daemon to receive the commit", func() (bool, string) {
+	testenv.Eventually(t, 30*time.Second, "the daemon to receive the commit", func() (bool, string) {
 		return e.confirmedLSN() >= target || strings.Contains(d.log.String(), "not visible yet"), "confirmed " + e.confirmedLSN().String()
 	})
 

@@ -3,6 +3,7 @@ package mapping
 import (
 	"encoding/json"
 	"fmt"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -12,31 +13,18 @@ import (
 	"github.com/cachesync/cachesync/wal"
 )
 
-const testRules = `
-rule "user" {
-  table = "public.users"
-  invalidate {
-    keys = ["user:${row.id}", "user:email:${lower(row.email)}"]
-    tags = ["org:${row.org_id}"]
-  }
+// testRules is the repository's rules.hcl, written for the demo schema the
+// relations below describe: read, not pasted, so that the documented example
+// is the one the tests run.
+var testRules = readExampleRules()
+
+func readExampleRules() string {
+	src, err := os.ReadFile("../rules.hcl")
+	if err != nil {
+		panic(fmt.Sprintf("mapping tests: the rules come from the repository's rules.hcl: %v", err))
+	}
+	return string(src)
 }
-rule "order_lists" {
-  table = "public.orders"
-  bump_version {
-    namespaces = ["orders:customer:${row.customer_id}"]
-  }
-}
-rule "product" {
-  table = "public.products"
-  when  = row.published
-  refresh {
-    key    = "product:${row.id}"
-    value  = jsonencode(row)
-    ttl    = "1h"
-    jitter = "5m"
-  }
-}
-`
 
 const (
 	oidText = 25

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -17,17 +16,6 @@ import (
 	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/wal"
 )
-
-var slotName = regexp.MustCompile(`^[a-z0-9_]{1,63}$`)
-
-// ValidateName checks a slot or publication name: both are pasted into
-// replication commands, so only [a-z0-9_]{1,63} is accepted.
-func ValidateName(kind, name string) error {
-	if !slotName.MatchString(name) {
-		return fmt.Errorf("%s name %q: use 1 to 63 characters of a-z, 0-9 and _", kind, name)
-	}
-	return nil
-}
 
 // SlotInfo is a replication slot as pg_replication_slots shows it, with the
 // server's current WAL position for lag figures.
@@ -118,7 +106,7 @@ const SlotCreateTimeout = 2 * time.Minute
 // committed before that point are never delivered: the caller must flush the
 // key spaces after this returns and before streaming.
 func CreateSlot(ctx context.Context, conn *pgconn.PgConn, name string, temporary bool) (wal.LSN, error) {
-	if err := ValidateName("slot", name); err != nil {
+	if err := config.ValidateName("slot", name); err != nil {
 		return 0, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, SlotCreateTimeout)
@@ -213,7 +201,7 @@ func ReadPublication(ctx context.Context, conn *pgx.Conn, name string) (*Publica
 // no row filters or column lists). It returns the tables that were added, whose
 // key spaces the caller must flush: changes before the addition were never sent.
 func EnsurePublication(ctx context.Context, conn *pgx.Conn, name string, tables []config.TableName) (added []string, err error) {
-	if err := ValidateName("publication", name); err != nil {
+	if err := config.ValidateName("publication", name); err != nil {
 		return nil, err
 	}
 	// Names are compared as "schema.table" (as pg_publication_tables
@@ -264,7 +252,7 @@ func EnsurePublication(ctx context.Context, conn *pgx.Conn, name string, tables 
 
 // DropPublication drops the publication if it exists.
 func DropPublication(ctx context.Context, conn *pgx.Conn, name string) (bool, error) {
-	if err := ValidateName("publication", name); err != nil {
+	if err := config.ValidateName("publication", name); err != nil {
 		return false, err
 	}
 	pub, err := ReadPublication(ctx, conn, name)

@@ -2,6 +2,7 @@ package replication
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -94,17 +95,6 @@ func (b *streamBundle) next(t *testing.T, kind EventKind) Event {
 	}
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within 30s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // The slot only moves to what the consumer confirmed, although status
 // updates flow all along.
 func TestStreamConfirmsOnlyWhatWasApplied(t *testing.T) {
@@ -116,15 +106,18 @@ func TestStreamConfirmsOnlyWhatWasApplied(t *testing.T) {
 	commit := b.next(t, EventCommit).Commit
 	// Several status intervals pass; nothing was confirmed, so the slot stays.
 	var updates int
-	waitFor(t, "status updates sent", func() bool {
+	testenv.Eventually(t, 30*time.Second, "status updates sent", func() (bool, string) {
 		b.conn.QueryRow(ctx, "SELECT count(*) FROM pg_stat_replication WHERE application_name = 'cachesync' AND reply_time > now() - interval '1 second'").Scan(&updates)
-		return updates > 0
+		return updates > 0, "no reply within the last second"
 	})
 	if got := b.confirmed(t); got >= commit.EndLSN {
 		t.Fatalf("slot confirmed %s before the transaction ending at %s was applied", got, commit.EndLSN)
 	}
 	b.stream.Confirm(commit.EndLSN)
-	waitFor(t, "slot confirms the commit end", func() bool { return b.confirmed(t) >= commit.EndLSN })
+	testenv.Eventually(t, 30*time.Second, "slot confirms the commit end", func() (bool, string) {
+		got := b.confirmed(t)
+		return got >= commit.EndLSN, fmt.Sprintf("confirmed %s, want %s", got, commit.EndLSN)
+	})
 	// Confirm never moves backwards.
 	b.stream.Confirm(b.start)
 	if b.stream.Applied() != commit.EndLSN {
@@ -144,7 +137,7 @@ func TestStreamBarrierAdvancesPastUnrelatedWAL(t *testing.T) {
 	b.conn.QueryRow(ctx, "SELECT pg_current_wal_lsn()::text").Scan(&s)
 	written, _ := wal.ParseLSN(s)
 	var barrier wal.LSN
-	waitFor(t, "a barrier past the unrelated WAL", func() bool {
+	testenv.Eventually(t, 30*time.Second, "a barrier past the unrelated WAL", func() (bool, string) {
 		select {
 		case ev := <-b.events:
 			if ev.Kind == EventCommit {
@@ -156,7 +149,10 @@ func TestStreamBarrierAdvancesPastUnrelatedWAL(t *testing.T) {
 			}
 		default:
 		}
-		return barrier >= written
+		return barrier >= written, fmt.Sprintf("last barrier %s, want %s", barrier, written)
 	})
-	waitFor(t, "slot follows the barrier", func() bool { return b.confirmed(t) >= written })
+	testenv.Eventually(t, 30*time.Second, "slot follows the barrier", func() (bool, string) {
+		got := b.confirmed(t)
+		return got >= written, fmt.Sprintf("confirmed %s, want %s", got, written)
+	})
 }

@@ -600,17 +600,15 @@ func startApply(ctx context.Context, w *writer.Writer, batches ...mapping.Batch)
 // failing the test if Apply returns meanwhile.
 func waitBlocked(t *testing.T, w *writer.Writer, done <-chan error, retries uint64) {
 	t.Helper()
-	deadline := time.Now().Add(waitTimeout)
-	for w.Stats().Retries < retries {
+	testenv.Eventually(t, waitTimeout, fmt.Sprintf("%d retries", retries), func() (bool, string) {
 		select {
 		case err := <-done:
 			t.Fatalf("Apply returned (%v) while Redis was failing", err)
-		case <-time.After(5 * time.Millisecond):
+		default:
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("only %d retries after %v", w.Stats().Retries, waitTimeout)
-		}
-	}
+		n := w.Stats().Retries
+		return n >= retries, fmt.Sprintf("only %d retries", n)
+	})
 	if !w.Stats().Failing {
 		t.Fatal("Stats.Failing is false while Apply retries")
 	}

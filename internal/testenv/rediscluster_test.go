@@ -336,22 +336,22 @@ func TestRedisCluster(t *testing.T) {
 				written.Store(int64(i + 1))
 			}
 		}()
-		waitFor(t, 10*time.Second, "the writer writes", func(context.Context) error {
+		testenv.Eventually(t, 10*time.Second, "the writer writes", succeeds(func(context.Context) error {
 			if written.Load() < 100 {
 				return errors.New("fewer than 100 writes")
 			}
 			return nil
-		})
+		}))
 
 		const moved = 300
 		c.MigrateSlots(t, from.Addr, to.Addr, moved)
 		before := written.Load()
-		waitFor(t, 10*time.Second, "the writer writes after the migration", func(context.Context) error {
+		testenv.Eventually(t, 10*time.Second, "the writer writes after the migration", succeeds(func(context.Context) error {
 			if written.Load() < before+100 {
 				return errors.New("fewer than 100 writes since the migration")
 			}
 			return nil
-		})
+		}))
 		close(stop)
 		<-done
 		for _, err := range failed {
@@ -440,9 +440,9 @@ func TestRedisClusterFailover(t *testing.T) {
 	}
 
 	// The client learns the new layout on its first errors; then every key is there.
-	waitFor(t, 10*time.Second, "GET key:0 after failover", func(ctx context.Context) error {
+	testenv.Eventually(t, 10*time.Second, "GET key:0 after failover", succeeds(func(ctx context.Context) error {
 		return client.Get(ctx, "key:0").Err()
-	})
+	}))
 	for i := range keys {
 		key := fmt.Sprintf("key:%d", i)
 		if got, err := client.Get(ctx, key).Result(); err != nil || got != fmt.Sprint(i) {

@@ -59,9 +59,9 @@ func TestSentinel(t *testing.T) {
 		t.Errorf("new primary %s: role:%s, want master", newMaster, got)
 	}
 	// The client that wrote to the old primary follows the switch.
-	waitFor(t, 10*time.Second, "the failover client writes after the failover", func(ctx context.Context) error {
+	testenv.Eventually(t, 10*time.Second, "the failover client writes after the failover", succeeds(func(ctx context.Context) error {
 		return client.Set(ctx, "after", "failover", 0).Err()
-	})
+	}))
 	for i := range keys {
 		key := fmt.Sprintf("key:%d", i)
 		if got, err := client.Get(ctx, key).Result(); err != nil || got != fmt.Sprint(i) {

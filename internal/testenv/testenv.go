@@ -22,6 +22,9 @@
 // so that the PostgreSQL server shared by the package's tests is stopped when they end.
 // Servers are also tied to the test process by the kernel (Linux parent-death signal), so
 // a test binary killed by a timeout or SIGKILL does not leave them running.
+//
+// Tests wait for an effect on those servers (or on the daemon) with Eventually,
+// the one poll-with-deadline helper of the tree.
 package testenv
 
 import (

@@ -21,21 +21,16 @@ import (
 
 func TestMain(m *testing.M) { testenv.Main(m) }
 
-// waitFor polls check until it succeeds or timeout passes.
-func waitFor(t *testing.T, timeout time.Duration, what string, check func(ctx context.Context) error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
+// succeeds adapts check for testenv.Eventually: each call gets a second,
+// and the last error is the reason a timed-out wait reports.
+func succeeds(check func(ctx context.Context) error) func() (bool, string) {
+	return func() (bool, string) {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		err := check(ctx)
-		cancel()
-		if err == nil {
-			return
+		defer cancel()
+		if err := check(ctx); err != nil {
+			return false, err.Error()
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: still failing after %v: %v", what, timeout, err)
-		}
-		time.Sleep(20 * time.Millisecond)
+		return true, ""
 	}
 }
 
@@ -241,14 +236,14 @@ func TestDatabaseCleanupDropsActiveSlot(t *testing.T) {
 		if _, ok := msg.(*pgproto3.CopyBothResponse); !ok {
 			t.Fatalf("START_REPLICATION answered %T, want CopyBothResponse", msg)
 		}
-		waitFor(t, 10*time.Second, "slot becomes active", func(ctx context.Context) error {
+		testenv.Eventually(t, 10*time.Second, "slot becomes active", succeeds(func(ctx context.Context) error {
 			var active bool
 			err := conn.QueryRow(ctx, `SELECT active FROM pg_replication_slots WHERE slot_name = $1`, dbName).Scan(&active)
 			if err == nil && !active {
 				err = errors.New("slot is not active")
 			}
 			return err
-		})
+		}))
 		// The replication connection stays open: the subtest's cleanup meets an active slot.
 	})
 	if t.Failed() {
@@ -319,17 +314,17 @@ func TestRedisStopStart(t *testing.T) {
 	}
 
 	r.Stop(t)
-	waitFor(t, 10*time.Second, "PING fails after Stop", func(ctx context.Context) error {
+	testenv.Eventually(t, 10*time.Second, "PING fails after Stop", succeeds(func(ctx context.Context) error {
 		if client.Ping(ctx).Err() == nil {
 			return errors.New("PING still answered")
 		}
 		return nil
-	})
+	}))
 
 	r.Start(t)
-	waitFor(t, 10*time.Second, "PING answers after Start", func(ctx context.Context) error {
+	testenv.Eventually(t, 10*time.Second, "PING answers after Start", succeeds(func(ctx context.Context) error {
 		return client.Ping(ctx).Err()
-	})
+	}))
 	if err := client.Get(t.Context(), key).Err(); !errors.Is(err, redis.Nil) {
 		t.Errorf("GET after restart: err = %v, want redis.Nil (empty dataset)", err)
 	}
