@@ -466,7 +466,7 @@ func (d *Daemon) newBudgets() {
 // done (graceful: drain what was received, within DrainTimeout), hardStop
 // is done (the instance lock was lost: stop at once) or a stage fails (the
 // others stop; nothing unapplied is confirmed).
-func (d *Daemon) pipeline(ctx, hardStop context.Context, stream *replication.Stream, start wal.LSN, conn *replication.Conn) error {
+func (d *Daemon) pipeline(ctx, hardStop context.Context, stream *replication.Stream, start wal.LSN, conn catalog) error {
 	hard, hardCancel := context.WithCancel(hardStop)
 	defer hardCancel()
 	stopDrain := context.AfterFunc(ctx, func() {
@@ -513,6 +513,16 @@ func (d *Daemon) pipeline(ctx, hardStop context.Context, stream *replication.Str
 	return err
 }
 
+// catalog is what monitor does on the session's catalog connection
+// (replication.Conn) while streaming.
+type catalog interface {
+	EmitHeartbeat(ctx context.Context, at time.Time) error
+	ReadSlot(ctx context.Context, name string) (*replication.SlotInfo, error)
+	ReadPartitionTrees(ctx context.Context, tables []config.TableName) (replication.PartitionTrees, error)
+	EnsurePartitionTruncateTriggers(ctx context.Context, tables []config.TableName) ([]string, error)
+	EmitPartitionsChanged(ctx context.Context, roots []string) error
+}
+
 // monitor owns the session's catalog connection while streaming: it writes
 // a heartbeat every HeartbeatInterval (if set), every StatusInterval reads
 // the slot's retained WAL and the journal's size for the metrics, and every
@@ -523,7 +533,7 @@ func (d *Daemon) pipeline(ctx, hardStop context.Context, stream *replication.Str
 // the whole pipeline like any transaction, so the slot keeps moving even when
 // no published table changes, and its round trip is measured when it comes
 // back. A failed query ends the session: the catalog connection is gone.
-func (d *Daemon) monitor(ctx context.Context, conn *replication.Conn) error {
+func (d *Daemon) monitor(ctx context.Context, conn catalog) error {
 	var beat <-chan time.Time
 	if d.opts.HeartbeatInterval > 0 {
 		t := time.NewTicker(d.opts.HeartbeatInterval)
@@ -570,7 +580,7 @@ func (d *Daemon) monitor(ctx context.Context, conn *replication.Conn) error {
 //
 // What remains is the time between the DDL's commit and this check (at most
 // PartitionCheckInterval) plus the message's way through the pipeline.
-func (d *Daemon) checkPartitions(ctx context.Context, conn *replication.Conn) error {
+func (d *Daemon) checkPartitions(ctx context.Context, conn catalog) error {
 	tables := d.mapper.Tables()
 	now, err := conn.ReadPartitionTrees(ctx, tables)
 	if err != nil {
@@ -609,7 +619,7 @@ func (d *Daemon) checkPartitions(ctx context.Context, conn *replication.Conn) er
 }
 
 // observe reads the figures that come from outside the pipeline.
-func (d *Daemon) observe(ctx context.Context, conn *replication.Conn) error {
+func (d *Daemon) observe(ctx context.Context, conn catalog) error {
 	r := d.opts.Journal.Range()
 	d.metrics.JournalBytes.Set(float64(r.Bytes))
 	d.metrics.JournalSegments.Set(float64(r.Segments))

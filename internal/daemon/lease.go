@@ -109,7 +109,7 @@ func takeoverVerdict(h replication.LockHolder, slotActive bool) (take bool, why 
 
 // lease is the instance lock held on its own connection, renewed by hold.
 type lease struct {
-	conn *replication.Conn
+	conn lockConn
 	dur  time.Duration
 	// epoch and until are monotonic: until is when the lease ends, as a
 	// duration since epoch.
@@ -117,9 +117,17 @@ type lease struct {
 	until atomic.Int64
 }
 
+// lockConn is the connection whose session holds the instance lock
+// (replication.Conn): a query on it renews the lease, closing it releases
+// the lock.
+type lockConn interface {
+	Ping(ctx context.Context) error
+	Close(ctx context.Context) error
+}
+
 // newLease starts a lease taken by a query sent at sent: the server's
 // state_change of the lock connection is later than that.
-func newLease(conn *replication.Conn, dur time.Duration, sent time.Time) *lease {
+func newLease(conn lockConn, dur time.Duration, sent time.Time) *lease {
 	l := &lease{conn: conn, dur: dur, epoch: sent}
 	l.until.Store(int64(l.validFor()))
 	return l
