@@ -13,7 +13,7 @@ import (
 // hashtext('cachesync slot <slot>'): only the instance holding it recovers
 // the slot and the cache and streams. It goes with the connection that took
 // it, so a holder whose host vanished keeps it until PostgreSQL notices the
-// dead connection; the daemon's lease (internal/daemon) bounds that.
+// dead connection; the daemon's lease (internal/daemon/lease.go) bounds that.
 
 // InstanceLockKey is the text whose hashtext is the instance lock's key.
 func InstanceLockKey(slot string) string { return "cachesync slot " + slot }

@@ -11,7 +11,6 @@ import (
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/wal"
@@ -105,13 +104,13 @@ const SlotCreateTimeout = 2 * time.Minute
 // on a replication connection and returns its consistent point. Changes
 // committed before that point are never delivered: the caller must flush the
 // key spaces after this returns and before streaming.
-func CreateSlot(ctx context.Context, conn *pgconn.PgConn, name string, temporary bool) (wal.LSN, error) {
+func CreateSlot(ctx context.Context, conn *ReplConn, name string, temporary bool) (wal.LSN, error) {
 	if err := config.ValidateName("slot", name); err != nil {
 		return 0, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, SlotCreateTimeout)
 	defer cancel()
-	res, err := pglogrepl.CreateReplicationSlot(ctx, conn, name, "pgoutput", pglogrepl.CreateReplicationSlotOptions{
+	res, err := pglogrepl.CreateReplicationSlot(ctx, conn.pg, name, "pgoutput", pglogrepl.CreateReplicationSlotOptions{
 		Temporary:      temporary,
 		SnapshotAction: "NOEXPORT_SNAPSHOT",
 		Mode:           pglogrepl.LogicalReplication,

@@ -30,7 +30,7 @@ var sessionSettings = map[string]string{
 
 // ConnectReplication opens a logical replication connection (replication=database)
 // with pinned output settings and TCP keepalives.
-func ConnectReplication(ctx context.Context, url string) (*pgconn.PgConn, error) {
+func ConnectReplication(ctx context.Context, url string) (*ReplConn, error) {
 	cfg, err := pgconn.ParseConfig(url)
 	if err != nil {
 		return nil, fmt.Errorf("parse database URL: %w", err)
@@ -48,7 +48,7 @@ func ConnectReplication(ctx context.Context, url string) (*pgconn.PgConn, error)
 	if err != nil {
 		return nil, fmt.Errorf("open replication connection to %s:%d/%s: %w", cfg.Host, cfg.Port, cfg.Database, err)
 	}
-	return conn, nil
+	return &ReplConn{pg: conn}, nil
 }
 
 // StreamOptions configure a Stream.
@@ -93,11 +93,11 @@ type Stream struct {
 }
 
 // NewStream prepares a stream on an open replication connection.
-func NewStream(conn *pgconn.PgConn, opts StreamOptions) *Stream {
+func NewStream(conn *ReplConn, opts StreamOptions) *Stream {
 	if opts.StatusInterval <= 0 {
 		opts.StatusInterval = 10 * time.Second
 	}
-	return &Stream{conn: conn, opts: opts, dec: NewDecoder(opts.MessagePrefix)}
+	return &Stream{conn: conn.pg, opts: opts, dec: NewDecoder(opts.MessagePrefix)}
 }
 
 // Confirm records that everything up to lsn is applied (and journaled). It may

@@ -16,8 +16,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/hcl/v2"
-	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/rs/zerolog"
 	"golang.org/x/sync/errgroup"
 
@@ -262,12 +260,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 }
 
-func (d *Daemon) connect(ctx context.Context) (*pgx.Conn, error) {
-	conn, err := pgx.Connect(ctx, d.opts.DatabaseURL)
-	if err != nil {
-		return nil, fmt.Errorf("connect to PostgreSQL: %w", err)
-	}
-	return conn, nil
+func (d *Daemon) connect(ctx context.Context) (*replication.Conn, error) {
+	return replication.Connect(ctx, d.opts.DatabaseURL)
 }
 
 // prepare runs the preflight checks, retrying while PostgreSQL is
@@ -328,7 +322,7 @@ func (d *Daemon) prepareOnce(ctx context.Context, pgc config.Postgres) error {
 	if d.opts.DryRun {
 		pf.Publication = "" // a dry run creates and alters nothing
 	}
-	diags, err := replication.Preflight(ctx, conn, d.opts.Config.Rules, pf)
+	diags, err := conn.Preflight(ctx, d.opts.Config.Rules, pf)
 	if err != nil {
 		return err
 	}
@@ -338,7 +332,7 @@ func (d *Daemon) prepareOnce(ctx context.Context, pgc config.Postgres) error {
 	if !d.opts.DryRun {
 		return nil
 	}
-	pub, err := replication.ReadPublication(ctx, conn, pgc.Publication)
+	pub, err := conn.ReadPublication(ctx, pgc.Publication)
 	if err != nil {
 		return err
 	}
@@ -353,13 +347,13 @@ func (d *Daemon) prepareOnce(ctx context.Context, pgc config.Postgres) error {
 // stream does it (under the instance lock): a passive instance with other
 // rules must not change what the active one receives. It returns the tables
 // it added, whose changes before now were never published.
-func (d *Daemon) alignPublication(ctx context.Context, conn *pgx.Conn) ([]string, error) {
+func (d *Daemon) alignPublication(ctx context.Context, conn *replication.Conn) ([]string, error) {
 	pub, tables := d.opts.Config.Postgres.Publication, d.mapper.Tables()
-	added, err := replication.EnsurePublication(ctx, conn, pub, tables)
+	added, err := conn.EnsurePublication(ctx, pub, tables)
 	if err != nil {
 		return nil, err
 	}
-	parts, err := replication.EnsurePartitionTruncateTriggers(ctx, conn, tables)
+	parts, err := conn.EnsurePartitionTruncateTriggers(ctx, tables)
 	if err != nil {
 		return nil, err
 	}
@@ -368,7 +362,7 @@ func (d *Daemon) alignPublication(ctx context.Context, conn *pgx.Conn) ([]string
 	}
 	// Triggers no publication needs any more only cost a logical message
 	// per TRUNCATE: failing to drop them does not stop streaming.
-	if gone, err := replication.RemovePartitionTruncateTriggers(ctx, conn); err != nil {
+	if gone, err := conn.RemovePartitionTruncateTriggers(ctx); err != nil {
 		d.log.Warn().Err(err).Msg("could not remove truncate triggers no publication needs any more")
 	} else if len(gone) > 0 {
 		d.log.Info().Strs("partitions", gone).Msg("truncate triggers removed from partitions no publication lists any more")
@@ -417,7 +411,7 @@ func (d *Daemon) streamSession(ctx, hard context.Context) error {
 			return err
 		}
 		defer gateConn.Close(context.WithoutCancel(ctx))
-		d.gate = &visibilityGate{conn: gateConn, log: d.log}
+		d.gate = &visibilityGate{snapshots: gateConn, log: d.log}
 		defer func() { d.gate = nil }()
 	}
 
@@ -472,7 +466,7 @@ func (d *Daemon) newBudgets() {
 // done (graceful: drain what was received, within DrainTimeout), hardStop
 // is done (the instance lock was lost: stop at once) or a stage fails (the
 // others stop; nothing unapplied is confirmed).
-func (d *Daemon) pipeline(ctx, hardStop context.Context, stream *replication.Stream, start wal.LSN, conn *pgx.Conn) error {
+func (d *Daemon) pipeline(ctx, hardStop context.Context, stream *replication.Stream, start wal.LSN, conn catalog) error {
 	hard, hardCancel := context.WithCancel(hardStop)
 	defer hardCancel()
 	stopDrain := context.AfterFunc(ctx, func() {
@@ -519,6 +513,16 @@ func (d *Daemon) pipeline(ctx, hardStop context.Context, stream *replication.Str
 	return err
 }
 
+// catalog is what monitor does on the session's catalog connection
+// (replication.Conn) while streaming.
+type catalog interface {
+	EmitHeartbeat(ctx context.Context, at time.Time) error
+	ReadSlot(ctx context.Context, name string) (*replication.SlotInfo, error)
+	ReadPartitionTrees(ctx context.Context, tables []config.TableName) (replication.PartitionTrees, error)
+	EnsurePartitionTruncateTriggers(ctx context.Context, tables []config.TableName) ([]string, error)
+	EmitPartitionsChanged(ctx context.Context, roots []string) error
+}
+
 // monitor owns the session's catalog connection while streaming: it writes
 // a heartbeat every HeartbeatInterval (if set), every StatusInterval reads
 // the slot's retained WAL and the journal's size for the metrics, and every
@@ -529,7 +533,7 @@ func (d *Daemon) pipeline(ctx, hardStop context.Context, stream *replication.Str
 // the whole pipeline like any transaction, so the slot keeps moving even when
 // no published table changes, and its round trip is measured when it comes
 // back. A failed query ends the session: the catalog connection is gone.
-func (d *Daemon) monitor(ctx context.Context, conn *pgx.Conn) error {
+func (d *Daemon) monitor(ctx context.Context, conn catalog) error {
 	var beat <-chan time.Time
 	if d.opts.HeartbeatInterval > 0 {
 		t := time.NewTicker(d.opts.HeartbeatInterval)
@@ -546,9 +550,7 @@ func (d *Daemon) monitor(ctx context.Context, conn *pgx.Conn) error {
 		case <-ctx.Done():
 			return nil
 		case <-beat:
-			if _, err = conn.Exec(ctx, "SELECT pg_logical_emit_message(true, $1, $2)", heartbeatPrefix, time.Now().UTC().Format(time.RFC3339Nano)); err != nil {
-				err = fmt.Errorf("heartbeat: %w", err)
-			} else {
+			if err = conn.EmitHeartbeat(ctx, time.Now()); err == nil {
 				d.log.Debug().Msg("heartbeat written")
 			}
 		case <-stats.C:
@@ -578,9 +580,9 @@ func (d *Daemon) monitor(ctx context.Context, conn *pgx.Conn) error {
 //
 // What remains is the time between the DDL's commit and this check (at most
 // PartitionCheckInterval) plus the message's way through the pipeline.
-func (d *Daemon) checkPartitions(ctx context.Context, conn *pgx.Conn) error {
+func (d *Daemon) checkPartitions(ctx context.Context, conn catalog) error {
 	tables := d.mapper.Tables()
-	now, err := replication.ReadPartitionTrees(ctx, conn, tables)
+	now, err := conn.ReadPartitionTrees(ctx, tables)
 	if err != nil {
 		return err
 	}
@@ -597,10 +599,9 @@ func (d *Daemon) checkPartitions(ctx context.Context, conn *pgx.Conn) error {
 	}
 	// A trigger that cannot be installed ends the session (as at start),
 	// but the flush is written first.
-	parts, trigErr := replication.EnsurePartitionTruncateTriggers(ctx, conn, roots)
-	if _, err := conn.Exec(ctx, "SELECT pg_logical_emit_message(true, $1, root) FROM unnest($2::text[]) AS root",
-		wal.PartitionsMessagePrefix, changed); err != nil {
-		return fmt.Errorf("write the flush for the changed partitions of %v: %w", changed, err)
+	parts, trigErr := conn.EnsurePartitionTruncateTriggers(ctx, roots)
+	if err := conn.EmitPartitionsChanged(ctx, changed); err != nil {
+		return err
 	}
 	d.log.Warn().Strs("tables", changed).
 		Msg("partitions attached, detached, dropped or created (PostgreSQL publishes none of it): these tables' rules flush in WAL order")
@@ -618,39 +619,32 @@ func (d *Daemon) checkPartitions(ctx context.Context, conn *pgx.Conn) error {
 }
 
 // observe reads the figures that come from outside the pipeline.
-func (d *Daemon) observe(ctx context.Context, conn *pgx.Conn) error {
+func (d *Daemon) observe(ctx context.Context, conn catalog) error {
 	r := d.opts.Journal.Range()
 	d.metrics.JournalBytes.Set(float64(r.Bytes))
 	d.metrics.JournalSegments.Set(float64(r.Segments))
-	var retained *int64
-	var status *string
-	err := conn.QueryRow(ctx, `SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint, wal_status
-		FROM pg_replication_slots WHERE slot_name = $1`, d.opts.Config.Postgres.Slot).Scan(&retained, &status)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return nil // dropped under us: the stream fails and says so
-	}
+	info, err := conn.ReadSlot(ctx, d.opts.Config.Postgres.Slot)
 	if err != nil {
 		return fmt.Errorf("read the slot's retained WAL: %w", err)
 	}
-	if retained != nil {
-		d.metrics.SlotRetained.Set(float64(*retained))
+	if info == nil {
+		return nil // dropped under us: the stream fails and says so
 	}
-	if status != nil {
-		d.metrics.SlotWALStatus(*status)
+	// An invalidated slot has no restart_lsn, hence no retained WAL and no
+	// wal_status: the figures last read stay.
+	if info.RestartLSN != 0 {
+		d.metrics.SlotRetained.Set(float64(info.RetainedBytes))
+	}
+	if info.WALStatus != "" {
+		d.metrics.SlotWALStatus(info.WALStatus)
 	}
 	return nil
 }
 
-// heartbeatPrefix is the logical message prefix of heartbeats.
-const heartbeatPrefix = "cachesync.heartbeat"
-
 // heartbeatReceived measures a heartbeat's round trip: written by monitor,
 // back through the replication stream.
 func (d *Daemon) heartbeatReceived(m wal.Message) {
-	if m.Prefix != heartbeatPrefix {
-		return
-	}
-	if at, err := time.Parse(time.RFC3339Nano, string(m.Content)); err == nil {
+	if at, ok := replication.HeartbeatSent(m); ok {
 		d.metrics.HeartbeatRTT.Set(time.Since(at).Seconds())
 	}
 }
@@ -982,8 +976,8 @@ func (d *Daemon) Setup(ctx context.Context) error {
 // sessionConns are the two connections of a session: a normal one for
 // catalog queries, and the replication connection that streams.
 type sessionConns struct {
-	conn   *pgx.Conn
-	repl   *pgconn.PgConn
+	conn   *replication.Conn
+	repl   *replication.ReplConn
 	dbname string
 }
 
@@ -993,9 +987,9 @@ func (d *Daemon) open(ctx context.Context) (*sessionConns, error) {
 		return nil, err
 	}
 	s := &sessionConns{conn: conn}
-	if err := conn.QueryRow(ctx, "SELECT current_database()").Scan(&s.dbname); err != nil {
+	if s.dbname, err = conn.DatabaseName(ctx); err != nil {
 		conn.Close(context.WithoutCancel(ctx))
-		return nil, fmt.Errorf("read database name: %w", err)
+		return nil, err
 	}
 	if s.repl, err = replication.ConnectReplication(ctx, d.opts.DatabaseURL); err != nil {
 		conn.Close(context.WithoutCancel(ctx))

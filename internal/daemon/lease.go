@@ -9,7 +9,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/cachesync/cachesync/replication"
@@ -110,7 +109,7 @@ func takeoverVerdict(h replication.LockHolder, slotActive bool) (take bool, why 
 
 // lease is the instance lock held on its own connection, renewed by hold.
 type lease struct {
-	conn *pgx.Conn
+	conn lockConn
 	dur  time.Duration
 	// epoch and until are monotonic: until is when the lease ends, as a
 	// duration since epoch.
@@ -118,9 +117,17 @@ type lease struct {
 	until atomic.Int64
 }
 
+// lockConn is the connection whose session holds the instance lock
+// (replication.Conn): a query on it renews the lease, closing it releases
+// the lock.
+type lockConn interface {
+	Ping(ctx context.Context) error
+	Close(ctx context.Context) error
+}
+
 // newLease starts a lease taken by a query sent at sent: the server's
 // state_change of the lock connection is later than that.
-func newLease(conn *pgx.Conn, dur time.Duration, sent time.Time) *lease {
+func newLease(conn lockConn, dur time.Duration, sent time.Time) *lease {
 	l := &lease{conn: conn, dur: dur, epoch: sent}
 	l.until.Store(int64(l.validFor()))
 	return l
@@ -157,7 +164,7 @@ func (l *lease) hold(ctx context.Context) error {
 		}
 		sent := time.Since(l.epoch)
 		qctx, cancel := context.WithTimeout(ctx, l.dur/2)
-		_, err := l.conn.Exec(qctx, "SELECT 1")
+		err := l.conn.Ping(qctx)
 		cancel()
 		if ctx.Err() != nil {
 			return nil
@@ -199,18 +206,18 @@ func (d *Daemon) takeLock(ctx context.Context) (_ *lease, err error) {
 			conn.Close(context.WithoutCancel(ctx))
 		}
 	}()
-	wst, err := replication.WALSenderTimeout(ctx, conn)
+	wst, err := conn.WALSenderTimeout(ctx)
 	if err != nil {
 		return nil, err
 	}
 	dur := leaseFor(wst)
-	if _, err := conn.Exec(ctx, "SELECT set_config('application_name', $1, false)", lockAppName(dur)); err != nil {
+	if err := conn.SetApplicationName(ctx, lockAppName(dur)); err != nil {
 		return nil, fmt.Errorf("name the lock connection: %w", err)
 	}
 	// try returns the lease, or nil when another session holds the lock.
 	try := func() (*lease, error) {
 		sent := time.Now()
-		locked, err := replication.TryInstanceLock(ctx, conn, slot)
+		locked, err := conn.TryInstanceLock(ctx, slot)
 		if err != nil || !locked {
 			return nil, err
 		}
@@ -219,7 +226,7 @@ func (d *Daemon) takeLock(ctx context.Context) (_ *lease, err error) {
 	if l, err := try(); l != nil || err != nil {
 		return l, err
 	}
-	holder, err := replication.InstanceLockHolder(ctx, conn, slot)
+	holder, err := conn.InstanceLockHolder(ctx, slot)
 	if err != nil {
 		return nil, err
 	}
@@ -229,7 +236,7 @@ func (d *Daemon) takeLock(ctx context.Context) (_ *lease, err error) {
 		}
 		return nil, fmt.Errorf("%w: another instance is starting or streaming on slot %q", replication.ErrSlotActive, slot)
 	}
-	info, err := replication.ReadSlot(ctx, conn, slot)
+	info, err := conn.ReadSlot(ctx, slot)
 	if err != nil {
 		return nil, err
 	}
@@ -238,7 +245,7 @@ func (d *Daemon) takeLock(ctx context.Context) (_ *lease, err error) {
 		d.log.Debug().Str("slot", slot).Msg("the instance lock is held: " + why)
 		return nil, fmt.Errorf("%w: another instance is starting or streaming on slot %q: %s", replication.ErrSlotActive, slot, why)
 	}
-	terminated, err := replication.TerminateLockHolder(ctx, conn, *holder)
+	terminated, err := conn.TerminateLockHolder(ctx, *holder)
 	if err != nil {
 		return nil, err
 	}

@@ -7,10 +7,6 @@ import (
 	"math/rand/v2"
 	"time"
 
-	"github.com/jackc/pglogrepl"
-	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
-
 	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/journal"
 	"github.com/cachesync/cachesync/keyspace"
@@ -41,15 +37,15 @@ import (
 // pure, one test row per case); ensureSlot reads their inputs and executes
 // their plans. It also aligns the publication with the rules, under the
 // same lock.
-func (d *Daemon) ensureSlot(ctx context.Context, conn *pgx.Conn, repl *pgconn.PgConn, dbname string) (wal.LSN, error) {
+func (d *Daemon) ensureSlot(ctx context.Context, conn *replication.Conn, repl *replication.ReplConn, dbname string) (wal.LSN, error) {
 	// The caller holds the instance lock (withLock): only its holder may
 	// recover the slot and the cache, so two instances starting at once
 	// never both flush or move the cache's position; the slot itself
 	// (55006) stays the lock for streaming.
 	name := d.opts.Config.Postgres.Slot
-	sys, err := pglogrepl.IdentifySystem(ctx, repl)
+	sys, err := repl.IdentifySystem(ctx)
 	if err != nil {
-		return 0, fmt.Errorf("identify system: %w", err)
+		return 0, err
 	}
 	// Before any flush or replay: the guards written from here on belong
 	// to this server's history, and older histories' guards count as
@@ -57,7 +53,7 @@ func (d *Daemon) ensureSlot(ctx context.Context, conn *pgx.Conn, repl *pgconn.Pg
 	if h, ok := d.opts.Applier.(HistoryRecorder); ok {
 		h.SetHistory(keyspace.History(sys.SystemID, sys.Timeline))
 	}
-	info, err := replication.ReadSlot(ctx, conn, name)
+	info, err := conn.ReadSlot(ctx, name)
 	if err != nil {
 		return 0, err
 	}
@@ -69,7 +65,7 @@ func (d *Daemon) ensureSlot(ctx context.Context, conn *pgx.Conn, repl *pgconn.Pg
 	// The partition trees are read before alignPublication installs the
 	// truncate triggers: a partition created after this read is a change
 	// the monitor sees, and gets its trigger then.
-	trees, err := replication.ReadPartitionTrees(ctx, conn, d.mapper.Tables())
+	trees, err := conn.ReadPartitionTrees(ctx, d.mapper.Tables())
 	if err != nil {
 		return 0, err
 	}
@@ -78,7 +74,7 @@ func (d *Daemon) ensureSlot(ctx context.Context, conn *pgx.Conn, repl *pgconn.Pg
 		return 0, err
 	}
 	if slotPlan.Drop {
-		if _, err := replication.DropSlot(ctx, conn, name); err != nil {
+		if _, err := conn.DropSlot(ctx, name); err != nil {
 			return 0, err
 		}
 	}
@@ -88,7 +84,7 @@ func (d *Daemon) ensureSlot(ctx context.Context, conn *pgx.Conn, repl *pgconn.Pg
 			return 0, err
 		}
 		d.log.Warn().Str("slot", name).Stringer("consistent_point", lsn).Msg("replication slot created")
-		if info, err = replication.ReadSlot(ctx, conn, name); err != nil {
+		if info, err = conn.ReadSlot(ctx, name); err != nil {
 			return 0, err
 		}
 		if info == nil {
@@ -181,7 +177,7 @@ func (d *Daemon) ensureSlot(ctx context.Context, conn *pgx.Conn, repl *pgconn.Pg
 // stand idle: PostgreSQL keeps every byte of WAL since their position until
 // they are dropped. Each is logged with the command that drops it. A slot
 // that no longer exists leaves the record. Failures here are logged only.
-func (d *Daemon) warnAbandonedSlots(ctx context.Context, conn *pgx.Conn, scope, current string) {
+func (d *Daemon) warnAbandonedSlots(ctx context.Context, conn *replication.Conn, scope, current string) {
 	slots, err := d.opts.Cache.Slots(ctx, scope, current)
 	d.reportRedis(ctx, err)
 	if err != nil {
@@ -192,7 +188,7 @@ func (d *Daemon) warnAbandonedSlots(ctx context.Context, conn *pgx.Conn, scope, 
 		if other == current {
 			continue
 		}
-		info, err := replication.ReadSlot(ctx, conn, other)
+		info, err := conn.ReadSlot(ctx, other)
 		switch {
 		case err != nil:
 			d.log.Warn().Err(err).Msg("could not check for abandoned slots")

@@ -2,15 +2,12 @@ package daemon
 
 import (
 	"context"
-	"fmt"
-	"strconv"
-	"strings"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/rs/zerolog"
 
 	"github.com/cachesync/cachesync/mapping"
+	"github.com/cachesync/cachesync/replication"
 )
 
 // visibilityGate holds a group's effects until PostgreSQL shows its
@@ -26,9 +23,15 @@ import (
 // check runs; with synchronous replication the wait is the standby's round
 // trip.
 type visibilityGate struct {
-	conn *pgx.Conn
-	log  zerolog.Logger
-	xids []uint32 // reused
+	snapshots snapshotReader
+	log       zerolog.Logger
+	xids      []uint32 // reused
+}
+
+// snapshotReader reads pg_current_snapshot() on a connection of the
+// session's own (replication.Conn).
+type snapshotReader interface {
+	Snapshot(ctx context.Context) (replication.Snapshot, error)
 }
 
 // visibilityWarnAfter is how long a wait lasts before it is logged at warn
@@ -50,15 +53,11 @@ func (g *visibilityGate) wait(ctx context.Context, group []mapping.Batch) error 
 	began := time.Now()
 	warned := false
 	for attempt := 0; ; attempt++ {
-		var text string
-		if err := g.conn.QueryRow(ctx, "SELECT pg_current_snapshot()::text").Scan(&text); err != nil {
-			return fmt.Errorf("read the current snapshot: %w", err)
-		}
-		snap, err := parseSnapshot(text)
+		snap, err := g.snapshots.Snapshot(ctx)
 		if err != nil {
 			return err
 		}
-		running := snap.running(g.xids)
+		running := snap.Running(g.xids)
 		if running == 0 {
 			if warned {
 				g.log.Info().Dur("waited", time.Since(began)).Msg("the held transactions are visible; applying them")
@@ -81,63 +80,4 @@ func (g *visibilityGate) wait(ctx context.Context, group []mapping.Batch) error 
 		case <-pause.C:
 		}
 	}
-}
-
-// snapshot is a pg_snapshot: transactions below xmin are finished, those at
-// or above xmax (the latest finished one + 1) are not, and xip lists those in
-// between that are still running.
-type snapshot struct {
-	xmin, xmax uint64
-	xip        map[uint64]struct{}
-}
-
-// parseSnapshot reads pg_snapshot's text form, "xmin:xmax:xip,xip,...".
-func parseSnapshot(s string) (snapshot, error) {
-	parts := strings.Split(s, ":")
-	if len(parts) != 3 {
-		return snapshot{}, fmt.Errorf("unexpected snapshot %q", s)
-	}
-	var snap snapshot
-	var err error
-	if snap.xmin, err = strconv.ParseUint(parts[0], 10, 64); err != nil {
-		return snapshot{}, fmt.Errorf("unexpected snapshot %q: %w", s, err)
-	}
-	if snap.xmax, err = strconv.ParseUint(parts[1], 10, 64); err != nil {
-		return snapshot{}, fmt.Errorf("unexpected snapshot %q: %w", s, err)
-	}
-	if parts[2] != "" {
-		ids := strings.Split(parts[2], ",")
-		snap.xip = make(map[uint64]struct{}, len(ids))
-		for _, id := range ids {
-			x, err := strconv.ParseUint(id, 10, 64)
-			if err != nil {
-				return snapshot{}, fmt.Errorf("unexpected snapshot %q: %w", s, err)
-			}
-			snap.xip[x] = struct{}{}
-		}
-	}
-	return snap, nil
-}
-
-// running counts the xids (32-bit, as pgoutput sends them) that the snapshot
-// does not see as finished.
-func (s snapshot) running(xids []uint32) int {
-	n := 0
-	for _, x := range xids {
-		// The full xid is the one nearest xmax with these low bits: a
-		// transaction being decoded is recent (xmax is the latest finished
-		// xid + 1, so one still committing is at or above it).
-		full := int64(s.xmax) + int64(int32(x-uint32(s.xmax)))
-		switch {
-		case full < int64(s.xmin):
-			// finished (or older than any xid)
-		case full >= int64(s.xmax):
-			n++
-		default:
-			if _, ok := s.xip[uint64(full)]; ok {
-				n++
-			}
-		}
-	}
-	return n
 }

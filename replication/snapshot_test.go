@@ -1,4 +1,4 @@
-package daemon
+package replication
 
 import "testing"
 
@@ -24,17 +24,17 @@ func TestSnapshotRunning(t *testing.T) {
 		// Early in epoch 0 a large xid cannot be recent.
 		{"3:10:3", []uint32{4000000000, 3}, 1},
 	} {
-		s, err := parseSnapshot(c.snap)
+		s, err := ParseSnapshot(c.snap)
 		if err != nil {
 			t.Fatalf("%s: %v", c.snap, err)
 		}
-		if got := s.running(c.xids); got != c.want {
-			t.Errorf("%s running %v = %d, want %d", c.snap, c.xids, got, c.want)
+		if got := s.Running(c.xids); got != c.want {
+			t.Errorf("%s Running %v = %d, want %d", c.snap, c.xids, got, c.want)
 		}
 	}
 	for _, bad := range []string{"", "1:2", "a:2:", "1:b:", "1:2:x", "1:2:3:4"} {
-		if _, err := parseSnapshot(bad); err == nil {
-			t.Errorf("parseSnapshot(%q) accepted", bad)
+		if _, err := ParseSnapshot(bad); err == nil {
+			t.Errorf("ParseSnapshot(%q) accepted", bad)
 		}
 	}
 }
