@@ -5,8 +5,8 @@ import (
 	"testing"
 	"time"
 
-	csdaemon "github.com/cachesync/cachesync/internal/daemon"
 	"github.com/cachesync/cachesync/keyspace"
+	cswriter "github.com/cachesync/cachesync/writer"
 )
 
 // TestClusterMarkerOnEveryMaster: after resharding, one master owns only
@@ -23,14 +23,14 @@ func TestClusterMarkerOnEveryMaster(t *testing.T) {
 	// reshard takes a source's lowest slots first.
 	masters := cluster.Masters(t)
 	last := masters[len(masters)-1]
-	const lastFixed = keyspace.SlotCount - keyspace.SlotCount/csdaemon.ClusterMarkers
+	const lastFixed = keyspace.SlotCount - keyspace.SlotCount/cswriter.ClusterMarkers
 	cluster.MigrateSlots(t, last.Addr, masters[0].Addr, lastFixed+1-last.Slots[0].First)
 	var master string
 	for _, m := range cluster.Masters(t) {
 		if m.ID == last.ID {
 			master = m.Addr
-			for s := range csdaemon.MarkerSlots(nil) {
-				if m.HasSlot(s * keyspace.SlotCount / csdaemon.ClusterMarkers) {
+			for s := range cswriter.MarkerSlots(nil) {
+				if m.HasSlot(s * keyspace.SlotCount / cswriter.ClusterMarkers) {
 					t.Fatalf("master %s still owns a fixed marker slot: %v", m.Addr, m.Slots)
 				}
 			}
@@ -51,7 +51,7 @@ func TestClusterMarkerOnEveryMaster(t *testing.T) {
 	}
 	// The daemon places a marker on the master's lowest slot once it read
 	// the new topology. Without one, the test goes on to show what is lost.
-	marker := csdaemon.MarkerKey(e.slot, lastFixed+1)
+	marker := cswriter.MarkerKey(e.slot, lastFixed+1)
 	for deadline := time.Now().Add(15 * time.Second); !e.exists(marker); time.Sleep(50 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Errorf("no applied-position marker on %s (%s) 15s after resharding", master, marker)

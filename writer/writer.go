@@ -107,6 +107,14 @@
 // pipeline, commands on keys of different cluster nodes run in parallel: only
 // effects on the same key keep their order, which is all the operations need.
 // A *redis.Ring is not supported: a flush would scan one shard only.
+//
+// # Bookkeeping
+//
+// Positions (Writer.Positions) keeps the daemon's bookkeeping in the same
+// Redis, on the same client: the applied position (one marker key, or one
+// per master on a cluster), the rules and partition trees in force, and the
+// slots streamed into the cache. Its commands count with Apply's in Stats
+// and the outage's log lines.
 package writer
 
 import (
@@ -121,6 +129,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
 
+	"github.com/cachesync/cachesync/internal/backoff"
 	"github.com/cachesync/cachesync/keyspace"
 	"github.com/cachesync/cachesync/keyspace/redisops"
 	"github.com/cachesync/cachesync/mapping"
@@ -233,7 +242,7 @@ type Writer struct {
 	counters counters
 
 	// outage is the Redis outage being retried, if any: Apply's attempts
-	// and those reported through ReportAttempt.
+	// and those of its Positions (reportAttempt).
 	outage struct {
 		sync.Mutex
 		since   time.Time // start of the outage (zero: none)
@@ -320,7 +329,7 @@ func (w *Writer) Apply(ctx context.Context, batches []mapping.Batch) error {
 		// meet NOSCRIPT halfway through a pipeline.
 		w.scriptsMayBeMissing.Store(true)
 		w.failed(err, retry)
-		if !w.sleep(ctx, w.backoff(retry)) {
+		if !backoff.Sleep(ctx, w.backoff(retry)) {
 			return w.stopped(ctx, len(ops)-done, len(ops))
 		}
 		retry++
@@ -404,33 +413,15 @@ func pipelineLen(ops []*mapping.Op, maxOps, maxBytes int) int {
 // backoff returns the wait before retry number retry (from 0): uniform in
 // [MinBackoff, min(MaxBackoff, MinBackoff·2^(retry+1))].
 func (w *Writer) backoff(retry int) time.Duration {
-	lo, hi := w.opts.MinBackoff, w.opts.MaxBackoff
-	ceiling := lo
-	for i := 0; i <= retry && ceiling < hi; i++ {
-		ceiling *= 2
-	}
-	ceiling = min(ceiling, hi)
-	return lo + time.Duration(w.opts.Rand(int64(ceiling-lo)+1))
+	return backoff.Exponential{Min: w.opts.MinBackoff, Max: w.opts.MaxBackoff, Rand: w.opts.Rand}.FullJitter(retry + 1)
 }
 
-// sleep waits for d or until ctx is done, and reports whether it waited d.
-func (w *Writer) sleep(ctx context.Context, d time.Duration) bool {
-	timer := time.NewTimer(d)
-	defer timer.Stop()
-	select {
-	case <-timer.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
-}
-
-// ReportAttempt records the outcome of a Redis command sent outside Apply on
-// the same client, such as the daemon's applied-position bookkeeping, so that
-// Failing, Retries and the outage's log lines cover every command: an idle
-// pipeline whose only traffic is bookkeeping still reports Redis down. A
-// failure is taken to be retried by the caller. Safe for concurrent use.
-func (w *Writer) ReportAttempt(err error) {
+// reportAttempt records the outcome of a Redis command sent outside Apply on
+// the same client, the bookkeeping of Positions, so that Failing, Retries
+// and the outage's log lines cover every command: an idle pipeline whose
+// only traffic is bookkeeping still reports Redis down. A failure is taken
+// to be retried by the caller. Safe for concurrent use.
+func (w *Writer) reportAttempt(err error) {
 	if err == nil {
 		w.recovered()
 		return

@@ -785,23 +785,35 @@ func TestInvalidationsDropFillFences(t *testing.T) {
 	}
 }
 
-// TestReportAttempt: failures of commands sent beside Apply (the daemon's
-// bookkeeping) count as retries and mark Redis failing, logged once per
-// outage; the first success ends the outage.
-func TestReportAttempt(t *testing.T) {
+// TestPositionsReportOutage: failures of the bookkeeping commands sent
+// beside Apply (Writer.Positions) count as retries and mark Redis failing,
+// logged once per outage; the first success ends the outage.
+func TestPositionsReportOutage(t *testing.T) {
+	t.Parallel()
+	server := testenv.StartRedis(t)
 	var log strings.Builder
-	w := writer.New(redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"}), writer.Options{Logger: zerolog.New(&log)})
-	w.ReportAttempt(nil)
+	w := writer.New(server.Client(t), writer.Options{Logger: zerolog.New(&log)})
+	positions := w.Positions()
+	ctx := context.Background()
+	if _, err := positions.Applied(ctx, "s"); err != nil {
+		t.Fatal(err)
+	}
 	if st := w.Stats(); st.Failing || st.Retries != 0 {
 		t.Fatalf("after a success: %+v", st)
 	}
-	down := errors.New("connection refused")
-	w.ReportAttempt(down)
-	w.ReportAttempt(down)
+	server.Stop(t)
+	for range 2 {
+		if _, _, err := positions.Rules(ctx, "s"); err == nil {
+			t.Fatal("Rules succeeded with Redis stopped")
+		}
+	}
 	if st := w.Stats(); !st.Failing || st.Retries != 2 {
 		t.Fatalf("after two failures: Failing %v, Retries %d; want true, 2", st.Failing, st.Retries)
 	}
-	w.ReportAttempt(nil)
+	server.Start(t)
+	if err := positions.SetRules(ctx, "s", map[string]string{"r": "f"}); err != nil {
+		t.Fatal(err)
+	}
 	if st := w.Stats(); st.Failing || st.Retries != 2 {
 		t.Fatalf("after recovering: Failing %v, Retries %d; want false, 2", st.Failing, st.Retries)
 	}

@@ -7,10 +7,10 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/cachesync/cachesync/config"
-	"github.com/cachesync/cachesync/internal/daemon"
 	"github.com/cachesync/cachesync/journal"
 	"github.com/cachesync/cachesync/replication"
 	"github.com/cachesync/cachesync/wal"
+	"github.com/cachesync/cachesync/writer"
 )
 
 func statusCommand() *cli.Command {
@@ -67,7 +67,7 @@ func cacheStatus(c *cli.Context, cfg *config.Config) *cacheReport {
 	defer rc.Close()
 	ctx, cancel := context.WithTimeout(c.Context, 5*time.Second)
 	defer cancel()
-	pos, err := daemon.NewRedisCacheState(rc).Applied(ctx, cfg.Postgres.Slot)
+	pos, err := writer.NewPositions(rc).Applied(ctx, cfg.Postgres.Slot)
 	lsn := pos.LSN
 	switch {
 	case err != nil:

@@ -6,8 +6,8 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/cachesync/cachesync/internal/daemon"
 	"github.com/cachesync/cachesync/replication"
+	"github.com/cachesync/cachesync/writer"
 )
 
 func teardownCommand() *cli.Command {
@@ -46,7 +46,7 @@ func teardownCommand() *cli.Command {
 					return err
 				}
 				defer rc.Close()
-				if err := daemon.NewRedisCacheState(rc).Forget(c.Context, e.cfg.Postgres.Slot); err != nil {
+				if err := writer.NewPositions(rc).Forget(c.Context, e.cfg.Postgres.Slot); err != nil {
 					e.log.Warn().Err(err).Msg("could not remove the applied position from Redis")
 				}
 			}

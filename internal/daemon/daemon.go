@@ -20,11 +20,13 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/cachesync/cachesync/config"
+	"github.com/cachesync/cachesync/internal/backoff"
 	"github.com/cachesync/cachesync/internal/metrics"
 	"github.com/cachesync/cachesync/journal"
 	"github.com/cachesync/cachesync/mapping"
 	"github.com/cachesync/cachesync/replication"
 	"github.com/cachesync/cachesync/wal"
+	"github.com/cachesync/cachesync/writer"
 )
 
 // Applier applies batches to the cache. writer.Writer is the real one; the dry
@@ -39,11 +41,6 @@ type Applier interface {
 // history must not fence this one's writes.
 type HistoryRecorder interface {
 	SetHistory(history string)
-}
-
-// HealthReporter takes the outcome of a Redis command (nil: acknowledged).
-type HealthReporter interface {
-	ReportAttempt(err error)
 }
 
 // Journal records applied batches before their LSN is confirmed, for replay
@@ -66,13 +63,10 @@ type Options struct {
 	Applier     Applier
 	// Journal is required unless DryRun.
 	Journal Journal
-	// Cache reports the cache's applied position and identity; nil in dry runs.
+	// Cache reports the cache's applied position and identity
+	// (writer.Positions, whose commands the writer's outage tracker
+	// hears of); nil in dry runs.
 	Cache CacheState
-	// Health, when set, learns the outcome of every command the daemon
-	// sends to the cache itself (bookkeeping on Cache), so that Redis is
-	// reported down while nothing but bookkeeping reaches it. The writer
-	// implements it.
-	Health HealthReporter
 	// CheckCache, when set, is run once before streaming with the key
 	// spaces of the rules: it returns an error wrapping ErrConfig when the
 	// cache refuses a command or key that cachesync will need, so that run
@@ -133,7 +127,7 @@ type Daemon struct {
 	mapper *mapping.Mapper
 	log    zerolog.Logger
 	// mark is the applied position last written to the cache, as written.
-	mark Position
+	mark writer.Position
 	// opsBudget bounds the operations between mapper and writer;
 	// eventBudget the bytes of events between stream and mapper, and
 	// batchBudget the bytes of batches between mapper and journal.
@@ -213,7 +207,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 		}
 		return err
 	}
-	backoff := time.Second
+	reconnect := backoff.Exponential{Min: time.Second, Max: d.opts.MaxBackoff}
+	retry := 0 // consecutive failed sessions
 	for {
 		started := time.Now()
 		err := d.session(ctx)
@@ -245,9 +240,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 			continue
 		}
 		if time.Since(started) > time.Minute {
-			backoff = time.Second
+			retry = 0
 		}
-		wait := backoff/2 + rand.N(backoff/2+1)
+		wait := reconnect.Wait(retry)
 		d.metrics.Reconnects.Inc()
 		d.metrics.SetState(metrics.StateReconnecting, err.Error())
 		d.log.Warn().Err(err).Dur("retry_in", wait).Msg("replication session ended; reconnecting")
@@ -256,7 +251,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 			return nil
 		case <-time.After(wait):
 		}
-		backoff = min(backoff*2, d.opts.MaxBackoff)
+		retry++
 	}
 }
 
@@ -269,7 +264,8 @@ func (d *Daemon) connect(ctx context.Context) (*replication.Conn, error) {
 // the slot.
 func (d *Daemon) prepare(ctx context.Context) error {
 	pgc := d.opts.Config.Postgres
-	for backoff := time.Second; ; backoff = min(backoff*2, d.opts.MaxBackoff) {
+	retries := backoff.Exponential{Min: time.Second, Max: d.opts.MaxBackoff}
+	for retry := 0; ; retry++ {
 		err := d.prepareOnce(ctx, pgc)
 		if err == nil {
 			return d.checkCache(ctx)
@@ -277,11 +273,12 @@ func (d *Daemon) prepare(ctx context.Context) error {
 		if errors.Is(err, ErrConfig) || ctx.Err() != nil {
 			return err
 		}
-		d.log.Warn().Err(err).Dur("retry_in", backoff).Msg("cannot prepare the database; retrying")
+		wait := retries.Ceiling(retry)
+		d.log.Warn().Err(err).Dur("retry_in", wait).Msg("cannot prepare the database; retrying")
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(backoff):
+		case <-time.After(wait):
 		}
 	}
 }

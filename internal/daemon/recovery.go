@@ -4,15 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"time"
 
 	"github.com/cachesync/cachesync/config"
+	"github.com/cachesync/cachesync/internal/backoff"
 	"github.com/cachesync/cachesync/journal"
 	"github.com/cachesync/cachesync/keyspace"
 	"github.com/cachesync/cachesync/mapping"
 	"github.com/cachesync/cachesync/replication"
 	"github.com/cachesync/cachesync/wal"
+	"github.com/cachesync/cachesync/writer"
 )
 
 // ensureSlot returns the position to stream from, after making the cache
@@ -100,7 +101,7 @@ func (d *Daemon) ensureSlot(ctx context.Context, conn *replication.Conn, repl *r
 	// recovery: a Redis that does not answer (down, or paused for writes,
 	// which holds the script that reads the position) must not end the
 	// session and hand the slot's recovery to whoever comes next.
-	var position Position
+	var position writer.Position
 	if err := d.retryRedis(ctx, func() (err error) {
 		position, err = d.opts.Cache.Applied(ctx, name)
 		return err
@@ -179,7 +180,6 @@ func (d *Daemon) ensureSlot(ctx context.Context, conn *replication.Conn, repl *r
 // that no longer exists leaves the record. Failures here are logged only.
 func (d *Daemon) warnAbandonedSlots(ctx context.Context, conn *replication.Conn, scope, current string) {
 	slots, err := d.opts.Cache.Slots(ctx, scope, current)
-	d.reportRedis(ctx, err)
 	if err != nil {
 		d.log.Warn().Err(err).Msg("could not check for abandoned slots")
 		return
@@ -275,10 +275,10 @@ func (d *Daemon) ruleFingerprints() map[string]string {
 // ensureSlot recovered it from what Applied read (read). If the cache
 // changed meanwhile (another rollback during the flush or replay), the
 // recovery may be lost with it: the session starts over and recovers again.
-func (d *Daemon) recordRecovered(ctx context.Context, read Position, lsn wal.LSN) error {
+func (d *Daemon) recordRecovered(ctx context.Context, read writer.Position, lsn wal.LSN) error {
 	name := d.opts.Config.Postgres.Slot
 	var swapped bool
-	var cur Position
+	var cur writer.Position
 	if err := d.retryRedis(ctx, func() (err error) {
 		swapped, cur, err = d.opts.Cache.Advance(ctx, name, read, lsn)
 		return err
@@ -299,38 +299,24 @@ func (d *Daemon) retryRedis(ctx context.Context, cmd func() error) error {
 			return err
 		}
 		err := cmd()
-		d.reportRedis(ctx, err)
 		if err == nil {
 			return nil
 		}
-		if err := d.retryWait(ctx, attempt, err); err != nil {
+		if err := d.retryWait(ctx, attempt); err != nil {
 			return err
 		}
 	}
 }
 
-// reportRedis passes the outcome of a bookkeeping command to Options.Health.
-// A command cut short by ctx says nothing about Redis.
-func (d *Daemon) reportRedis(ctx context.Context, err error) {
-	if d.opts.Health == nil || ctx.Err() != nil {
-		return
-	}
-	d.opts.Health.ReportAttempt(err)
-}
-
-// retryWait waits before the next attempt at a Redis bookkeeping command.
-// Without Options.Health the first failure of a run of them is logged here.
-func (d *Daemon) retryWait(ctx context.Context, attempt int, err error) error {
-	if err != nil && attempt == 0 && d.opts.Health == nil {
-		d.log.Warn().Err(err).Msg("Redis bookkeeping failed; retrying")
-	}
-	wait := min(50*time.Millisecond<<min(attempt, 7), 5*time.Second)
-	select {
-	case <-ctx.Done():
+// retryWait waits before the next attempt at a Redis bookkeeping command,
+// as the writer waits between its attempts (writer.Positions reports the
+// failure to the writer's outage tracker, which logs it).
+func (d *Daemon) retryWait(ctx context.Context, attempt int) error {
+	wait := backoff.Exponential{Min: writer.DefaultMinBackoff, Max: writer.DefaultMaxBackoff}.Wait(attempt)
+	if !backoff.Sleep(ctx, wait) {
 		return ctx.Err()
-	case <-time.After(wait/2 + rand.N(wait/2+1)):
-		return nil
 	}
+	return nil
 }
 
 // advance records end as the cache's applied position after group was
@@ -346,14 +332,13 @@ func (d *Daemon) advance(ctx context.Context, end wal.LSN, group []mapping.Batch
 // and group (the group in flight, whose effects are not in the journal
 // yet) is applied again, and the swap is tried from there: the position
 // recorded always has every effect up to it.
-func (d *Daemon) settle(ctx context.Context, from Position, to wal.LSN, group []mapping.Batch) error {
+func (d *Daemon) settle(ctx context.Context, from writer.Position, to wal.LSN, group []mapping.Batch) error {
 	name := d.opts.Config.Postgres.Slot
 	for attempt := 0; ; attempt++ {
 		if err := d.fence(); err != nil {
 			return err
 		}
 		swapped, cur, err := d.opts.Cache.Advance(ctx, name, from, to)
-		d.reportRedis(ctx, err)
 		if err == nil && swapped {
 			d.mark = cur
 			return nil
@@ -365,7 +350,7 @@ func (d *Daemon) settle(ctx context.Context, from Position, to wal.LSN, group []
 			from = cur
 			continue
 		}
-		if err := d.retryWait(ctx, attempt, err); err != nil {
+		if err := d.retryWait(ctx, attempt); err != nil {
 			return err
 		}
 	}
@@ -379,7 +364,6 @@ func (d *Daemon) settle(ctx context.Context, from Position, to wal.LSN, group []
 // position is behind them.
 func (d *Daemon) verifyCache(ctx context.Context) error {
 	cur, err := d.opts.Cache.Applied(ctx, d.opts.Config.Postgres.Slot)
-	d.reportRedis(ctx, err)
 	if err != nil || cur.Settled(d.mark) {
 		return nil // unreachable Redis: the next check or group retries
 	}
@@ -395,7 +379,7 @@ func (d *Daemon) verifyCache(ctx context.Context) error {
 // (d.mark) but cur, then applies group (the group in flight) again: its
 // effects may be exactly those the cache lost, and the journal does not
 // have them yet.
-func (d *Daemon) cacheReset(ctx context.Context, cur Position, group []mapping.Batch) error {
+func (d *Daemon) cacheReset(ctx context.Context, cur writer.Position, group []mapping.Batch) error {
 	// An instance that lost its lock sees the new active's position: that
 	// is no reset, and nothing here is its to heal.
 	if err := d.fence(); err != nil {

@@ -1,4 +1,4 @@
-package daemon_test
+package writer_test
 
 import (
 	"context"
@@ -7,10 +7,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cachesync/cachesync/internal/daemon"
 	"github.com/cachesync/cachesync/internal/testenv"
 	"github.com/cachesync/cachesync/keyspace"
 	"github.com/cachesync/cachesync/replication"
+	"github.com/cachesync/cachesync/writer"
 )
 
 // TestMarkersWithAHungReplica advances the applied position on a Redis
@@ -26,10 +26,10 @@ func TestMarkersWithAHungReplica(t *testing.T) {
 	client := cluster.Client(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	state := daemon.NewRedisCacheState(client)
+	state := writer.NewPositions(client)
 	const slot = "hung"
 	// Written whatever the cache holds: no marker is known yet.
-	if swapped, _, err := state.Advance(ctx, slot, daemon.Position{}, 0x100); err != nil || !swapped { // replicas sync
+	if swapped, _, err := state.Advance(ctx, slot, writer.Position{}, 0x100); err != nil || !swapped { // replicas sync
 		t.Fatalf("first Advance: swapped %v, %v", swapped, err)
 	}
 	cluster.AwaitReplicasListed(t)
@@ -58,8 +58,8 @@ func TestMarkersWithAHungReplica(t *testing.T) {
 // fixed slots of earlier versions stay, so an upgrade finds its markers.
 func TestMarkerSlots(t *testing.T) {
 	t.Parallel()
-	fixed := daemon.MarkerSlots(nil)
-	if len(fixed) != daemon.ClusterMarkers || fixed[0] != 0 || fixed[1] != keyspace.SlotCount/daemon.ClusterMarkers {
+	fixed := writer.MarkerSlots(nil)
+	if len(fixed) != writer.ClusterMarkers || fixed[0] != 0 || fixed[1] != keyspace.SlotCount/writer.ClusterMarkers {
 		t.Fatalf("fixed slots %v", fixed)
 	}
 	tests := []struct {
@@ -80,7 +80,7 @@ func TestMarkerSlots(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got := daemon.MarkerSlots(tt.masters)
+			got := writer.MarkerSlots(tt.masters)
 			want := append(slices.Clone(fixed), tt.extra...)
 			slices.Sort(want)
 			if !slices.Equal(got, want) {
@@ -104,7 +104,7 @@ func TestPartitionsRecord(t *testing.T) {
 	t.Parallel()
 	client := testenv.StartRedis(t).Client(t)
 	ctx := context.Background()
-	state := daemon.NewRedisCacheState(client)
+	state := writer.NewPositions(client)
 	const slot = "s"
 	check := func(what string, want replication.PartitionTrees, wantOK bool) {
 		t.Helper()
@@ -123,7 +123,7 @@ func TestPartitionsRecord(t *testing.T) {
 		t.Fatal(err)
 	}
 	check("two trees", trees, true)
-	if err := client.Set(ctx, daemon.PartitionsKey(slot), "not json", 0).Err(); err != nil {
+	if err := client.Set(ctx, writer.PartitionsKey(slot), "not json", 0).Err(); err != nil {
 		t.Fatal(err)
 	}
 	check("unreadable", nil, false)

@@ -1,4 +1,4 @@
-package daemon
+package writer
 
 import (
 	"context"
@@ -16,44 +16,6 @@ import (
 	"github.com/cachesync/cachesync/replication"
 	"github.com/cachesync/cachesync/wal"
 )
-
-// CacheState keeps the daemon's bookkeeping inside the cache it describes:
-// the position up to which effects were applied to it. It is advanced with
-// compare-and-set after every applied group, before the position is
-// confirmed, so a cache that lost applied effects (restarted without
-// persistence, restored from an older backup, failed over to a replica that
-// missed writes) shows itself at once: its position is missing or older than
-// the one last written, or it is held by another server than the one that
-// acknowledged the group in flight.
-type CacheState interface {
-	// Applied returns the slot's applied position as the cache holds it
-	// now.
-	Applied(ctx context.Context, slot string) (Position, error)
-	// Advance sets the position to `to` if the cache still holds `from`
-	// exactly as it was read (same values, same servers). When it does
-	// not, it changes nothing it should not and returns what it found.
-	Advance(ctx context.Context, slot string, from Position, to wal.LSN) (swapped bool, cur Position, err error)
-	// Rules returns the fingerprints of the rules (name → fingerprint)
-	// applied to the cache by the instance that streamed last; ok is false
-	// when none are recorded.
-	Rules(ctx context.Context, slot string) (rules map[string]string, ok bool, err error)
-	// SetRules records the rules now applied, after their key spaces were
-	// brought in line.
-	SetRules(ctx context.Context, slot string, rules map[string]string) error
-	// Partitions returns the partition trees of the rule tables as the
-	// instance that streamed last saw them after flushing for them; ok is
-	// false when none are recorded.
-	Partitions(ctx context.Context, slot string) (trees replication.PartitionTrees, ok bool, err error)
-	// SetPartitions records the partition trees whose changes were flushed
-	// (or written to the WAL as a flush).
-	SetPartitions(ctx context.Context, slot string, trees replication.PartitionTrees) error
-	// Slots records slot as used with this cache for the database scope
-	// (server identity and database name) and returns every slot recorded
-	// for it.
-	Slots(ctx context.Context, scope, slot string) ([]string, error)
-	// ForgetSlot removes a slot that no longer exists from the record.
-	ForgetSlot(ctx context.Context, scope, slot string) error
-}
 
 // Position is the applied position as the cache's markers hold it.
 type Position struct {
@@ -150,7 +112,15 @@ func (p Position) ServersKnown() bool {
 	return true
 }
 
-// RedisCacheState is CacheState on a Redis client.
+// Positions keeps the daemon's bookkeeping inside the cache it describes
+// (daemon.CacheState): the position up to which effects were applied to it,
+// the rules and partition trees in force, and the slots streamed into it.
+// The position is advanced with compare-and-set after every applied group,
+// before the position is confirmed, so a cache that lost applied effects
+// (restarted without persistence, restored from an older backup, failed
+// over to a replica that missed writes) shows itself at once: its position
+// is missing or older than the one last written, or it is held by another
+// server than the one that acknowledged the group in flight.
 //
 // # The group in flight
 //
@@ -197,21 +167,42 @@ func (p Position) ServersKnown() bool {
 // the placement since the last run looks lost, or behind when an older
 // placement left it (after resharding while cachesync was stopped, one
 // flush of every key space, or one replay, at the next start).
-type RedisCacheState struct {
+type Positions struct {
 	client  redis.UniversalClient
 	cluster *redis.ClusterClient
+	writer  *Writer // whose outage tracker hears of every command (nil: none)
 
 	mu        sync.Mutex
 	placement []int // marker slots (cluster)
 	refreshed time.Time
 }
 
-// NewRedisCacheState returns the CacheState kept in client's Redis: a
-// *redis.Client, a failover client or a *redis.ClusterClient.
-func NewRedisCacheState(client redis.UniversalClient) *RedisCacheState {
-	r := &RedisCacheState{client: client}
+// NewPositions returns the bookkeeping kept in client's Redis: a
+// *redis.Client, a failover client or a *redis.ClusterClient. Its commands
+// are reported to no outage tracker (status, teardown); a running pipeline
+// uses Writer.Positions.
+func NewPositions(client redis.UniversalClient) *Positions {
+	r := &Positions{client: client}
 	r.cluster, _ = client.(*redis.ClusterClient)
 	return r
+}
+
+// Positions returns the bookkeeping kept in the writer's Redis, on the
+// writer's client. The outcome of every command is recorded as an attempt
+// of the writer's (Failing, Retries and the outage's log lines), so that an
+// idle pipeline whose only traffic is bookkeeping still reports Redis down.
+func (w *Writer) Positions() *Positions {
+	p := NewPositions(w.client)
+	p.writer = w
+	return p
+}
+
+// report records the outcome of a command with the writer's outage
+// tracker, if any. A command cut short by ctx says nothing about Redis.
+func (r *Positions) report(ctx context.Context, err error) {
+	if r.writer != nil && ctx.Err() == nil {
+		r.writer.reportAttempt(err)
+	}
 }
 
 // ClusterMarkers is how many fixed slots hold a marker on a cluster.
@@ -271,7 +262,7 @@ func MarkerSlots(masters [][][2]int) []int {
 
 // keys are the keys that hold the position: one, or on a cluster one per
 // slot of the current placement.
-func (r *RedisCacheState) keys(ctx context.Context, slot string) []string {
+func (r *Positions) keys(ctx context.Context, slot string) []string {
 	if r.cluster == nil {
 		return []string{AppliedKey(slot)}
 	}
@@ -295,7 +286,7 @@ func (r *RedisCacheState) keys(ctx context.Context, slot string) []string {
 
 // readPlacement reads the masters' ranges (CLUSTER SLOTS) and places the
 // markers on them.
-func (r *RedisCacheState) readPlacement(ctx context.Context) ([]int, error) {
+func (r *Positions) readPlacement(ctx context.Context) ([]int, error) {
 	//lint:ignore SA1019 go-redis's cluster client learns the topology from CLUSTER SLOTS too (and cachesync's ACL grants it)
 	ranges, err := r.cluster.ClusterSlots(ctx).Result()
 	if err != nil {
@@ -320,7 +311,7 @@ func (r *RedisCacheState) readPlacement(ctx context.Context) ([]int, error) {
 }
 
 // topologyChanged makes the next call read the cluster's topology again.
-func (r *RedisCacheState) topologyChanged() {
+func (r *Positions) topologyChanged() {
 	r.mu.Lock()
 	r.refreshed = time.Time{}
 	r.mu.Unlock()
@@ -359,7 +350,7 @@ return {0, cur, id}
 // pipeline, loading the script where a server lacks it (first use, a
 // restart, a promoted replica), not before every call: a load costs a
 // round trip to every master.
-func (r *RedisCacheState) evalMarkers(ctx context.Context, script *redis.Script, keys []string, args func(key string) []any) ([]redis.Cmder, error) {
+func (r *Positions) evalMarkers(ctx context.Context, script *redis.Script, keys []string, args func(key string) []any) ([]redis.Cmder, error) {
 	run := func() ([]redis.Cmder, error) {
 		return r.client.Pipelined(ctx, func(p redis.Pipeliner) error {
 			for _, k := range keys {
@@ -377,9 +368,10 @@ func (r *RedisCacheState) evalMarkers(ctx context.Context, script *redis.Script,
 	return cmds, err
 }
 
-// Applied implements CacheState. On a cluster the position is the oldest
+// Applied implements daemon.CacheState. On a cluster the position is the oldest
 // of the markers, and OK is false when any is missing.
-func (r *RedisCacheState) Applied(ctx context.Context, slot string) (Position, error) {
+func (r *Positions) Applied(ctx context.Context, slot string) (_ Position, err error) {
+	defer func() { r.report(ctx, err) }()
 	keys := r.keys(ctx, slot)
 	cmds, err := r.evalMarkers(ctx, appliedScript, keys, func(string) []any { return nil })
 	if err != nil {
@@ -398,12 +390,13 @@ func (r *RedisCacheState) Applied(ctx context.Context, slot string) (Position, e
 	return newPosition(markers), nil
 }
 
-// Advance implements CacheState. Every marker must hold what from says it
+// Advance implements daemon.CacheState. Every marker must hold what from says it
 // held, on the same server (a marker already at to counts as swapped: a
 // retry after a partial advance); a marker from does not know (new to the
 // placement) is written whatever it holds. The markers that did not swap
 // are returned as they are, the others at to.
-func (r *RedisCacheState) Advance(ctx context.Context, slot string, from Position, to wal.LSN) (bool, Position, error) {
+func (r *Positions) Advance(ctx context.Context, slot string, from Position, to wal.LSN) (_ bool, _ Position, err error) {
+	defer func() { r.report(ctx, err) }()
 	keys := r.keys(ctx, slot)
 	cmds, err := r.evalMarkers(ctx, advanceScript, keys, func(k string) []any {
 		m, ok := from.markers[k]
@@ -434,8 +427,9 @@ func (r *RedisCacheState) Advance(ctx context.Context, slot string, from Positio
 	return swapped, newPosition(markers), nil
 }
 
-// Rules implements CacheState.
-func (r *RedisCacheState) Rules(ctx context.Context, slot string) (map[string]string, bool, error) {
+// Rules implements daemon.CacheState.
+func (r *Positions) Rules(ctx context.Context, slot string) (_ map[string]string, _ bool, err error) {
+	defer func() { r.report(ctx, err) }()
 	rules, err := r.client.HGetAll(ctx, RulesKey(slot)).Result()
 	if err != nil {
 		return nil, false, fmt.Errorf("read the rules in force from Redis: %w", err)
@@ -443,10 +437,11 @@ func (r *RedisCacheState) Rules(ctx context.Context, slot string) (map[string]st
 	return rules, len(rules) > 0, nil
 }
 
-// SetRules implements CacheState: the hash is replaced in one transaction.
-func (r *RedisCacheState) SetRules(ctx context.Context, slot string, rules map[string]string) error {
+// SetRules implements daemon.CacheState: the hash is replaced in one transaction.
+func (r *Positions) SetRules(ctx context.Context, slot string, rules map[string]string) (err error) {
+	defer func() { r.report(ctx, err) }()
 	key := RulesKey(slot)
-	_, err := r.client.TxPipelined(ctx, func(p redis.Pipeliner) error {
+	_, err = r.client.TxPipelined(ctx, func(p redis.Pipeliner) error {
 		p.Del(ctx, key)
 		if len(rules) > 0 {
 			p.HSet(ctx, key, rules)
@@ -463,8 +458,9 @@ func (r *RedisCacheState) SetRules(ctx context.Context, slot string, rules map[s
 // has seen flushed, as JSON (replication.PartitionTrees: root → digest).
 func PartitionsKey(slot string) string { return "cachesync:slot:" + slot + ":partitions" }
 
-// Partitions implements CacheState. An unreadable record counts as none.
-func (r *RedisCacheState) Partitions(ctx context.Context, slot string) (replication.PartitionTrees, bool, error) {
+// Partitions implements daemon.CacheState. An unreadable record counts as none.
+func (r *Positions) Partitions(ctx context.Context, slot string) (_ replication.PartitionTrees, _ bool, err error) {
+	defer func() { r.report(ctx, err) }()
 	v, err := r.client.Get(ctx, PartitionsKey(slot)).Bytes()
 	if errors.Is(err, redis.Nil) {
 		return nil, false, nil
@@ -479,8 +475,9 @@ func (r *RedisCacheState) Partitions(ctx context.Context, slot string) (replicat
 	return trees, true, nil
 }
 
-// SetPartitions implements CacheState.
-func (r *RedisCacheState) SetPartitions(ctx context.Context, slot string, trees replication.PartitionTrees) error {
+// SetPartitions implements daemon.CacheState.
+func (r *Positions) SetPartitions(ctx context.Context, slot string, trees replication.PartitionTrees) (err error) {
+	defer func() { r.report(ctx, err) }()
 	if trees == nil {
 		trees = replication.PartitionTrees{}
 	}
@@ -498,10 +495,11 @@ func (r *RedisCacheState) SetPartitions(ctx context.Context, slot string, trees 
 // (scope: system identifier and database name).
 func SlotsKey(scope string) string { return "cachesync:slots:" + scope }
 
-// Slots implements CacheState.
-func (r *RedisCacheState) Slots(ctx context.Context, scope, slot string) ([]string, error) {
+// Slots implements daemon.CacheState.
+func (r *Positions) Slots(ctx context.Context, scope, slot string) (_ []string, err error) {
+	defer func() { r.report(ctx, err) }()
 	var members *redis.StringSliceCmd
-	_, err := r.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+	_, err = r.client.Pipelined(ctx, func(p redis.Pipeliner) error {
 		p.SAdd(ctx, SlotsKey(scope), slot)
 		members = p.SMembers(ctx, SlotsKey(scope))
 		return nil
@@ -512,14 +510,15 @@ func (r *RedisCacheState) Slots(ctx context.Context, scope, slot string) ([]stri
 	return members.Val(), nil
 }
 
-// ForgetSlot implements CacheState.
-func (r *RedisCacheState) ForgetSlot(ctx context.Context, scope, slot string) error {
+// ForgetSlot implements daemon.CacheState.
+func (r *Positions) ForgetSlot(ctx context.Context, scope, slot string) (err error) {
+	defer func() { r.report(ctx, err) }()
 	return r.client.SRem(ctx, SlotsKey(scope), slot).Err()
 }
 
 // Forget removes the slot's applied position (every marker of the current
 // placement, and the fixed ones), rules and partitions records (teardown).
-func (r *RedisCacheState) Forget(ctx context.Context, slot string) error {
+func (r *Positions) Forget(ctx context.Context, slot string) error {
 	keys := r.keys(ctx, slot)
 	if r.cluster != nil {
 		for _, s := range MarkerSlots(nil) {
