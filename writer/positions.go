@@ -13,7 +13,6 @@ import (
 
 	"github.com/cachesync/cachesync/keyspace"
 	"github.com/cachesync/cachesync/keyspace/redisops"
-	"github.com/cachesync/cachesync/replication"
 	"github.com/cachesync/cachesync/wal"
 )
 
@@ -455,11 +454,13 @@ func (r *Positions) SetRules(ctx context.Context, slot string, rules map[string]
 }
 
 // PartitionsKey holds the partition trees of the rule tables that the cache
-// has seen flushed, as JSON (replication.PartitionTrees: root → digest).
+// has seen flushed, as JSON: root ("schema.table") → digest of its tree
+// (replication.PartitionTrees, kept here as a plain map so that the writer
+// does not depend on the PostgreSQL side).
 func PartitionsKey(slot string) string { return "cachesync:slot:" + slot + ":partitions" }
 
 // Partitions implements daemon.CacheState. An unreadable record counts as none.
-func (r *Positions) Partitions(ctx context.Context, slot string) (_ replication.PartitionTrees, _ bool, err error) {
+func (r *Positions) Partitions(ctx context.Context, slot string) (_ map[string]string, _ bool, err error) {
 	defer func() { r.report(ctx, err) }()
 	v, err := r.client.Get(ctx, PartitionsKey(slot)).Bytes()
 	if errors.Is(err, redis.Nil) {
@@ -468,7 +469,7 @@ func (r *Positions) Partitions(ctx context.Context, slot string) (_ replication.
 	if err != nil {
 		return nil, false, fmt.Errorf("read the recorded partition trees from Redis: %w", err)
 	}
-	var trees replication.PartitionTrees
+	var trees map[string]string
 	if json.Unmarshal(v, &trees) != nil || trees == nil {
 		return nil, false, nil
 	}
@@ -476,10 +477,10 @@ func (r *Positions) Partitions(ctx context.Context, slot string) (_ replication.
 }
 
 // SetPartitions implements daemon.CacheState.
-func (r *Positions) SetPartitions(ctx context.Context, slot string, trees replication.PartitionTrees) (err error) {
+func (r *Positions) SetPartitions(ctx context.Context, slot string, trees map[string]string) (err error) {
 	defer func() { r.report(ctx, err) }()
 	if trees == nil {
-		trees = replication.PartitionTrees{}
+		trees = map[string]string{}
 	}
 	v, err := json.Marshal(trees)
 	if err != nil {

@@ -9,7 +9,6 @@ import (
 
 	"github.com/cachesync/cachesync/internal/testenv"
 	"github.com/cachesync/cachesync/keyspace"
-	"github.com/cachesync/cachesync/replication"
 	"github.com/cachesync/cachesync/writer"
 )
 
@@ -106,7 +105,7 @@ func TestPartitionsRecord(t *testing.T) {
 	ctx := context.Background()
 	state := writer.NewPositions(client)
 	const slot = "s"
-	check := func(what string, want replication.PartitionTrees, wantOK bool) {
+	check := func(what string, want map[string]string, wantOK bool) {
 		t.Helper()
 		got, ok, err := state.Partitions(ctx, slot)
 		if err != nil || ok != wantOK || !maps.Equal(got, want) {
@@ -117,8 +116,8 @@ func TestPartitionsRecord(t *testing.T) {
 	if err := state.SetPartitions(ctx, slot, nil); err != nil {
 		t.Fatal(err)
 	}
-	check("no partitioned table", replication.PartitionTrees{}, true)
-	trees := replication.PartitionTrees{"public.events": "abc", `my.app.Events`: "def"}
+	check("no partitioned table", map[string]string{}, true)
+	trees := map[string]string{"public.events": "abc", `my.app.Events`: "def"}
 	if err := state.SetPartitions(ctx, slot, trees); err != nil {
 		t.Fatal(err)
 	}

@@ -3,7 +3,6 @@ package daemon
 import (
 	"context"
 
-	"github.com/cachesync/cachesync/replication"
 	"github.com/cachesync/cachesync/wal"
 	"github.com/cachesync/cachesync/writer"
 )
@@ -36,10 +35,10 @@ type CacheState interface {
 	// Partitions returns the partition trees of the rule tables as the
 	// instance that streamed last saw them after flushing for them; ok is
 	// false when none are recorded.
-	Partitions(ctx context.Context, slot string) (trees replication.PartitionTrees, ok bool, err error)
+	Partitions(ctx context.Context, slot string) (trees map[string]string, ok bool, err error)
 	// SetPartitions records the partition trees whose changes were flushed
 	// (or written to the WAL as a flush).
-	SetPartitions(ctx context.Context, slot string, trees replication.PartitionTrees) error
+	SetPartitions(ctx context.Context, slot string, trees map[string]string) error
 	// Slots records slot as used with this cache for the database scope
 	// (server identity and database name) and returns every slot recorded
 	// for it.
