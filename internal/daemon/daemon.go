@@ -138,6 +138,8 @@ type Daemon struct {
 // recovery and the pipeline's stages.
 type session struct {
 	*Daemon
+	// stream is the session's replication stream (nil in Setup).
+	stream *replication.Stream
 	// lease is the session's hold on the instance lock (nil in dry runs).
 	lease *lease
 	// mark is the applied position last written to the cache, as written:
@@ -426,7 +428,7 @@ func (s *session) streamSession(ctx, hard context.Context) error {
 	}
 
 	s.newBudgets()
-	stream := replication.NewStream(repl, replication.StreamOptions{
+	s.stream = replication.NewStream(repl, replication.StreamOptions{
 		Slot: slot, Publication: pgc.Publication, StatusInterval: s.opts.StatusInterval,
 		MessagePrefix: "cachesync", Budget: s.eventBudget, Logger: s.log,
 	})
@@ -435,16 +437,16 @@ func (s *session) streamSession(ctx, hard context.Context) error {
 		s.passive = false
 		s.log.Info().Str("slot", slot).Str("role", "active").Msg("the slot is free: this instance takes over as the active one")
 	}
-	s.metrics.Positions(stream.Positions)
+	s.metrics.Positions(s.stream.Positions)
 	s.metrics.SetState(metrics.StateStreaming, "")
-	err = s.pipeline(ctx, hard, stream, start, conn)
+	err = s.pipeline(ctx, hard, start, conn)
 	if ctx.Err() != nil && hard.Err() == nil && s.fence() == nil {
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
-		if ferr := stream.Finish(fctx); ferr != nil {
+		if ferr := s.stream.Finish(fctx); ferr != nil {
 			s.log.Warn().Err(ferr).Msg("could not send the final confirmation; the next start redelivers from the last confirmed position")
 		} else {
-			s.log.Info().Stringer("confirmed_lsn", stream.Applied()).Msg("stopped")
+			s.log.Info().Stringer("confirmed_lsn", s.stream.Applied()).Msg("stopped")
 		}
 	}
 	return err
@@ -476,7 +478,7 @@ func (s *session) newBudgets() {
 // done (graceful: drain what was received, within DrainTimeout), hardStop
 // is done (the instance lock was lost: stop at once) or a stage fails (the
 // others stop; nothing unapplied is confirmed).
-func (s *session) pipeline(ctx, hardStop context.Context, stream *replication.Stream, start wal.LSN, conn catalog) error {
+func (s *session) pipeline(ctx, hardStop context.Context, start wal.LSN, conn catalog) error {
 	hard, hardCancel := context.WithCancel(hardStop)
 	defer hardCancel()
 	stopDrain := context.AfterFunc(ctx, func() {
@@ -493,7 +495,7 @@ func (s *session) pipeline(ctx, hardStop context.Context, stream *replication.St
 	batches := make(chan mapping.Batch, batchQueue)
 	g.Go(func() error {
 		defer close(events)
-		return stream.Run(readCtx, start, events)
+		return s.stream.Run(readCtx, start, events)
 	})
 	g.Go(func() error {
 		defer close(batches)
@@ -503,10 +505,10 @@ func (s *session) pipeline(ctx, hardStop context.Context, stream *replication.St
 	s.journalQ = applied
 	g.Go(func() error {
 		defer close(applied)
-		return s.applyBatches(gctx, batches, stream)
+		return s.applyBatches(gctx, batches)
 	})
 	g.Go(func() error {
-		return s.journalGroups(gctx, applied, stream)
+		return s.journalGroups(gctx, applied)
 	})
 	if !s.opts.DryRun {
 		g.Go(func() error { return s.monitor(readCtx, conn) })
@@ -712,7 +714,7 @@ func (s *session) mapEvents(ctx context.Context, events <-chan replication.Event
 	return nil
 }
 
-func (s *session) applyBatches(ctx context.Context, batches <-chan mapping.Batch, stream *replication.Stream) error {
+func (s *session) applyBatches(ctx context.Context, batches <-chan mapping.Batch) error {
 	group := make([]mapping.Batch, 0, groupMaxTxn)
 	check := time.NewTicker(s.opts.CacheCheckInterval)
 	defer check.Stop()
@@ -752,7 +754,7 @@ func (s *session) applyBatches(ctx context.Context, batches <-chan mapping.Batch
 				break fill
 			}
 		}
-		if err := s.commitGroup(ctx, group, ops, stream); err != nil {
+		if err := s.commitGroup(ctx, group, ops); err != nil {
 			return err
 		}
 		for _, b := range group {
@@ -769,13 +771,13 @@ func (s *session) applyBatches(ctx context.Context, batches <-chan mapping.Batch
 
 // commitGroup applies a group of transactions, records it, and only then
 // confirms its end: apply → cache position → journal → confirm.
-func (s *session) commitGroup(ctx context.Context, group []mapping.Batch, ops int, stream *replication.Stream) error {
+func (s *session) commitGroup(ctx context.Context, group []mapping.Batch, ops int) error {
 	end := group[len(group)-1].EndLSN
 	if s.opts.DryRun {
 		if err := s.opts.Applier.Apply(ctx, group); err != nil {
 			return err
 		}
-		stream.Confirm(end)
+		s.stream.Confirm(end)
 		return nil
 	}
 	if ops > 0 {
@@ -853,7 +855,7 @@ const journalQueue = 16
 // journalGroups journals applied groups in order and only then confirms
 // them: apply → applied position → journal → confirm. Groups that queued up
 // during an fsync are written together with one fsync.
-func (s *session) journalGroups(ctx context.Context, items <-chan journalItem, stream *replication.Stream) error {
+func (s *session) journalGroups(ctx context.Context, items <-chan journalItem) error {
 	var pending []mapping.Batch
 	var waiting []chan struct{}
 	ops := 0
@@ -880,7 +882,7 @@ func (s *session) journalGroups(ctx context.Context, items <-chan journalItem, s
 				s.batchBudget.Release(b.Size()) // journaled: dropped now
 			}
 			confirmed := pending[len(pending)-1].EndLSN
-			stream.Confirm(confirmed)
+			s.stream.Confirm(confirmed)
 			s.metrics.ConfirmedLSN.Set(float64(confirmed))
 		}
 		for _, w := range waiting {
