@@ -121,31 +121,43 @@ type Options struct {
 	Logger  zerolog.Logger
 }
 
-// Daemon runs the pipeline, reconnecting after failures.
+// Daemon runs the pipeline, reconnecting after failures. It keeps only what
+// lives across replication sessions; each session's state is a session.
 type Daemon struct {
-	opts   Options
-	mapper *mapping.Mapper
-	log    zerolog.Logger
-	// mark is the applied position last written to the cache, as written.
+	opts    Options
+	mapper  *mapping.Mapper
+	log     zerolog.Logger
+	metrics *metrics.Metrics
+	// passive is set while another instance holds the slot.
+	passive bool
+}
+
+// session is the state of one replication session (or of Setup's slot
+// recovery): created when the session starts, dropped with it, so nothing
+// of a failed session leaks into the next one. Its methods are the
+// recovery and the pipeline's stages.
+type session struct {
+	*Daemon
+	// stream is the session's replication stream (nil in Setup).
+	stream *replication.Stream
+	// lease is the session's hold on the instance lock (nil in dry runs).
+	lease *lease
+	// mark is the applied position last written to the cache, as written:
+	// recovered by ensureSlot, then moved by every group.
 	mark writer.Position
+	// trees are the partition trees of the rule tables whose changes were
+	// flushed: read by ensureSlot, then followed by monitor.
+	trees replication.PartitionTrees
+	// gate holds the session's groups until PostgreSQL shows them (nil in
+	// dry runs).
+	gate *visibilityGate
 	// opsBudget bounds the operations between mapper and writer;
 	// eventBudget the bytes of events between stream and mapper, and
 	// batchBudget the bytes of batches between mapper and journal.
 	opsBudget, eventBudget, batchBudget *budget
-	// journalQ feeds the journal stage of the running session's pipeline.
+	// journalQ feeds the journal stage of the session's pipeline (nil
+	// before it runs).
 	journalQ chan<- journalItem
-	// gate holds the running session's groups until PostgreSQL shows them
-	// (nil in dry runs).
-	gate    *visibilityGate
-	metrics *metrics.Metrics
-	// passive is set while another instance holds the slot.
-	passive bool
-	// trees are the partition trees of the rule tables whose changes were
-	// flushed: read by ensureSlot, then followed by monitor.
-	trees replication.PartitionTrees
-	// lease is the running session's hold on the instance lock (nil in
-	// dry runs and between sessions).
-	lease *lease
 }
 
 // ErrConfig marks failures that retrying cannot fix: the rules do not fit the
@@ -374,16 +386,20 @@ func (d *Daemon) alignPublication(ctx context.Context, conn *replication.Conn) (
 // check or creation, any pending flush, then the streaming pipeline.
 func (d *Daemon) session(ctx context.Context) error {
 	if d.opts.DryRun {
-		return d.streamSession(ctx, context.WithoutCancel(ctx))
+		s := &session{Daemon: d}
+		return s.streamSession(ctx, context.WithoutCancel(ctx))
 	}
-	return d.withLock(ctx, d.streamSession)
+	return d.withLock(ctx, func(ctx, hard context.Context, l *lease) error {
+		s := &session{Daemon: d, lease: l}
+		return s.streamSession(ctx, hard)
+	})
 }
 
 // streamSession is a session's work once the lock is held (or in a dry
 // run): ctx ends it gracefully (drain, confirm), hard at once.
-func (d *Daemon) streamSession(ctx, hard context.Context) error {
-	pgc := d.opts.Config.Postgres
-	conns, err := d.open(ctx)
+func (s *session) streamSession(ctx, hard context.Context) error {
+	pgc := s.opts.Config.Postgres
+	conns, err := s.open(ctx)
 	if err != nil {
 		return err
 	}
@@ -392,46 +408,45 @@ func (d *Daemon) streamSession(ctx, hard context.Context) error {
 
 	slot := pgc.Slot
 	var start wal.LSN
-	if d.opts.DryRun {
+	if s.opts.DryRun {
 		// A temporary slot of its own, within the 63-character limit.
 		slot = fmt.Sprintf("%s_dryrun_%d", pgc.Slot[:min(len(pgc.Slot), 48)], rand.N(1_000_000))
 		if start, err = replication.CreateSlot(ctx, repl, slot, true); err != nil {
 			return err
 		}
-		d.log.Info().Str("slot", slot).Msg("dry run: streaming from a temporary slot; nothing is applied or confirmed on the real slot")
+		s.log.Info().Str("slot", slot).Msg("dry run: streaming from a temporary slot; nothing is applied or confirmed on the real slot")
 	} else {
-		if start, err = d.ensureSlot(ctx, conn, repl, conns.dbname); err != nil {
+		if start, err = s.ensureSlot(ctx, conn, repl, conns.dbname); err != nil {
 			return err
 		}
-		gateConn, err := d.connect(ctx)
+		gateConn, err := s.connect(ctx)
 		if err != nil {
 			return err
 		}
 		defer gateConn.Close(context.WithoutCancel(ctx))
-		d.gate = &visibilityGate{snapshots: gateConn, log: d.log}
-		defer func() { d.gate = nil }()
+		s.gate = &visibilityGate{snapshots: gateConn, log: s.log}
 	}
 
-	d.newBudgets()
-	stream := replication.NewStream(repl, replication.StreamOptions{
-		Slot: slot, Publication: pgc.Publication, StatusInterval: d.opts.StatusInterval,
-		MessagePrefix: "cachesync", Budget: d.eventBudget, Logger: d.log,
+	s.newBudgets()
+	s.stream = replication.NewStream(repl, replication.StreamOptions{
+		Slot: slot, Publication: pgc.Publication, StatusInterval: s.opts.StatusInterval,
+		MessagePrefix: "cachesync", Budget: s.eventBudget, Logger: s.log,
 	})
-	d.mapper.Abandon()
-	if d.passive {
-		d.passive = false
-		d.log.Info().Str("slot", slot).Str("role", "active").Msg("the slot is free: this instance takes over as the active one")
+	s.mapper.Abandon()
+	if s.passive {
+		s.passive = false
+		s.log.Info().Str("slot", slot).Str("role", "active").Msg("the slot is free: this instance takes over as the active one")
 	}
-	d.metrics.Positions(stream.Positions)
-	d.metrics.SetState(metrics.StateStreaming, "")
-	err = d.pipeline(ctx, hard, stream, start, conn)
-	if ctx.Err() != nil && hard.Err() == nil && d.fence() == nil {
+	s.metrics.Positions(s.stream.Positions)
+	s.metrics.SetState(metrics.StateStreaming, "")
+	err = s.pipeline(ctx, hard, start, conn)
+	if ctx.Err() != nil && hard.Err() == nil && s.fence() == nil {
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
-		if ferr := stream.Finish(fctx); ferr != nil {
-			d.log.Warn().Err(ferr).Msg("could not send the final confirmation; the next start redelivers from the last confirmed position")
+		if ferr := s.stream.Finish(fctx); ferr != nil {
+			s.log.Warn().Err(ferr).Msg("could not send the final confirmation; the next start redelivers from the last confirmed position")
 		} else {
-			d.log.Info().Stringer("confirmed_lsn", stream.Applied()).Msg("stopped")
+			s.log.Info().Stringer("confirmed_lsn", s.stream.Applied()).Msg("stopped")
 		}
 	}
 	return err
@@ -452,22 +467,22 @@ const (
 
 // newBudgets gives a session's pipeline budgets of its own: a failed
 // session's items are dropped with its budgets.
-func (d *Daemon) newBudgets() {
-	eventBytes, _, batchBytes := queueBudgets(d.opts.MaxQueuedBytes)
-	d.opsBudget, d.eventBudget, d.batchBudget = newBudget(queuedOps), newBudget(eventBytes), newBudget(batchBytes)
-	events, batches := d.eventBudget, d.batchBudget
-	d.metrics.QueuedBytes(func() int64 { return events.Held() + batches.Held() })
+func (s *session) newBudgets() {
+	eventBytes, _, batchBytes := queueBudgets(s.opts.MaxQueuedBytes)
+	s.opsBudget, s.eventBudget, s.batchBudget = newBudget(queuedOps), newBudget(eventBytes), newBudget(batchBytes)
+	events, batches := s.eventBudget, s.batchBudget
+	s.metrics.QueuedBytes(func() int64 { return events.Held() + batches.Held() })
 }
 
 // pipeline runs stream → mapper → applier → journal → confirm until ctx is
 // done (graceful: drain what was received, within DrainTimeout), hardStop
 // is done (the instance lock was lost: stop at once) or a stage fails (the
 // others stop; nothing unapplied is confirmed).
-func (d *Daemon) pipeline(ctx, hardStop context.Context, stream *replication.Stream, start wal.LSN, conn catalog) error {
+func (s *session) pipeline(ctx, hardStop context.Context, start wal.LSN, conn catalog) error {
 	hard, hardCancel := context.WithCancel(hardStop)
 	defer hardCancel()
 	stopDrain := context.AfterFunc(ctx, func() {
-		time.AfterFunc(d.opts.DrainTimeout, hardCancel)
+		time.AfterFunc(s.opts.DrainTimeout, hardCancel)
 	})
 	defer stopDrain()
 	g, gctx := errgroup.WithContext(hard)
@@ -480,31 +495,30 @@ func (d *Daemon) pipeline(ctx, hardStop context.Context, stream *replication.Str
 	batches := make(chan mapping.Batch, batchQueue)
 	g.Go(func() error {
 		defer close(events)
-		return stream.Run(readCtx, start, events)
+		return s.stream.Run(readCtx, start, events)
 	})
 	g.Go(func() error {
 		defer close(batches)
-		return d.mapEvents(gctx, events, batches)
+		return s.mapEvents(gctx, events, batches)
 	})
 	applied := make(chan journalItem, journalQueue)
-	d.journalQ = applied
-	defer func() { d.journalQ = nil }()
+	s.journalQ = applied
 	g.Go(func() error {
 		defer close(applied)
-		return d.applyBatches(gctx, batches, stream)
+		return s.applyBatches(gctx, batches)
 	})
 	g.Go(func() error {
-		return d.journalGroups(gctx, applied, stream)
+		return s.journalGroups(gctx, applied)
 	})
-	if !d.opts.DryRun {
-		g.Go(func() error { return d.monitor(readCtx, conn) })
+	if !s.opts.DryRun {
+		g.Go(func() error { return s.monitor(readCtx, conn) })
 	}
 	err := g.Wait()
 	if cause := context.Cause(hardStop); cause != nil {
 		return cause
 	}
 	if ctx.Err() != nil && errors.Is(err, context.Canceled) {
-		d.log.Warn().Dur("drain_timeout", d.opts.DrainTimeout).Msg("stopped before everything received was applied; it will be redelivered")
+		s.log.Warn().Dur("drain_timeout", s.opts.DrainTimeout).Msg("stopped before everything received was applied; it will be redelivered")
 		return nil
 	}
 	return err
@@ -530,30 +544,30 @@ type catalog interface {
 // the whole pipeline like any transaction, so the slot keeps moving even when
 // no published table changes, and its round trip is measured when it comes
 // back. A failed query ends the session: the catalog connection is gone.
-func (d *Daemon) monitor(ctx context.Context, conn catalog) error {
+func (s *session) monitor(ctx context.Context, conn catalog) error {
 	var beat <-chan time.Time
-	if d.opts.HeartbeatInterval > 0 {
-		t := time.NewTicker(d.opts.HeartbeatInterval)
+	if s.opts.HeartbeatInterval > 0 {
+		t := time.NewTicker(s.opts.HeartbeatInterval)
 		defer t.Stop()
 		beat = t.C
 	}
-	stats := time.NewTicker(d.opts.StatusInterval)
+	stats := time.NewTicker(s.opts.StatusInterval)
 	defer stats.Stop()
-	parts := time.NewTicker(d.opts.PartitionCheckInterval)
+	parts := time.NewTicker(s.opts.PartitionCheckInterval)
 	defer parts.Stop()
-	err := d.observe(ctx, conn)
+	err := s.observe(ctx, conn)
 	for err == nil {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-beat:
 			if err = conn.EmitHeartbeat(ctx, time.Now()); err == nil {
-				d.log.Debug().Msg("heartbeat written")
+				s.log.Debug().Msg("heartbeat written")
 			}
 		case <-stats.C:
-			err = d.observe(ctx, conn)
+			err = s.observe(ctx, conn)
 		case <-parts.C:
-			err = d.checkPartitions(ctx, conn)
+			err = s.checkPartitions(ctx, conn)
 		}
 	}
 	if ctx.Err() != nil {
@@ -577,17 +591,17 @@ func (d *Daemon) monitor(ctx context.Context, conn catalog) error {
 //
 // What remains is the time between the DDL's commit and this check (at most
 // PartitionCheckInterval) plus the message's way through the pipeline.
-func (d *Daemon) checkPartitions(ctx context.Context, conn catalog) error {
-	tables := d.mapper.Tables()
+func (s *session) checkPartitions(ctx context.Context, conn catalog) error {
+	tables := s.mapper.Tables()
 	now, err := conn.ReadPartitionTrees(ctx, tables)
 	if err != nil {
 		return err
 	}
-	changed := d.trees.Changed(now)
+	changed := s.trees.Changed(now)
 	if len(changed) == 0 {
 		return nil
 	}
-	d.failpoint("partitions-changed")
+	s.failpoint("partitions-changed")
 	var roots []config.TableName
 	for _, t := range tables {
 		if slices.Contains(changed, t.String()) {
@@ -600,18 +614,18 @@ func (d *Daemon) checkPartitions(ctx context.Context, conn catalog) error {
 	if err := conn.EmitPartitionsChanged(ctx, changed); err != nil {
 		return err
 	}
-	d.log.Warn().Strs("tables", changed).
+	s.log.Warn().Strs("tables", changed).
 		Msg("partitions attached, detached, dropped or created (PostgreSQL publishes none of it): these tables' rules flush in WAL order")
 	if trigErr != nil {
 		return trigErr
 	}
 	if len(parts) > 0 {
-		d.log.Info().Strs("partitions", parts).Msg("truncate triggers installed on new partitions")
+		s.log.Info().Strs("partitions", parts).Msg("truncate triggers installed on new partitions")
 	}
-	if err := d.retryRedis(ctx, func() error { return d.opts.Cache.SetPartitions(ctx, d.opts.Config.Postgres.Slot, now) }); err != nil {
+	if err := s.retryRedis(ctx, func() error { return s.opts.Cache.SetPartitions(ctx, s.opts.Config.Postgres.Slot, now) }); err != nil {
 		return err
 	}
-	d.trees = now
+	s.trees = now
 	return nil
 }
 
@@ -646,15 +660,15 @@ func (d *Daemon) heartbeatReceived(m wal.Message) {
 	}
 }
 
-func (d *Daemon) mapEvents(ctx context.Context, events <-chan replication.Event, batches chan<- mapping.Batch) error {
+func (s *session) mapEvents(ctx context.Context, events <-chan replication.Event, batches chan<- mapping.Batch) error {
 	send := func(b mapping.Batch) error {
 		// Bound the operations and bytes waiting for the writer and the
 		// journal, not just the batches: 256 queued transactions near the
 		// key cap would hold millions of keys, or of wide rows gigabytes.
-		if err := d.opsBudget.Acquire(ctx, int64(len(b.Ops))); err != nil {
+		if err := s.opsBudget.Acquire(ctx, int64(len(b.Ops))); err != nil {
 			return err
 		}
-		if err := d.batchBudget.Acquire(ctx, b.Size()); err != nil {
+		if err := s.batchBudget.Acquire(ctx, b.Size()); err != nil {
 			return err
 		}
 		select {
@@ -665,34 +679,34 @@ func (d *Daemon) mapEvents(ctx context.Context, events <-chan replication.Event,
 		}
 	}
 	lastStats := time.Now()
-	defer func() { d.metrics.MapperStats(d.mapper.Stats()) }()
+	defer func() { s.metrics.MapperStats(s.mapper.Stats()) }()
 	for ev := range events {
 		var err error
 		switch ev.Kind {
 		case replication.EventBegin:
-			err = d.mapper.Begin(ev.Begin)
+			err = s.mapper.Begin(ev.Begin)
 		case replication.EventChange:
-			d.metrics.Change(ev.Change.Relation, ev.Change.Kind)
-			err = d.mapper.Change(ev.Change)
+			s.metrics.Change(ev.Change.Relation, ev.Change.Kind)
+			err = s.mapper.Change(ev.Change)
 		case replication.EventMessage:
-			d.heartbeatReceived(ev.Message)
-			err = d.mapper.Message(ev.Message)
+			s.heartbeatReceived(ev.Message)
+			err = s.mapper.Message(ev.Message)
 		case replication.EventCommit:
-			d.metrics.Transactions.Inc()
+			s.metrics.Transactions.Inc()
 			var b mapping.Batch
-			if b, err = d.mapper.Commit(ev.Commit); err == nil {
+			if b, err = s.mapper.Commit(ev.Commit); err == nil {
 				err = send(b)
 			}
 			if now := time.Now(); now.Sub(lastStats) >= time.Second {
 				lastStats = now
-				d.metrics.MapperStats(d.mapper.Stats())
+				s.metrics.MapperStats(s.mapper.Stats())
 			}
 		case replication.EventBarrier:
 			err = send(mapping.Batch{EndLSN: ev.Barrier})
 		}
 		// The event is mapped: what the open transaction keeps of its
 		// values is bounded by mapping.Options.TxnValueBytes.
-		d.eventBudget.Release(ev.Size())
+		s.eventBudget.Release(ev.Size())
 		if err != nil {
 			return err
 		}
@@ -700,9 +714,9 @@ func (d *Daemon) mapEvents(ctx context.Context, events <-chan replication.Event,
 	return nil
 }
 
-func (d *Daemon) applyBatches(ctx context.Context, batches <-chan mapping.Batch, stream *replication.Stream) error {
+func (s *session) applyBatches(ctx context.Context, batches <-chan mapping.Batch) error {
 	group := make([]mapping.Batch, 0, groupMaxTxn)
-	check := time.NewTicker(d.opts.CacheCheckInterval)
+	check := time.NewTicker(s.opts.CacheCheckInterval)
 	defer check.Stop()
 	for {
 		group = group[:0]
@@ -711,8 +725,8 @@ func (d *Daemon) applyBatches(ctx context.Context, batches <-chan mapping.Batch,
 		select {
 		case b, ok = <-batches:
 		case <-check.C:
-			if !d.opts.DryRun {
-				if err := d.verifyCache(ctx); err != nil {
+			if !s.opts.DryRun {
+				if err := s.verifyCache(ctx); err != nil {
 					return err
 				}
 			}
@@ -740,13 +754,13 @@ func (d *Daemon) applyBatches(ctx context.Context, batches <-chan mapping.Batch,
 				break fill
 			}
 		}
-		if err := d.commitGroup(ctx, group, ops, stream); err != nil {
+		if err := s.commitGroup(ctx, group, ops); err != nil {
 			return err
 		}
 		for _, b := range group {
-			d.opsBudget.Release(int64(len(b.Ops)))
-			if d.opts.DryRun {
-				d.batchBudget.Release(b.Size()) // no journal stage after this
+			s.opsBudget.Release(int64(len(b.Ops)))
+			if s.opts.DryRun {
+				s.batchBudget.Release(b.Size()) // no journal stage after this
 			}
 		}
 		if closed {
@@ -757,38 +771,38 @@ func (d *Daemon) applyBatches(ctx context.Context, batches <-chan mapping.Batch,
 
 // commitGroup applies a group of transactions, records it, and only then
 // confirms its end: apply → cache position → journal → confirm.
-func (d *Daemon) commitGroup(ctx context.Context, group []mapping.Batch, ops int, stream *replication.Stream) error {
+func (s *session) commitGroup(ctx context.Context, group []mapping.Batch, ops int) error {
 	end := group[len(group)-1].EndLSN
-	if d.opts.DryRun {
-		if err := d.opts.Applier.Apply(ctx, group); err != nil {
+	if s.opts.DryRun {
+		if err := s.opts.Applier.Apply(ctx, group); err != nil {
 			return err
 		}
-		stream.Confirm(end)
+		s.stream.Confirm(end)
 		return nil
 	}
 	if ops > 0 {
 		waitBegan := time.Now()
-		if err := d.gate.wait(ctx, group); err != nil {
+		if err := s.gate.wait(ctx, group); err != nil {
 			return err
 		}
-		d.metrics.VisibilitySeconds.Observe(time.Since(waitBegan).Seconds())
-		d.failpoint("before-apply")
-		if err := d.fence(); err != nil {
+		s.metrics.VisibilitySeconds.Observe(time.Since(waitBegan).Seconds())
+		s.failpoint("before-apply")
+		if err := s.fence(); err != nil {
 			return err
 		}
-		d.noteFlushes(group)
+		s.noteFlushes(group)
 		began := time.Now()
-		if err := d.opts.Applier.Apply(ctx, group); err != nil {
+		if err := s.opts.Applier.Apply(ctx, group); err != nil {
 			return err
 		}
-		d.metrics.ApplySeconds.Observe(time.Since(began).Seconds())
+		s.metrics.ApplySeconds.Observe(time.Since(began).Seconds())
 	}
-	d.metrics.GroupTransactions.Observe(float64(len(group)))
-	d.metrics.GroupOperations.Observe(float64(ops))
+	s.metrics.GroupTransactions.Observe(float64(len(group)))
+	s.metrics.GroupOperations.Observe(float64(ops))
 	if ops > 0 {
-		d.failpoint("before-advance")
+		s.failpoint("before-advance")
 	}
-	if err := d.advance(ctx, end, group); err != nil {
+	if err := s.advance(ctx, end, group); err != nil {
 		return err
 	}
 	var oldest, newest time.Time
@@ -800,14 +814,14 @@ func (d *Daemon) commitGroup(ctx context.Context, group []mapping.Batch, ops int
 			newest = b.CommitTime
 		}
 	}
-	d.metrics.Applied(end, oldest, newest, time.Now())
+	s.metrics.Applied(end, oldest, newest, time.Now())
 	if ops > 0 {
-		d.failpoint("after-apply")
+		s.failpoint("after-apply")
 	}
 	// The journal's fsync runs beside the next group's apply; the group
 	// is confirmed only once it is journaled, in order.
 	select {
-	case d.journalQ <- journalItem{group: slices.Clone(group), ops: ops}:
+	case s.journalQ <- journalItem{group: slices.Clone(group), ops: ops}:
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
@@ -841,13 +855,13 @@ const journalQueue = 16
 // journalGroups journals applied groups in order and only then confirms
 // them: apply → applied position → journal → confirm. Groups that queued up
 // during an fsync are written together with one fsync.
-func (d *Daemon) journalGroups(ctx context.Context, items <-chan journalItem, stream *replication.Stream) error {
+func (s *session) journalGroups(ctx context.Context, items <-chan journalItem) error {
 	var pending []mapping.Batch
 	var waiting []chan struct{}
 	ops := 0
 	flush := func() error {
 		if len(pending) > 0 {
-			if err := d.opts.Journal.Append(ctx, pending); err != nil {
+			if err := s.opts.Journal.Append(ctx, pending); err != nil {
 				if ctx.Err() != nil {
 					return ctx.Err()
 				}
@@ -858,18 +872,18 @@ func (d *Daemon) journalGroups(ctx context.Context, items <-chan journalItem, st
 				return fmt.Errorf("%w: journal: %w", ErrFatal, err)
 			}
 			if ops > 0 {
-				d.failpoint("after-journal")
+				s.failpoint("after-journal")
 			}
-			if err := d.fence(); err != nil {
+			if err := s.fence(); err != nil {
 				return err
 			}
-			d.logApplied(pending)
+			s.logApplied(pending)
 			for _, b := range pending {
-				d.batchBudget.Release(b.Size()) // journaled: dropped now
+				s.batchBudget.Release(b.Size()) // journaled: dropped now
 			}
 			confirmed := pending[len(pending)-1].EndLSN
-			stream.Confirm(confirmed)
-			d.metrics.ConfirmedLSN.Set(float64(confirmed))
+			s.stream.Confirm(confirmed)
+			s.metrics.ConfirmedLSN.Set(float64(confirmed))
 		}
 		for _, w := range waiting {
 			close(w)
@@ -900,13 +914,13 @@ func (d *Daemon) journalGroups(ctx context.Context, items <-chan journalItem, st
 
 // journalSync waits until every applied group handed to the journal stage
 // is journaled, so that a replay reads all of them.
-func (d *Daemon) journalSync(ctx context.Context) error {
-	if d.journalQ == nil {
+func (s *session) journalSync(ctx context.Context) error {
+	if s.journalQ == nil {
 		return nil
 	}
 	done := make(chan struct{})
 	select {
-	case d.journalQ <- journalItem{done: done}:
+	case s.journalQ <- journalItem{done: done}:
 	case <-ctx.Done():
 		return ctx.Err()
 	}
@@ -959,13 +973,14 @@ func (d *Daemon) Setup(ctx context.Context) error {
 	if err := d.checkCache(ctx); err != nil {
 		return err
 	}
-	return d.withLock(ctx, func(ctx, _ context.Context) error {
+	return d.withLock(ctx, func(ctx, _ context.Context, l *lease) error {
 		conns, err := d.open(ctx)
 		if err != nil {
 			return err
 		}
 		defer conns.close(ctx)
-		_, err = d.ensureSlot(ctx, conns.conn, conns.repl, conns.dbname)
+		s := &session{Daemon: d, lease: l}
+		_, err = s.ensureSlot(ctx, conns.conn, conns.repl, conns.dbname)
 		return err
 	})
 }

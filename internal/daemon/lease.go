@@ -184,11 +184,11 @@ func (l *lease) hold(ctx context.Context) error {
 // and every confirmation, so that an instance waking from a freeze stops
 // before it touches what a new active instance owns (nil without a lock:
 // dry runs).
-func (d *Daemon) fence() error {
-	if d.lease == nil {
+func (s *session) fence() error {
+	if s.lease == nil {
 		return nil
 	}
-	return d.lease.check()
+	return s.lease.check()
 }
 
 // takeLock takes the instance lock on a connection of its own. When another
@@ -274,8 +274,9 @@ func (d *Daemon) takeLock(ctx context.Context) (_ *lease, err error) {
 // withLock runs fn while this instance holds the instance lock and renews
 // its lease. fn's ctx ends on ctx (a graceful stop: drain, confirm) or when
 // the lease is lost; hard ends only when the lease is lost, and then
-// nothing more may be written or confirmed.
-func (d *Daemon) withLock(ctx context.Context, fn func(ctx, hard context.Context) error) error {
+// nothing more may be written or confirmed. fn gets the lease, for its
+// session's fence.
+func (d *Daemon) withLock(ctx context.Context, fn func(ctx, hard context.Context, l *lease) error) error {
 	l, err := d.takeLock(ctx)
 	if err != nil {
 		return err
@@ -290,8 +291,6 @@ func (d *Daemon) withLock(ctx context.Context, fn func(ctx, hard context.Context
 	holdCtx, stopHolding := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopHolding()
 
-	d.lease = l
-	defer func() { d.lease = nil }()
 	var g errgroup.Group
 	g.Go(func() error {
 		err := l.hold(holdCtx)
@@ -303,7 +302,7 @@ func (d *Daemon) withLock(ctx context.Context, fn func(ctx, hard context.Context
 	var workErr error
 	g.Go(func() error {
 		defer stopHolding()
-		workErr = fn(work, hard)
+		workErr = fn(work, hard, l)
 		return nil
 	})
 	if err := g.Wait(); err != nil {

@@ -38,12 +38,12 @@ import (
 // pure, one test row per case); ensureSlot reads their inputs and executes
 // their plans. It also aligns the publication with the rules, under the
 // same lock.
-func (d *Daemon) ensureSlot(ctx context.Context, conn *replication.Conn, repl *replication.ReplConn, dbname string) (wal.LSN, error) {
+func (s *session) ensureSlot(ctx context.Context, conn *replication.Conn, repl *replication.ReplConn, dbname string) (wal.LSN, error) {
 	// The caller holds the instance lock (withLock): only its holder may
 	// recover the slot and the cache, so two instances starting at once
 	// never both flush or move the cache's position; the slot itself
 	// (55006) stays the lock for streaming.
-	name := d.opts.Config.Postgres.Slot
+	name := s.opts.Config.Postgres.Slot
 	sys, err := repl.IdentifySystem(ctx)
 	if err != nil {
 		return 0, err
@@ -51,14 +51,14 @@ func (d *Daemon) ensureSlot(ctx context.Context, conn *replication.Conn, repl *r
 	// Before any flush or replay: the guards written from here on belong
 	// to this server's history, and older histories' guards count as
 	// absent (a restored or new server's LSNs may lie below them).
-	if h, ok := d.opts.Applier.(HistoryRecorder); ok {
+	if h, ok := s.opts.Applier.(HistoryRecorder); ok {
 		h.SetHistory(keyspace.History(sys.SystemID, sys.Timeline))
 	}
 	info, err := conn.ReadSlot(ctx, name)
 	if err != nil {
 		return 0, err
 	}
-	state, hasState := d.opts.Journal.State()
+	state, hasState := s.opts.Journal.State()
 	slotPlan, err := planSlot(slotInput{Name: name, Slot: info, SystemID: sys.SystemID, Timeline: sys.Timeline, Saved: state, HasSaved: hasState})
 	if err != nil {
 		return 0, err
@@ -66,11 +66,11 @@ func (d *Daemon) ensureSlot(ctx context.Context, conn *replication.Conn, repl *r
 	// The partition trees are read before alignPublication installs the
 	// truncate triggers: a partition created after this read is a change
 	// the monitor sees, and gets its trigger then.
-	trees, err := conn.ReadPartitionTrees(ctx, d.mapper.Tables())
+	trees, err := conn.ReadPartitionTrees(ctx, s.mapper.Tables())
 	if err != nil {
 		return 0, err
 	}
-	added, err := d.alignPublication(ctx, conn)
+	added, err := s.alignPublication(ctx, conn)
 	if err != nil {
 		return 0, err
 	}
@@ -84,7 +84,7 @@ func (d *Daemon) ensureSlot(ctx context.Context, conn *replication.Conn, repl *r
 		if err != nil {
 			return 0, err
 		}
-		d.log.Warn().Str("slot", name).Stringer("consistent_point", lsn).Msg("replication slot created")
+		s.log.Warn().Str("slot", name).Stringer("consistent_point", lsn).Msg("replication slot created")
 		if info, err = conn.ReadSlot(ctx, name); err != nil {
 			return 0, err
 		}
@@ -102,71 +102,71 @@ func (d *Daemon) ensureSlot(ctx context.Context, conn *replication.Conn, repl *r
 	// which holds the script that reads the position) must not end the
 	// session and hand the slot's recovery to whoever comes next.
 	var position writer.Position
-	if err := d.retryRedis(ctx, func() (err error) {
-		position, err = d.opts.Cache.Applied(ctx, name)
+	if err := s.retryRedis(ctx, func() (err error) {
+		position, err = s.opts.Cache.Applied(ctx, name)
 		return err
 	}); err != nil {
 		return 0, err
 	}
 	if !position.ServersKnown() {
-		d.log.Warn().Msg("Redis refuses INFO to cachesync's user: a restart or failover between a group's apply and its advance that keeps the previous applied position cannot be detected; grant +info (see docs/operations.md, Redis lost effects)")
+		s.log.Warn().Msg("Redis refuses INFO to cachesync's user: a restart or failover between a group's apply and its advance that keeps the previous applied position cannot be detected; grant +info (see docs/operations.md, Redis lost effects)")
 	}
-	journaled := d.opts.Journal.LastLSN()
+	journaled := s.opts.Journal.LastLSN()
 	plan := planCache(cacheInput{
 		Slot: slotPlan, Start: start, Applied: position.LSN, AppliedOK: position.OK,
-		Journaled: journaled, Policy: d.opts.Config.Redis.OnReset,
+		Journaled: journaled, Policy: s.opts.Config.Redis.OnReset,
 	})
 	switch plan.Step {
 	case cacheFlushLost:
-		d.log.Error().Str("slot", name).Str("cause", plan.Cause).
+		s.log.Error().Str("slot", name).Str("cause", plan.Cause).
 			Msg("SLOT LOST: changes may have been missed; flushing every rule's key space before streaming")
-		err = d.flush(ctx, d.mapper.FlushAll(plan.Reason))
+		err = s.flush(ctx, s.mapper.FlushAll(plan.Reason))
 	case cacheFlushNewSlot:
-		d.log.Warn().Str("slot", name).Msg("new slot: flushing every rule's key space, since entries cached before it would never be invalidated")
-		err = d.flush(ctx, d.mapper.FlushAll(plan.Reason))
+		s.log.Warn().Str("slot", name).Msg("new slot: flushing every rule's key space, since entries cached before it would never be invalidated")
+		err = s.flush(ctx, s.mapper.FlushAll(plan.Reason))
 	case cacheFlushNoPosition:
-		d.log.Warn().Str("slot", name).Msg("the cache holds no applied position (a new or emptied Redis): flushing every rule's key space")
-		err = d.flush(ctx, d.mapper.FlushAll(plan.Reason))
+		s.log.Warn().Str("slot", name).Msg("the cache holds no applied position (a new or emptied Redis): flushing every rule's key space")
+		err = s.flush(ctx, s.mapper.FlushAll(plan.Reason))
 	case cacheHeal:
-		err = d.heal(ctx, plan.HealFrom, plan.Replay, plan.Cause)
+		err = s.heal(ctx, plan.HealFrom, plan.Replay, plan.Cause)
 	case cacheFlushAhead:
-		d.log.Error().Str("slot", name).Stringer("cache_applied", position.LSN).Stringer("journaled", journaled).Stringer("slot_confirmed", start).
+		s.log.Error().Str("slot", name).Stringer("cache_applied", position.LSN).Stringer("journaled", journaled).Stringer("slot_confirmed", start).
 			Msg("SLOT AHEAD: the slot was advanced past what was applied to the cache; flushing every rule's key space")
-		err = d.flush(ctx, d.mapper.FlushAll(plan.Reason))
+		err = s.flush(ctx, s.mapper.FlushAll(plan.Reason))
 	}
 	if err != nil {
 		return 0, err
 	}
 	if plan.FlushChanged {
-		if err := d.flushNewRules(ctx, added); err != nil {
+		if err := s.flushNewRules(ctx, added); err != nil {
 			return 0, err
 		}
-		if err := d.flushPartitionChanges(ctx, trees); err != nil {
+		if err := s.flushPartitionChanges(ctx, trees); err != nil {
 			return 0, err
 		}
 	}
-	if err := d.retryRedis(ctx, func() error { return d.opts.Cache.SetRules(ctx, name, d.ruleFingerprints()) }); err != nil {
+	if err := s.retryRedis(ctx, func() error { return s.opts.Cache.SetRules(ctx, name, s.ruleFingerprints()) }); err != nil {
 		return 0, err
 	}
-	if err := d.retryRedis(ctx, func() error { return d.opts.Cache.SetPartitions(ctx, name, trees) }); err != nil {
+	if err := s.retryRedis(ctx, func() error { return s.opts.Cache.SetPartitions(ctx, name, trees) }); err != nil {
 		return 0, err
 	}
-	d.trees = trees
-	if err := d.recordRecovered(ctx, position, plan.Mark); err != nil {
+	s.trees = trees
+	if err := s.recordRecovered(ctx, position, plan.Mark); err != nil {
 		return 0, err
 	}
 	switch plan.Journal {
 	case journalReset:
-		err = d.opts.Journal.Reset(start)
+		err = s.opts.Journal.Reset(start)
 	case journalCompleteFrom:
-		err = d.opts.Journal.SetCompleteFrom(start)
+		err = s.opts.Journal.SetCompleteFrom(start)
 	}
 	if err != nil {
 		return 0, err
 	}
-	d.warnAbandonedSlots(ctx, conn, sys.SystemID+":"+dbname, name)
+	s.warnAbandonedSlots(ctx, conn, sys.SystemID+":"+dbname, name)
 	if slotPlan.SaveState {
-		if err := d.opts.Journal.SaveState(slotPlan.State); err != nil {
+		if err := s.opts.Journal.SaveState(slotPlan.State); err != nil {
 			return 0, err
 		}
 	}
@@ -210,26 +210,26 @@ func (d *Daemon) warnAbandonedSlots(ctx context.Context, conn *replication.Conn,
 // to the publication. Their keys may hold values from before any instance
 // invalidated them. Without a record (the first start of a version that
 // keeps one), only the added tables' rules are flushed.
-func (d *Daemon) flushNewRules(ctx context.Context, addedTables []string) error {
-	name := d.opts.Config.Postgres.Slot
+func (s *session) flushNewRules(ctx context.Context, addedTables []string) error {
+	name := s.opts.Config.Postgres.Slot
 	var recorded map[string]string
 	var ok bool
-	if err := d.retryRedis(ctx, func() (err error) {
-		recorded, ok, err = d.opts.Cache.Rules(ctx, name)
+	if err := s.retryRedis(ctx, func() (err error) {
+		recorded, ok, err = s.opts.Cache.Rules(ctx, name)
 		return err
 	}); err != nil {
 		return err
 	}
-	changed := changedRules(d.opts.Config.Rules, recorded, ok, addedTables)
+	changed := changedRules(s.opts.Config.Rules, recorded, ok, addedTables)
 	if len(changed) > 0 {
-		d.log.Warn().Strs("rules", changed).
+		s.log.Warn().Strs("rules", changed).
 			Msg("rules added or changed since the cache was last streamed: flushing their key spaces, since nobody invalidated their keys before")
-		if err := d.flush(ctx, d.mapper.FlushRules(changed, mapping.ReasonRules)); err != nil {
+		if err := s.flush(ctx, s.mapper.FlushRules(changed, mapping.ReasonRules)); err != nil {
 			return err
 		}
 	}
 	if len(addedTables) > 0 {
-		return d.flush(ctx, d.mapper.FlushTables(addedTables, mapping.ReasonTableAdd))
+		return s.flush(ctx, s.mapper.FlushTables(addedTables, mapping.ReasonTableAdd))
 	}
 	return nil
 }
@@ -240,11 +240,11 @@ func (d *Daemon) flushNewRules(ctx context.Context, addedTables []string) error 
 // watched, or after the last one saw the change but before the flush it
 // wrote reached the WAL (it records a tree only after that). Without a
 // record (the first start of a version that keeps one) nothing is flushed.
-func (d *Daemon) flushPartitionChanges(ctx context.Context, trees replication.PartitionTrees) error {
+func (s *session) flushPartitionChanges(ctx context.Context, trees replication.PartitionTrees) error {
 	var recorded replication.PartitionTrees
 	var ok bool
-	if err := d.retryRedis(ctx, func() (err error) {
-		recorded, ok, err = d.opts.Cache.Partitions(ctx, d.opts.Config.Postgres.Slot)
+	if err := s.retryRedis(ctx, func() (err error) {
+		recorded, ok, err = s.opts.Cache.Partitions(ctx, s.opts.Config.Postgres.Slot)
 		return err
 	}); err != nil || !ok {
 		return err
@@ -253,13 +253,13 @@ func (d *Daemon) flushPartitionChanges(ctx context.Context, trees replication.Pa
 	if len(changed) == 0 {
 		return nil // FlushTables(nil) would flush every rule
 	}
-	ops := d.mapper.FlushTables(changed, mapping.ReasonPartitions)
+	ops := s.mapper.FlushTables(changed, mapping.ReasonPartitions)
 	if len(ops) == 0 {
 		return nil
 	}
-	d.log.Warn().Strs("tables", changed).
+	s.log.Warn().Strs("tables", changed).
 		Msg("partitions attached, detached, dropped or created since the cache was last streamed (PostgreSQL publishes none of it): flushing these tables' rules")
-	return d.flush(ctx, ops)
+	return s.flush(ctx, ops)
 }
 
 // ruleFingerprints are the rules in force, as CacheState.SetRules records them.
@@ -275,12 +275,12 @@ func (d *Daemon) ruleFingerprints() map[string]string {
 // ensureSlot recovered it from what Applied read (read). If the cache
 // changed meanwhile (another rollback during the flush or replay), the
 // recovery may be lost with it: the session starts over and recovers again.
-func (d *Daemon) recordRecovered(ctx context.Context, read writer.Position, lsn wal.LSN) error {
-	name := d.opts.Config.Postgres.Slot
+func (s *session) recordRecovered(ctx context.Context, read writer.Position, lsn wal.LSN) error {
+	name := s.opts.Config.Postgres.Slot
 	var swapped bool
 	var cur writer.Position
-	if err := d.retryRedis(ctx, func() (err error) {
-		swapped, cur, err = d.opts.Cache.Advance(ctx, name, read, lsn)
+	if err := s.retryRedis(ctx, func() (err error) {
+		swapped, cur, err = s.opts.Cache.Advance(ctx, name, read, lsn)
 		return err
 	}); err != nil {
 		return err
@@ -288,21 +288,21 @@ func (d *Daemon) recordRecovered(ctx context.Context, read writer.Position, lsn 
 	if !swapped {
 		return fmt.Errorf("the cache's applied position changed while it was being recovered (now %s, ok %v): recovering again", cur.LSN, cur.OK)
 	}
-	d.mark = cur
+	s.mark = cur
 	return nil
 }
 
 // retryRedis runs a Redis bookkeeping command until it succeeds or ctx ends.
-func (d *Daemon) retryRedis(ctx context.Context, cmd func() error) error {
+func (s *session) retryRedis(ctx context.Context, cmd func() error) error {
 	for attempt := 0; ; attempt++ {
-		if err := d.fence(); err != nil {
+		if err := s.fence(); err != nil {
 			return err
 		}
 		err := cmd()
 		if err == nil {
 			return nil
 		}
-		if err := d.retryWait(ctx, attempt); err != nil {
+		if err := s.retryWait(ctx, attempt); err != nil {
 			return err
 		}
 	}
@@ -323,8 +323,8 @@ func (d *Daemon) retryWait(ctx context.Context, attempt int) error {
 // applied. When the cache does not hold the position last written, as
 // written, it lost effects since (restart, restore, failover): it is healed
 // first, group included.
-func (d *Daemon) advance(ctx context.Context, end wal.LSN, group []mapping.Batch) error {
-	return d.settle(ctx, d.mark, end, group)
+func (s *session) advance(ctx context.Context, end wal.LSN, group []mapping.Batch) error {
+	return s.settle(ctx, s.mark, end, group)
 }
 
 // settle swaps the cache's applied position from `from` (as read) to `to`.
@@ -332,25 +332,25 @@ func (d *Daemon) advance(ctx context.Context, end wal.LSN, group []mapping.Batch
 // and group (the group in flight, whose effects are not in the journal
 // yet) is applied again, and the swap is tried from there: the position
 // recorded always has every effect up to it.
-func (d *Daemon) settle(ctx context.Context, from writer.Position, to wal.LSN, group []mapping.Batch) error {
-	name := d.opts.Config.Postgres.Slot
+func (s *session) settle(ctx context.Context, from writer.Position, to wal.LSN, group []mapping.Batch) error {
+	name := s.opts.Config.Postgres.Slot
 	for attempt := 0; ; attempt++ {
-		if err := d.fence(); err != nil {
+		if err := s.fence(); err != nil {
 			return err
 		}
-		swapped, cur, err := d.opts.Cache.Advance(ctx, name, from, to)
+		swapped, cur, err := s.opts.Cache.Advance(ctx, name, from, to)
 		if err == nil && swapped {
-			d.mark = cur
+			s.mark = cur
 			return nil
 		}
 		if err == nil {
-			if err := d.cacheReset(ctx, cur, group); err != nil {
+			if err := s.cacheReset(ctx, cur, group); err != nil {
 				return err
 			}
 			from = cur
 			continue
 		}
-		if err := d.retryWait(ctx, attempt); err != nil {
+		if err := s.retryWait(ctx, attempt); err != nil {
 			return err
 		}
 	}
@@ -362,54 +362,54 @@ func (d *Daemon) settle(ctx context.Context, from writer.Position, to wal.LSN, g
 // everything kept, a new master's marker still to write) are recorded
 // again as they are: with no group in flight, every effect up to the
 // position is behind them.
-func (d *Daemon) verifyCache(ctx context.Context) error {
-	cur, err := d.opts.Cache.Applied(ctx, d.opts.Config.Postgres.Slot)
-	if err != nil || cur.Settled(d.mark) {
+func (s *session) verifyCache(ctx context.Context) error {
+	cur, err := s.opts.Cache.Applied(ctx, s.opts.Config.Postgres.Slot)
+	if err != nil || cur.Settled(s.mark) {
 		return nil // unreachable Redis: the next check or group retries
 	}
-	if !cur.SameValues(d.mark) {
-		if err := d.cacheReset(ctx, cur, nil); err != nil {
+	if !cur.SameValues(s.mark) {
+		if err := s.cacheReset(ctx, cur, nil); err != nil {
 			return err
 		}
 	}
-	return d.settle(ctx, cur, d.mark.LSN, nil)
+	return s.settle(ctx, cur, s.mark.LSN, nil)
 }
 
 // cacheReset heals a cache that does not hold the position last written
-// (d.mark) but cur, then applies group (the group in flight) again: its
+// (s.mark) but cur, then applies group (the group in flight) again: its
 // effects may be exactly those the cache lost, and the journal does not
 // have them yet.
-func (d *Daemon) cacheReset(ctx context.Context, cur writer.Position, group []mapping.Batch) error {
+func (s *session) cacheReset(ctx context.Context, cur writer.Position, group []mapping.Batch) error {
 	// An instance that lost its lock sees the new active's position: that
 	// is no reset, and nothing here is its to heal.
-	if err := d.fence(); err != nil {
+	if err := s.fence(); err != nil {
 		return err
 	}
-	since := cur.Since(d.mark)
+	since := cur.Since(s.mark)
 	switch {
-	case cur.SameValues(d.mark) && since.OK:
+	case cur.SameValues(s.mark) && since.OK:
 		// Another server answers with the position last written: a
 		// restart or a failover that kept it, or a migrated marker.
 		// Only the group in flight can be missing.
 		if hasOps(group) {
-			d.log.Warn().Stringer("applied", since.LSN).Msg("a Redis server holding the applied position changed (restart, failover or resharding) while a group was being applied: applying it again")
+			s.log.Warn().Stringer("applied", since.LSN).Msg("a Redis server holding the applied position changed (restart, failover or resharding) while a group was being applied: applying it again")
 		}
 	case !since.OK:
-		d.metrics.CacheResets.Inc()
-		d.log.Error().Stringer("expected", d.mark.LSN).Msg("REDIS RESET: the cache lost its applied position (restarted without persistence, or emptied); flushing every rule's key space")
-		if err := d.flush(ctx, d.mapper.FlushAll(mapping.ReasonCacheReset)); err != nil {
+		s.metrics.CacheResets.Inc()
+		s.log.Error().Stringer("expected", s.mark.LSN).Msg("REDIS RESET: the cache lost its applied position (restarted without persistence, or emptied); flushing every rule's key space")
+		if err := s.flush(ctx, s.mapper.FlushAll(mapping.ReasonCacheReset)); err != nil {
 			return err
 		}
 	default:
-		d.metrics.CacheResets.Inc()
-		if err := d.heal(ctx, since.LSN, d.opts.Config.Redis.OnReset != config.ResetFlush, fmt.Sprintf("REDIS RESET: the cache's applied position went back from %s to %s (restored from a backup, or a failover lost acknowledged writes)", d.mark.LSN, since.LSN)); err != nil {
+		s.metrics.CacheResets.Inc()
+		if err := s.heal(ctx, since.LSN, s.opts.Config.Redis.OnReset != config.ResetFlush, fmt.Sprintf("REDIS RESET: the cache's applied position went back from %s to %s (restored from a backup, or a failover lost acknowledged writes)", s.mark.LSN, since.LSN)); err != nil {
 			return err
 		}
 	}
 	if !hasOps(group) {
 		return nil
 	}
-	return d.opts.Applier.Apply(ctx, group)
+	return s.opts.Applier.Apply(ctx, group)
 }
 
 // hasOps reports whether any batch of group has an operation.
@@ -425,28 +425,28 @@ func hasOps(group []mapping.Batch) bool {
 // heal re-applies the journal from `from` when replay (on_redis_reset =
 // "replay") and the journal reaches back that far, and flushes every key
 // space otherwise.
-func (d *Daemon) heal(ctx context.Context, from wal.LSN, replay bool, why string) error {
+func (s *session) heal(ctx context.Context, from wal.LSN, replay bool, why string) error {
 	// Groups applied but still on their way to the journal must be in it
 	// before it is replayed.
-	if err := d.journalSync(ctx); err != nil {
+	if err := s.journalSync(ctx); err != nil {
 		return err
 	}
-	if err := d.fence(); err != nil {
+	if err := s.fence(); err != nil {
 		return err
 	}
 	if !replay {
-		d.log.Error().Str("cause", why).Msg("on_redis_reset = flush: flushing every rule's key space")
-		return d.flush(ctx, d.mapper.FlushAll(mapping.ReasonCacheReset))
+		s.log.Error().Str("cause", why).Msg("on_redis_reset = flush: flushing every rule's key space")
+		return s.flush(ctx, s.mapper.FlushAll(mapping.ReasonCacheReset))
 	}
-	n, err := Replay(ctx, d.opts.Journal, d.opts.Applier, from, time.Time{})
+	n, err := Replay(ctx, s.opts.Journal, s.opts.Applier, from, time.Time{})
 	if errors.Is(err, journal.ErrNotCovered) {
-		d.log.Error().Str("cause", why).Err(err).Msg("the journal does not reach back far enough to replay: flushing every rule's key space")
-		return d.flush(ctx, d.mapper.FlushAll(mapping.ReasonCacheReset))
+		s.log.Error().Str("cause", why).Err(err).Msg("the journal does not reach back far enough to replay: flushing every rule's key space")
+		return s.flush(ctx, s.mapper.FlushAll(mapping.ReasonCacheReset))
 	}
 	if err != nil {
 		return err
 	}
-	d.log.Error().Str("cause", why).Stringer("from", from).Int("batches", n).Msg("replayed the journal into the cache")
+	s.log.Error().Str("cause", why).Stringer("from", from).Int("batches", n).Msg("replayed the journal into the cache")
 	return nil
 }
 
@@ -492,16 +492,16 @@ func Replay(ctx context.Context, j Replayer, a Applier, from wal.LSN, since time
 }
 
 // flush applies flush operations and logs them.
-func (d *Daemon) flush(ctx context.Context, ops []mapping.Op) error {
+func (s *session) flush(ctx context.Context, ops []mapping.Op) error {
 	if len(ops) == 0 {
 		return nil
 	}
-	if err := d.fence(); err != nil {
+	if err := s.fence(); err != nil {
 		return err
 	}
 	for _, op := range ops {
-		d.metrics.Flush(op.Rule, op.Reason)
-		d.log.Info().Str("rule", op.Rule).Str("reason", op.Reason).Msg("flushing key space")
+		s.metrics.Flush(op.Rule, op.Reason)
+		s.log.Info().Str("rule", op.Rule).Str("reason", op.Reason).Msg("flushing key space")
 	}
-	return d.opts.Applier.Apply(ctx, []mapping.Batch{{Ops: ops}})
+	return s.opts.Applier.Apply(ctx, []mapping.Batch{{Ops: ops}})
 }
