@@ -714,22 +714,10 @@ func TestFaultTwoInstancesActiveFrozen(t *testing.T) {
 	// expired: it stands by, and never streams, applies or flushes again.
 	woke := len(active.log.String())
 	thaw()
-	testenv.Eventually(t, 30*time.Second, "the thawed instance stands by", func() (bool, string) {
-		active.alive("thawed instance")
-		after := active.log.String()[woke:]
-		return strings.Contains(after, "INSTANCE LOCK LOST") && strings.Contains(after, "standing by as passive"), after
-	})
+	active.awaitStandby(woke)
 	e.waitWorkload(done, 120*time.Second)
 	e.quiesce(passive)
-	after := active.log.String()[woke:]
-	for _, bad := range thawedMustNotLog {
-		if l := logLines(after, bad); len(l) > 0 {
-			t.Errorf("the thawed instance logged %q while the other one was active: %s", bad, l[0])
-		}
-	}
-	if l := logLines(passive.log.String(), "REDIS RESET"); len(l) > 0 {
-		t.Errorf("the new active instance saw its applied position moved under it: %s", l[0])
-	}
+	e.fencedOff(active, passive, woke, "thawed instance")
 	if got := e.slotPID(); got == 0 || got == pid {
 		t.Errorf("after the thaw the slot's active_pid is %d, want the new active's walsender", got)
 	}
@@ -776,26 +764,14 @@ func TestFaultTwoInstancesActiveFrozenMidGroup(t *testing.T) {
 	if err := a.cmd.Process.Signal(syscall.SIGCONT); err != nil {
 		t.Fatal(err)
 	}
-	testenv.Eventually(t, 30*time.Second, "the thawed instance stands by", func() (bool, string) {
-		a.alive("thawed instance")
-		after := a.log.String()[woke:]
-		return strings.Contains(after, "INSTANCE LOCK LOST") && strings.Contains(after, "standing by as passive"), after
-	})
+	a.awaitStandby(woke)
 	// A group through the new active: its compare-and-set fails (REDIS
 	// RESET) if the thawed instance moved the applied position.
 	e.set("user:900003")
 	e.exec(`UPDATE users SET name = 'v3' WHERE id = 900003`)
 	e.gone("user:900003")
 	e.quiesce(b)
-	after := a.log.String()[woke:]
-	for _, bad := range thawedMustNotLog {
-		if l := logLines(after, bad); len(l) > 0 {
-			t.Errorf("the thawed instance logged %q after the takeover: %s", bad, l[0])
-		}
-	}
-	if l := logLines(b.log.String(), "REDIS RESET"); len(l) > 0 {
-		t.Errorf("the new active instance saw its applied position moved under it: %s", l[0])
-	}
+	e.fencedOff(a, b, woke, "thawed instance")
 	e.checkCache()
 }
 
@@ -856,15 +832,7 @@ func TestFaultTwoInstancesActivePartitioned(t *testing.T) {
 	e.exec(`UPDATE users SET name = 'v3' WHERE id = 900004`)
 	e.gone("user:900004")
 	e.quiesce(b)
-	after := a.log.String()[cutAt:]
-	for _, bad := range thawedMustNotLog {
-		if l := logLines(after, bad); len(l) > 0 {
-			t.Errorf("the cut-off instance logged %q after the partition: %s", bad, l[0])
-		}
-	}
-	if l := logLines(b.log.String(), "REDIS RESET"); len(l) > 0 {
-		t.Errorf("the new active instance saw its applied position moved under it: %s", l[0])
-	}
+	e.fencedOff(a, b, cutAt, "cut-off instance")
 	if got := e.slotPID(); got == 0 || got == pid {
 		t.Errorf("after the partition healed the slot's active_pid is %d, want the new active's walsender", got)
 	}
@@ -1198,6 +1166,33 @@ func testFaultRedisSnapshot(t *testing.T, redisBlock, want, notWant string, seed
 		t.Errorf("the daemon logged %d starts, want 1 (heal without restart)", n)
 	}
 	e.checkCache()
+}
+
+// awaitStandby waits until an instance thawed after a takeover (its log
+// from offset since) found its lease expired and stands by.
+func (d *daemon) awaitStandby(since int) {
+	testenv.Eventually(d.e.t, 30*time.Second, "the thawed instance stands by", func() (bool, string) {
+		d.alive("thawed instance")
+		after := d.log.String()[since:]
+		return strings.Contains(after, "INSTANCE LOCK LOST") && strings.Contains(after, "standing by as passive"), after
+	})
+}
+
+// fencedOff checks, once the new active instance applied groups, that the
+// old one (frozen or cut off when it lost the lock) logged none of
+// thawedMustNotLog from offset since, and that the new one never found its
+// applied position moved under it.
+func (e *env) fencedOff(old, active *daemon, since int, who string) {
+	e.t.Helper()
+	after := old.log.String()[since:]
+	for _, bad := range thawedMustNotLog {
+		if l := logLines(after, bad); len(l) > 0 {
+			e.t.Errorf("the %s logged %q after the other one took over: %s", who, bad, l[0])
+		}
+	}
+	if l := logLines(active.log.String(), "REDIS RESET"); len(l) > 0 {
+		e.t.Errorf("the new active instance saw its applied position moved under it: %s", l[0])
+	}
 }
 
 // thawedMustNotLog are the log lines an instance that lost the instance lock
