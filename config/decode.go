@@ -63,6 +63,12 @@ var (
 	unquotedIdentRe = regexp.MustCompile(`^[a-z_][a-z0-9_$]*$`)
 )
 
+// PlainIdent reports whether name, a PostgreSQL identifier as stored, reads
+// the same written without quotes: lower-case letters, digits, underscores
+// and dollar signs, not starting with a digit or dollar. It is the one
+// definition used both to parse rules.hcl table names and to print SQL.
+func PlainIdent(name string) bool { return unquotedIdentRe.MatchString(name) }
+
 // blockWhat names a block in messages: `postgres block`, `rule "user"`.
 func blockWhat(b *hcl.Block) string {
 	if b.Type == "rule" && len(b.Labels) > 0 {

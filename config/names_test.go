@@ -38,3 +38,17 @@ func TestValidateName(t *testing.T) {
 		}
 	}
 }
+
+// TestPlainIdent: the names that read the same unquoted, as PostgreSQL
+// folds and parses them.
+func TestPlainIdent(t *testing.T) {
+	t.Parallel()
+	for name, want := range map[string]bool{
+		"users": true, "_t": true, "order_2026": true, "a$b": true,
+		"": false, "Users": false, "2fa": false, "$a": false, "my-table": false, "café": false, "a b": false,
+	} {
+		if got := config.PlainIdent(name); got != want {
+			t.Errorf("PlainIdent(%q) = %v, want %v", name, got, want)
+		}
+	}
+}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"regexp"
 	"slices"
 	"sort"
 	"strings"
@@ -275,14 +274,12 @@ func checkIdentity(r *config.Rule, ti *tableInfo, quoted string) hcl.Diagnostics
 	return diags
 }
 
-var plainIdent = regexp.MustCompile(`^[a-z_][a-z0-9_]*$`)
-
 // sqlName renders a qualified name for a command the user will paste,
 // quoting only the parts that need it.
 func sqlName(parts ...string) string {
 	out := make([]string, len(parts))
 	for i, p := range parts {
-		if plainIdent.MatchString(p) {
+		if config.PlainIdent(p) {
 			out[i] = p
 		} else {
 			out[i] = pgx.Identifier{p}.Sanitize()

@@ -11,6 +11,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/cachesync/cachesync/internal/backoff"
 	"github.com/cachesync/cachesync/keyspace"
 	"github.com/cachesync/cachesync/keyspace/redisops"
 	"github.com/cachesync/cachesync/wal"
@@ -202,6 +203,38 @@ func (r *Positions) report(ctx context.Context, err error) {
 	if r.writer != nil && ctx.Err() == nil {
 		r.writer.reportAttempt(err)
 	}
+}
+
+// Retry runs cmd, a bookkeeping command, until it succeeds, fence refuses
+// (the caller lost the right to write), or ctx ends. Between attempts it
+// waits as the writer waits between its own (Wait). Every failure reaches
+// the writer's outage tracker through cmd's own report.
+func (r *Positions) Retry(ctx context.Context, fence func() error, cmd func() error) error {
+	for attempt := 0; ; attempt++ {
+		if err := fence(); err != nil {
+			return err
+		}
+		if cmd() == nil {
+			return nil
+		}
+		if err := r.Wait(ctx, attempt); err != nil {
+			return err
+		}
+	}
+}
+
+// Wait waits before retry number attempt (from 0) of a bookkeeping
+// command: the writer's jittered backoff, or the default one for
+// positions with no writer. It returns ctx's error if ctx ends first.
+func (r *Positions) Wait(ctx context.Context, attempt int) error {
+	wait := backoff.Exponential{Min: DefaultMinBackoff, Max: DefaultMaxBackoff}.FullJitter(attempt + 1)
+	if r.writer != nil {
+		wait = r.writer.backoff(attempt)
+	}
+	if !backoff.Sleep(ctx, wait) {
+		return ctx.Err()
+	}
+	return nil
 }
 
 // ClusterMarkers is how many fixed slots hold a marker on a cluster.

@@ -2,6 +2,7 @@ package writer_test
 
 import (
 	"context"
+	"errors"
 	"maps"
 	"slices"
 	"testing"
@@ -133,4 +134,43 @@ func TestPartitionsRecord(t *testing.T) {
 		t.Fatal(err)
 	}
 	check("after teardown", nil, false)
+}
+
+// TestPositionsRetry: a bookkeeping command is retried until it succeeds,
+// and no further once the fence refuses or the context ends.
+func TestPositionsRetry(t *testing.T) {
+	t.Parallel()
+	state := writer.NewPositions(testenv.StartRedis(t).Client(t))
+	ctx := context.Background()
+	failing := errors.New("refused")
+	fenced := errors.New("fenced off")
+
+	calls := 0
+	err := state.Retry(ctx, func() error { return nil }, func() error {
+		if calls++; calls < 3 {
+			return failing
+		}
+		return nil
+	})
+	if err != nil || calls != 3 {
+		t.Errorf("succeeding on the third attempt: err %v after %d calls; want nil after 3", err, calls)
+	}
+
+	calls = 0
+	err = state.Retry(ctx, func() error {
+		if calls == 2 {
+			return fenced
+		}
+		return nil
+	}, func() error { calls++; return failing })
+	if !errors.Is(err, fenced) || calls != 2 {
+		t.Errorf("fenced after two attempts: err %v after %d calls; want %v after 2", err, calls, fenced)
+	}
+
+	cctx, cancel := context.WithCancel(ctx)
+	calls = 0
+	err = state.Retry(cctx, func() error { return nil }, func() error { calls++; cancel(); return failing })
+	if !errors.Is(err, context.Canceled) || calls != 1 {
+		t.Errorf("context ended: err %v after %d calls; want %v after 1", err, calls, context.Canceled)
+	}
 }

@@ -45,4 +45,9 @@ type CacheState interface {
 	Slots(ctx context.Context, scope, slot string) ([]string, error)
 	// ForgetSlot removes a slot that no longer exists from the record.
 	ForgetSlot(ctx context.Context, scope, slot string) error
+	// Retry runs cmd until it succeeds, fence refuses or ctx ends, with
+	// the writer's backoff between attempts.
+	Retry(ctx context.Context, fence func() error, cmd func() error) error
+	// Wait waits before retry number attempt of a bookkeeping command.
+	Wait(ctx context.Context, attempt int) error
 }

@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/cachesync/cachesync/config"
-	"github.com/cachesync/cachesync/internal/backoff"
 	"github.com/cachesync/cachesync/journal"
 	"github.com/cachesync/cachesync/keyspace"
 	"github.com/cachesync/cachesync/mapping"
@@ -292,31 +291,10 @@ func (s *session) recordRecovered(ctx context.Context, read writer.Position, lsn
 	return nil
 }
 
-// retryRedis runs a Redis bookkeeping command until it succeeds or ctx ends.
+// retryRedis runs a Redis bookkeeping command until it succeeds, the
+// lease fences this instance off, or ctx ends.
 func (s *session) retryRedis(ctx context.Context, cmd func() error) error {
-	for attempt := 0; ; attempt++ {
-		if err := s.fence(); err != nil {
-			return err
-		}
-		err := cmd()
-		if err == nil {
-			return nil
-		}
-		if err := s.retryWait(ctx, attempt); err != nil {
-			return err
-		}
-	}
-}
-
-// retryWait waits before the next attempt at a Redis bookkeeping command,
-// as the writer waits between its attempts (writer.Positions reports the
-// failure to the writer's outage tracker, which logs it).
-func (d *Daemon) retryWait(ctx context.Context, attempt int) error {
-	wait := backoff.Exponential{Min: writer.DefaultMinBackoff, Max: writer.DefaultMaxBackoff}.Wait(attempt)
-	if !backoff.Sleep(ctx, wait) {
-		return ctx.Err()
-	}
-	return nil
+	return s.opts.Cache.Retry(ctx, s.fence, cmd)
 }
 
 // advance records end as the cache's applied position after group was
@@ -350,7 +328,7 @@ func (s *session) settle(ctx context.Context, from writer.Position, to wal.LSN, 
 			from = cur
 			continue
 		}
-		if err := s.retryWait(ctx, attempt); err != nil {
+		if err := s.opts.Cache.Wait(ctx, attempt); err != nil {
 			return err
 		}
 	}
