@@ -2,7 +2,7 @@
 //
 // A rules file has an optional postgres block, an optional redis block and
 // one or more rule blocks (see rules.hcl at the repository root and
-// docs/design.md). Parsing follows the habits of Nomad's jobspec2: the file is
+// docs/rules.md). Parsing follows the habits of Nomad's jobspec2: the file is
 // parsed with hclsyntax under its real name, syntax errors stop the parse
 // before anything is evaluated, bodies are decoded against an hcl.BodySchema,
 // and every problem found is returned as an hcl.Diagnostic whose Subject gives

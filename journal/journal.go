@@ -19,7 +19,10 @@
 // belongs to) and journal.lock (the flock, holding the owner's pid). The
 // segment format is described in format.go. Only the newest segment is
 // appended to; a crash can leave a torn record at its end, which Open cuts
-// off. Damage anywhere else is reported, never skipped.
+// off. Damage anywhere else is reported, never skipped. A record holds at
+// most 1 GiB (Options.MaxRecordBytes); `cachesync run` journals a batch too
+// large for one as the flushes of its rules' key spaces (Options.Oversized,
+// CoveringFlushes), so that it never stops the confirm.
 //
 // # Coverage
 //

@@ -5,9 +5,15 @@
 // transaction at a time (Begin, Change…, Commit) so that a huge transaction
 // never has to be held in memory: per rule, at most KeyCap distinct
 // operations are kept, above which the rule's whole key space is flushed
-// instead.
+// instead. The refresh values one transaction holds until its commit are
+// bounded in bytes too (Options.TxnValueBytes): a value past the bound
+// becomes an OpUnset of its key, a delete instead of a write. A transaction
+// that touches no rule still yields a batch, empty, so that its end LSN is
+// confirmed in order. Logical messages on the daemon's prefix flush the
+// rules of the table they name (Message): the truncate of one partition,
+// and a partition tree that changed.
 //
-// Template semantics (design.md): key, tag and namespace templates are
+// Template semantics (docs/rules.md, Templates): key, tag and namespace templates are
 // evaluated once per row image (INSERT: new; DELETE: old; UPDATE: old and new,
 // deduplicated) with row bound to that image and old/new bound to the two
 // images (null where absent). A value that was not sent (unchanged TOAST, or a

@@ -28,7 +28,8 @@ const (
 	oidJSONB       = 3802
 )
 
-// decoder turns PostgreSQL text values into cty values as design.md specifies.
+// decoder turns PostgreSQL text values into cty values as docs/rules.md
+// specifies (Typed values).
 // It relies on the replication session's pinned output settings (TimeZone=UTC,
 // DateStyle=ISO), so the text forms it parses are stable.
 type decoder struct{}

@@ -134,8 +134,8 @@ func (p Position) ServersKnown() bool {
 // together with the run_id of the server that answers (INFO server, from
 // the same script), and a swap requires the server seen before: a restart
 // or a failover between a group's apply and its advance fails the swap,
-// and the daemon re-applies the group (daemon.cacheReset). A server that
-// refuses INFO to the user answers "" and this check is lost, not the
+// and the daemon re-applies the group (its session.cacheReset). A server
+// that refuses INFO to the user answers "" and this check is lost, not the
 // others. A rollback that keeps the server (FLUSHALL and RESTORE of a
 // backup into the running server) is caught by the value only: from a
 // backup older than the previous group, not from one taken between that

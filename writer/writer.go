@@ -1,6 +1,8 @@
 // Package writer applies the operations of committed transactions
-// (mapping.Batch) to Redis: pipelined, through the keyspace scripts, retried
-// until Redis acknowledges them.
+// (mapping.Batch) to Redis: pipelined (at most Options.MaxPipeline commands,
+// 1000, and Options.MaxPipelineBytes, 8 MiB, of keys and values per round
+// trip), through the keyspace/redisops scripts, retried until Redis
+// acknowledges them.
 //
 // Apply returns nil only when Redis acknowledged every operation, so the
 // caller may then confirm the batches' end LSN; it never skips an operation.
@@ -69,8 +71,9 @@
 // full jitter between Options.MinBackoff and Options.MaxBackoff, forever, until
 // the context is done, from the first pipeline that was not fully
 // acknowledged: the operations before the first failed command of a pipeline
-// count as applied. After any error the scripts are loaded (SCRIPT LOAD)
-// before the next attempt, since Redis may have restarted and lost its script
+// count as applied. After any error the scripts are loaded (SCRIPT LOAD on
+// every master; a cluster replica never runs them) before the next
+// attempt, since Redis may have restarted and lost its script
 // cache; a command that still fails with NOSCRIPT (SCRIPT FLUSH, a restart the
 // client's own retries hid) makes the writer load the scripts and resend the
 // rest of its pipeline at once. Resent operations are harmless: deletes and

@@ -1,10 +1,3 @@
-// Package daemon wires the pipeline of `cachesync run`:
-//
-//	replication.Stream ─events─▶ mapping.Mapper ─batches─▶ Applier (writer) ─▶ Journal ─▶ Stream.Confirm
-//
-// Every stage is connected by a bounded channel, so a slow or absent Redis
-// slows reading from PostgreSQL instead of growing memory, and the stream only
-// ever confirms the end LSN of transactions whose effects were applied.
 package daemon
 
 import (

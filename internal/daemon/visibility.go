@@ -21,7 +21,8 @@ import (
 // and no fill fence can tell. So no effect is applied before the
 // transactions it comes from are visible. Usually they already are when the
 // check runs; with synchronous replication the wait is the standby's round
-// trip.
+// trip. The xids are the batches' (mapping.Batch.XID), from pgoutput's Begin
+// messages.
 type visibilityGate struct {
 	snapshots snapshotReader
 	log       zerolog.Logger
