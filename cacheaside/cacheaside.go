@@ -26,6 +26,16 @@ import (
 // ErrNotFound (wrapped errors match with errors.Is).
 var ErrNotFound = errors.New("cacheaside: not found")
 
+// ErrMiss is what Get returns for a key that holds nothing: it was never
+// written, expired or was invalidated. Read the source then; GetOrLoad does
+// that by itself.
+var ErrMiss = errors.New("cacheaside: key not cached")
+
+// ErrClosed is what every call of a Client returns once Client.Close was
+// called (Stats excepted), and the cause of the context of a load that Close
+// cancelled.
+var ErrClosed = errors.New("cacheaside: client is closed; make a new one with cacheaside.New")
+
 // notFound is the cached value of an absent row. No JSON document starts
 // with a NUL byte.
 const notFound = "\x00cachesync:notfound"
@@ -140,6 +150,17 @@ type Client struct {
 	// a failure; 0 while it works.
 	downUntil atomic.Int64
 	scripts   struct{ ticket, fill, tagAdd, unlock, deleteTag, tagDetach *redis.Script }
+
+	// Close cancels stop (with ErrClosed as its cause) and waits on running
+	// for every goroutine the client started: background refreshes and the
+	// shared loads of GetOrLoad, whose callers may have left. closed is set
+	// under mu, and running grows only under mu while closed is false, so
+	// that no goroutine starts once Close waits.
+	mu      sync.Mutex
+	closed  atomic.Bool
+	running sync.WaitGroup
+	stop    context.Context
+	cancel  context.CancelCauseFunc
 }
 
 // New returns a Client on rdb (a *redis.Client, *redis.ClusterClient or a
@@ -149,6 +170,7 @@ func New(rdb redis.UniversalClient, opts Options) (*Client, error) {
 		return nil, err
 	}
 	c := &Client{rdb: rdb, opts: opts}
+	c.stop, c.cancel = context.WithCancelCause(context.Background())
 	c.errLog.every = opts.ErrorLogInterval
 	c.errLog.log = opts.Logger
 	c.scripts.ticket = redis.NewScript(redisops.TicketScript)
@@ -158,6 +180,51 @@ func New(rdb redis.UniversalClient, opts Options) (*Client, error) {
 	c.scripts.deleteTag = redis.NewScript(redisops.DeleteTagScript)
 	c.scripts.tagDetach = redis.NewScript(redisops.TagDetachScript)
 	return c, nil
+}
+
+// Close stops the client: it cancels the background refreshes and the loads
+// in flight (their context's cause is ErrClosed) and returns once every one
+// of them has returned, so that nothing the client started reads the source
+// or writes to Redis afterwards. A loader that ignores its context delays
+// Close until it returns. Every later call returns ErrClosed; Close itself
+// may be called again and returns nil. It does not close the Redis client,
+// which belongs to the caller.
+func (c *Client) Close() error {
+	c.mu.Lock()
+	c.closed.Store(true)
+	c.mu.Unlock()
+	c.cancel(ErrClosed)
+	c.running.Wait()
+	return nil
+}
+
+// enter registers a goroutine of the client with Close, and reports false
+// once the client is closed (then the goroutine must not run).
+func (c *Client) enter() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed.Load() {
+		return false
+	}
+	c.running.Add(1)
+	return true
+}
+
+// leave ends what enter began.
+func (c *Client) leave() { c.running.Done() }
+
+// loadContext is the context of a load that runs apart from its caller:
+// ctx's values but not its cancellation (other callers may wait for the
+// same load), bounded by Options.LoadTimeout, and cancelled by Close.
+func (c *Client) loadContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	lctx, cancelCause := context.WithCancelCause(context.WithoutCancel(ctx))
+	lctx, cancelTimeout := context.WithTimeout(lctx, c.opts.LoadTimeout)
+	stop := context.AfterFunc(c.stop, func() { cancelCause(context.Cause(c.stop)) })
+	return lctx, func() {
+		stop()
+		cancelTimeout()
+		cancelCause(context.Canceled)
+	}
 }
 
 // FillOption qualifies one GetOrLoad.
@@ -192,16 +259,13 @@ func Versioned(ns string) FillOption {
 // against concurrent invalidations.
 //
 // load runs with a context bounded by Options.LoadTimeout that is not
-// cancelled when ctx is (other callers may be waiting for the same load);
-// GetOrLoad itself returns when ctx is done.
+// cancelled when ctx is (other callers may be waiting for the same load), but
+// is by Close; GetOrLoad itself returns when ctx is done.
 func GetOrLoad[T any](ctx context.Context, c *Client, key string, load func(context.Context) (T, error), opts ...FillOption) (T, error) {
 	var zero T
-	f := fill{ttl: c.opts.TTL}
-	for _, o := range opts {
-		o(&f)
-	}
-	if f.ttl <= 0 {
-		return zero, fmt.Errorf("cacheaside: TTL for %q must be positive", key)
+	f, err := c.fillOptions(key, opts)
+	if err != nil {
+		return zero, err
 	}
 	if c.bypass() {
 		return loadDirect(ctx, c, key, load)
@@ -221,7 +285,7 @@ func GetOrLoad[T any](ctx context.Context, c *Client, key string, load func(cont
 		c.redisFailed(ctx, "read "+key, err)
 		return loadDirect(ctx, c, key, load)
 	case raw != nil:
-		v, err := decode[T](c, key, raw)
+		v, err := decode[T](c, raw)
 		if err == nil || errors.Is(err, ErrNotFound) {
 			if err == nil && c.stale(f, pttl) {
 				c.stats.staleServed.Add(1)
@@ -231,12 +295,17 @@ func GetOrLoad[T any](ctx context.Context, c *Client, key string, load func(cont
 		}
 		// A value that does not decode (another codec, a changed type) is
 		// a miss: the fill below replaces it.
+		c.errLog.report(fmt.Sprintf("cached value of %s does not decode; loading it again", key), err)
 	}
 	c.stats.misses.Add(1)
 
 	// One load per key per process; every caller waits on its own ctx.
 	ch := c.flight.DoChan(key, func() (any, error) {
-		lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.opts.LoadTimeout)
+		if !c.enter() {
+			return nil, ErrClosed
+		}
+		defer c.leave()
+		lctx, cancel := c.loadContext(ctx)
 		defer cancel()
 		return loadShared(lctx, c, key, f, load)
 	})
@@ -253,6 +322,22 @@ func GetOrLoad[T any](ctx context.Context, c *Client, key string, load func(cont
 	case <-ctx.Done():
 		return zero, ctx.Err()
 	}
+}
+
+// fillOptions applies opts to the Client's defaults, and refuses a closed
+// Client.
+func (c *Client) fillOptions(key string, opts []FillOption) (fill, error) {
+	f := fill{ttl: c.opts.TTL}
+	for _, o := range opts {
+		o(&f)
+	}
+	if c.closed.Load() {
+		return f, ErrClosed
+	}
+	if f.ttl <= 0 {
+		return f, fmt.Errorf("cacheaside: TTL for %q must be positive", key)
+	}
+	return f, nil
 }
 
 // read returns the cached bytes of key (nil on a miss) and its remaining TTL.
@@ -277,9 +362,9 @@ func (c *Client) read(ctx context.Context, key string) ([]byte, time.Duration, e
 	return b, pttl.Val(), err
 }
 
-// decode turns the bytes a read found into a value, counting the hit; a
-// cached "not found" is ErrNotFound.
-func decode[T any](c *Client, key string, raw []byte) (T, error) {
+// decode turns the bytes a read found into a value, counting the hit, the
+// cached "not found" (ErrNotFound) or the value that does not decode.
+func decode[T any](c *Client, raw []byte) (T, error) {
 	v, err := decodeQuiet[T](c, raw)
 	switch {
 	case err == nil:
@@ -288,7 +373,6 @@ func decode[T any](c *Client, key string, raw []byte) (T, error) {
 		c.stats.notFoundHits.Add(1)
 	default:
 		c.stats.decodeErrors.Add(1)
-		c.errLog.report(fmt.Sprintf("cached value of %s does not decode; loading it again", key), err)
 	}
 	return v, err
 }
@@ -406,6 +490,21 @@ func callLoad[T any](ctx context.Context, c *Client, load func(context.Context) 
 // the source is read. It reports false when Redis failed (then nothing is
 // written).
 func (c *Client) ticket(ctx context.Context, key, token string, f fill) bool {
+	err := c.runScripts(ctx, func(p redis.Pipeliner) {
+		if !c.opts.DisableFencing {
+			c.scripts.ticket.EvalSha(ctx, p, []string{keyspace.FenceKey(key)}, token, (c.opts.LoadTimeout + 5*time.Second).Milliseconds())
+		}
+		c.queueTags(ctx, p, key, f)
+	})
+	if err != nil {
+		c.redisFailed(ctx, "open the fill of "+key, err)
+		return false
+	}
+	return true
+}
+
+// queueTags registers key, and its fence, under f's tags.
+func (c *Client) queueTags(ctx context.Context, p redis.Pipeliner, key string, f fill) {
 	members := []any{key}
 	if !c.opts.DisableFencing {
 		members = append(members, keyspace.FenceKey(key))
@@ -413,19 +512,9 @@ func (c *Client) ticket(ctx context.Context, key, token string, f fill) bool {
 	// The tag sets must outlive every member: the longest TTL a fill can
 	// give, counted from the end of the longest load.
 	tagTTL := c.maxTTL(f.ttl) + c.opts.LoadTimeout + time.Minute
-	err := c.runScripts(ctx, func(p redis.Pipeliner) {
-		if !c.opts.DisableFencing {
-			c.scripts.ticket.EvalSha(ctx, p, []string{keyspace.FenceKey(key)}, token, (c.opts.LoadTimeout + 5*time.Second).Milliseconds())
-		}
-		for _, tag := range f.tags {
-			c.scripts.tagAdd.EvalSha(ctx, p, []string{keyspace.TagKey(tag)}, append([]any{tagTTL.Milliseconds()}, members...)...)
-		}
-	})
-	if err != nil {
-		c.redisFailed(ctx, "open the fill of "+key, err)
-		return false
+	for _, tag := range f.tags {
+		c.scripts.tagAdd.EvalSha(ctx, p, []string{keyspace.TagKey(tag)}, append([]any{tagTTL.Milliseconds()}, members...)...)
 	}
-	return true
 }
 
 // write stores value under key if no invalidation deleted the fill's token.
@@ -513,9 +602,14 @@ func refreshInBackground[T any](c *Client, key string, f fill, load func(context
 	if _, running := c.refreshing.LoadOrStore(key, struct{}{}); running {
 		return
 	}
+	if !c.enter() {
+		c.refreshing.Delete(key)
+		return // closed: the stale value stays until its TTL
+	}
 	go func() {
+		defer c.leave()
 		defer c.refreshing.Delete(key)
-		ctx, cancel := context.WithTimeout(context.Background(), c.opts.LoadTimeout)
+		ctx, cancel := context.WithTimeout(c.stop, c.opts.LoadTimeout)
 		defer cancel()
 		token := newToken()
 		locked, err := c.rdb.SetNX(ctx, keyspace.LockKey(key), token, c.opts.LoadTimeout).Result()
@@ -536,7 +630,11 @@ func refreshInBackground[T any](c *Client, key string, f fill, load func(context
 // key per process.
 func loadDirect[T any](ctx context.Context, c *Client, key string, load func(context.Context) (T, error)) (T, error) {
 	ch := c.flight.DoChan("direct\x00"+key, func() (any, error) {
-		lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.opts.LoadTimeout)
+		if !c.enter() {
+			return nil, ErrClosed
+		}
+		defer c.leave()
+		lctx, cancel := c.loadContext(ctx)
 		defer cancel()
 		return callLoad(lctx, c, load)
 	})
@@ -555,9 +653,99 @@ func loadDirect[T any](ctx context.Context, c *Client, key string, load func(con
 	}
 }
 
+// Get returns the value cached under key without loading or filling
+// anything: for keys that the daemon's refresh rules write, which belong to
+// the daemon (rules.hcl), and for reads that must not reach the source. It
+// decodes as GetOrLoad does (Options.Codec, JSON by default, which reads what
+// jsonencode(row) writes). A key that holds nothing is ErrMiss, a cached "not
+// found" ErrNotFound; a Redis failure or a value that does not decode is
+// returned as an error (there is no source to fall back on). Hits and misses
+// are counted in Stats as GetOrLoad's are.
+//
+// Get reads key as given: for an entry of a version namespace, read
+// Client.Version and pass keyspace.VersionedKey(ns, version, key).
+func Get[T any](ctx context.Context, c *Client, key string) (T, error) {
+	var zero T
+	if c.closed.Load() {
+		return zero, ErrClosed
+	}
+	raw, err := c.rdb.Get(ctx, key).Bytes()
+	switch {
+	case errors.Is(err, redis.Nil):
+		c.stats.misses.Add(1)
+		return zero, ErrMiss
+	case err != nil:
+		return zero, fmt.Errorf("cacheaside: read %s: %w", key, err)
+	}
+	v, err := decode[T](c, raw)
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		return zero, fmt.Errorf("cacheaside: the value of %s does not decode into a %T: %w", key, zero, err)
+	}
+	return v, err
+}
+
+// Set writes value under key as GetOrLoad's fill would (Options.Codec, the
+// TTL ± jitter, Tags, TTL and Versioned), for a value the application has
+// from elsewhere, such as a row it has just written.
+//
+// What Set guarantees, with the fence (see the package documentation):
+//
+//   - Set is an invalidation for the fills of key in flight: it deletes the
+//     key's fence in the same transaction as it writes, so a GetOrLoad whose
+//     load began before Set and may have read an older row does not overwrite
+//     value afterwards (the fill is refused and counted in FencedFills).
+//   - The key (and its fence) is registered under the tags before the value
+//     is written, so every invalidation the daemon applies after Set, of the
+//     key, of a tag, of the namespace, or a flush, removes value, and nothing
+//     of the Set writes it back.
+//
+// What it cannot know is when value was read: an invalidation applied between
+// the application's read of value and Set (another writer's change of the same
+// row) is not seen, and value then lives until the next invalidation of the
+// key or its TTL. A fill's loader reads after its ticket, which is why
+// GetOrLoad is the safe way to cache a row that others change. Do not Set
+// the keys of refresh rules: they belong to the daemon (read them with Get).
+func Set[T any](ctx context.Context, c *Client, key string, value T, opts ...FillOption) error {
+	f, err := c.fillOptions(key, opts)
+	if err != nil {
+		return err
+	}
+	raw, err := c.opts.Codec.Marshal(value)
+	if err != nil {
+		return fmt.Errorf("cacheaside: encode the value of %s: %w", key, err)
+	}
+	if f.hasVer {
+		v, err := c.Version(ctx, f.version)
+		if err != nil {
+			return fmt.Errorf("cacheaside: read the version of %s: %w", f.version, err)
+		}
+		key = keyspace.VersionedKey(f.version, v, key)
+	}
+	if len(f.tags) > 0 {
+		if err := c.runScripts(ctx, func(p redis.Pipeliner) { c.queueTags(ctx, p, key, f) }); err != nil {
+			return fmt.Errorf("cacheaside: register %s under its tags: %w", key, err)
+		}
+	}
+	// The key and its fence share a cluster slot: one transaction.
+	_, err = c.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		p.Set(ctx, key, raw, c.jittered(f.ttl))
+		if !c.opts.DisableFencing {
+			p.Unlink(ctx, keyspace.FenceKey(key))
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("cacheaside: write %s: %w", key, err)
+	}
+	return nil
+}
+
 // Version returns the current version of namespace ns (0 when it was never
 // bumped).
 func (c *Client) Version(ctx context.Context, ns string) (int64, error) {
+	if c.closed.Load() {
+		return 0, ErrClosed
+	}
 	s, err := c.rdb.Get(ctx, keyspace.VersionKey(ns)).Result()
 	if errors.Is(err, redis.Nil) {
 		return 0, nil
@@ -575,6 +763,9 @@ func (c *Client) Version(ctx context.Context, ns string) (int64, error) {
 // Invalidate deletes keys and refuses their fills in flight, as the daemon
 // does, for applications that change data the daemon does not see.
 func (c *Client) Invalidate(ctx context.Context, keys ...string) error {
+	if c.closed.Load() {
+		return ErrClosed
+	}
 	_, err := c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for _, k := range keys {
 			p.Unlink(ctx, k, keyspace.FenceKey(k))
@@ -589,6 +780,9 @@ func (c *Client) Invalidate(ctx context.Context, keys ...string) error {
 // hash tag, in steps (the members move to a pending set, are deleted slot by
 // slot, then the pending set goes).
 func (c *Client) InvalidateTags(ctx context.Context, tags ...string) error {
+	if c.closed.Load() {
+		return ErrClosed
+	}
 	_, cluster := c.rdb.(*redis.ClusterClient)
 	var atomic, stepwise []string
 	for _, t := range tags {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
+	"go.uber.org/goleak"
 
 	"github.com/cachesync/cachesync/cacheaside"
 	"github.com/cachesync/cachesync/internal/testenv"
@@ -22,7 +23,15 @@ import (
 	"github.com/cachesync/cachesync/writer"
 )
 
-func TestMain(m *testing.M) { testenv.Main(m) }
+// TestMain fails the run when a test leaves a goroutine behind, once the
+// servers are stopped: a Client's goroutines (refreshes, shared loads) must
+// end with Close.
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(testenv.Tests(m),
+		// testenv starts servers from one goroutine that lives as long as
+		// the process, on purpose (the parent-death signal is per thread).
+		goleak.IgnoreTopFunction(testenv.SpawnerFunction))
+}
 
 type user struct {
 	ID    int    `json:"id"`
@@ -41,7 +50,8 @@ func newEnv(t *testing.T) *env {
 	return &env{server: server, rdb: server.Client(t), logs: &syncBuffer{}}
 }
 
-// client is a cacheaside.Client on the env's Redis, logging into e.logs.
+// client is a cacheaside.Client on the env's Redis, logging into e.logs,
+// closed at the test's end.
 func (e *env) client(t *testing.T, opts cacheaside.Options) *cacheaside.Client {
 	t.Helper()
 	opts.Logger = slog.New(slog.NewTextHandler(e.logs, nil))
@@ -49,6 +59,7 @@ func (e *env) client(t *testing.T, opts cacheaside.Options) *cacheaside.Client {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { _ = c.Close() })
 	return c
 }
 
@@ -621,5 +632,240 @@ func TestCluster(t *testing.T) {
 	}
 	if st := c.Stats(); st.RedisErrors != 0 {
 		t.Errorf("%d Redis errors on the cluster", st.RedisErrors)
+	}
+}
+
+// TestCloseWaitsForRefresh: Close cancels a stale-while-revalidate refresh
+// in flight (its load sees ErrClosed as the cause) and returns only once the
+// refresh has ended; afterwards every call is refused with ErrClosed, and
+// Close may be called again.
+func TestCloseWaitsForRefresh(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	c := e.client(t, cacheaside.Options{TTL: time.Hour, SoftTTL: time.Minute, Jitter: -1})
+	ctx := context.Background()
+	if _, err := cacheaside.GetOrLoad(ctx, c, "k", func(context.Context) (int, error) { return 1, nil }); err != nil {
+		t.Fatal(err)
+	}
+	e.rdb.PExpire(ctx, "k", 58*time.Minute) // past the soft TTL
+
+	var slow blockingLoader
+	if v, err := cacheaside.GetOrLoad(ctx, c, "k", slow.load); err != nil || v != 1 {
+		t.Fatalf("stale read got %d, %v; want the cached 1", v, err)
+	}
+	slow.awaitStart(t)
+	if err := c.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if !slow.ended.Load() {
+		t.Fatal("Close returned while the background refresh was still loading")
+	}
+	if err, _ := slow.cause.Load().(error); !errors.Is(err, cacheaside.ErrClosed) {
+		t.Errorf("the refresh's context ended with cause %v, want ErrClosed", err)
+	}
+	if v, _ := e.get(t, "k"); v != "1" {
+		t.Errorf("k = %q after the cancelled refresh, want the stale \"1\" untouched", v)
+	}
+	assertClosed(t, c)
+}
+
+// TestCloseWaitsForAbandonedLoad: a shared load whose only caller gave up
+// goes on in the background (other callers could join it); Close cancels it
+// and waits for it too.
+func TestCloseWaitsForAbandonedLoad(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	c := e.client(t, cacheaside.Options{LoadTimeout: time.Minute})
+	var slow blockingLoader
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		_, err := cacheaside.GetOrLoad(ctx, c, "k", slow.load)
+		done <- err
+	}()
+	slow.awaitStart(t)
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("GetOrLoad with a cancelled context: %v, want context.Canceled", err)
+	}
+	if slow.ended.Load() {
+		t.Fatal("the caller's cancellation ended the shared load: the premise of this test is that it goes on")
+	}
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if !slow.ended.Load() {
+		t.Fatal("Close returned while the abandoned load was still running")
+	}
+	if _, ok := e.get(t, "k"); ok {
+		t.Error("the cancelled load filled the key")
+	}
+	assertClosed(t, c)
+}
+
+// blockingLoader is a query that runs until its context is cancelled.
+type blockingLoader struct {
+	started, ended atomic.Bool
+	cause          atomic.Value // context.Cause of the load's context
+}
+
+func (b *blockingLoader) load(ctx context.Context) (int, error) {
+	b.started.Store(true)
+	<-ctx.Done()
+	b.cause.Store(context.Cause(ctx))
+	b.ended.Store(true)
+	return 0, ctx.Err()
+}
+
+func (b *blockingLoader) awaitStart(t *testing.T) {
+	t.Helper()
+	testenv.Eventually(t, 10*time.Second, "the load to start", func() (bool, string) {
+		return b.started.Load(), "the loader was not called"
+	})
+}
+
+// assertClosed checks that every call of a closed client is refused and
+// that Close is idempotent.
+func assertClosed(t *testing.T, c *cacheaside.Client) {
+	t.Helper()
+	ctx := context.Background()
+	calls := map[string]error{}
+	_, calls["GetOrLoad"] = cacheaside.GetOrLoad(ctx, c, "k", func(context.Context) (int, error) {
+		t.Error("a closed client called the loader")
+		return 0, nil
+	})
+	_, calls["Get"] = cacheaside.Get[int](ctx, c, "k")
+	calls["Set"] = cacheaside.Set(ctx, c, "k", 1)
+	calls["Invalidate"] = c.Invalidate(ctx, "k")
+	calls["InvalidateTags"] = c.InvalidateTags(ctx, "t")
+	_, calls["Version"] = c.Version(ctx, "ns")
+	for name, err := range calls {
+		if !errors.Is(err, cacheaside.ErrClosed) {
+			t.Errorf("%s after Close: %v, want ErrClosed", name, err)
+		}
+	}
+	if err := c.Close(); err != nil {
+		t.Errorf("a second Close: %v, want nil", err)
+	}
+}
+
+// TestGet: Get reads what the daemon's refresh rules write (applied here by
+// the daemon's own writer) and decodes it as GetOrLoad would, without loading,
+// filling, locking or fencing anything.
+func TestGet(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	c := e.client(t, cacheaside.Options{})
+	ctx := context.Background()
+	e.invalidate(t, mapping.Op{Kind: mapping.OpSet, Key: "user:1", Value: []byte(`{"id":1,"email":"a@example.com"}`), LSN: 100, TTL: time.Hour})
+	got, err := cacheaside.Get[user](ctx, c, "user:1")
+	if want := (user{ID: 1, Email: "a@example.com"}); err != nil || got != want {
+		t.Fatalf("Get = %+v, %v; want %+v", got, err, want)
+	}
+	if n := e.rdb.Exists(ctx, keyspace.FenceKey("user:1"), keyspace.LockKey("user:1")).Val(); n != 0 {
+		t.Errorf("Get left %d fence or lock keys", n)
+	}
+
+	// The row's deletion: the key holds nothing.
+	e.invalidate(t, mapping.Op{Kind: mapping.OpUnset, Key: "user:1", LSN: 101})
+	if _, err := cacheaside.Get[user](ctx, c, "user:1"); !errors.Is(err, cacheaside.ErrMiss) {
+		t.Errorf("Get of a deleted key: %v, want ErrMiss", err)
+	}
+	// A cached "not found" (a fill of a missing row) is ErrNotFound.
+	if _, err := cacheaside.GetOrLoad(ctx, c, "user:2", func(context.Context) (user, error) { return user{}, cacheaside.ErrNotFound }); !errors.Is(err, cacheaside.ErrNotFound) {
+		t.Fatal(err)
+	}
+	if _, err := cacheaside.Get[user](ctx, c, "user:2"); !errors.Is(err, cacheaside.ErrNotFound) {
+		t.Errorf("Get of a cached not found: %v, want ErrNotFound", err)
+	}
+	// A value that does not decode is an error, not a miss: there is no
+	// source to read instead, and the key stays.
+	e.rdb.Set(ctx, "user:3", "not json", 0)
+	if _, err := cacheaside.Get[user](ctx, c, "user:3"); err == nil || errors.Is(err, cacheaside.ErrMiss) || !strings.Contains(err.Error(), "user:3") {
+		t.Errorf("Get of an undecodable value: %v, want an error naming user:3", err)
+	}
+	if v, _ := e.get(t, "user:3"); v != "not json" {
+		t.Errorf("Get changed user:3 to %q", v)
+	}
+	if st := c.Stats(); st.Hits != 1 || st.NotFoundHits != 1 || st.Misses != 2 || st.DecodeErrors != 1 || st.Loads != 1 || st.Fills != 1 {
+		t.Errorf("stats %+v, want Get's 1 hit, 1 not-found hit, 1 miss and 1 decode error besides GetOrLoad's miss, load and fill", st)
+	}
+}
+
+// TestSetRefusesFillsInFlight: a GetOrLoad that read the row before another
+// request wrote it and Set the new value must not overwrite that value
+// with the old row afterwards.
+func TestSetRefusesFillsInFlight(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	c := e.client(t, cacheaside.Options{})
+	ctx := context.Background()
+	old, updated := user{ID: 1, Email: "old@example.com"}, user{ID: 1, Email: "new@example.com"}
+	load := func(ctx context.Context) (user, error) {
+		row := old // the SELECT returned the old row
+		// Another request UPDATEs the row and caches what it wrote.
+		if err := cacheaside.Set(ctx, c, "user:1", updated); err != nil {
+			t.Error(err)
+		}
+		return row, nil
+	}
+	if got, err := cacheaside.GetOrLoad(ctx, c, "user:1", load); err != nil || got != old {
+		t.Fatalf("got %+v, %v; the reader still gets what it loaded", got, err)
+	}
+	got, err := cacheaside.Get[user](ctx, c, "user:1")
+	if err != nil || got != updated {
+		t.Errorf("user:1 = %+v, %v after the fill that began before Set; want Set's %+v", got, err, updated)
+	}
+	if st := c.Stats(); st.FencedFills != 1 {
+		t.Errorf("FencedFills = %d, want 1", st.FencedFills)
+	}
+}
+
+// TestSetThenInvalidation: a value written by Set, with the TTL, tags and
+// version namespace a fill would give it, is removed by every invalidation
+// the daemon applies afterwards, and nothing brings it back.
+func TestSetThenInvalidation(t *testing.T) {
+	t.Parallel()
+	for _, inv := range []struct {
+		name string
+		op   mapping.Op
+		key  string // where Set writes
+	}{
+		{"delete", mapping.Op{Kind: mapping.OpDelete, Key: "user:1"}, "user:1"},
+		{"tag", mapping.Op{Kind: mapping.OpDeleteTag, Key: "org:1"}, "user:1"},
+		{"flush", mapping.Op{Kind: mapping.OpFlush, Keyspace: &mapping.Keyspace{Keys: []string{"user:*"}}, Reason: "truncate"}, "user:1"},
+		{"bump_version", mapping.Op{Kind: mapping.OpBumpVersion, Key: "users"}, "users:v0:user:1"},
+	} {
+		t.Run(inv.name, func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t)
+			c := e.client(t, cacheaside.Options{TTL: 10 * time.Second})
+			ctx := context.Background()
+			u := user{ID: 1, Email: "a@example.com"}
+			opts := []cacheaside.FillOption{cacheaside.Tags("org:1")}
+			if inv.name == "bump_version" {
+				opts = append(opts, cacheaside.Versioned("users"))
+			}
+			if err := cacheaside.Set(ctx, c, "user:1", u, opts...); err != nil {
+				t.Fatal(err)
+			}
+			if v, _ := e.get(t, inv.key); v != `{"id":1,"email":"a@example.com"}` {
+				t.Fatalf("%s = %q after Set", inv.key, v)
+			}
+			if ttl := e.rdb.PTTL(ctx, inv.key).Val(); ttl < 8*time.Second || ttl > 11*time.Second {
+				t.Errorf("Set gave %s a TTL of %s, want 10s ± 10%%", inv.key, ttl)
+			}
+			e.invalidate(t, inv.op)
+			if _, err := cacheaside.GetOrLoad(ctx, c, "user:1", func(context.Context) (user, error) { return user{ID: 1, Email: "reloaded"}, nil }, opts...); err != nil {
+				t.Fatal(err)
+			}
+			if st := c.Stats(); st.Loads != 1 {
+				t.Errorf("the read after the invalidation did not load (stats %+v): Set's value survived", st)
+			}
+			// A bump leaves the old version's entry to expire unread.
+			if v, _ := e.get(t, inv.key); v == `{"id":1,"email":"a@example.com"}` && inv.name != "bump_version" {
+				t.Errorf("%s still holds Set's value after the invalidation", inv.key)
+			}
+		})
 	}
 }

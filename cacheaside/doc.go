@@ -4,15 +4,35 @@
 // value behind.
 //
 // The daemon deletes (or rewrites) cache keys when rows change; this package
-// fills them:
+// fills them (this is Example, which go test runs against a real Redis):
 //
-//	c := cacheaside.New(rdb, cacheaside.Options{TTL: time.Hour})
+//	c, err := cacheaside.New(rdb, cacheaside.Options{TTL: time.Hour})
+//	if err != nil {
+//		panic(err)
+//	}
+//	defer c.Close() // stops background refreshes and waits for them
 //	user, err := cacheaside.GetOrLoad(ctx, c, "user:"+id, func(ctx context.Context) (User, error) {
-//		return loadUser(ctx, db, id) // return cacheaside.ErrNotFound for a missing row
+//		return loadUser(ctx, db, id) // cacheaside.ErrNotFound for a missing row
 //	}, cacheaside.Tags("org:"+orgID))
+//	if err != nil {
+//		panic(err)
+//	}
+//	fmt.Println(user.Name)
 //
-// The key and tag names are the ones rules.hcl declares, so that the daemon's
-// invalidations reach what the application cached.
+// Make one Client per application (per set of Options) and share it; Close
+// it when the application stops. The key and tag names are the ones
+// rules.hcl declares, so that the daemon's invalidations reach what the
+// application cached. They must be the same bytes: the daemon builds a key
+// from the committed text as PostgreSQL prints it, unnormalised, when the
+// template only interpolates columns (and lower, upper or jsonencode of
+// them), and Unicode NFC-normalised when it goes through any other function,
+// operator or conditional; literal text of rules.hcl is NFC. See
+// docs/rules.md, "Exact values".
+//
+// Get reads a key without loading or filling it: for the keys the daemon's
+// refresh rules write, which belong to the daemon. Set writes a value the
+// application already has, as a fill would, and refuses the fills of the key
+// in flight; its doc says what it cannot guarantee.
 //
 // # What a read does
 //
@@ -25,7 +45,8 @@
 //   - The value is written with a TTL of Options.TTL ± Options.Jitter; a
 //     loader's ErrNotFound is cached for Options.NotFoundTTL.
 //   - With Options.SoftTTL set, a value older than SoftTTL is returned at once
-//     and refreshed by one background load (stale-while-revalidate).
+//     and refreshed by one background load (stale-while-revalidate), which
+//     Client.Close cancels and waits for.
 //   - When Redis fails, the read loads from the source and returns; the
 //     failure is counted in Stats and logged at most once per
 //     Options.ErrorLogInterval. A read never fails because the cache is down.

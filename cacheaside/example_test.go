@@ -27,6 +27,61 @@ func newRedisClient() *redis.Client {
 	return redis.NewClient(opts)
 }
 
+// User is the row of the package example.
+type User struct {
+	ID   string `json:"id"`
+	Name string `json:"name"`
+}
+
+// usersDB stands for the application's database in the package example.
+type usersDB map[string]User
+
+// loadUser stands for the application's query.
+func loadUser(_ context.Context, db usersDB, id string) (User, error) {
+	fmt.Printf("  SELECT id, name FROM users WHERE id = %s\n", id)
+	u, ok := db[id]
+	if !ok {
+		return User{}, cacheaside.ErrNotFound
+	}
+	return u, nil
+}
+
+// The package documentation's example (TestPackageDocExample keeps the two
+// the same): one Client per application, a read through it by the key and
+// tag a rule of rules.hcl invalidates,
+//
+//	rule "user" {
+//	  table = "public.users"
+//	  invalidate {
+//	    keys = ["user:${row.id}"]
+//	    tags = ["org:${row.org_id}"]
+//	  }
+//	}
+//
+// and Close at the end. The next read of user:42 is a hit, until the
+// daemon deletes the key or the tag.
+func Example() {
+	ctx, rdb, db, id, orgID := context.Background(), newRedisClient(), usersDB{"42": {ID: "42", Name: "Ann"}}, "42", "3"
+	defer rdb.Close()
+	rdb.Del(ctx, "user:42", "tag:org:3") // a clean start for this example
+	// The package documentation shows the rest.
+	c, err := cacheaside.New(rdb, cacheaside.Options{TTL: time.Hour})
+	if err != nil {
+		panic(err)
+	}
+	defer c.Close() // stops background refreshes and waits for them
+	user, err := cacheaside.GetOrLoad(ctx, c, "user:"+id, func(ctx context.Context) (User, error) {
+		return loadUser(ctx, db, id) // cacheaside.ErrNotFound for a missing row
+	}, cacheaside.Tags("org:"+orgID))
+	if err != nil {
+		panic(err)
+	}
+	fmt.Println(user.Name)
+	// Output:
+	//   SELECT id, name FROM users WHERE id = 42
+	// Ann
+}
+
 // Product is what the examples cache.
 type Product struct {
 	ID    int    `json:"id"`
@@ -51,6 +106,7 @@ func ExampleGetOrLoad() {
 	if err != nil {
 		panic(err)
 	}
+	defer c.Close()
 	_ = c.Invalidate(ctx, "example:product:1") // a clean start for this example
 
 	loadProduct := func(ctx context.Context) (Product, error) {
@@ -82,6 +138,7 @@ func ExampleErrNotFound() {
 	if err != nil {
 		panic(err)
 	}
+	defer c.Close()
 	_ = c.Invalidate(ctx, "example:product:404")
 
 	loads := 0
@@ -115,6 +172,7 @@ func ExampleTags() {
 	if err != nil {
 		panic(err)
 	}
+	defer c.Close()
 	_ = c.InvalidateTags(ctx, "example-org:3")
 
 	members := func(ctx context.Context) ([]string, error) {
@@ -153,6 +211,7 @@ func ExampleVersioned() {
 	if err != nil {
 		panic(err)
 	}
+	defer c.Close()
 	ns := "example:orders:customer:7"
 	rdb.Del(ctx, "version:"+ns) // a clean start for this example
 

@@ -29,6 +29,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/cachesync/cachesync/cacheaside"
+	"github.com/cachesync/cachesync/internal/testenv"
 	"github.com/cachesync/cachesync/keyspace"
 )
 
@@ -353,4 +354,70 @@ func TestExampleProgram(t *testing.T) {
 		t.Fatalf("examples/cacheaside: %v\n%s\ndaemon log:\n%s", err, out, d.log.String())
 	}
 	t.Logf("examples/cacheaside:\n%s", out)
+}
+
+// caProduct is jsonencode(row) of the products table, as the rules.hcl
+// "product" refresh rule writes it (numeric as a string).
+type caProduct struct {
+	ID        int64  `json:"id"`
+	Name      string `json:"name"`
+	Price     string `json:"price"`
+	Published bool   `json:"published"`
+}
+
+// TestCacheasideGetAndSet: Get reads what the daemon's refresh rule wrote,
+// without loading or filling; a value written with Set is removed by the
+// daemon's invalidations that follow, by key and by tag, and stays removed.
+func TestCacheasideGetAndSet(t *testing.T) {
+	e := setup(t, schema, rules)
+	d := e.start()
+	e.waitStreaming(d)
+	c, err := cacheaside.New(e.rdb, cacheaside.Options{TTL: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+
+	e.exec(`INSERT INTO products VALUES (1, 'Lamp', 19.90, true, 'bright')`)
+	var got caProduct
+	testenv.Eventually(t, 30*time.Second, "the daemon's refresh of product:1", func() (bool, string) {
+		got, err = cacheaside.Get[caProduct](e.ctx, c, "product:1")
+		return err == nil, fmt.Sprintf("Get: %+v, %v", got, err)
+	})
+	if want := (caProduct{ID: 1, Name: "Lamp", Price: "19.90", Published: true}); got != want {
+		t.Errorf("Get(product:1) = %+v, want the committed row %+v", got, want)
+	}
+	// The rule's when turns false: the daemon deletes the key; Get misses.
+	e.exec(`UPDATE products SET published = false WHERE id = 1`)
+	testenv.Eventually(t, 30*time.Second, "product:1 deleted by the daemon", func() (bool, string) {
+		_, err := cacheaside.Get[caProduct](e.ctx, c, "product:1")
+		return errors.Is(err, cacheaside.ErrMiss), fmt.Sprintf("Get: %v, want ErrMiss", err)
+	})
+	if st := c.Stats(); st.Loads != 0 || st.Fills != 0 {
+		t.Errorf("Get loaded or filled: %+v", st)
+	}
+	if e.exists(keyspace.FenceKey("product:1")) || e.exists(keyspace.LockKey("product:1")) {
+		t.Error("Get left a fence or a lock behind")
+	}
+
+	// Set, then the daemon's invalidations: of the key (user:5), of a tag
+	// (the page registered under org:7).
+	u := caUser{ID: 5, Email: "e@x.io", OrgID: 7, Name: "Eve"}
+	if err := cacheaside.Set(e.ctx, c, "user:5", u, cacheaside.Tags("org:7")); err != nil {
+		t.Fatal(err)
+	}
+	if err := cacheaside.Set(e.ctx, c, "page:org7", []string{"Eve"}, cacheaside.Tags("org:7")); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := cacheaside.Get[caUser](e.ctx, c, "user:5"); err != nil || v != u {
+		t.Fatalf("Get after Set: %+v, %v", v, err)
+	}
+	e.exec(`INSERT INTO users VALUES (5, 'e@x.io', 7, 'Eve')`)
+	e.gone("user:5", "page:org7", "tag:org:7")
+	e.caughtUp(d, time.Minute)
+	for _, k := range []string{"user:5", "page:org7"} {
+		if _, err := cacheaside.Get[json.RawMessage](e.ctx, c, k); !errors.Is(err, cacheaside.ErrMiss) {
+			t.Errorf("Get(%s) after the daemon invalidated it: %v, want ErrMiss", k, err)
+		}
+	}
 }

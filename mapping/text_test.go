@@ -52,6 +52,8 @@ func TestExactText(t *testing.T) {
 			`{"arr":[[1,null],[3,4]],"doc":{"b":1e308,"aa":"` + decomposed + `","c":1.50},"email":"` + decomposed + `","f":1e+308,"flag":true,"id":1,"n":"1.50","tags":["a ` + jamo + `",null],"ts":"2024-03-01T10:20:30.5Z"}`},
 		{"length counts what a reader sees, substr cuts there", `"t:${length(row.email)}"`, `substr(row.email, 0, 1)`,
 			tup("1", decomposed, null, null, null, null, null, null, null), "t:1", "\u00e9"},
+		{"the rules file's literal text is NFC, the column's is not", `"caf` + decomposed + `:${row.email}"`, `"caf` + decomposed + `"`,
+			tup("1", decomposed, null, null, null, null, null, null, null), "caf\u00e9:" + decomposed, "caf\u00e9"},
 		{"a function HCL evaluates normalises", `"t:${substr(row.email, 0, 3)}"`, `jsonencode({ e = substr(row.email, 0, 3) })`,
 			tup("1", decomposed+"x", null, null, null, null, null, null, null), "t:\u00e9x", `{"e":"` + "\u00e9x" + `"}`},
 	}

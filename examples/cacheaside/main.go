@@ -80,6 +80,7 @@ func run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	defer cache.Close() // before rdb.Close: waits for what the client still does with it
 	a := &app{db: db, rdb: rdb, cache: cache}
 
 	// A row to read. A placeholder under its key shows the daemon at work:

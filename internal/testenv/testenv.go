@@ -69,7 +69,25 @@ var mainActive atomic.Bool
 // Use: func TestMain(m *testing.M) { testenv.Main(m) }
 //
 // SIGINT and SIGTERM also stop the servers before the process exits.
-func Main(m *testing.M) {
+func Main(m *testing.M) { os.Exit(run(m)) }
+
+// Tests is Main for a TestMain that checks more once the servers are stopped,
+// such as goroutine leaks: its Run runs the tests, stops the servers and
+// returns the exit code.
+//
+//	func TestMain(m *testing.M) { goleak.VerifyTestMain(testenv.Tests(m)) }
+func Tests(m *testing.M) interface{ Run() int } { return tests{m} }
+
+type tests struct{ m *testing.M }
+
+func (t tests) Run() int { return run(t.m) }
+
+// SpawnerFunction is the function of the one goroutine testenv leaves
+// running after the servers stopped, on purpose (see spawner): a goroutine
+// leak check ignores it.
+const SpawnerFunction = "github.com/cachesync/cachesync/internal/testenv.startOnSpawnerThread.func1.1"
+
+func run(m *testing.M) int {
 	mainActive.Store(true)
 
 	signals := make(chan os.Signal, 1)
@@ -101,7 +119,7 @@ func Main(m *testing.M) {
 			code = 1
 		}
 	}
-	os.Exit(code)
+	return code
 }
 
 // forTest fails the test when a server could not start, and stops it at
