@@ -18,7 +18,7 @@ func statusCommand() *cli.Command {
 		Name:  "status",
 		Usage: "show the slot: confirmed LSN, lag, retained WAL, activity",
 		Flags: flags(databaseURLFlag(), redisURLFlag(), dataDirFlag(), &cli.BoolFlag{Name: "json", Usage: "print JSON"},
-			sizeFlag("warn-retained-bytes", 1<<30, "CACHESYNC_WARN_RETAINED_BYTES", "warn when the slot retains more than `SIZE` of WAL (bytes, or with a unit: 512MiB, 1GB)")),
+			sizeFlag("warn-retained-bytes", 1<<30, "CACHESYNC_WARN_RETAINED_BYTES", "warn when the slot retains more WAL than this (bytes, or a size with a unit: 512MiB, 1GB)")),
 		Action: func(c *cli.Context) error {
 			e, err := setupEnv(c, true)
 			if err != nil {
