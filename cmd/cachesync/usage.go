@@ -21,6 +21,6 @@ func onUsageError(_ *cli.Context, err error, _ bool) error {
 }
 
 // longFlagNames finds the flags the standard flag package names with one
-// dash ("flag provided but not defined: -bogus"), as they are written:
-// --bogus.
-var longFlagNames = regexp.MustCompile(`(^|[ :])-([a-z][a-z0-9]*(?:-[a-z0-9]+)+|[a-z][a-z0-9]+)\b`)
+// dash ("flag provided but not defined: -bogus", "invalid value "x" for
+// flag -key-cap"), to write them as they are typed: --bogus.
+var longFlagNames = regexp.MustCompile(`(: |for |flag )-([a-z][a-z0-9-]+)`)
