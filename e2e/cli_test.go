@@ -150,6 +150,15 @@ func TestSetupStatusTeardown(t *testing.T) {
 	if out, code := e.cli("status"); code != 0 || !strings.Contains(out, "confirmed LSN") || !strings.Contains(out, "retained WAL") {
 		t.Errorf("status table: %d\n%s", code, out)
 	}
+	// The retained-WAL threshold takes a size with a unit: a row's worth
+	// of WAL the slot has not consumed is over 1B and under 1TiB.
+	e.exec(`INSERT INTO unrelated VALUES (1, 'wal')`)
+	if out, code := e.cli("status", "--warn-retained-bytes", "1B"); code != 0 || !strings.Contains(out, "WARNING") || !strings.Contains(out, "(over 1 B)") {
+		t.Errorf("status --warn-retained-bytes 1B: exit %d, want a WARNING\n%s", code, out)
+	}
+	if out, code := e.cliEnv([]string{"CACHESYNC_WARN_RETAINED_BYTES=1 TiB"}, "status"); code != 0 || strings.Contains(out, "WARNING") {
+		t.Errorf("status with CACHESYNC_WARN_RETAINED_BYTES=1 TiB: exit %d, want no WARNING\n%s", code, out)
+	}
 
 	// Dropping a rule removes its table from the publication; adding one
 	// adds the table and flushes its key space.
@@ -173,15 +182,24 @@ func TestSetupStatusTeardown(t *testing.T) {
 	e.gone("unrelated:1")
 	e.present("orders:customer:2:v0:x")
 
-	if out, code := e.cli("teardown"); code != 0 {
+	// Without a terminal to ask on, and without --yes, teardown drops
+	// nothing.
+	var n int
+	count := `SELECT (SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1) + (SELECT count(*) FROM pg_publication WHERE pubname = 'cachesync')`
+	if out, code := e.cli("teardown"); code != 2 || !strings.Contains(out, "Pass --yes to go ahead") {
+		t.Errorf("teardown without --yes: exit %d, want 2\n%s", code, out)
+	}
+	if e.db.QueryRow(e.ctx, count, e.slot).Scan(&n); n != 2 {
+		t.Errorf("teardown without --yes left %d of the slot and the publication, want both", n)
+	}
+	if out, code := e.cli("teardown", "--yes"); code != 0 {
 		t.Fatalf("teardown: %d\n%s", code, out)
 	}
-	var n int
-	e.db.QueryRow(e.ctx, `SELECT (SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1) + (SELECT count(*) FROM pg_publication WHERE pubname = 'cachesync')`, e.slot).Scan(&n)
+	e.db.QueryRow(e.ctx, count, e.slot).Scan(&n)
 	if n != 0 {
 		t.Errorf("teardown left %d slot/publication", n)
 	}
-	if out, code := e.cli("teardown"); code != 0 || !strings.Contains(out, "absent") {
+	if out, code := e.cli("teardown", "--yes"); code != 0 || !strings.Contains(out, "absent") {
 		t.Errorf("second teardown: %d\n%s", code, out)
 	}
 }

@@ -228,7 +228,7 @@ CREATE TABLE events_us PARTITION OF events FOR VALUES IN ('us');
 	if tr, _ := count(); tr != 2 {
 		t.Fatalf("with the rule again: %d triggers", tr)
 	}
-	out, code := e.cli("teardown")
+	out, code := e.cli("teardown", "--yes")
 	if code != 0 || !strings.Contains(out, "partition truncate triggers: 2 dropped") {
 		t.Errorf("teardown: exit %d\n%s", code, out)
 	}

@@ -64,7 +64,9 @@ func TestPreflightRefusesWithoutReplicationPrivilege(t *testing.T) {
 		t.Fatal(err)
 	}
 	u.User = url.User("app_user")
-	out, code := e.cliEnv([]string{"DATABASE_URL=" + u.String()}, "run")
+	// The refusal as a reader sees it (with the default json format it is
+	// the message of the last log line).
+	out, code := e.cliEnv([]string{"DATABASE_URL=" + u.String()}, "run", "--log-format", "console")
 	if code != 1 {
 		t.Fatalf("exit %d, want 1\n%s", code, out)
 	}
@@ -89,7 +91,7 @@ func TestPreflightRefusesWithoutLogicalWAL(t *testing.T) {
 	}
 	rulesFile := t.TempDir() + "/rules.hcl"
 	os.WriteFile(rulesFile, []byte(rules), 0o644)
-	cmd := exec.Command(binary, "run", "--config", rulesFile, "--database-url", dbURL, "--redis-url", "redis://127.0.0.1:1")
+	cmd := exec.Command(binary, "run", "--config", rulesFile, "--database-url", dbURL, "--redis-url", "redis://127.0.0.1:1", "--log-format", "console")
 	out, _ := cmd.CombinedOutput()
 	if cmd.ProcessState.ExitCode() != 1 {
 		t.Fatalf("exit %d, want 1\n%s", cmd.ProcessState.ExitCode(), out)

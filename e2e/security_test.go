@@ -237,7 +237,7 @@ rule "user" {
 		{"validate", "--database-url"},
 		{"setup", "--database-url"},
 		{"status", "--database-url"},
-		{"teardown", "--database-url"},
+		{"teardown", "--yes", "--database-url"},
 		{"run", "--listen", "", "--database-url"},
 	}
 	for _, db := range dbURLs {

@@ -515,8 +515,8 @@ fi
 header "cachesync status --config rules.hcl"
 "$cachesync" status --config rules.hcl || bad "cachesync status failed"
 
-header "cachesync teardown --config rules.hcl"
-"$cachesync" teardown --config rules.hcl || bad "cachesync teardown failed"
+header "cachesync teardown --config rules.hcl --yes"
+"$cachesync" teardown --config rules.hcl --yes || bad "cachesync teardown failed"
 
 echo
 if ((failures > 0)); then

@@ -153,7 +153,7 @@ func (e *env) stack(c *cli.Context, withJournal bool, m *metrics.Metrics) (*stac
 		s.journal, err = journal.Open(journal.Options{
 			Dir:      journalDir(c, e.cfg),
 			MaxAge:   c.Duration("journal-max-age"),
-			MaxBytes: c.Int64("journal-max-bytes"),
+			MaxBytes: size(c, "journal-max-bytes"),
 			Logger:   e.log,
 			// A group too large for one record (wide values) is
 			// journaled as the flushes of its rules: replay drops
@@ -191,7 +191,7 @@ func (e *env) daemon(c *cli.Context, s *stack, dryRun bool, m *metrics.Metrics) 
 		DatabaseURL:       e.dbURL,
 		DryRun:            dryRun,
 		KeyCap:            c.Int("key-cap"),
-		MaxQueuedBytes:    c.Int64("max-queued-bytes"),
+		MaxQueuedBytes:    size(c, "max-queued-bytes"),
 		StatusInterval:    c.Duration("status-interval"),
 		HeartbeatInterval: c.Duration("heartbeat-interval"),
 		DrainTimeout:      c.Duration("drain-timeout"),

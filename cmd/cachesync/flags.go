@@ -42,7 +42,7 @@ func journalFlags() []cli.Flag {
 	return []cli.Flag{
 		dataDirFlag(),
 		&cli.DurationFlag{Name: "journal-max-age", Value: journal.DefaultMaxAge, EnvVars: []string{"CACHESYNC_JOURNAL_MAX_AGE"}, Usage: "keep journaled batches this long (replay reaches back this far)"},
-		&cli.Int64Flag{Name: "journal-max-bytes", Value: journal.DefaultMaxBytes, EnvVars: []string{"CACHESYNC_JOURNAL_MAX_BYTES"}, Usage: "keep at most this many bytes of journal"},
+		sizeFlag("journal-max-bytes", journal.DefaultMaxBytes, "CACHESYNC_JOURNAL_MAX_BYTES", "keep at most this much journal (bytes, or a size with a unit: 512MiB, 1GB)"),
 	}
 }
 

@@ -5,8 +5,6 @@ package main
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"os"
 	"os/signal"
 	"syscall"
@@ -14,8 +12,9 @@ import (
 	"github.com/urfave/cli/v2"
 )
 
-// exitError carries an exit code (1: bad input or failure) and a message that
-// was already printed or is printed by main.
+// exitError carries an exit code (1: bad input or failure, 2: usage error;
+// see usageError) and a message that was already printed or is printed by
+// main.
 type exitError struct {
 	code int
 	msg  string
@@ -25,24 +24,22 @@ func (e *exitError) Error() string { return e.msg }
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	err := newApp().RunContext(ctx, os.Args)
-	if err == nil {
-		return
-	}
-	var ee *exitError
-	if errors.As(err, &ee) {
-		if ee.msg != "" {
-			fmt.Fprintln(os.Stderr, ee.msg)
+	app := newApp()
+	// urfave/cli hands a command's error here before returning it: keep
+	// the command's context, whose flags say how to report it.
+	var failed *cli.Context
+	app.ExitErrHandler = func(c *cli.Context, err error) {
+		if err != nil && failed == nil {
+			failed = c
 		}
-		os.Exit(ee.code)
 	}
-	fmt.Fprintln(os.Stderr, "cachesync:", err)
-	os.Exit(1)
+	err := app.RunContext(ctx, os.Args)
+	stop()
+	os.Exit(report(os.Stderr, err, failureOf(failed)))
 }
 
 func newApp() *cli.App {
-	return &cli.App{
+	app := &cli.App{
 		Name:  "cachesync",
 		Usage: "turn committed PostgreSQL row changes into Redis cache invalidations",
 		Description: "cachesync consumes logical replication (pgoutput), maps each committed row change " +
@@ -56,5 +53,18 @@ func newApp() *cli.App {
 			teardownCommand(),
 		},
 		HideHelpCommand: true,
+		HelpName:        "cachesync",
+		Version:         version(),
+		OnUsageError:    onUsageError,
+		Action: func(c *cli.Context) error {
+			if c.Args().Present() {
+				return usageError("unknown command %q", c.Args().First())
+			}
+			return cli.ShowAppHelp(c)
+		},
 	}
+	for _, cmd := range app.Commands {
+		cmd.OnUsageError = onUsageError
+	}
+	return app
 }

@@ -28,14 +28,12 @@ func replayCommand() *cli.Command {
 			&cli.BoolFlag{Name: "flush", Usage: "flush every rule's key space instead of replaying"},
 		),
 		Action: func(c *cli.Context) error {
-			e, err := setupEnv(c, false)
-			if err != nil {
-				return err
-			}
+			// The command line first: a usage error whatever the rules file says.
 			var from wal.LSN
 			if f := c.String("from"); f != "" {
+				var err error
 				if from, err = wal.ParseLSN(f); err != nil {
-					return &exitError{code: 2, msg: "--from: " + err.Error()}
+					return usageError("--from: %v", err)
 				}
 			}
 			var since time.Time
@@ -43,7 +41,11 @@ func replayCommand() *cli.Command {
 				since = *t
 			}
 			if !c.Bool("flush") && ((c.String("from") == "") == since.IsZero()) {
-				return &exitError{code: 2, msg: "give exactly one of --from LSN and --since TIME, or --flush"}
+				return usageError("give exactly one of --from LSN and --since TIME, or --flush")
+			}
+			e, err := setupEnv(c, false)
+			if err != nil {
+				return err
 			}
 			s, err := e.stack(c, false, nil)
 			if err != nil {

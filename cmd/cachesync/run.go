@@ -31,7 +31,7 @@ func runCommand() *cli.Command {
 			databaseURLFlag(), redisURLFlag(), allowEvictionFlag(),
 			&cli.BoolFlag{Name: "dry-run", EnvVars: []string{"CACHESYNC_DRY_RUN"}, Usage: "print operations as JSON lines instead of applying them (streams from a temporary slot)"},
 			&cli.IntFlag{Name: "key-cap", Value: mapping.DefaultKeyCap, EnvVars: []string{"CACHESYNC_KEY_CAP"}, Usage: "distinct keys per rule and transaction above which the rule's key space is flushed instead"},
-			&cli.Int64Flag{Name: "max-queued-bytes", Value: daemon.DefaultMaxQueuedBytes, EnvVars: []string{"CACHESYNC_MAX_QUEUED_BYTES"}, Usage: "row data the pipeline may hold while Redis is slow (reading from PostgreSQL waits beyond it); a transaction's refresh values past a quarter of it delete their keys instead"},
+			sizeFlag("max-queued-bytes", daemon.DefaultMaxQueuedBytes, "CACHESYNC_MAX_QUEUED_BYTES", "row data the pipeline may hold while Redis is slow (bytes, or a size with a unit: 256MiB, 1GB); reading from PostgreSQL waits beyond it, and a transaction's refresh values past a quarter of it delete their keys instead"),
 			&cli.DurationFlag{Name: "status-interval", Value: 10 * time.Second, EnvVars: []string{"CACHESYNC_STATUS_INTERVAL"}, Usage: "longest time between standby status updates"},
 			&cli.DurationFlag{Name: "heartbeat-interval", Value: 10 * time.Second, EnvVars: []string{"CACHESYNC_HEARTBEAT_INTERVAL"}, Usage: "how often to write a heartbeat message into the WAL (0: never); keeps the slot moving on an idle database"},
 			&cli.DurationFlag{Name: "drain-timeout", Value: 10 * time.Second, EnvVars: []string{"CACHESYNC_DRAIN_TIMEOUT"}, Usage: "on SIGTERM, how long to keep applying what was received"},
@@ -71,7 +71,7 @@ func runCommand() *cli.Command {
 			}
 			e.log.Info().Str("config", e.cfg.Filename).Int("rules", len(e.cfg.Rules)).Str("slot", e.cfg.Postgres.Slot).Msg("starting")
 			if os.Getenv("GOMEMLIMIT") == "" {
-				limit := daemon.MemoryLimit(c.Int64("max-queued-bytes"))
+				limit := daemon.MemoryLimit(size(c, "max-queued-bytes"))
 				debug.SetMemoryLimit(limit)
 				e.log.Debug().Int64("bytes", limit).Msg("Go memory limit set from --max-queued-bytes (GOMEMLIMIT overrides it)")
 			}

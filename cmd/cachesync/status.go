@@ -18,7 +18,7 @@ func statusCommand() *cli.Command {
 		Name:  "status",
 		Usage: "show the slot: confirmed LSN, lag, retained WAL, activity",
 		Flags: flags(databaseURLFlag(), redisURLFlag(), dataDirFlag(), &cli.BoolFlag{Name: "json", Usage: "print JSON"},
-			&cli.Int64Flag{Name: "warn-retained-bytes", Value: 1 << 30, EnvVars: []string{"CACHESYNC_WARN_RETAINED_BYTES"}, Usage: "warn when the slot retains more WAL than this"}),
+			sizeFlag("warn-retained-bytes", 1<<30, "CACHESYNC_WARN_RETAINED_BYTES", "warn when the slot retains more WAL than this (bytes, or a size with a unit: 512MiB, 1GB)")),
 		Action: func(c *cli.Context) error {
 			e, err := setupEnv(c, true)
 			if err != nil {
@@ -42,7 +42,7 @@ func statusCommand() *cli.Command {
 				jr = &r
 			}
 			cache := cacheStatus(c, e.cfg)
-			return printStatus(c.App.Writer, c.Bool("json"), e.cfg, slot, pub, jr, cache, c.Int64("warn-retained-bytes"))
+			return printStatus(c.App.Writer, c.Bool("json"), e.cfg, slot, pub, jr, cache, size(c, "warn-retained-bytes"))
 		},
 	}
 }

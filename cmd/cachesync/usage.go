@@ -1,0 +1,26 @@
+package main
+
+import (
+	"fmt"
+	"regexp"
+
+	"github.com/urfave/cli/v2"
+)
+
+// usageError is a mistake in the command line (exit status 2): main prints
+// it, then where to read the command's usage.
+func usageError(format string, args ...any) error {
+	return &exitError{code: 2, msg: fmt.Sprintf(format, args...)}
+}
+
+// onUsageError turns urfave/cli's flag errors (an unknown flag, a value that
+// does not parse, from the command line or the environment) into a usage
+// error, instead of printing the whole help and exiting 1.
+func onUsageError(_ *cli.Context, err error, _ bool) error {
+	return usageError("%s", longFlagNames.ReplaceAllString(err.Error(), "$1--$2"))
+}
+
+// longFlagNames finds the flags the standard flag package names with one
+// dash ("flag provided but not defined: -bogus", "invalid value "x" for
+// flag -key-cap"), to write them as they are typed: --bogus.
+var longFlagNames = regexp.MustCompile(`(: |for |flag )-([a-z][a-z0-9-]+)`)
