@@ -42,7 +42,7 @@ func main() {
 }
 
 func newApp() *cli.App {
-	return &cli.App{
+	app := &cli.App{
 		Name:  "cachesync",
 		Usage: "turn committed PostgreSQL row changes into Redis cache invalidations",
 		Description: "cachesync consumes logical replication (pgoutput), maps each committed row change " +
@@ -57,4 +57,6 @@ func newApp() *cli.App {
 		},
 		HideHelpCommand: true,
 	}
+	rejectExtraArgs(app)
+	return app
 }
