@@ -17,8 +17,17 @@ func refreshRule(value string) string {
 	return "rule \"u\" {\n  table = \"public.users\"\n  refresh {\n    key   = \"user:${row.id}\"\n    value = " + value + "\n    ttl   = \"1h\"\n  }\n}\n"
 }
 
+// wantWarnings parses src and checks its diagnostics, as "line:col
+// severity: message | hint", against want.
+func wantWarnings(t *testing.T, src string, want []string) {
+	t.Helper()
+	if got := warnings(t, src); !slices.Equal(got, want) {
+		t.Errorf("got\n%s\nwant\n%s\nin\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"), src)
+	}
+}
+
 // warnings parses src and returns its diagnostics as "line:col severity:
-// summary | hint", failing on an error.
+// message | hint", failing on an error.
 func warnings(t *testing.T, src string) []string {
 	t.Helper()
 	cfg, diags := config.Parse([]byte(src), "rules.hcl")
@@ -68,9 +77,7 @@ func TestSensitiveValueWarns(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			if got := warnings(t, tt.src); !slices.Equal(got, tt.want) {
-				t.Errorf("got\n%s\nwant\n%s\nin\n%s", strings.Join(got, "\n"), strings.Join(tt.want, "\n"), tt.src)
-			}
+			wantWarnings(t, tt.src, tt.want)
 		})
 	}
 }
@@ -134,10 +141,7 @@ func TestNeverTrueWhenWarns(t *testing.T) {
 		{`"yes"`, nil}, // fails for every row: an evaluation error, not a filter
 	}
 	for _, tt := range tests {
-		src := "rule \"o\" {\n  when = " + tt.when + "\n  table = \"public.orders\"\n  invalidate { keys = [\"order:${row.id}\"] }\n}\n"
-		if got := warnings(t, src); !slices.Equal(got, tt.want) {
-			t.Errorf("when = %s: got\n%s\nwant\n%s", tt.when, strings.Join(got, "\n"), strings.Join(tt.want, "\n"))
-		}
+		wantWarnings(t, "rule \"o\" {\n  when = "+tt.when+"\n  table = \"public.orders\"\n  invalidate { keys = [\"order:${row.id}\"] }\n}\n", tt.want)
 	}
 }
 
@@ -162,10 +166,7 @@ func TestKeylessTemplateWarns(t *testing.T) {
 		{`invalidate { keys = [coalesce(row.code, "none")] }`, nil},
 	}
 	for _, tt := range tests {
-		src := "rule \"o\" {\n  table = \"public.orders\"\n  keyspace = [\"o*\"]\n  " + tt.action + "\n}\n"
-		if got := warnings(t, src); !slices.Equal(got, tt.want) {
-			t.Errorf("%s: got\n%s\nwant\n%s", tt.action, strings.Join(got, "\n"), strings.Join(tt.want, "\n"))
-		}
+		wantWarnings(t, "rule \"o\" {\n  table = \"public.orders\"\n  keyspace = [\"o*\"]\n  "+tt.action+"\n}\n", tt.want)
 	}
 }
 

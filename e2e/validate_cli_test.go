@@ -4,12 +4,15 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/cachesync/cachesync/config"
 )
 
 // offlineCLI runs the binary in dir with no database, Redis or rules file
@@ -131,17 +134,11 @@ func TestCommandsRejectExtraArgs(t *testing.T) {
 }
 
 // diagLine is one line of validate --json.
-type diagLine struct {
-	File      string `json:"file"`
-	Line      int    `json:"line"`
-	Column    int    `json:"column"`
-	EndLine   int    `json:"end_line"`
-	EndColumn int    `json:"end_column"`
-	Severity  string `json:"severity"`
-	Rule      string `json:"rule"`
-	Message   string `json:"message"`
-	Hint      string `json:"hint"`
-}
+type diagLine = config.DiagnosticRecord
+
+// diagFields are the keys of a validate --json line, as documented: the
+// wire format, checked apart from the Go type that writes it.
+var diagFields = []string{"column", "end_column", "end_line", "file", "hint", "line", "message", "rule", "severity"}
 
 // TestValidateJSONAndStrict: --json prints one object per diagnostic on
 // stdout and nothing for a clean file; warnings exit 0 unless --strict.
@@ -156,10 +153,15 @@ func TestValidateJSONAndStrict(t *testing.T) {
 			if l == "" {
 				continue
 			}
+			var fields map[string]any
+			if err := json.Unmarshal([]byte(l), &fields); err != nil {
+				t.Fatalf("not a JSON line: %v\n%s", err, l)
+			}
+			if keys := slices.Sorted(maps.Keys(fields)); !slices.Equal(keys, diagFields) {
+				t.Errorf("a diagnostic line has fields %v, want %v", keys, diagFields)
+			}
 			var d diagLine
-			dec := json.NewDecoder(strings.NewReader(l))
-			dec.DisallowUnknownFields()
-			if err := dec.Decode(&d); err != nil {
+			if err := json.Unmarshal([]byte(l), &d); err != nil {
 				t.Fatalf("not a diagnostic line: %v\n%s", err, l)
 			}
 			out = append(out, d)
