@@ -222,3 +222,18 @@ func TestValidateJSONAndStrict(t *testing.T) {
 		t.Errorf("validate --strict warn.hcl: exit %d\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
 	}
 }
+
+// TestRunPrintsWarnings: run, setup and the other commands that load the
+// rules print the same warnings at start (here run stops right after, for
+// want of a database URL).
+func TestRunPrintsWarnings(t *testing.T) {
+	t.Parallel()
+	dir := writeFiles(t, map[string]string{"rules.hcl": warnRules})
+	for _, command := range []string{"run", "setup"} {
+		_, stderr, code := offlineCLI(t, dir, nil, command)
+		if code != 1 || !strings.Contains(stderr, `rules.hcl:6:31: warning: rule "account": refresh value writes column "password_hash" to Redis`) ||
+			!strings.Contains(stderr, "no PostgreSQL URL") {
+			t.Errorf("%s: exit %d, want 1 after the warning\n%s", command, code, stderr)
+		}
+	}
+}
