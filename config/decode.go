@@ -702,8 +702,8 @@ func (tc *templateChecker) decodeRefresh(b *hcl.Block) (*Refresh, hcl.Diagnostic
 			}
 		}
 	} else {
-		// A value that never expires stays after its row is gone from the
-		// application's reads: the cache only grows.
+		// Not a warning: without an expiry, the keys of rows nobody reads
+		// any more stay in Redis for good.
 		missing("ttl", `ttl = "1h": without an expiry, every key the rule ever wrote stays in Redis and the cache only grows`)
 	}
 
