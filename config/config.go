@@ -58,6 +58,10 @@ type Config struct {
 	Redis    Redis
 	// Rules are in file order; names are unique.
 	Rules []*Rule
+	// SensitiveColumns are the column names the top-level
+	// sensitive_columns lists: a refresh value that copies one of them (or
+	// a whole row, which may hold one) into Redis is warned about.
+	SensitiveColumns []string
 }
 
 // Postgres is the postgres block. Command-line flags override it.

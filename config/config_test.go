@@ -568,7 +568,7 @@ rule "a" {
   }
 }
 `,
-		pos: "3:3", want: `refresh has no ttl`,
+		pos: "3:3", want: `refresh has no ttl; add ttl = "1h": without an expiry, every key the rule ever wrote stays in Redis and the cache only grows`,
 	},
 	{
 		name: "bad ttl",

@@ -18,6 +18,7 @@ import (
 
 var (
 	rootSchema = &hcl.BodySchema{
+		Attributes: []hcl.AttributeSchema{{Name: "sensitive_columns"}},
 		Blocks: []hcl.BlockHeaderSchema{
 			{Type: "postgres"},
 			{Type: "redis"},
@@ -121,6 +122,11 @@ func (p *Parser) decode(body hcl.Body, filename string) (*Config, hcl.Diagnostic
 			}
 		}
 	}
+	if attr, ok := content.Attributes["sensitive_columns"]; ok {
+		cols, ds := decodeSensitiveColumns(attr)
+		diags = append(diags, ds...)
+		cfg.SensitiveColumns = cols
+	}
 	if !sawRule {
 		start := hcl.Range{Filename: filename, Start: hcl.InitialPos, End: hcl.InitialPos}
 		diags = append(diags, &hcl.Diagnostic{
@@ -130,7 +136,32 @@ func (p *Parser) decode(body hcl.Body, filename string) (*Config, hcl.Diagnostic
 			Subject:  &start,
 		})
 	}
+	diags = append(diags, antiPatterns(cfg)...)
 	return cfg, diags
+}
+
+// decodeSensitiveColumns reads the top-level sensitive_columns: a list of
+// column names.
+func decodeSensitiveColumns(attr *hcl.Attribute) ([]string, hcl.Diagnostics) {
+	v, diags := attr.Expr.Value(nil)
+	if diags.HasErrors() {
+		return nil, diags
+	}
+	cols, ok := stringList(v)
+	if ok {
+		for _, c := range cols {
+			ok = ok && c != ""
+		}
+	}
+	if !ok {
+		return nil, append(diags, &hcl.Diagnostic{
+			Severity: hcl.DiagError,
+			Summary:  "sensitive_columns must be a list of column names",
+			Detail:   `write sensitive_columns = ["email", "phone"]: the columns no refresh value should copy into Redis`,
+			Subject:  attr.Expr.Range().Ptr(),
+		})
+	}
+	return cols, diags
 }
 
 // duplicateBlock reports the second of two blocks that may appear only once.
@@ -671,7 +702,9 @@ func (tc *templateChecker) decodeRefresh(b *hcl.Block) (*Refresh, hcl.Diagnostic
 			}
 		}
 	} else {
-		missing("ttl", `ttl = "1h"`)
+		// Not a warning: without an expiry, the keys of rows nobody reads
+		// any more stay in Redis for good.
+		missing("ttl", `ttl = "1h": without an expiry, every key the rule ever wrote stays in Redis and the cache only grows`)
 	}
 
 	if attr, ok := content.Attributes["jitter"]; ok {

@@ -3,6 +3,8 @@ package config
 import (
 	"bytes"
 	"fmt"
+	"regexp"
+	"strconv"
 	"strings"
 	"unicode/utf8"
 
@@ -27,14 +29,10 @@ type Hint string
 func FormatDiagnostics(diags hcl.Diagnostics, files map[string]*hcl.File) string {
 	var b strings.Builder
 	for _, d := range diags {
-		severity := "error"
-		if d.Severity == hcl.DiagWarning {
-			severity = "warning"
-		}
 		if d.Subject != nil {
 			fmt.Fprintf(&b, "%s: ", rangeString(*d.Subject))
 		}
-		fmt.Fprintf(&b, "%s: %s", severity, d.Summary)
+		fmt.Fprintf(&b, "%s: %s", severityName(d), d.Summary)
 		if detail := oneLine(d.Detail); detail != "" {
 			fmt.Fprintf(&b, "; %s", detail)
 		}
@@ -53,6 +51,65 @@ func FormatDiagnostics(diags hcl.Diagnostics, files map[string]*hcl.File) string
 		}
 	}
 	return b.String()
+}
+
+func severityName(d *hcl.Diagnostic) string {
+	if d.Severity == hcl.DiagWarning {
+		return "warning"
+	}
+	return "error"
+}
+
+// DiagnosticRecord is one diagnostic as `cachesync validate --json` prints
+// it, one JSON object per line, for editors and CI. Positions are 1-based
+// (columns count characters) and 0 when the diagnostic has none (a file
+// that cannot be read).
+type DiagnosticRecord struct {
+	File      string `json:"file"`
+	Line      int    `json:"line"`
+	Column    int    `json:"column"`
+	EndLine   int    `json:"end_line"`
+	EndColumn int    `json:"end_column"`
+	// Severity is "error" or "warning".
+	Severity string `json:"severity"`
+	// Rule is the name of the rule the diagnostic is about, "" for the
+	// file, the postgres block or the redis block.
+	Rule string `json:"rule"`
+	// Message is what FormatDiagnostics prints after the severity,
+	// without the `rule "name": ` prefix.
+	Message string `json:"message"`
+	// Hint is what to do, when the diagnostic says more than its message.
+	Hint string `json:"hint"`
+}
+
+// rulePrefixRe is the `rule "name": ` every rule's diagnostics start with
+// (prefixRule, and the replication preflight).
+var rulePrefixRe = regexp.MustCompile(`^rule ("(?:[^"\\]|\\.)*"): `)
+
+// DiagnosticRecords converts diagnostics for JSON output.
+func DiagnosticRecords(diags hcl.Diagnostics) []DiagnosticRecord {
+	out := make([]DiagnosticRecord, 0, len(diags))
+	for _, d := range diags {
+		rec := DiagnosticRecord{Severity: severityName(d), Message: d.Summary}
+		if d.Subject != nil {
+			rec.File = d.Subject.Filename
+			rec.Line, rec.Column = d.Subject.Start.Line, d.Subject.Start.Column
+			rec.EndLine, rec.EndColumn = d.Subject.End.Line, d.Subject.End.Column
+		}
+		if m := rulePrefixRe.FindStringSubmatch(d.Summary); m != nil {
+			if name, err := strconv.Unquote(m[1]); err == nil {
+				rec.Rule, rec.Message = name, d.Summary[len(m[0]):]
+			}
+		}
+		if detail := oneLine(d.Detail); detail != "" {
+			rec.Message += "; " + detail
+		}
+		if h, ok := d.Extra.(Hint); ok {
+			rec.Hint = string(h)
+		}
+		out = append(out, rec)
+	}
+	return out
 }
 
 // oneLine folds a multi-line detail into one line.

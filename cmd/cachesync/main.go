@@ -56,15 +56,10 @@ func newApp() *cli.App {
 		HelpName:        "cachesync",
 		Version:         version(),
 		OnUsageError:    onUsageError,
-		Action: func(c *cli.Context) error {
-			if c.Args().Present() {
-				return usageError("unknown command %q", c.Args().First())
-			}
-			return cli.ShowAppHelp(c)
-		},
 	}
 	for _, cmd := range app.Commands {
 		cmd.OnUsageError = onUsageError
 	}
+	rejectExtraArgs(app)
 	return app
 }
