@@ -161,7 +161,7 @@ type attribute struct {
 	enumLabel string // first label when the type (or element type) is an enum
 	notNull   bool
 	generated bool
-	trial     string // the trial row's value, once trialRow chose it
+	trials    []string // the trial rows' values, once trialRows chose them
 }
 
 func readTable(ctx context.Context, conn *pgx.Conn, t config.TableName) (*tableInfo, error) {

@@ -130,6 +130,24 @@ func TestPreflightEvaluatesTemplatesOnATrialRow(t *testing.T) {
 			want: []string{`rule "u": key fails on every INSERT of public.users`, "null value", "each INSERT would flush the rule's whole key space", "old is null on an INSERT"},
 		},
 		{
+			name: "text that may not fit",
+			rule: `rule "u" {
+  table = "public.users"
+  invalidate { keys = ["domain:${split("@", row.email)[1]}"] }
+}`,
+			where: "3:55", severity: hcl.DiagWarning,
+			want: []string{`rule "u": key fails on some trial rows of public.users`, `email text = "x"`, "each change with such values would flush the rule's whole key space"},
+		},
+		{
+			name: "a function that refuses every probe",
+			rule: `rule "u" {
+  table = "public.users"
+  invalidate { keys = ["code:${regex("^[A-Z]{3}$", row.email)}"] }
+}`,
+			where: "3:32", severity: hcl.DiagWarning,
+			want: []string{`rule "u": key fails on some trial rows of public.users`, "pattern did not match"},
+		},
+		{
 			name: "templates that fit the types",
 			rule: `rule "u" {
   table = "public.users"

@@ -24,8 +24,8 @@ import (
 // each table's real column types, as pgoutput would send them, and runs
 // them through the daemon's own mapper as an INSERT, an UPDATE and a
 // DELETE: any evaluation that fails becomes a diagnostic at the template.
-// A failure that needs a NULL in a nullable column is a warning: it happens
-// only to such rows.
+// Only a failure on every row is certain; one that needs a NULL, a kind of
+// change or some text contents is a warning (trialDiagnostics).
 
 // trialEvaluate evaluates the rules on trial rows of their tables (tables
 // maps schema.table to what readTable found; every rule's table exists and
@@ -37,9 +37,10 @@ func trialEvaluate(ctx context.Context, conn *pgx.Conn, rules []*config.Rule, ta
 	var failed []trialFailure
 	nullColumn := "" // the column the current trial row has NULL, "" for none
 	var kind wal.Kind
+	probe := 0 // the text probe of the current trial row
 	m, err := mapping.New(rules, mapping.Options{
 		Logger:      zerolog.Nop(),
-		OnEvalError: func(e mapping.EvalError) { failed = append(failed, trialFailure{e, kind, nullColumn}) },
+		OnEvalError: func(e mapping.EvalError) { failed = append(failed, trialFailure{e, kind, probe, nullColumn}) },
 	})
 	if err != nil {
 		return nil, err
@@ -56,10 +57,11 @@ func trialEvaluate(ctx context.Context, conn *pgx.Conn, rules []*config.Rule, ta
 	attrs := map[string]map[string]attribute{}
 	for i, t := range order {
 		ti := tables[t]
-		row, err := trialRow(ctx, conn, ti)
+		probeRows, err := trialRows(ctx, conn, ti)
 		if err != nil {
 			return nil, err
 		}
+		row := probeRows[0]
 		rel := trialRelation(uint32(i+1), byTable[t][0].Table, ti)
 		attrs[t] = map[string]attribute{}
 		for _, a := range ti.attrs {
@@ -81,9 +83,13 @@ func trialEvaluate(ctx context.Context, conn *pgx.Conn, rules []*config.Rule, ta
 			}
 			return nil
 		}
-		if err := run(row); err != nil {
-			return nil, err
+		for p, r := range probeRows {
+			probe = p
+			if err := run(r); err != nil {
+				return nil, err
+			}
 		}
+		probe = 0
 		// One NULL at a time, so a warning names the column.
 		read := readColumns(byTable[t])
 		for i, a := range rel.Columns {
@@ -103,10 +109,12 @@ func trialEvaluate(ctx context.Context, conn *pgx.Conn, rules []*config.Rule, ta
 }
 
 // trialFailure is an evaluation that failed on a trial row, in a change of
-// kind; nullColumn is the column that row had NULL ("" when none).
+// kind, with text columns holding textProbes[probe]; nullColumn is the
+// column that row had NULL ("" when none).
 type trialFailure struct {
 	mapping.EvalError
 	kind       wal.Kind
+	probe      int // index in textProbes
 	nullColumn string
 }
 
@@ -138,15 +146,17 @@ var trialHints = map[string]string{
 }
 
 // trialDiagnostics turns trial failures into diagnostics, one per template
-// and cause: an error when the trial row without NULLs fails on every kind
-// of change the template is evaluated for, a warning when it fails only on
-// some kinds (old.x on an INSERT) or only with a NULL.
+// and cause. An error when the template fails on every trial row, for every
+// kind of change it is evaluated for: that is a type mistake, and at run
+// time every change fails. A warning when it fails only on some kinds (old.x
+// on an INSERT; an error still for a key, whose failure flushes the key
+// space), on some text contents, or with a NULL.
 func trialDiagnostics(failed []trialFailure, rules map[string]*config.Rule, attrs map[string]map[string]attribute) hcl.Diagnostics {
 	type finding struct {
 		trialFailure
-		diag       *hcl.Diagnostic // the cause
-		kinds      []wal.Kind      // failing without NULLs
-		nullColumn string          // the first column whose NULL makes it fail
+		diag       *hcl.Diagnostic    // the cause
+		fails      map[int][]wal.Kind // per text probe, the kinds failing without NULLs
+		nullColumn string             // the first column whose NULL makes it fail
 	}
 	var found []*finding
 	byID := map[string]*finding{}
@@ -170,13 +180,13 @@ func trialDiagnostics(failed []trialFailure, rules map[string]*config.Rule, attr
 		id := fmt.Sprintf("%s\x00%s\x00%s\x00%s", f.Rule, f.Template, d.Subject, d.Summary)
 		x := byID[id]
 		if x == nil {
-			x = &finding{trialFailure: f, diag: d}
+			x = &finding{trialFailure: f, diag: d, fails: map[int][]wal.Kind{}}
 			byID[id] = x
 			found = append(found, x)
 		}
 		switch {
-		case f.nullColumn == "" && !slices.Contains(x.kinds, f.kind):
-			x.kinds = append(x.kinds, f.kind)
+		case f.nullColumn == "" && !slices.Contains(x.fails[f.probe], f.kind):
+			x.fails[f.probe] = append(x.fails[f.probe], f.kind)
 		case f.nullColumn != "" && x.nullColumn == "":
 			x.nullColumn = f.nullColumn
 		}
@@ -194,17 +204,29 @@ func trialDiagnostics(failed []trialFailure, rules map[string]*config.Rule, attr
 		if detail := strings.TrimSpace(x.diag.Detail); detail != "" {
 			why += ": " + strings.TrimSuffix(detail, ".")
 		}
+		// The kinds that fail whatever the text.
+		var kinds []wal.Kind
+		evaluated := evaluatedOn(r, x.Template)
+		for _, k := range evaluated {
+			every := true
+			for p := range textProbes {
+				every = every && slices.Contains(x.fails[p], k)
+			}
+			if every {
+				kinds = append(kinds, k)
+			}
+		}
 		diag := &hcl.Diagnostic{Severity: hcl.DiagWarning, Subject: x.diag.Subject}
 		switch {
-		case len(x.kinds) == len(evaluatedOn(r, x.Template)):
+		case len(kinds) == len(evaluated) && !functionOfText(x.diag, x.Expr, table):
 			failing[tmpl] = true
 			diag.Severity = hcl.DiagError
 			diag.Summary = fmt.Sprintf("rule %q: %s fails on every row of %s", r.Name, x.Template, r.Table)
-			diag.Detail = fmt.Sprintf("%s (trial row %s). At run time this would %s on every change.", why, describeRow(x.Expr, table), x.Effect)
+			diag.Detail = fmt.Sprintf("%s (trial row %s). At run time this would %s on every change.", why, describeRow(x.Expr, table, 0), x.Effect)
 			diag.Extra = config.Hint(trialHints[x.Template])
-		case len(x.kinds) > 0:
+		case len(kinds) > 0 && len(kinds) < len(evaluated):
 			var names []string
-			for _, k := range x.kinds {
+			for _, k := range kinds {
 				names = append(names, strings.ToUpper(k.String()))
 			}
 			what := strings.Join(names, " and ")
@@ -215,8 +237,13 @@ func trialDiagnostics(failed []trialFailure, rules map[string]*config.Rule, attr
 				diag.Severity = hcl.DiagError
 			}
 			diag.Summary = fmt.Sprintf("rule %q: %s fails on every %s of %s", r.Name, x.Template, what, r.Table)
-			diag.Detail = fmt.Sprintf("%s (trial row %s). At run time each %s would %s.", why, describeRow(x.Expr, table), what, x.Effect)
+			diag.Detail = fmt.Sprintf("%s (trial row %s). At run time each %s would %s.", why, describeRow(x.Expr, table, 0), what, x.Effect)
 			diag.Extra = config.Hint("old is null on an INSERT and new on a DELETE: read row.<column> (each image in turn), or test old or new against null first")
+		case len(x.fails) > 0:
+			p := slices.Min(slices.Collect(maps.Keys(x.fails)))
+			diag.Summary = fmt.Sprintf("rule %q: %s fails on some trial rows of %s", r.Name, x.Template, r.Table)
+			diag.Detail = fmt.Sprintf("%s (trial row %s). At run time each change with such values would %s.", why, describeRow(x.Expr, table, p), x.Effect)
+			diag.Extra = config.Hint(`check the template against the values the columns really hold; a conditional can guard it, e.g. length(regexall("@", row.email)) > 0 ? ... : ...`)
 		default:
 			diag.Summary = fmt.Sprintf("rule %q: %s fails when %s.%s is NULL", r.Name, x.Template, r.Table, x.nullColumn)
 			diag.Detail = fmt.Sprintf("%s. At run time each change whose %s is NULL would %s.", why, x.nullColumn, x.Effect)
@@ -225,6 +252,23 @@ func trialDiagnostics(failed []trialFailure, rules map[string]*config.Rule, attr
 		diags = append(diags, diag)
 	}
 	return diags
+}
+
+// functionOfText reports whether a failure is a function's refusal of an
+// argument in a template that reads a text column: parseint(row.code, 10)
+// or regex(...) may hold for every real value and none of the probes.
+func functionOfText(d *hcl.Diagnostic, expr hcl.Expression, attrs map[string]attribute) bool {
+	if d.Summary != "Invalid function argument" && d.Summary != "Error in function call" {
+		return false
+	}
+	for _, tr := range expr.Variables() {
+		if len(tr) >= 2 {
+			if a, ok := tr[1].(hcl.TraverseAttr); ok && attrs[a.Name].category == 'S' && !attrs[a.Name].array {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // evaluatedOn lists the kinds of change a template is evaluated for: a
@@ -266,9 +310,9 @@ func readsInsideCollection(expr hcl.Expression, attrs map[string]attribute) bool
 	return false
 }
 
-// describeRow shows the trial values of the columns expr reads (of a few
-// columns when it reads a whole row).
-func describeRow(expr hcl.Expression, attrs map[string]attribute) string {
+// describeRow shows the values of trial row p in the columns expr reads
+// (a few columns when it reads a whole row).
+func describeRow(expr hcl.Expression, attrs map[string]attribute, p int) string {
 	var names []string
 	for _, tr := range expr.Variables() {
 		if len(tr) == 1 {
@@ -281,8 +325,12 @@ func describeRow(expr hcl.Expression, attrs map[string]attribute) string {
 	}
 	var parts []string
 	for _, name := range names {
-		if at := attrs[name]; at.trial != "" {
-			parts = append(parts, fmt.Sprintf("%s %s = %q", name, at.typeName, at.trial))
+		at := attrs[name]
+		if len(at.trials) == 0 {
+			continue
+		}
+		if v := at.trials[min(p, len(at.trials)-1)]; v != "" {
+			parts = append(parts, fmt.Sprintf("%s %s = %q", name, at.typeName, v))
 		}
 	}
 	const most = 4
@@ -319,12 +367,19 @@ func trialRelation(id uint32, t config.TableName, ti *tableInfo) *wal.Relation {
 	return rel
 }
 
-// trialRow builds the trial row: per published column, the first candidate
-// value its type accepts, as PostgreSQL prints it under the replication
-// session's settings, so exactly the text pgoutput would send. A column no
-// candidate fits is NotSent (unknown): templates reading it are not judged.
-// It records each value in ti.attrs[].trial for messages.
-func trialRow(ctx context.Context, conn *pgx.Conn, ti *tableInfo) (wal.Tuple, error) {
+// textProbes are the contents the trial rows give text columns in turn.
+// Types fail whatever the text (a string where a bool is needed); content
+// can fail only some (split("@", row.email)[1] on "x"), and is then only
+// worth a warning.
+var textProbes = []string{"x", "42", "true", "user@example.com", "a-b_c.d:e/f,g h"}
+
+// trialRows builds the trial rows, one per text probe: per published
+// column, the first candidate value its type accepts, as PostgreSQL prints
+// it under the replication session's settings, so exactly the text pgoutput
+// would send. A column no candidate fits is NotSent (unknown): templates
+// reading it are not judged. The values are recorded in ti.attrs[].trials
+// for messages.
+func trialRows(ctx context.Context, conn *pgx.Conn, ti *tableInfo) ([]wal.Tuple, error) {
 	tx, err := conn.Begin(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("trial row: %w", err)
@@ -338,26 +393,36 @@ func trialRow(ctx context.Context, conn *pgx.Conn, ti *tableInfo) (wal.Tuple, er
 			return nil, fmt.Errorf("trial row: set %s: %w", k, err)
 		}
 	}
-	var row wal.Tuple
+	rows := make([]wal.Tuple, len(textProbes))
 	for i := range ti.attrs {
 		a := &ti.attrs[i]
 		if a.generated {
 			continue
 		}
-		v := wal.Value{Kind: wal.NotSent}
-		for _, cand := range a.candidates() {
-			text, ok, err := castText(ctx, tx, cand, a.typeName)
-			if err != nil {
-				return nil, err
+		for p, probe := range textProbes {
+			cands := a.candidates()
+			if a.category == 'S' && !a.array {
+				cands = append([]string{probe}, cands...)
+			} else if p > 0 {
+				rows[p] = append(rows[p], rows[0][len(rows[p])])
+				continue
 			}
-			if ok {
-				v, a.trial = wal.Value{Kind: wal.Text, Text: text}, text
-				break
+			v := wal.Value{Kind: wal.NotSent}
+			for _, cand := range cands {
+				text, ok, err := castText(ctx, tx, cand, a.typeName)
+				if err != nil {
+					return nil, err
+				}
+				if ok {
+					v = wal.Value{Kind: wal.Text, Text: text}
+					break
+				}
 			}
+			a.trials = append(a.trials, v.Text)
+			rows[p] = append(rows[p], v)
 		}
-		row = append(row, v)
 	}
-	return row, nil
+	return rows, nil
 }
 
 // castText casts text to the type and returns the value as the type's output
