@@ -140,6 +140,17 @@ rule "view" {
 	if code != 1 || !strings.Contains(out, want[0]) {
 		t.Errorf("run: exit %d, want 1 with %q:\n%s", code, want[0], out)
 	}
+
+	// A template that fails only on a NULL is a warning: validate says so
+	// and succeeds.
+	nullOnly := filepath.Join(t.TempDir(), "null.hcl")
+	os.WriteFile(nullOnly, []byte("rule \"mail\" {\n  table = \"public.users\"\n  refresh {\n    key   = \"user:${row.id}\"\n    value = \"mail: ${row.email}\"\n    ttl   = \"1h\"\n  }\n}\n"), 0o644)
+	out, code = e.cli("validate", "--config", nullOnly, "--database-url", e.dbURL)
+	for _, w := range []string{`null.hcl:5:22: warning: rule "mail": value fails when public.users.email is NULL`, "1 rule OK"} {
+		if code != 0 || !strings.Contains(out, w) {
+			t.Errorf("validate: exit %d, want 0 with %q:\n%s", code, w, out)
+		}
+	}
 }
 
 func (e *env) publicationTables() []string {

@@ -34,6 +34,7 @@ func validateCommand() *cli.Command {
 				if diags.HasErrors() {
 					return &exitError{code: 1, msg: strings.TrimRight(e.parser.FormatDiagnostics(diags), "\n")}
 				}
+				fmt.Fprint(c.App.ErrWriter, e.parser.FormatDiagnostics(diags)) // warnings, as loadConfig prints them
 			}
 			fmt.Fprintf(c.App.Writer, "%s: %s OK\n", e.cfg.Filename, plural(len(e.cfg.Rules), "rule"))
 			return nil
