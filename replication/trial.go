@@ -57,7 +57,8 @@ func trialEvaluate(ctx context.Context, conn *pgx.Conn, rules []*config.Rule, ta
 	attrs := map[string]map[string]attribute{}
 	for i, t := range order {
 		ti := tables[t]
-		probeRows, err := trialRows(ctx, conn, ti)
+		read := readColumns(byTable[t])
+		probeRows, err := trialRows(ctx, conn, ti, read)
 		if err != nil {
 			return nil, err
 		}
@@ -91,7 +92,6 @@ func trialEvaluate(ctx context.Context, conn *pgx.Conn, rules []*config.Rule, ta
 		}
 		probe = 0
 		// One NULL at a time, so a warning names the column.
-		read := readColumns(byTable[t])
 		for i, a := range rel.Columns {
 			if !(read[""] || read[a.Name]) || attrs[t][a.Name].notNull || row[i].Kind != wal.Text {
 				continue
@@ -376,22 +376,28 @@ var textProbes = []string{"x", "42", "true", "user@example.com", "a-b_c.d:e/f,g 
 // trialRows builds the trial rows, one per text probe: per published
 // column, the first candidate value its type accepts, as PostgreSQL prints
 // it under the replication session's settings, so exactly the text pgoutput
-// would send. A column no candidate fits is NotSent (unknown): templates
-// reading it are not judged. The values are recorded in ti.attrs[].trials
-// for messages.
-func trialRows(ctx context.Context, conn *pgx.Conn, ti *tableInfo) ([]wal.Tuple, error) {
+// would send. read lists the columns the table's rules read ("" for a whole
+// row): a column read by name takes each probe if it is text, another read
+// column one value, an unread one none (NotSent: the mapper decodes only
+// what rules read), so a wide table costs few queries. A column no candidate
+// fits is NotSent (unknown): templates reading it are not judged. The values
+// are recorded in ti.attrs[].trials for messages.
+func trialRows(ctx context.Context, conn *pgx.Conn, ti *tableInfo, read map[string]bool) ([]wal.Tuple, error) {
 	tx, err := conn.Begin(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("trial row: %w", err)
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // read-only
+	var sets []string
+	var args []any
 	for k, v := range sessionSettings {
-		if k == "application_name" || k == "client_encoding" {
-			continue
+		if k != "application_name" && k != "client_encoding" {
+			sets = append(sets, fmt.Sprintf("set_config($%d, $%d, true)", len(args)+1, len(args)+2))
+			args = append(args, k, v)
 		}
-		if _, err := tx.Exec(ctx, "SELECT set_config($1, $2, true)", k, v); err != nil {
-			return nil, fmt.Errorf("trial row: set %s: %w", k, err)
-		}
+	}
+	if _, err := tx.Exec(ctx, "SELECT "+strings.Join(sets, ", "), args...); err != nil {
+		return nil, fmt.Errorf("trial row: pin the replication session's settings: %w", err)
 	}
 	rows := make([]wal.Tuple, len(textProbes))
 	for i := range ti.attrs {
@@ -399,13 +405,18 @@ func trialRows(ctx context.Context, conn *pgx.Conn, ti *tableInfo) ([]wal.Tuple,
 		if a.generated {
 			continue
 		}
-		for p, probe := range textProbes {
+		probes := textProbes[:1]
+		switch {
+		case !read[""] && !read[a.name]:
+			probes = nil
+		case read[a.name] && a.category == 'S' && !a.array:
+			probes = textProbes
+		}
+		var vals []wal.Value
+		for _, probe := range probes {
 			cands := a.candidates()
-			if a.category == 'S' && !a.array {
+			if len(probes) > 1 {
 				cands = append([]string{probe}, cands...)
-			} else if p > 0 {
-				rows[p] = append(rows[p], rows[0][len(rows[p])])
-				continue
 			}
 			v := wal.Value{Kind: wal.NotSent}
 			for _, cand := range cands {
@@ -418,7 +429,14 @@ func trialRows(ctx context.Context, conn *pgx.Conn, ti *tableInfo) ([]wal.Tuple,
 					break
 				}
 			}
+			vals = append(vals, v)
 			a.trials = append(a.trials, v.Text)
+		}
+		for p := range rows {
+			v := wal.Value{Kind: wal.NotSent}
+			if len(vals) > 0 {
+				v = vals[min(p, len(vals)-1)]
+			}
 			rows[p] = append(rows[p], v)
 		}
 	}
