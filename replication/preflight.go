@@ -141,7 +141,6 @@ func checkPublicationPrivileges(ctx context.Context, conn *pgx.Conn, pub, role s
 
 type tableInfo struct {
 	exists      bool
-	oid         uint32
 	kind        byte // relkind
 	persistence byte
 	identity    byte
@@ -179,7 +178,7 @@ func readTable(ctx context.Context, conn *pgx.Conn, t config.TableName) (*tableI
 	if err != nil {
 		return nil, fmt.Errorf("read table %s: %w", t, err)
 	}
-	ti.exists, ti.oid, ti.kind, ti.persistence, ti.identity = true, oid, kind[0], persistence[0], identity[0]
+	ti.exists, ti.kind, ti.persistence, ti.identity = true, kind[0], persistence[0], identity[0]
 	// A domain's typcategory is its base type's; an array's is 'A', so the
 	// element type's category is read instead.
 	rows, err := conn.Query(ctx, `SELECT a.attname, a.attgenerated::text, a.atttypid, format_type(a.atttypid, a.atttypmod),
