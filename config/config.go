@@ -147,6 +147,9 @@ type Rule struct {
 	Refresh     *Refresh
 	// DeclRange is the range of the `rule "name"` header.
 	DeclRange hcl.Range
+	// TableRange is the range of the table attribute's value, where
+	// diagnostics about the table point.
+	TableRange hcl.Range
 	// Fingerprint identifies what the rule does to the cache: its table,
 	// when, keyspace, action, and key, tag, namespace and value templates,
 	// as written but without comments and layout. Two rules with the same

@@ -476,6 +476,7 @@ func decodeRule(b *hcl.Block) (*Rule, hcl.Diagnostics) {
 	if attr, ok := content.Attributes["table"]; ok {
 		s, ok, ds := staticString(attr, name, `"public.users"`)
 		diags = append(diags, ds...)
+		r.TableRange = attr.Expr.Range()
 		if ok {
 			t, err := parseTableName(s)
 			if err != nil {

@@ -272,6 +272,10 @@ func columnRefs(expr hcl.Expression) []ColumnRef {
 	return out
 }
 
+// Suggest returns the candidate closest to name when it is close enough to
+// be a typo, or "" (for "did you mean" hints outside this package).
+func Suggest(name string, candidates []string) string { return suggest(name, candidates) }
+
 // suggest returns the candidate closest to name when it is close enough to
 // be a typo.
 func suggest(name string, candidates []string) string {

@@ -93,6 +93,66 @@ rule "gone" {
 	}
 }
 
+// With --database-url, validate evaluates every template on a trial row of
+// the table's column types: a refresh value that is an object (at run time:
+// the key deleted instead of written, on every change) fails validate at
+// its line, and so does run. A mistyped table gets a "did you mean" at the
+// table line; a view one error.
+func TestValidateEvaluatesTemplatesOnATrialRow(t *testing.T) {
+	e := setup(t, `CREATE TABLE users (id bigint PRIMARY KEY, email text);
+CREATE VIEW emails AS SELECT id, email FROM users;`, `
+rule "user" {
+  table = "public.users"
+  refresh {
+    key   = "user:${row.id}"
+    value = row
+    ttl   = "1h"
+  }
+}
+rule "typo" {
+  table = "public.user"
+  invalidate { keys = ["u:${row.id}"] }
+}
+rule "view" {
+  table = "public.emails"
+  invalidate { keys = ["e:${row.email}"] }
+}`)
+	want := []string{
+		`rules.hcl:10:13: error: rule "user": value fails on every row of public.users; value must be a string: wrap it in jsonencode()`,
+		"At run time this would delete the key instead of writing the row on every change.",
+		"   10 |     value = row\n",
+		`rules.hcl:15:11: error: rule "typo": table public.user does not exist; did you mean public.users?`,
+		`rules.hcl:19:11: error: rule "view": public.emails is a view: logical replication publishes only tables; point the rule at the underlying table`,
+	}
+	out, code := e.cli("validate", "--database-url", e.dbURL)
+	if code != 1 {
+		t.Fatalf("validate: exit %d, want 1\n%s", code, out)
+	}
+	for _, w := range want {
+		if !strings.Contains(out, w) {
+			t.Errorf("validate output lacks %q:\n%s", w, out)
+		}
+	}
+	if strings.Contains(out, "REPLICA IDENTITY") {
+		t.Errorf("validate says more than that the view is a view:\n%s", out)
+	}
+	out, code = e.cli("run")
+	if code != 1 || !strings.Contains(out, want[0]) {
+		t.Errorf("run: exit %d, want 1 with %q:\n%s", code, want[0], out)
+	}
+
+	// A template that fails only on a NULL is a warning: validate says so
+	// and succeeds.
+	nullOnly := filepath.Join(t.TempDir(), "null.hcl")
+	os.WriteFile(nullOnly, []byte("rule \"mail\" {\n  table = \"public.users\"\n  refresh {\n    key   = \"user:${row.id}\"\n    value = \"mail: ${row.email}\"\n    ttl   = \"1h\"\n  }\n}\n"), 0o644)
+	out, code = e.cli("validate", "--config", nullOnly, "--database-url", e.dbURL)
+	for _, w := range []string{`null.hcl:5:22: warning: rule "mail": value fails when public.users.email is NULL`, "1 rule OK"} {
+		if code != 0 || !strings.Contains(out, w) {
+			t.Errorf("validate: exit %d, want 0 with %q:\n%s", code, w, out)
+		}
+	}
+}
+
 func (e *env) publicationTables() []string {
 	e.t.Helper()
 	var tables []string

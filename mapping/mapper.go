@@ -76,7 +76,32 @@ type Options struct {
 	TxnValueBytes int64
 	// Logger receives warnings (evaluation errors, replica identity mismatches).
 	Logger zerolog.Logger
+	// OnEvalError, when set, is called with every failed template
+	// evaluation, before the log line's rate limit (replication's preflight
+	// collects those of its trial rows).
+	OnEvalError func(EvalError)
 }
+
+// EvalError is one failed evaluation of a rule's `when`, key or value.
+type EvalError struct {
+	Rule string
+	// Template is "when", "key" or "value".
+	Template string
+	// Expr is the expression that failed.
+	Expr hcl.Expression
+	// Diags say why; each has a Subject in the rules file.
+	Diags hcl.Diagnostics
+	// Effect is what the mapper does instead, for messages ("flush the
+	// rule's whole key space").
+	Effect string
+}
+
+// What the mapper does instead of a failed evaluation (EvalError.Effect).
+const (
+	effectFlush      = "flush the rule's whole key space (reason eval_error)"
+	effectDeleteKey  = "delete the key instead of writing the row"
+	effectWhenIsTrue = "ignore the condition and act on the row as if when were true"
+)
 
 // Stats counts what the mapper decided; the daemon exports them as metrics.
 type Stats struct {
@@ -98,6 +123,7 @@ type Mapper struct {
 	// valueCap is Options.TxnValueBytes.
 	valueCap int64
 	log      zerolog.Logger
+	onEval   func(EvalError)
 	funcs    map[string]function.Function
 	dec      *decoder
 
@@ -159,6 +185,7 @@ func New(rules []*config.Rule, opts Options) (*Mapper, error) {
 		keyCap:   opts.KeyCap,
 		valueCap: opts.TxnValueBytes,
 		log:      opts.Logger,
+		onEval:   opts.OnEvalError,
 		funcs:    config.Functions(),
 		dec:      newDecoder(),
 		bindings: map[uint32]*binding{},
@@ -565,9 +592,13 @@ func (m *Mapper) evalWhen(r *rule, ctx *hcl.EvalContext) (ok, decided bool) {
 	if r.cfg.When == nil {
 		return true, true
 	}
+	effect := effectWhenIsTrue
+	if r.cfg.Action == config.ActionRefresh {
+		effect = effectDeleteKey
+	}
 	v, diags := r.cfg.When.Value(ctx)
 	if diags.HasErrors() {
-		m.evalError(r, "when", diags)
+		m.evalError(r, "when", r.cfg.When, diags, effect)
 		return true, false
 	}
 	if !v.IsWhollyKnown() {
@@ -578,7 +609,7 @@ func (m *Mapper) evalWhen(r *rule, ctx *hcl.EvalContext) (ok, decided bool) {
 	}
 	v, err := convert.Convert(v, cty.Bool)
 	if err != nil {
-		m.evalError(r, "when", hcl.Diagnostics{{Severity: hcl.DiagError, Summary: "when must be a bool", Detail: err.Error()}})
+		m.evalError(r, "when", r.cfg.When, hcl.Diagnostics{{Severity: hcl.DiagError, Summary: "when must be a bool", Detail: err.Error(), Subject: r.cfg.When.Range().Ptr()}}, effect)
 		return true, false
 	}
 	return v.True(), true
@@ -659,7 +690,7 @@ func (m *Mapper) evalKey(r *rule, t *config.Template, ctx *hcl.EvalContext, imgs
 		return "", true
 	}
 	if diags.HasErrors() {
-		m.evalError(r, "key", diags)
+		m.evalError(r, "key", t.Expr, diags, effectFlush)
 		m.flush(r, ReasonEvalError)
 		return "", false
 	}
@@ -673,7 +704,7 @@ func (m *Mapper) evalKey(r *rule, t *config.Template, ctx *hcl.EvalContext, imgs
 	}
 	s, err := convert.Convert(v, cty.String)
 	if err != nil || s.IsNull() {
-		m.evalError(r, "key", hcl.Diagnostics{{Severity: hcl.DiagError, Summary: "key template must give a string", Subject: t.Range.Ptr()}})
+		m.evalError(r, "key", t.Expr, hcl.Diagnostics{{Severity: hcl.DiagError, Summary: "key template must give a string", Detail: "it gave " + v.Type().FriendlyName(), Subject: t.Range.Ptr()}}, effectFlush)
 		m.flush(r, ReasonEvalError)
 		return "", false
 	}
@@ -748,7 +779,7 @@ func (m *Mapper) refresh(r *rule, kind wal.Kind, oldObj, newObj cty.Value, oldIm
 	}
 	v, diags := rf.Value.Value(ctx)
 	if diags.HasErrors() {
-		m.evalError(r, "value", diags)
+		m.evalError(r, "value", rf.Value, diags, effectDeleteKey)
 		m.add(r, unset)
 		return
 	}
@@ -765,7 +796,7 @@ func (m *Mapper) refresh(r *rule, kind wal.Kind, oldObj, newObj cty.Value, oldIm
 	}
 	s, err := convert.Convert(v, cty.String)
 	if err != nil {
-		m.evalError(r, "value", hcl.Diagnostics{{Severity: hcl.DiagError, Summary: "value must be a string: wrap it in jsonencode()", Detail: err.Error(), Subject: rf.Value.Range().Ptr()}})
+		m.evalError(r, "value", rf.Value, hcl.Diagnostics{{Severity: hcl.DiagError, Summary: "value must be a string: wrap it in jsonencode()", Detail: err.Error(), Subject: rf.Value.Range().Ptr()}}, effectDeleteKey)
 		m.add(r, unset)
 		return
 	}
@@ -775,8 +806,12 @@ func (m *Mapper) refresh(r *rule, kind wal.Kind, oldObj, newObj cty.Value, oldIm
 // evalError counts a failed evaluation and logs it: once per rule and
 // template per evalLogEvery, with how many were not logged, so that a rule
 // failing on every row does not log every row (the metric counts them all).
-func (m *Mapper) evalError(r *rule, what string, diags hcl.Diagnostics) {
+// effect says what the caller does instead.
+func (m *Mapper) evalError(r *rule, what string, expr hcl.Expression, diags hcl.Diagnostics, effect string) {
 	m.stats.EvalErrors++
+	if m.onEval != nil {
+		m.onEval(EvalError{Rule: r.cfg.Name, Template: what, Expr: expr, Diags: diags, Effect: effect})
+	}
 	g := m.logGate(r.cfg.Name + "\x00" + what)
 	if !g.pass(time.Now()) {
 		return

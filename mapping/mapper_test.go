@@ -471,3 +471,67 @@ func TestBatchSize(t *testing.T) {
 		}
 	}
 }
+
+// Every failed evaluation reaches OnEvalError with the failing template's
+// range and what the mapper does instead.
+func TestOnEvalErrorCarriesRangeAndEffect(t *testing.T) {
+	for _, tc := range []struct {
+		name, rule, template, effect string
+		line, col                    int
+	}{
+		{"when", `rule "u" {
+  table = "public.users"
+  when  = "yes"
+  invalidate { keys = ["user:${row.id}"] }
+}`, "when", effectWhenIsTrue, 3, 11},
+		{"refresh when", `rule "u" {
+  table = "public.users"
+  when  = row.email
+  refresh {
+    key   = "user:${row.id}"
+    value = jsonencode(row)
+    ttl   = "1h"
+  }
+}`, "when", effectDeleteKey, 3, 11},
+		{"key", `rule "u" {
+  table = "public.users"
+  invalidate { keys = ["user:${row.id * "x"}"] }
+}`, "key", effectFlush, 3, 41},
+		{"key not a string", `rule "u" {
+  table = "public.users"
+  keyspace = ["user:*"]
+  invalidate { keys = [row] }
+}`, "key", effectFlush, 4, 24},
+		{"value", `rule "u" {
+  table = "public.users"
+  refresh {
+    key   = "user:${row.id}"
+    value = row
+    ttl   = "1h"
+  }
+}`, "value", effectDeleteKey, 5, 13},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg, diags := config.Parse([]byte(tc.rule), "rules.hcl")
+			if diags.HasErrors() {
+				t.Fatal(diags)
+			}
+			var got []EvalError
+			m, err := New(cfg.Rules, Options{OnEvalError: func(e EvalError) { got = append(got, e) }})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := m.Map(wal.Txn{XID: 1, Changes: []wal.Change{{Relation: users, Kind: wal.Insert, New: tup("1", "a@x.io", "7", "Ann")}}}); err != nil {
+				t.Fatal(err)
+			}
+			if len(got) != 1 {
+				t.Fatalf("want one evaluation error, got %+v", got)
+			}
+			e := got[0]
+			s := e.Diags[0].Subject
+			if e.Rule != "u" || e.Template != tc.template || e.Effect != tc.effect || s == nil || s.Start.Line != tc.line || s.Start.Column != tc.col {
+				t.Errorf("got %s %s %q at %v (%s); want %s %q at %d:%d", e.Rule, e.Template, e.Effect, s, e.Diags.Error(), tc.template, tc.effect, tc.line, tc.col)
+			}
+		})
+	}
+}

@@ -5,10 +5,7 @@ import (
 	"slices"
 	"testing"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/cachesync/cachesync/config"
-	"github.com/cachesync/cachesync/internal/testenv"
 )
 
 func TestPartitionTreesChanged(t *testing.T) {
@@ -38,11 +35,7 @@ func TestPartitionTreesChanged(t *testing.T) {
 func TestReadPartitionTrees(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, testenv.Database(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close(context.Background()) })
+	conn := connectTestDatabase(t)
 	exec := func(sql string) {
 		t.Helper()
 		if _, err := conn.Exec(ctx, sql); err != nil {

@@ -60,6 +60,8 @@ func Preflight(ctx context.Context, conn *pgx.Conn, rules []*config.Rule, opts P
 		diags = append(diags, d...)
 	}
 	checked := map[string]*tableInfo{}
+	var tables []string // the database's tables, for "did you mean", read once
+	var trialRules []*config.Rule
 	for _, r := range rules {
 		name := r.Table.String()
 		ti, ok := checked[name]
@@ -69,9 +71,43 @@ func Preflight(ctx context.Context, conn *pgx.Conn, rules []*config.Rule, opts P
 			}
 			checked[name] = ti
 		}
-		diags = append(diags, checkRule(r, ti, role, super, opts.Publication != "")...)
+		if !ti.exists && tables == nil {
+			if tables, err = readTableNames(ctx, conn); err != nil {
+				return nil, err
+			}
+		}
+		d := checkRule(r, ti, role, super, opts.Publication != "", tables)
+		if !d.HasErrors() {
+			trialRules = append(trialRules, r)
+		}
+		diags = append(diags, d...)
 	}
-	return diags, nil
+	d, err := trialEvaluate(ctx, conn, trialRules, checked)
+	if err != nil {
+		return nil, err
+	}
+	return append(diags, d...), nil
+}
+
+// readTableNames lists the database's tables and views as schema.name, for
+// a mistyped rule table's "did you mean".
+func readTableNames(ctx context.Context, conn *pgx.Conn) ([]string, error) {
+	rows, err := conn.Query(ctx, `SELECT n.nspname || '.' || c.relname FROM pg_class c
+		JOIN pg_namespace n ON n.oid = c.relnamespace
+		WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND NOT c.relispartition
+			AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\_toast%'
+		ORDER BY 1`)
+	if err != nil {
+		return nil, fmt.Errorf("list tables: %w", err)
+	}
+	names, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("list tables: %w", err)
+	}
+	if names == nil {
+		names = []string{}
+	}
+	return names, nil
 }
 
 func checkPublicationPrivileges(ctx context.Context, conn *pgx.Conn, pub, role string, super, canCreate bool) (hcl.Diagnostics, error) {
@@ -111,6 +147,20 @@ type tableInfo struct {
 	ownedByUs   bool
 	columns     map[string]string // name → attgenerated ("" when not generated)
 	identCols   []string          // columns the old tuple carries under the identity
+	attrs       []attribute       // in attnum order, for the trial rows
+}
+
+// attribute is a column as the trial rows need it.
+type attribute struct {
+	name      string
+	typeOID   uint32
+	typeName  string // format_type: what a cast names
+	category  byte   // pg_type.typcategory (of the element type for arrays)
+	array     bool
+	enumLabel string // first label when the type (or element type) is an enum
+	notNull   bool
+	generated bool
+	trials    []string // the trial rows' values, once trialRows chose them
 }
 
 func readTable(ctx context.Context, conn *pgx.Conn, t config.TableName) (*tableInfo, error) {
@@ -129,18 +179,29 @@ func readTable(ctx context.Context, conn *pgx.Conn, t config.TableName) (*tableI
 		return nil, fmt.Errorf("read table %s: %w", t, err)
 	}
 	ti.exists, ti.kind, ti.persistence, ti.identity = true, kind[0], persistence[0], identity[0]
-	rows, err := conn.Query(ctx, `SELECT attname, attgenerated::text FROM pg_attribute
-		WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped`, oid)
+	// A domain's typcategory is its base type's; an array's is 'A', so the
+	// element type's category is read instead.
+	rows, err := conn.Query(ctx, `SELECT a.attname, a.attgenerated::text, a.atttypid, format_type(a.atttypid, a.atttypmod),
+			coalesce(e.typcategory, t.typcategory)::text, e.oid IS NOT NULL, a.attnotnull,
+			coalesce((SELECT l.enumlabel FROM pg_enum l
+				WHERE l.enumtypid = coalesce(nullif(coalesce(e.typbasetype, t.typbasetype), 0), e.oid, t.oid)
+				ORDER BY l.enumsortorder LIMIT 1), '')
+		FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+		LEFT JOIN pg_type e ON e.oid = t.typelem AND t.typcategory = 'A'
+		WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum`, oid)
 	if err != nil {
 		return nil, fmt.Errorf("read columns of %s: %w", t, err)
 	}
 	for rows.Next() {
-		var name, gen string
-		if err := rows.Scan(&name, &gen); err != nil {
+		var a attribute
+		var gen, category string
+		if err := rows.Scan(&a.name, &gen, &a.typeOID, &a.typeName, &category, &a.array, &a.notNull, &a.enumLabel); err != nil {
 			rows.Close()
 			return nil, err
 		}
-		ti.columns[name] = gen
+		a.category, a.generated = category[0], gen != ""
+		ti.columns[a.name] = gen
+		ti.attrs = append(ti.attrs, a)
 	}
 	rows.Close()
 	if err := rows.Err(); err != nil {
@@ -181,24 +242,41 @@ func ruleDiag(r *config.Rule, subject hcl.Range, summary, detail string) *hcl.Di
 	}
 }
 
-func checkRule(r *config.Rule, ti *tableInfo, role string, super, creating bool) hcl.Diagnostics {
+// relkindNames name the relations a rule may point at by mistake.
+var relkindNames = map[byte]string{
+	'v': "a view", 'm': "a materialized view", 'f': "a foreign table",
+	'S': "a sequence", 'c': "a composite type", 'i': "an index", 'I': "an index", 't': "a TOAST table",
+}
+
+// checkRule checks one rule against its table; tables lists the database's
+// tables for a missing table's "did you mean".
+func checkRule(r *config.Rule, ti *tableInfo, role string, super, creating bool, tables []string) hcl.Diagnostics {
 	t := r.Table.String()
 	quoted := sqlName(r.Table.Schema, r.Table.Name)
+	at := tableSubject(r)
 	if !ti.exists {
-		return hcl.Diagnostics{ruleDiag(r, r.DeclRange, fmt.Sprintf("table %s does not exist", t),
-			"Create the table, or fix the rule's table attribute (schema.table, case-sensitive).")}
+		fix := "Create the table, or fix the rule's table attribute (schema.table, case-sensitive)."
+		if s := config.Suggest(t, tables); s != "" {
+			fix = fmt.Sprintf("did you mean %s? Fix the rule's table attribute (schema.table, case-sensitive), or create the table.", s)
+		}
+		return hcl.Diagnostics{ruleDiag(r, at, fmt.Sprintf("table %s does not exist", t), fix)}
+	}
+	if ti.kind != 'r' && ti.kind != 'p' {
+		// Nothing else matters: a view has no replica identity to fix.
+		what := relkindNames[ti.kind]
+		if what == "" {
+			what = fmt.Sprintf("not a table (relkind %q)", ti.kind)
+		}
+		return hcl.Diagnostics{ruleDiag(r, at, fmt.Sprintf("%s is %s: logical replication publishes only tables", t, what),
+			"point the rule at the underlying table")}
 	}
 	var diags hcl.Diagnostics
-	switch {
-	case ti.kind != 'r' && ti.kind != 'p':
-		diags = append(diags, ruleDiag(r, r.DeclRange, fmt.Sprintf("%s is not a table (relkind %q)", t, ti.kind),
-			"Only ordinary and partitioned tables can be published; point the rule at the underlying table."))
-	case ti.persistence == 'u':
-		diags = append(diags, ruleDiag(r, r.DeclRange, fmt.Sprintf("%s is UNLOGGED: its changes never reach the WAL", t),
+	if ti.persistence == 'u' {
+		diags = append(diags, ruleDiag(r, at, fmt.Sprintf("%s is UNLOGGED: its changes never reach the WAL", t),
 			fmt.Sprintf("Run ALTER TABLE %s SET LOGGED;", quoted)))
 	}
 	if creating && !ti.ownedByUs && !super {
-		diags = append(diags, ruleDiag(r, r.DeclRange, fmt.Sprintf("role %q does not own %s, so it cannot add it to the publication", role, t),
+		diags = append(diags, ruleDiag(r, at, fmt.Sprintf("role %q does not own %s, so it cannot add it to the publication", role, t),
 			fmt.Sprintf("Run ALTER TABLE %s OWNER TO %s; or run cachesync setup as the table owner.", quoted, sqlName(role))))
 	}
 	refs := append(append(r.KeyColumns(), r.WhenColumns()...), r.ValueColumns()...)
@@ -238,17 +316,27 @@ func oldColumns(r *config.Rule) []config.ColumnRef {
 	return out
 }
 
+// tableSubject is where a diagnostic about the rule's table points: the
+// table attribute.
+func tableSubject(r *config.Rule) hcl.Range {
+	if r.TableRange.Filename == "" {
+		return r.DeclRange
+	}
+	return r.TableRange
+}
+
 func checkIdentity(r *config.Rule, ti *tableInfo, quoted string) hcl.Diagnostics {
 	t := r.Table.String()
+	at := tableSubject(r)
 	fix := fmt.Sprintf("Run ALTER TABLE %s REPLICA IDENTITY FULL;", quoted)
 	switch {
 	case ti.identity == 'n':
-		return hcl.Diagnostics{ruleDiag(r, r.DeclRange, fmt.Sprintf("%s has REPLICA IDENTITY NOTHING: deletes would carry no old row, and updates and deletes on it fail once it is published", t), fix)}
+		return hcl.Diagnostics{ruleDiag(r, at, fmt.Sprintf("%s has REPLICA IDENTITY NOTHING: deletes would carry no old row, and updates and deletes on it fail once it is published", t), fix)}
 	case ti.identity == 'd' && len(ti.identCols) == 0:
-		return hcl.Diagnostics{ruleDiag(r, r.DeclRange, fmt.Sprintf("%s has no primary key and REPLICA IDENTITY DEFAULT: once published, every UPDATE and DELETE on it would fail", t),
+		return hcl.Diagnostics{ruleDiag(r, at, fmt.Sprintf("%s has no primary key and REPLICA IDENTITY DEFAULT: once published, every UPDATE and DELETE on it would fail", t),
 			fmt.Sprintf("Add a primary key, or %s", fix))}
 	case ti.identity == 'i' && len(ti.identCols) == 0:
-		return hcl.Diagnostics{ruleDiag(r, r.DeclRange, fmt.Sprintf("%s uses REPLICA IDENTITY USING INDEX but the index is gone", t), fix)}
+		return hcl.Diagnostics{ruleDiag(r, at, fmt.Sprintf("%s uses REPLICA IDENTITY USING INDEX but the index is gone", t), fix)}
 	}
 	var diags hcl.Diagnostics
 	seen := map[string]bool{}
