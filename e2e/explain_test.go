@@ -171,6 +171,8 @@ rule "vip" (%[1]s:1:1)
 
 rule "by_name" (%[1]s:6:1)
   nothing: its key templates gave NULL for this row: no such key
+
+no rule acts on this change: nothing would be sent to Redis
 `, rules)
 		if code != 0 || out != want {
 			t.Errorf("exit %d\n--- got:\n%s\n--- want:\n%s\n%s", code, out, want, errOut)

@@ -554,6 +554,9 @@ func printExplain(w io.Writer, ch *explainedChange, b mapping.Batch) {
 			fmt.Fprintf(w, "  nothing: %s\n", skipReason(r, ch.change))
 		}
 	}
+	if len(b.Ops) == 0 {
+		fmt.Fprintf(w, "\nno rule acts on this change: nothing would be sent to Redis\n")
+	}
 }
 
 func rangeOf(r hcl.Range) string {
