@@ -3,6 +3,7 @@ package e2e
 import (
 	"bufio"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -279,35 +280,13 @@ func TestDryRun(t *testing.T) {
 		t.Fatalf("setup: %d\n%s", code, out)
 	}
 	confirmed := e.confirmedLSN()
-	cmd := exec.Command(binary, "run", "--dry-run", "--status-interval", "1s")
-	cmd.Env = append(os.Environ(), "DATABASE_URL="+e.dbURL, "REDIS_URL=redis://127.0.0.1:1", "CACHESYNC_CONFIG="+e.rules)
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	logs := &lockedBuffer{}
-	cmd.Stderr = logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	testenv.Eventually(t, 30*time.Second, "dry run streaming", func() (bool, string) {
-		return strings.Contains(logs.String(), `"streaming"`), logs.String()
-	})
+	lines, cmd, logs := e.dryRun()
 	e.set("user:1")
 	e.exec(`INSERT INTO users VALUES (1, 'A@x.io', 7, 'Ann')`)
-	lines := make(chan map[string]any)
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			var m map[string]any
-			if json.Unmarshal(sc.Bytes(), &m) == nil {
-				lines <- m
-			}
-		}
-		close(lines)
-	}()
-	want := map[string]bool{"delete user:1": false, "delete user:email:a@x.io": false, "delete_tag org:7": false}
+	e.exec(`INSERT INTO products VALUES (9, 'Pen', 9.5, true, 'blue')`)
+	// Durations print as the rules file writes them, not as nanoseconds.
+	want := map[string]bool{"delete user:1": false, "delete user:email:a@x.io": false, "delete_tag org:7": false,
+		`set product:9 ttl "1h" jitter "5m" {"description":"blue","id":9,"name":"Pen","price":"9.50","published":true}`: false}
 	deadline := time.After(30 * time.Second)
 	for missing := len(want); missing > 0; {
 		select {
@@ -316,11 +295,20 @@ func TestDryRun(t *testing.T) {
 				t.Fatalf("dry run ended early:\n%s", logs.String())
 			}
 			k := m["op"].(string) + " " + m["key"].(string)
+			if m["op"] == "set" {
+				k += fmt.Sprintf(" ttl %q jitter %q %s", m["ttl"], m["jitter"], m["value"])
+			}
 			if seen, ok := want[k]; ok && !seen {
 				want[k] = true
 				missing--
+			} else if !ok {
+				t.Errorf("unexpected line %v", m)
 			}
-			if m["rule"] != "user" || m["end_lsn"] == "" {
+			rule := "user"
+			if m["op"] == "set" {
+				rule = "product"
+			}
+			if m["rule"] != rule || m["end_lsn"] == "" {
 				t.Errorf("line %v", m)
 			}
 		case <-deadline:
@@ -336,6 +324,40 @@ func TestDryRun(t *testing.T) {
 	if err := cmd.Wait(); err != nil {
 		t.Errorf("dry run exit: %v\n%s", err, logs.String())
 	}
+}
+
+// dryRun starts `run --dry-run` and waits until it streams. Its operations
+// arrive on lines, one decoded JSON line each; lines closes when it ends.
+func (e *env) dryRun() (lines <-chan map[string]any, cmd *exec.Cmd, logs *lockedBuffer) {
+	e.t.Helper()
+	cmd = exec.Command(binary, "run", "--dry-run", "--status-interval", "1s")
+	cmd.Env = append(os.Environ(), "DATABASE_URL="+e.dbURL, "REDIS_URL=redis://127.0.0.1:1", "CACHESYNC_CONFIG="+e.rules)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	logs = &lockedBuffer{}
+	cmd.Stderr = logs
+	if err := cmd.Start(); err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	testenv.Eventually(e.t, 30*time.Second, "dry run streaming", func() (bool, string) {
+		return strings.Contains(logs.String(), `"streaming"`), logs.String()
+	})
+	out := make(chan map[string]any)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		sc.Buffer(nil, 1<<20)
+		for sc.Scan() {
+			var m map[string]any
+			if json.Unmarshal(sc.Bytes(), &m) == nil {
+				out <- m
+			}
+		}
+		close(out)
+	}()
+	return out, cmd, logs
 }
 
 // TestRunRefusesAnEvictingRedis: a maxmemory policy that may evict tag sets,

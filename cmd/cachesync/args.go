@@ -58,7 +58,7 @@ func checkArgs(command string, args []string, allowed int) error {
 		return usageError("cachesync %s: unexpected argument %q: flags go before the arguments (cachesync %s %s ...)", command, extra, command, extra)
 	}
 	if allowed == 0 {
-		return usageError("cachesync %s: unexpected argument %q: %s takes no arguments, only flags (see cachesync %s --help)", command, extra, command, command)
+		return usageError("cachesync %s: unexpected argument %q: %s takes no arguments, only flags", command, extra, command)
 	}
 	return usageError("cachesync %s: unexpected argument %q: %s takes at most %s (see cachesync %s --help)", command, extra, command, plural(allowed, "argument"), command)
 }

@@ -129,11 +129,31 @@ func (j *jsonLines) Apply(_ context.Context, batches []mapping.Batch) error {
 				CommitTime time.Time `json:"commit_time"`
 				mapping.Op
 				Value string `json:"value,omitempty"`
-			}{b.XID, b.CommitLSN.String(), b.EndLSN.String(), b.CommitTime, op, string(op.Value)}
+				// Durations as a rules file writes them ("1h"), not
+				// nanoseconds: these fields hide Op's.
+				TTL    string `json:"ttl,omitempty"`
+				Jitter string `json:"jitter,omitempty"`
+			}{b.XID, b.CommitLSN.String(), b.EndLSN.String(), b.CommitTime, op, string(op.Value), formatDuration(op.TTL), formatDuration(op.Jitter)}
 			if err := enc.Encode(line); err != nil {
 				return err
 			}
 		}
 	}
 	return nil
+}
+
+// formatDuration writes d as a rules file would ("1h", "1m30s") rather than
+// as Duration.String does ("1h0m0s"); zero is "".
+func formatDuration(d time.Duration) string {
+	if d == 0 {
+		return ""
+	}
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = s[:len(s)-2]
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = s[:len(s)-2]
+	}
+	return s
 }

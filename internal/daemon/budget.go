@@ -4,8 +4,10 @@ import (
 	"context"
 	"sync/atomic"
 
+	"github.com/rs/zerolog"
 	"golang.org/x/sync/semaphore"
 
+	"github.com/cachesync/cachesync/mapping"
 	"github.com/cachesync/cachesync/replication"
 )
 
@@ -76,6 +78,14 @@ func queueBudgets(total int64) (events, txnValues, batches int64) {
 	total = max(total, 4)
 	events, txnValues = total/4, total/4
 	return events, txnValues, total - events - txnValues
+}
+
+// MapperOptions are the options of the mapper of a daemon with these
+// settings. cachesync explain maps with them too, so that what it prints is
+// what run does.
+func MapperOptions(keyCap int, maxQueuedBytes int64, log zerolog.Logger) mapping.Options {
+	_, txnValues, _ := queueBudgets(maxQueuedBytes)
+	return mapping.Options{KeyCap: keyCap, TxnValueBytes: txnValues, Logger: log}
 }
 
 // The stream acquires its events from a budget.

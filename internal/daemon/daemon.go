@@ -194,8 +194,7 @@ func New(opts Options) (*Daemon, error) {
 	if !opts.DryRun && (opts.Journal == nil || opts.Cache == nil) {
 		return nil, errors.New("daemon: a journal and a cache state are required unless dry running")
 	}
-	_, txnValues, _ := queueBudgets(opts.MaxQueuedBytes)
-	m, err := mapping.New(opts.Config.Rules, mapping.Options{KeyCap: opts.KeyCap, TxnValueBytes: txnValues, Logger: opts.Logger})
+	m, err := mapping.New(opts.Config.Rules, MapperOptions(opts.KeyCap, opts.MaxQueuedBytes, opts.Logger))
 	if err != nil {
 		return nil, err
 	}
