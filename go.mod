@@ -2,6 +2,8 @@ module github.com/cachesync/cachesync
 
 go 1.25.0
 
+toolchain go1.26.8
+
 require (
 	github.com/hashicorp/hcl/v2 v2.25.0
 	github.com/jackc/pglogrepl v0.0.0-20250509230407-a9884f6bd75a

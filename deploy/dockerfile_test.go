@@ -201,11 +201,17 @@ func (df *dockerfile) command(t *testing.T, c *cli) ([]string, map[string]string
 	return args, c.checkArgs(t, fmt.Sprintf("Dockerfile:%d: CMD", cmd.line), args)
 }
 
-func goDirective(t *testing.T) string {
+// buildToolchain is the Go release the module is built and tested with:
+// go.mod's toolchain line, else its go directive (the oldest release that
+// may import the module, kept low for applications that use cacheaside).
+func buildToolchain(t *testing.T) string {
 	t.Helper()
 	mod, err := os.ReadFile("../go.mod")
 	if err != nil {
 		t.Fatal(err)
+	}
+	if m := regexp.MustCompile(`(?m)^toolchain\s+go(\S+)\s*$`).FindSubmatch(mod); m != nil {
+		return string(m[1])
 	}
 	m := regexp.MustCompile(`(?m)^go\s+(\S+)\s*$`).FindSubmatch(mod)
 	if m == nil {
@@ -217,7 +223,7 @@ func goDirective(t *testing.T) string {
 func testDockerfile(t *testing.T, c *cli, df *dockerfile) {
 	final := df.finalStage(t)
 
-	// The binary: built in a golang stage matching go.mod, copied into the final one.
+	// The binary: built in a golang stage of go.mod's toolchain, copied into the final one.
 	entry, ok := final.last("ENTRYPOINT")
 	if !ok {
 		t.Fatal("Dockerfile: the final stage has no ENTRYPOINT")
@@ -244,10 +250,10 @@ func testDockerfile(t *testing.T, c *cli, df *dockerfile) {
 	if build == nil {
 		t.Fatalf("Dockerfile: COPY --from=%s names no earlier stage", binCopy.from)
 	}
-	goVersion := goDirective(t)
+	goVersion := buildToolchain(t)
 	repo, tag, _ := strings.Cut(build.image, ":")
 	if repo != "golang" || (tag != goVersion && !strings.HasPrefix(tag, goVersion+"-")) {
-		t.Errorf("Dockerfile: the build stage is FROM %s, want golang:%s (the go directive of go.mod), optionally with a -variant", build.image, goVersion)
+		t.Errorf("Dockerfile: the build stage is FROM %s, want golang:%s (go.mod's toolchain, else its go directive), optionally with a -variant", build.image, goVersion)
 	}
 	var buildRun string
 	for _, in := range build.all("RUN") {

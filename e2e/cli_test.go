@@ -137,7 +137,7 @@ rule "view" {
 	if strings.Contains(out, "REPLICA IDENTITY") {
 		t.Errorf("validate says more than that the view is a view:\n%s", out)
 	}
-	out, code = e.cli("run")
+	out, code = e.cli("run", "--log-format", "console") // the findings as text, not inside a JSON line
 	if code != 1 || !strings.Contains(out, want[0]) {
 		t.Errorf("run: exit %d, want 1 with %q:\n%s", code, want[0], out)
 	}
