@@ -778,6 +778,7 @@ func (s *session) commitGroup(ctx context.Context, group []mapping.Batch, ops in
 			return err
 		}
 		s.stream.Confirm(end)
+		s.metrics.Confirmed(end, time.Now())
 		return nil
 	}
 	if ops > 0 {
@@ -883,7 +884,7 @@ func (s *session) journalGroups(ctx context.Context, items <-chan journalItem) e
 			}
 			confirmed := pending[len(pending)-1].EndLSN
 			s.stream.Confirm(confirmed)
-			s.metrics.ConfirmedLSN.Set(float64(confirmed))
+			s.metrics.Confirmed(confirmed, time.Now())
 		}
 		for _, w := range waiting {
 			close(w)

@@ -97,7 +97,7 @@ func TestDashboardQueriesExistingMetrics(t *testing.T) {
 func TestReadiness(t *testing.T) {
 	m, _ := everything(t)
 	redisUp := true
-	h := m.Handler(func() bool { return redisUp })
+	h := m.Handler(metrics.HandlerOptions{RedisUp: func() bool { return redisUp }})
 	get := func(path string) (int, string) {
 		rec := httptest.NewRecorder()
 		h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
@@ -111,7 +111,9 @@ func TestReadiness(t *testing.T) {
 	}{
 		{metrics.StateStarting, "", true, 503, "starting"},
 		{metrics.StateStreaming, "", true, 200, "streaming"},
-		{metrics.StateStreaming, "", false, 503, "Redis is failing"},
+		// A Redis outage keeps the pod ready: unready, it would block
+		// node drains through the PodDisruptionBudget.
+		{metrics.StateStreaming, "", false, 200, "Redis is failing"},
 		{metrics.StateStandby, "", false, 200, "standby"},
 		{metrics.StateReconnecting, "connection refused", true, 503, "reconnecting: connection refused"},
 		{metrics.StateStopped, "", true, 503, "stopped"},
