@@ -16,6 +16,12 @@ func TestLiveVerdict(t *testing.T) {
 		p.state, p.redisUp, p.stuckAfter = StateStreaming, true, stuckAfter
 		return p
 	}
+	// stuck is a pipeline that would be stuck, but for what edit changes.
+	stuck := func(edit func(*progress)) progress {
+		p := streaming(progress{confirmed: 100, received: 200, serverEnd: 200, idle: time.Hour})
+		edit(&p)
+		return p
+	}
 	for _, tt := range []struct {
 		name string
 		p    progress
@@ -27,27 +33,12 @@ func TestLiveVerdict(t *testing.T) {
 		{"stuck with the server's WAL end ahead", streaming(progress{confirmed: 100, received: 100, serverEnd: 300, idle: time.Hour}), false, "server WAL end 0/12C"},
 		{"idle: everything confirmed", streaming(progress{confirmed: 300, received: 200, serverEnd: 300, idle: time.Hour}), true, "everything received is confirmed"},
 		{"nothing known yet", streaming(progress{idle: time.Hour}), true, "everything received is confirmed"},
-		{"Redis outage", func() progress {
-			p := streaming(progress{confirmed: 100, received: 200, idle: time.Hour})
-			p.redisUp = false
-			return p
-		}(), true, "Redis is failing"},
-		{"PostgreSQL outage: reconnecting", func() progress {
-			p := streaming(progress{confirmed: 100, received: 200, idle: time.Hour})
-			p.state = StateReconnecting
-			return p
-		}(), true, "ok: reconnecting"},
-		{"standby", func() progress {
-			p := streaming(progress{confirmed: 100, serverEnd: 200, idle: time.Hour})
-			p.state = StateStandby
-			return p
-		}(), true, "ok: standby"},
-		{"starting", func() progress {
-			p := streaming(progress{idle: time.Hour, serverEnd: 200})
-			p.state = StateStarting
-			return p
-		}(), true, "ok: starting"},
-		{"check off", progress{state: StateStreaming, redisUp: true, confirmed: 100, received: 200, idle: time.Hour}, true, "ok"},
+		{"stuck as built below", stuck(func(*progress) {}), false, "stuck"},
+		{"Redis outage", stuck(func(p *progress) { p.redisUp = false }), true, "Redis is failing"},
+		{"PostgreSQL outage: reconnecting", stuck(func(p *progress) { p.state = StateReconnecting }), true, "ok: reconnecting"},
+		{"standby", stuck(func(p *progress) { p.state = StateStandby }), true, "ok: standby"},
+		{"starting", stuck(func(p *progress) { p.state = StateStarting }), true, "ok: starting"},
+		{"check off", stuck(func(p *progress) { p.stuckAfter = 0 }), true, "ok"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			live, why := tt.p.live()
