@@ -93,9 +93,25 @@ func TestAdminListenerServesNoSecret(t *testing.T) {
 			if code := d.stop(); code != 0 {
 				t.Errorf("exit code %d after SIGTERM", code)
 			}
-			for _, secret := range []string{pgSecret, redisSecret} {
-				if strings.Contains(d.log.String(), secret) {
-					t.Errorf("the daemon's output shows a password")
+			outputs := map[string]string{"the daemon's output": d.log.String()}
+			// The commands that report on the same servers (with these
+			// servers up: TestSecretsNeverLogged covers them down).
+			for _, c := range [][]string{{"status"}, {"status", "--json"}, {"validate"}} {
+				urls := args[:4] // --database-url, --redis-url
+				if c[0] == "validate" {
+					urls = args[:2]
+				}
+				out, code := e.cli(append(c, urls...)...)
+				if code != 0 {
+					t.Errorf("cachesync %v: exit %d\n%s", c, code, out)
+				}
+				outputs[fmt.Sprint("cachesync ", c)] = out
+			}
+			for what, out := range outputs {
+				for _, secret := range []string{pgSecret, redisSecret} {
+					if strings.Contains(out, secret) {
+						t.Errorf("%s shows a password:\n%s", what, out)
+					}
 				}
 			}
 		})

@@ -37,8 +37,9 @@ type HandlerOptions struct {
 //	/debug/pprof/   the runtime profiles, with Pprof only; never cmdline
 //
 // Nothing it serves carries the command line or the environment: both can
-// hold passwords (--database-url). expvar is not linked in, and the
-// handlers net/http/pprof registers on http.DefaultServeMux are not served.
+// hold passwords (--database-url). expvar (linked in by a dependency)
+// publishes the command line at /debug/vars, and net/http/pprof registers
+// cmdline too, both on http.DefaultServeMux, which is never served.
 func (m *Metrics) Handler(o HandlerOptions) http.Handler {
 	redisUp := o.RedisUp
 	if redisUp == nil {
