@@ -133,6 +133,22 @@ func (d *daemon) healthz(code int, within time.Duration) string {
 	return body
 }
 
+// healthyFor asserts that /healthz answers 200 throughout span: a steady
+// state, not an effect to wait for.
+func (d *daemon) healthyFor(span time.Duration, during string) {
+	d.e.t.Helper()
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for until := time.Now().Add(span); time.Now().Before(until); <-tick.C {
+		if code, body := httpGet(d.e.t, "http://"+d.listenAddr()+"/healthz"); code != 200 {
+			d.e.t.Fatalf("/healthz %d %q during %s", code, body, during)
+		}
+		if d.exited() {
+			d.e.t.Fatalf("daemon exited: %v\n%s", d.err, d.log.String())
+		}
+	}
+}
+
 // TestHealthzStuckPipeline wedges the pipeline (a goroutine of it blocks
 // for good before applying) while PostgreSQL and Redis answer: /healthz,
 // the liveness probe, turns 503 once nothing was confirmed for
@@ -184,17 +200,7 @@ func TestHealthzThroughRedisOutage(t *testing.T) {
 		return strings.Contains(ready, "Redis is failing") && s.value("cachesync_redis_up") == 0 && s.value("cachesync_replication_lag_bytes") > 0,
 			fmt.Sprintf("/readyz %q, redis_up %v, lag %v bytes", ready, s.value("cachesync_redis_up"), s.value("cachesync_replication_lag_bytes"))
 	})
-	// A steady state, not an effect: it must hold for three --stuck-after.
-	tick := time.NewTicker(100 * time.Millisecond)
-	defer tick.Stop()
-	for until := time.Now().Add(3 * stuckAfter); time.Now().Before(until); <-tick.C {
-		if code, body := httpGet(t, base+"/healthz"); code != 200 {
-			t.Fatalf("/healthz %d %q during a Redis outage", code, body)
-		}
-		if d.exited() {
-			t.Fatalf("daemon exited: %v\n%s", d.err, d.log.String())
-		}
-	}
+	d.healthyFor(3*stuckAfter, "a Redis outage")
 	e.redis.Start(t)
 	e.caughtUp(d, 60*time.Second)
 	d.healthz(200, 30*time.Second)
@@ -218,4 +224,35 @@ func TestStuckAfterOutlastsAPostgreSQLOutage(t *testing.T) {
 			t.Errorf("run --stuck-after %s --status-interval 1s: %v, want exit 2 saying why:\n%s", stuck, err, out)
 		}
 	}
+}
+
+// TestHealthzThroughPostgresOutage stops PostgreSQL while a change is pending
+// (held back by a Redis outage first): /healthz stays 200 for well over
+// --stuck-after, /readyz says the instance is reconnecting, and the daemon
+// catches up when PostgreSQL is back.
+func TestHealthzThroughPostgresOutage(t *testing.T) {
+	const stuckAfter = 4 * time.Second
+	e, pg := setupPrivate(t, schema, rules)
+	d := e.start("CACHESYNC_STUCK_AFTER=" + stuckAfter.String())
+	e.waitStreaming(d)
+	d.healthz(200, 30*time.Second)
+	base := "http://" + d.listenAddr()
+
+	e.redis.Stop(t)
+	e.exec(`INSERT INTO users VALUES (1, 'a@x.io', 7, 'Ann')`)
+	testenv.Eventually(t, 30*time.Second, "WAL pending", func() (bool, string) {
+		lag := d.scrape().value("cachesync_replication_lag_bytes")
+		return lag > 0, fmt.Sprint("lag ", lag, " bytes")
+	})
+	pg.Stop(t, "fast")
+	e.redis.Start(t)
+	testenv.Eventually(t, 30*time.Second, "/readyz to say reconnecting", func() (bool, string) {
+		code, body := httpGet(t, base+"/readyz")
+		return code == http.StatusServiceUnavailable && strings.HasPrefix(body, "reconnecting"), fmt.Sprint(code, " ", body)
+	})
+	d.healthyFor(3*stuckAfter, "a PostgreSQL outage")
+	pg.Start(t)
+	e.reconnect()
+	e.caughtUp(d, 60*time.Second)
+	d.healthz(200, 30*time.Second)
 }
