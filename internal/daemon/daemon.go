@@ -424,7 +424,7 @@ func (s *session) streamSession(ctx, hard context.Context) error {
 			return err
 		}
 		defer gateConn.Close(context.WithoutCancel(ctx))
-		s.gate = &visibilityGate{snapshots: gateConn, log: s.log}
+		s.gate = &visibilityGate{snapshots: gateConn, log: s.log, waiting: func() { s.metrics.WaitingForPostgres(time.Now()) }}
 	}
 
 	s.newBudgets()

@@ -28,6 +28,12 @@ func (m *Metrics) Confirmed(lsn wal.LSN, now time.Time) {
 	}
 }
 
+// WaitingForPostgres records that the pipeline waits for PostgreSQL to show
+// committed transactions to new snapshots (a synchronous standby not
+// answering): an outage too, which a restart would not cure, so /healthz does
+// not count the time.
+func (m *Metrics) WaitingForPostgres(now time.Time) { m.outageAt.Store(now.UnixNano()) }
+
 // progress is what the liveness verdict is made of, sampled at one instant.
 type progress struct {
 	state   string // the daemon's state; "streaming" means the replication session is up
@@ -36,7 +42,8 @@ type progress struct {
 	// are the stream's (see Metrics.Positions).
 	confirmed, received, serverEnd wal.LSN
 	// idle is the time since the confirmed position last moved, the state
-	// last changed, or an outage was last seen, whichever is latest.
+	// last changed, or an outage was last seen (Redis failing, or waiting
+	// for PostgreSQL to show commits), whichever is latest.
 	idle       time.Duration
 	stuckAfter time.Duration // 0: never stuck
 }

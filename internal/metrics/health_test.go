@@ -78,7 +78,10 @@ func TestLivenessClock(t *testing.T) {
 	redisUp = true
 	check(259*time.Minute, true) // counted from the last time it was seen
 	check(261*time.Minute, false)
-	m.Confirmed(600, t0.Add(300*time.Minute))
+	m.WaitingForPostgres(t0.Add(300 * time.Minute)) // commits held invisible
+	check(359*time.Minute, true)
+	check(361*time.Minute, false)
+	m.Confirmed(600, t0.Add(400*time.Minute))
 	received = 600
 	check(10*time.Hour, true) // caught up
 }

@@ -79,7 +79,8 @@ type Metrics struct {
 
 	// What /healthz judges progress by (health.go): the highest confirmed
 	// position, and when (unix ns) it last moved, the state last changed
-	// and an outage of Redis was last seen.
+	// and an outage was last seen (Redis failing, or PostgreSQL holding
+	// commits invisible).
 	confirmed                     atomic.Uint64
 	progressAt, stateAt, outageAt atomic.Int64
 
