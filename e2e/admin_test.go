@@ -149,16 +149,42 @@ func (d *daemon) healthyFor(span time.Duration, during string) {
 	}
 }
 
+// testStuckAfter is the --stuck-after of the health tests: more than three
+// --status-interval (the harness's 1s).
+const testStuckAfter = 4 * time.Second
+
+// startWatched starts the daemon with --stuck-after testStuckAfter and waits
+// until it streams and /healthz answers 200.
+func (e *env) startWatched(extraEnv ...string) *daemon {
+	e.t.Helper()
+	d := e.start(append(extraEnv, "CACHESYNC_STUCK_AFTER="+testStuckAfter.String())...)
+	e.waitStreaming(d)
+	d.healthz(200, 30*time.Second)
+	return d
+}
+
+// pendingBehindRedisOutage stops Redis and commits a change, and waits until
+// the daemon holds it: WAL pending, Redis failing.
+func (d *daemon) pendingBehindRedisOutage() {
+	e := d.e
+	e.t.Helper()
+	e.redis.Stop(e.t)
+	e.exec(`INSERT INTO users VALUES (1, 'a@x.io', 7, 'Ann')`)
+	testenv.Eventually(e.t, 30*time.Second, "Redis failing with WAL pending", func() (bool, string) {
+		_, ready := httpGet(e.t, "http://"+d.listenAddr()+"/readyz")
+		s := d.scrape()
+		return strings.Contains(ready, "Redis is failing") && s.value("cachesync_redis_up") == 0 && s.value("cachesync_replication_lag_bytes") > 0,
+			fmt.Sprintf("/readyz %q, redis_up %v, lag %v bytes", ready, s.value("cachesync_redis_up"), s.value("cachesync_replication_lag_bytes"))
+	})
+}
+
 // TestHealthzStuckPipeline wedges the pipeline (a goroutine of it blocks
 // for good before applying) while PostgreSQL and Redis answer: /healthz,
 // the liveness probe, turns 503 once nothing was confirmed for
 // --stuck-after, and /readyz stays 200.
 func TestHealthzStuckPipeline(t *testing.T) {
-	const stuckAfter = 4 * time.Second // more than three --status-interval (1s)
 	e := setup(t, schema, rules)
-	d := e.start("CACHESYNC_STUCK_AFTER="+stuckAfter.String(), "CACHESYNC_FAILPOINT=hang:before-apply")
-	e.waitStreaming(d)
-	d.healthz(200, 30*time.Second)
+	d := e.startWatched("CACHESYNC_FAILPOINT=hang:before-apply")
 
 	e.set("user:1")
 	e.exec(`INSERT INTO users VALUES (1, 'a@x.io', 7, 'Ann')`)
@@ -166,9 +192,9 @@ func TestHealthzStuckPipeline(t *testing.T) {
 		return strings.Contains(d.log.String(), "failpoint before-apply: hanging"), "no failpoint line"
 	})
 	hung := time.Now()
-	body := d.healthz(http.StatusServiceUnavailable, stuckAfter+30*time.Second)
-	if waited := time.Since(hung); waited < stuckAfter-2*time.Second {
-		t.Errorf("/healthz 503 after %s, before --stuck-after %s", waited, stuckAfter)
+	body := d.healthz(http.StatusServiceUnavailable, testStuckAfter+30*time.Second)
+	if waited := time.Since(hung); waited < testStuckAfter-2*time.Second {
+		t.Errorf("/healthz 503 after %s, before --stuck-after %s", waited, testStuckAfter)
 	}
 	if !strings.Contains(body, "stuck") || !strings.Contains(body, "restart") {
 		t.Errorf("/healthz 503 body %q does not say it is stuck and that a restart may help", body)
@@ -185,22 +211,10 @@ func TestHealthzStuckPipeline(t *testing.T) {
 // stays 200 for well over --stuck-after (a restart would wait for the same
 // Redis), and the daemon catches up when Redis is back.
 func TestHealthzThroughRedisOutage(t *testing.T) {
-	const stuckAfter = 4 * time.Second
 	e := setup(t, schema, rules)
-	d := e.start("CACHESYNC_STUCK_AFTER=" + stuckAfter.String())
-	e.waitStreaming(d)
-	d.healthz(200, 30*time.Second)
-	base := "http://" + d.listenAddr()
-
-	e.redis.Stop(t)
-	e.exec(`INSERT INTO users VALUES (1, 'a@x.io', 7, 'Ann')`)
-	testenv.Eventually(t, 30*time.Second, "Redis failing with WAL pending", func() (bool, string) {
-		_, ready := httpGet(t, base+"/readyz")
-		s := d.scrape()
-		return strings.Contains(ready, "Redis is failing") && s.value("cachesync_redis_up") == 0 && s.value("cachesync_replication_lag_bytes") > 0,
-			fmt.Sprintf("/readyz %q, redis_up %v, lag %v bytes", ready, s.value("cachesync_redis_up"), s.value("cachesync_replication_lag_bytes"))
-	})
-	d.healthyFor(3*stuckAfter, "a Redis outage")
+	d := e.startWatched()
+	d.pendingBehindRedisOutage()
+	d.healthyFor(3*testStuckAfter, "a Redis outage")
 	e.redis.Start(t)
 	e.caughtUp(d, 60*time.Second)
 	d.healthz(200, 30*time.Second)
@@ -231,26 +245,16 @@ func TestStuckAfterOutlastsAPostgreSQLOutage(t *testing.T) {
 // --stuck-after, /readyz says the instance is reconnecting, and the daemon
 // catches up when PostgreSQL is back.
 func TestHealthzThroughPostgresOutage(t *testing.T) {
-	const stuckAfter = 4 * time.Second
 	e, pg := setupPrivate(t, schema, rules)
-	d := e.start("CACHESYNC_STUCK_AFTER=" + stuckAfter.String())
-	e.waitStreaming(d)
-	d.healthz(200, 30*time.Second)
-	base := "http://" + d.listenAddr()
-
-	e.redis.Stop(t)
-	e.exec(`INSERT INTO users VALUES (1, 'a@x.io', 7, 'Ann')`)
-	testenv.Eventually(t, 30*time.Second, "WAL pending", func() (bool, string) {
-		lag := d.scrape().value("cachesync_replication_lag_bytes")
-		return lag > 0, fmt.Sprint("lag ", lag, " bytes")
-	})
+	d := e.startWatched()
+	d.pendingBehindRedisOutage()
 	pg.Stop(t, "fast")
 	e.redis.Start(t)
 	testenv.Eventually(t, 30*time.Second, "/readyz to say reconnecting", func() (bool, string) {
-		code, body := httpGet(t, base+"/readyz")
+		code, body := httpGet(t, "http://"+d.listenAddr()+"/readyz")
 		return code == http.StatusServiceUnavailable && strings.HasPrefix(body, "reconnecting"), fmt.Sprint(code, " ", body)
 	})
-	d.healthyFor(3*stuckAfter, "a PostgreSQL outage")
+	d.healthyFor(3*testStuckAfter, "a PostgreSQL outage")
 	pg.Start(t)
 	e.reconnect()
 	e.caughtUp(d, 60*time.Second)
