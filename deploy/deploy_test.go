@@ -9,8 +9,9 @@
 // TestDeploy (this file) runs one subtest per artefact, each in its own file:
 // yaml_test.go, dockerfile_test.go, dockerignore_test.go, compose_test.go,
 // compose_database_test.go (init.sql and two instances of the image's CMD),
-// kubernetes_test.go and systemd_test.go. helpers_test.go holds what they
-// share: the built CLI and its help, and the YAML decoding helpers.
+// kubernetes_test.go, grafana_test.go and systemd_test.go. helpers_test.go
+// holds what they share: the built CLI and its help, and the YAML decoding
+// helpers.
 package deploy_test
 
 import (
@@ -43,6 +44,7 @@ func TestDeploy(t *testing.T) {
 	t.Run("compose database", func(t *testing.T) { testComposeDatabase(t, c, df) })
 	t.Run("kubernetes", func(t *testing.T) { testKubernetes(t, c, df) })
 	t.Run("kustomize build", testKustomizeBuild)
+	t.Run("grafana", testGrafana)
 	t.Run("systemd", func(t *testing.T) { testSystemd(t, c) })
 	t.Run("systemd-analyze", func(t *testing.T) { testSystemdAnalyze(t, c) })
 }

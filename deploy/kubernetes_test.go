@@ -55,9 +55,10 @@ type probe struct {
 }
 
 type container struct {
-	Name string   `yaml:"name"`
-	Args []string `yaml:"args"`
-	Env  []struct {
+	Name  string   `yaml:"name"`
+	Image string   `yaml:"image"`
+	Args  []string `yaml:"args"`
+	Env   []struct {
 		Name      string `yaml:"name"`
 		Value     string `yaml:"value"`
 		ValueFrom *struct {
@@ -163,15 +164,86 @@ type serviceMonitor struct {
 
 type podDisruptionBudget struct {
 	Spec struct {
-		MinAvailable any           `yaml:"minAvailable"`
-		Selector     labelSelector `yaml:"selector"`
+		MinAvailable               any           `yaml:"minAvailable"`
+		UnhealthyPodEvictionPolicy string        `yaml:"unhealthyPodEvictionPolicy"`
+		Selector                   labelSelector `yaml:"selector"`
 	} `yaml:"spec"`
 }
 
+type networkPolicy struct {
+	Spec struct {
+		PodSelector labelSelector `yaml:"podSelector"`
+		PolicyTypes []string      `yaml:"policyTypes"`
+		Ingress     []struct {
+			From  []map[string]any `yaml:"from"`
+			Ports []struct {
+				Port     any    `yaml:"port"`
+				Protocol string `yaml:"protocol"`
+			} `yaml:"ports"`
+		} `yaml:"ingress"`
+	} `yaml:"spec"`
+}
+
+// generatorOptions are kustomize's options of generated objects.
+type generatorOptions struct {
+	DisableNameSuffixHash bool `yaml:"disableNameSuffixHash"`
+}
+
 type kustomization struct {
-	APIVersion string   `yaml:"apiVersion"`
-	Kind       string   `yaml:"kind"`
-	Resources  []string `yaml:"resources"`
+	APIVersion         string   `yaml:"apiVersion"`
+	Kind               string   `yaml:"kind"`
+	Resources          []string `yaml:"resources"`
+	ConfigMapGenerator []struct {
+		Name    string           `yaml:"name"`
+		Files   []string         `yaml:"files"`
+		Options generatorOptions `yaml:"options"`
+	} `yaml:"configMapGenerator"`
+	GeneratorOptions generatorOptions `yaml:"generatorOptions"`
+	Images           []struct {
+		Name    string `yaml:"name"`
+		NewName string `yaml:"newName"`
+		NewTag  string `yaml:"newTag"`
+		Digest  string `yaml:"digest"`
+	} `yaml:"images"`
+}
+
+// generatedConfigMap returns the data of the ConfigMap kustomization.yaml
+// generates under name, read from its files (key=path or path), and whether
+// it keeps the hash suffix that makes a change of the data roll the pods.
+func (k *kustomization) generatedConfigMap(t *testing.T, name string) (data map[string]string, hashed, ok bool) {
+	t.Helper()
+	for _, g := range k.ConfigMapGenerator {
+		if g.Name != name {
+			continue
+		}
+		data = map[string]string{}
+		for _, f := range g.Files {
+			key, path, found := strings.Cut(f, "=")
+			if !found {
+				key, path = filepath.Base(f), f
+			}
+			b, err := os.ReadFile(filepath.Join("kubernetes", path))
+			if err != nil {
+				t.Fatalf("kustomization.yaml: configMapGenerator %s: %v", name, err)
+			}
+			data[key] = string(b)
+		}
+		hashed := !g.Options.DisableNameSuffixHash && !k.GeneratorOptions.DisableNameSuffixHash
+		return data, hashed, true
+	}
+	return nil, false, false
+}
+
+// imageTag returns the tag of an image reference ("" when it has none) and
+// whether it is pinned by digest.
+func imageTag(ref string) (tag string, digest bool) {
+	if _, d, ok := strings.Cut(ref, "@"); ok {
+		return d, true
+	}
+	if i := strings.LastIndex(ref, ":"); i > strings.LastIndex(ref, "/") {
+		return ref[i+1:], false
+	}
+	return "", false
 }
 
 var (
@@ -289,6 +361,10 @@ func testKubernetes(t *testing.T, c *cli, df *dockerfile) {
 	if kust.APIVersion != "kustomize.config.k8s.io/v1beta1" || kust.Kind != "Kustomization" {
 		t.Errorf("kustomization.yaml: apiVersion %q kind %q", kust.APIVersion, kust.Kind)
 	}
+	kustRaw := map[string]any{}
+	decodeNode(t, "kustomization.yaml", yamlDocs(t, "kubernetes/kustomization.yaml")[0], &kustRaw)
+	checkKeys(t, "kustomization.yaml", kustRaw, "apiVersion", "kind", "resources", "configMapGenerator", "generatorOptions",
+		"images", "namespace", "labels", "commonLabels", "commonAnnotations", "namePrefix", "nameSuffix", "patches", "components")
 	listed := slices.Clone(kust.Resources)
 	slices.Sort(listed)
 	if !slices.Equal(listed, manifests) {
@@ -303,10 +379,13 @@ func testKubernetes(t *testing.T, c *cli, df *dockerfile) {
 	smObj := one(t, objs, "ServiceMonitor", &sm)
 	var pdb podDisruptionBudget
 	pdbObj := one(t, objs, "PodDisruptionBudget", &pdb)
-	var cm struct {
-		Data map[string]string `yaml:"data"`
+	var np networkPolicy
+	npObj := one(t, objs, "NetworkPolicy", &np)
+	for _, o := range objs {
+		if o.meta.Kind == "ConfigMap" {
+			t.Errorf("%s: a ConfigMap manifest; the rules come from kustomization.yaml's configMapGenerator, so that a change rolls the pods", o.file)
+		}
 	}
-	cmObj := one(t, objs, "ConfigMap", &cm)
 	var secret struct {
 		StringData map[string]string `yaml:"stringData"`
 		Data       map[string]string `yaml:"data"`
@@ -362,6 +441,14 @@ func testKubernetes(t *testing.T, c *cli, df *dockerfile) {
 	}
 	if pdbObj.meta.APIVersion != "policy/v1" || fmt.Sprint(pdb.Spec.MinAvailable) != "1" {
 		t.Errorf("PodDisruptionBudget: %s with minAvailable %v, want policy/v1 with 1", pdbObj.meta.APIVersion, pdb.Spec.MinAvailable)
+	}
+	// Pods that are not ready (both, while PostgreSQL is down) must not
+	// block a drain; a Redis outage keeps them ready (/readyz).
+	if pdb.Spec.UnhealthyPodEvictionPolicy != "AlwaysAllow" {
+		t.Errorf("PodDisruptionBudget: unhealthyPodEvictionPolicy %q, want AlwaysAllow so that unready pods never block a drain", pdb.Spec.UnhealthyPodEvictionPolicy)
+	}
+	if !np.Spec.PodSelector.selects(podLabels) {
+		t.Errorf("NetworkPolicy: podSelector %v does not select the pods %v", np.Spec.PodSelector.MatchLabels, podLabels)
 	}
 
 	// The container: a valid command line and environment.
@@ -452,6 +539,50 @@ func testKubernetes(t *testing.T, c *cli, df *dockerfile) {
 	if !metricsPort {
 		t.Error("Service: no port named metrics")
 	}
+
+	// The listener: pprof off, and only Prometheus may reach the port.
+	if _, on := flags["--pprof"]; on || env["CACHESYNC_PPROF"] != "" {
+		t.Error("Deployment: --pprof is on; the manifests must not expose the profiles")
+	}
+	if npObj.meta.APIVersion != "networking.k8s.io/v1" || !slices.Contains(np.Spec.PolicyTypes, "Ingress") || len(np.Spec.Ingress) == 0 {
+		t.Errorf("NetworkPolicy: %s %+v, want networking.k8s.io/v1 with Ingress rules", npObj.meta.APIVersion, np.Spec)
+	}
+	for i, rule := range np.Spec.Ingress {
+		if len(rule.From) == 0 {
+			t.Errorf("NetworkPolicy: ingress rule %d has no from: it lets everyone in", i)
+		}
+		if len(rule.Ports) == 0 {
+			t.Errorf("NetworkPolicy: ingress rule %d has no ports: it opens every port", i)
+		}
+		for _, p := range rule.Ports {
+			if resolve(p.Port) != port {
+				t.Errorf("NetworkPolicy: ingress rule %d opens port %v, not the metrics port %d", i, p.Port, port)
+			}
+		}
+	}
+
+	// The image: pinned in the Deployment and in the kustomization, the same tag.
+	tag, _ := imageTag(ct.Image)
+	if tag == "" || tag == "latest" {
+		t.Errorf("Deployment: image %q, want a pinned tag or digest, never latest", ct.Image)
+	}
+	name := strings.TrimSuffix(strings.TrimSuffix(ct.Image, "@"+tag), ":"+tag)
+	pinned := false
+	for _, im := range kust.Images {
+		if im.Name != name {
+			continue
+		}
+		pinned = true
+		if im.Digest == "" && (im.NewTag == "" || im.NewTag == "latest") {
+			t.Errorf("kustomization.yaml: image %s gets tag %q, want a pinned tag or digest", im.Name, im.NewTag)
+		}
+		if im.Digest == "" && im.NewTag != tag {
+			t.Errorf("kustomization.yaml: image %s tag %q, but deployment.yaml says %q: keep them in step", im.Name, im.NewTag, tag)
+		}
+	}
+	if !pinned {
+		t.Errorf("kustomization.yaml: no images entry for %s (set it with kustomize edit set image)", name)
+	}
 	scraped := false
 	for _, ep := range sm.Spec.Endpoints {
 		scraped = scraped || (ep.Port == "metrics" && ep.Path == "/metrics" && ep.Interval == "15s")
@@ -525,14 +656,15 @@ func testKubernetes(t *testing.T, c *cli, df *dockerfile) {
 	if dataDir == "" || dataVolume == "" || readOnly[dataDir] {
 		t.Errorf("Deployment: CACHESYNC_DATA_DIR %q is not a writable volume mount: the root filesystem is read-only", dataDir)
 	}
-	var rulesKey string
+	var rulesKey, rulesConfigMap string
 	for _, v := range pod.Volumes {
 		switch v.Name {
 		case rulesVolume:
-			if v.ConfigMap == nil || v.ConfigMap.Name != cmObj.meta.Metadata.Name {
-				t.Errorf("Deployment: volume %s at %s is not the ConfigMap %s", v.Name, filepath.Dir(configPath), cmObj.meta.Metadata.Name)
+			if v.ConfigMap == nil {
+				t.Errorf("Deployment: volume %s at %s is not a ConfigMap", v.Name, filepath.Dir(configPath))
 				continue
 			}
+			rulesConfigMap = v.ConfigMap.Name
 			rulesKey = filepath.Base(configPath)
 			for _, it := range v.ConfigMap.Items {
 				if it.Path == filepath.Base(configPath) {
@@ -552,43 +684,89 @@ func testKubernetes(t *testing.T, c *cli, df *dockerfile) {
 		t.Fatalf("Deployment: --config %s is not in a mounted ConfigMap", configPath)
 	}
 
-	// The ConfigMap's rules: parsed by cachesync's parser, identical to ../rules.hcl.
-	rules, ok := cm.Data[rulesKey]
+	// The generated ConfigMap's rules: parsed by cachesync's parser,
+	// identical to ../rules.hcl, and a hash suffix so that a change rolls
+	// the pods.
+	data, hashed, ok := kust.generatedConfigMap(t, rulesConfigMap)
 	if !ok {
-		t.Fatalf("ConfigMap %s: no key %s (the file --config reads)", cmObj.meta.Metadata.Name, rulesKey)
+		t.Fatalf("kustomization.yaml: no configMapGenerator %s, the ConfigMap the Deployment mounts", rulesConfigMap)
+	}
+	if !hashed {
+		t.Errorf("kustomization.yaml: configMapGenerator %s disables the name suffix hash: a rules change would not roll the pods", rulesConfigMap)
+	}
+	rules, ok := data[rulesKey]
+	if !ok {
+		t.Fatalf("configMapGenerator %s: no key %s (the file --config reads)", rulesConfigMap, rulesKey)
 	}
 	p := config.NewParser()
 	p.LookupEnv = func(string) (string, bool) { return "", false }
-	cfg, diags := p.Parse([]byte(rules), "configmap.yaml:"+rulesKey)
+	cfg, diags := p.Parse([]byte(rules), "kubernetes/"+rulesKey)
 	if diags.HasErrors() {
-		t.Errorf("ConfigMap %s: %s does not parse:\n%s", cmObj.meta.Metadata.Name, rulesKey, p.FormatDiagnostics(diags))
+		t.Errorf("ConfigMap %s: %s does not parse:\n%s", rulesConfigMap, rulesKey, p.FormatDiagnostics(diags))
 	} else if len(cfg.Rules) == 0 {
-		t.Errorf("ConfigMap %s: %s has no rules", cmObj.meta.Metadata.Name, rulesKey)
+		t.Errorf("ConfigMap %s: %s has no rules", rulesConfigMap, rulesKey)
 	}
 	repoRules, err := os.ReadFile(rulesFile)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if rules != string(repoRules) {
-		t.Errorf("ConfigMap %s: %s differs from %s; copy it again (indent every non-empty line by 4 spaces under `%s: |`)",
-			cmObj.meta.Metadata.Name, rulesKey, rulesFile, rulesKey)
+		t.Errorf("kubernetes/%s (ConfigMap %s) differs from %s; copy it again: cp rules.hcl deploy/kubernetes/%s",
+			rulesKey, rulesConfigMap, rulesFile, rulesKey)
 	}
 }
 
 // testKustomizeBuild renders the kustomization with kubectl, which needs no
-// cluster for it.
+// cluster for it: every manifest and the generated ConfigMap, the pinned image,
+// and a rules change that changes the pod template (so that apply rolls the
+// pods).
 func testKustomizeBuild(t *testing.T) {
 	kubectl, err := exec.LookPath("kubectl")
 	if err != nil {
 		t.Skip("kubectl is not on PATH: `kubectl kustomize` was not run")
 	}
-	out, err := exec.Command(kubectl, "kustomize", "kubernetes").CombinedOutput()
-	if err != nil {
-		t.Fatalf("kubectl kustomize kubernetes: %v\n%s", err, out)
+	objs, kust, _ := loadKubernetes(t)
+	rendered := kustomize(t, kubectl, "kubernetes")
+	if want := len(objs) + len(kust.ConfigMapGenerator); len(rendered) != want {
+		t.Errorf("kubectl kustomize rendered %d objects, want the %d of the manifests and generators", len(rendered), want)
 	}
-	objs, _, _ := loadKubernetes(t)
+	image, rulesConfigMap := renderedPod(t, rendered)
+	if tag, _ := imageTag(image); tag == "" || tag == "latest" {
+		t.Errorf("kubectl kustomize: the Deployment's image is %q, want a pinned tag", image)
+	}
+	if !strings.HasPrefix(rulesConfigMap, "cachesync-rules-") {
+		t.Errorf("kubectl kustomize: the Deployment mounts ConfigMap %q, want the generated cachesync-rules-<hash>", rulesConfigMap)
+	}
+
+	// The same kustomization with one more line of rules.
+	dir := t.TempDir()
+	for _, f := range append(kust.Resources, "kustomization.yaml", "rules.hcl") {
+		b, err := os.ReadFile(filepath.Join("kubernetes", f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if f == "rules.hcl" {
+			b = append(b, "# changed\n"...)
+		}
+		if err := os.WriteFile(filepath.Join(dir, f), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, changed := renderedPod(t, kustomize(t, kubectl, dir))
+	if changed == rulesConfigMap {
+		t.Errorf("kubectl kustomize: a rules change leaves the Deployment on ConfigMap %s: the pods would keep the old rules", changed)
+	}
+}
+
+// kustomize renders a kustomization directory into its objects.
+func kustomize(t *testing.T, kubectl, dir string) []map[string]any {
+	t.Helper()
+	out, err := exec.Command(kubectl, "kustomize", dir).CombinedOutput()
+	if err != nil {
+		t.Fatalf("kubectl kustomize %s: %v\n%s", dir, err, out)
+	}
+	var objs []map[string]any
 	dec := yaml.NewDecoder(bytes.NewReader(out))
-	n := 0
 	for {
 		var o map[string]any
 		if err := dec.Decode(&o); errors.Is(err, io.EOF) {
@@ -596,9 +774,38 @@ func testKustomizeBuild(t *testing.T) {
 		} else if err != nil {
 			t.Fatalf("kubectl kustomize output: %v", err)
 		}
-		n++
+		objs = append(objs, o)
 	}
-	if n != len(objs) {
-		t.Errorf("kubectl kustomize rendered %d objects, want the %d of the manifests", n, len(objs))
+	return objs
+}
+
+// renderedPod returns the image of the rendered Deployment's container and
+// the ConfigMap its rules volume mounts.
+func renderedPod(t *testing.T, objs []map[string]any) (image, rulesConfigMap string) {
+	t.Helper()
+	for _, o := range objs {
+		if o["kind"] != "Deployment" {
+			continue
+		}
+		var dep deployment
+		b, err := yaml.Marshal(o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := yaml.Unmarshal(b, &dep); err != nil {
+			t.Fatal(err)
+		}
+		pod := dep.Spec.Template.Spec
+		if len(pod.Containers) == 1 {
+			image = pod.Containers[0].Image
+		}
+		for _, v := range pod.Volumes {
+			if v.Name == "rules" && v.ConfigMap != nil {
+				rulesConfigMap = v.ConfigMap.Name
+			}
+		}
+		return image, rulesConfigMap
 	}
+	t.Fatal("kubectl kustomize rendered no Deployment")
+	return "", ""
 }

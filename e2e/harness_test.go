@@ -169,8 +169,20 @@ func (e *env) start(extraEnv ...string) *daemon {
 // startBinary is start with another build of cachesync.
 func (e *env) startBinary(bin string, extraEnv ...string) *daemon {
 	e.t.Helper()
+	return e.launch(bin, nil, extraEnv)
+}
+
+// startArgs is start with more command-line arguments for `cachesync run`
+// (the harness's own come first, so these win).
+func (e *env) startArgs(args []string, extraEnv ...string) *daemon {
+	e.t.Helper()
+	return e.launch(binary, args, extraEnv)
+}
+
+func (e *env) launch(bin string, args, extraEnv []string) *daemon {
+	e.t.Helper()
 	d := &daemon{e: e, log: &lockedBuffer{}, done: make(chan struct{})}
-	d.cmd = exec.Command(bin, "run", "--log-level", "debug", "--status-interval", "1s")
+	d.cmd = exec.Command(bin, append([]string{"run", "--log-level", "debug", "--status-interval", "1s"}, args...)...)
 	d.cmd.Env = append(os.Environ(), "DATABASE_URL="+e.dbURL, e.redisEnv, "CACHESYNC_CONFIG="+e.rules)
 	d.cmd.Env = append(d.cmd.Env, extraEnv...)
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log

@@ -35,11 +35,17 @@ func runCommand() *cli.Command {
 			&cli.DurationFlag{Name: "status-interval", Value: 10 * time.Second, EnvVars: []string{"CACHESYNC_STATUS_INTERVAL"}, Usage: "longest time between standby status updates"},
 			&cli.DurationFlag{Name: "heartbeat-interval", Value: 10 * time.Second, EnvVars: []string{"CACHESYNC_HEARTBEAT_INTERVAL"}, Usage: "how often to write a heartbeat message into the WAL (0: never); keeps the slot moving on an idle database"},
 			&cli.DurationFlag{Name: "drain-timeout", Value: 10 * time.Second, EnvVars: []string{"CACHESYNC_DRAIN_TIMEOUT"}, Usage: "on SIGTERM, how long to keep applying what was received"},
-			&cli.StringFlag{Name: "listen", Value: defaultListen, EnvVars: []string{"CACHESYNC_LISTEN"}, Usage: "serve /metrics, /healthz, /readyz and /debug/pprof/ on this address (loopback by default; \"\" turns it off)"},
+			&cli.StringFlag{Name: "listen", Value: defaultListen, EnvVars: []string{"CACHESYNC_LISTEN"}, Usage: "serve /metrics, /healthz and /readyz (and /debug/pprof/ with --pprof) on this address (loopback by default; \"\" turns it off)"},
+			&cli.BoolFlag{Name: "pprof", EnvVars: []string{"CACHESYNC_PPROF"}, Usage: "also serve the Go runtime profiles under /debug/pprof/ on --listen (never the command line)"},
+			&cli.DurationFlag{Name: "stuck-after", Value: metrics.DefaultStuckAfter, EnvVars: []string{"CACHESYNC_STUCK_AFTER"}, Usage: "/healthz answers 503 when nothing was confirmed for this long while WAL is pending and PostgreSQL and Redis answer (0: never); more than three --status-interval"},
 		)...),
 		Action: func(c *cli.Context) error {
 			e, err := setupEnv(c, true)
 			if err != nil {
+				return err
+			}
+			health := metrics.HandlerOptions{Pprof: c.Bool("pprof"), StuckAfter: c.Duration("stuck-after")}
+			if err := checkStuckAfter(health.StuckAfter, c.Duration("status-interval")); err != nil {
 				return err
 			}
 			s := &stack{}
@@ -50,10 +56,9 @@ func runCommand() *cli.Command {
 				}
 			}
 			defer s.close()
-			redisUp := func() bool { return true }
 			if s.writer != nil {
 				m.Registry().MustRegister(metrics.WriterCollector(s.writer.Stats))
-				redisUp = func() bool { return !s.writer.Stats().Failing }
+				health.RedisUp = func() bool { return !s.writer.Stats().Failing }
 			}
 			d, err := e.daemon(c, s, c.Bool("dry-run"), m)
 			if err != nil {
@@ -62,7 +67,7 @@ func runCommand() *cli.Command {
 			ctx, stop := context.WithCancel(c.Context)
 			defer stop()
 			if addr := c.String("listen"); addr != "" {
-				served, err := metrics.Serve(ctx, addr, m.Handler(redisUp), e.log)
+				served, err := metrics.Serve(ctx, addr, m.Handler(health), health.Paths(), e.log)
 				if err != nil {
 					return &exitError{code: 1, msg: "cachesync run: " + err.Error()}
 				}
@@ -83,15 +88,37 @@ func runCommand() *cli.Command {
 	}
 }
 
+// checkStuckAfter refuses a --stuck-after that a PostgreSQL outage could
+// outlast while the session still counts as streaming: the stream gives up
+// on a silent server only after three status intervals, and until then
+// /healthz could take the outage for a stuck pipeline.
+func checkStuckAfter(stuckAfter, statusInterval time.Duration) error {
+	if stuckAfter < 0 || (stuckAfter > 0 && stuckAfter <= 3*statusInterval) {
+		return &exitError{code: 2, msg: fmt.Sprintf("--stuck-after %s: use 0 (never) or more than three --status-interval (%s)", stuckAfter, 3*statusInterval)}
+	}
+	return nil
+}
+
 // failpoint returns a hook that acts at the named point of the pipeline,
 // for fault tests. CACHESYNC_FAILPOINT=after-apply kills the process with
 // SIGKILL there; CACHESYNC_FAILPOINT=stop:before-advance stops it with
 // SIGSTOP the first time it gets there, as a frozen host would, so that a
 // test can change the world (roll Redis back, take over) at exactly that
-// moment and then let it go on (SIGCONT).
+// moment and then let it go on (SIGCONT). CACHESYNC_FAILPOINT=hang:before-apply
+// blocks the pipeline goroutine that gets there, for good, while the rest of
+// the process (the stream, the endpoints) runs on: a wedged pipeline, for
+// the liveness check.
 func failpoint(name string) func(string) {
 	if name == "" {
 		return nil
+	}
+	if at, ok := strings.CutPrefix(name, "hang:"); ok {
+		return func(point string) {
+			if point == at {
+				fmt.Fprintf(os.Stderr, "cachesync: failpoint %s: hanging the pipeline\n", point)
+				select {}
+			}
+		}
 	}
 	if at, ok := strings.CutPrefix(name, "stop:"); ok {
 		var once sync.Once

@@ -416,7 +416,7 @@ func (s *session) streamSession(ctx, hard context.Context) error {
 			return err
 		}
 		defer gateConn.Close(context.WithoutCancel(ctx))
-		s.gate = &visibilityGate{snapshots: gateConn, log: s.log}
+		s.gate = &visibilityGate{snapshots: gateConn, log: s.log, waiting: func() { s.metrics.WaitingForPostgres(time.Now()) }}
 	}
 
 	s.newBudgets()
@@ -770,6 +770,7 @@ func (s *session) commitGroup(ctx context.Context, group []mapping.Batch, ops in
 			return err
 		}
 		s.stream.Confirm(end)
+		s.metrics.Confirmed(end, time.Now())
 		return nil
 	}
 	if ops > 0 {
@@ -875,7 +876,7 @@ func (s *session) journalGroups(ctx context.Context, items <-chan journalItem) e
 			}
 			confirmed := pending[len(pending)-1].EndLSN
 			s.stream.Confirm(confirmed)
-			s.metrics.ConfirmedLSN.Set(float64(confirmed))
+			s.metrics.Confirmed(confirmed, time.Now())
 		}
 		for _, w := range waiting {
 			close(w)

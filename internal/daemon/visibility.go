@@ -26,7 +26,11 @@ import (
 type visibilityGate struct {
 	snapshots snapshotReader
 	log       zerolog.Logger
-	xids      []uint32 // reused
+	// waiting, when set, is called while the wait goes on: PostgreSQL
+	// holds the pipeline, which a restart would not cure (the liveness
+	// check does not count the time).
+	waiting func()
+	xids    []uint32 // reused
 }
 
 // snapshotReader reads pg_current_snapshot() on a connection of the
@@ -64,6 +68,9 @@ func (g *visibilityGate) wait(ctx context.Context, group []mapping.Batch) error 
 				g.log.Info().Dur("waited", time.Since(began)).Msg("the held transactions are visible; applying them")
 			}
 			return nil
+		}
+		if g.waiting != nil {
+			g.waiting()
 		}
 		switch waited := time.Since(began); {
 		case attempt == 0:

@@ -77,6 +77,13 @@ type Metrics struct {
 	cur    atomic.Value // string: the current state
 	detail atomic.Value // string: why (the last error while reconnecting)
 
+	// What /healthz judges progress by (health.go): the highest confirmed
+	// position, and when (unix ns) it last moved, the state last changed
+	// and an outage was last seen (Redis failing, or PostgreSQL holding
+	// commits invisible).
+	confirmed                     atomic.Uint64
+	progressAt, stateAt, outageAt atomic.Int64
+
 	mapperStats atomic.Pointer[mapping.Stats]
 	// queued reports the bytes the running session's pipeline holds.
 	queued atomic.Pointer[func() int64]
@@ -185,6 +192,7 @@ func (m *Metrics) Positions(fn func() (received, serverEnd wal.LSN)) { m.positio
 func (m *Metrics) SetState(state, detail string) {
 	m.cur.Store(state)
 	m.detail.Store(detail)
+	m.stateAt.Store(time.Now().UnixNano())
 	for _, s := range states {
 		v := 0.0
 		if s == state {
