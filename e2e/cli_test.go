@@ -152,6 +152,14 @@ rule "view" {
 			t.Errorf("validate: exit %d, want 0 with %q:\n%s", code, w, out)
 		}
 	}
+	// run starts with such a file, and says the same once in its log.
+	d := e.launch(binary, []string{"--log-format", "console"}, []string{"CACHESYNC_CONFIG=" + nullOnly})
+	testenv.Eventually(t, 30*time.Second, "run logs the preflight's warning", func() (bool, string) {
+		return strings.Contains(d.log.String(), `null.hcl:5:22: warning: rule`), d.log.String()
+	})
+	if d.exited() {
+		t.Errorf("run exited on a warning:\n%s", d.log.String())
+	}
 }
 
 func (e *env) publicationTables() []string {

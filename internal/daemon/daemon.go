@@ -330,6 +330,12 @@ func (d *Daemon) prepareOnce(ctx context.Context, pgc config.Postgres) error {
 	if diags.HasErrors() {
 		return fmt.Errorf("%w:\n%s", ErrConfig, d.opts.FormatDiagnostics(diags))
 	}
+	if len(diags) > 0 {
+		// Findings that do not stop a start (a template that fails only on
+		// NULL): said once, as validate says them.
+		d.log.Warn().Str("findings", d.opts.FormatDiagnostics(diags)).
+			Msg("the rules fit the database, with warnings: fix them or accept what each says run does")
+	}
 	if !d.opts.DryRun {
 		return nil
 	}
