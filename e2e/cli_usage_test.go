@@ -16,9 +16,17 @@ import (
 // cachesync's own variables, plus env; stdin is not a terminal.
 func runCachesync(t *testing.T, env []string, args ...string) (stdout, stderr string, code int) {
 	t.Helper()
+	return runCachesyncIn(t, "", env, args...)
+}
+
+// runCachesyncIn is runCachesync in directory dir ("": this one). stdout
+// and stderr come apart (--json output must be clean).
+func runCachesyncIn(t *testing.T, dir string, env []string, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), cliTimeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, binary, args...)
+	cmd.Dir = dir
 	for _, kv := range os.Environ() {
 		name, _, _ := strings.Cut(kv, "=")
 		if !strings.HasPrefix(name, "CACHESYNC_") && !strings.HasPrefix(name, "REDIS_") && name != "DATABASE_URL" {

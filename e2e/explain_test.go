@@ -1,14 +1,11 @@
 package e2e
 
 import (
-	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"maps"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -24,23 +21,11 @@ func explainCLI(t *testing.T, args ...string) (stdout, stderr string, code int) 
 	return runCLI(t, []string{"DATABASE_URL=", "CACHESYNC_CONFIG=../rules.hcl"}, append([]string{"explain"}, args...)...)
 }
 
-// runCLI runs the binary with env added to the test's environment and
-// returns stdout and stderr apart (--json output must be clean).
+// runCLI runs the binary with env, apart from the test's own cachesync
+// variables, and returns stdout and stderr apart.
 func runCLI(t *testing.T, env []string, args ...string) (stdout, stderr string, code int) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), cliTimeout)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, binary, args...)
-	cmd.Env = append(os.Environ(), env...)
-	var out, errOut bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errOut
-	err := cmd.Run()
-	if exit, ok := err.(*exec.ExitError); ok {
-		code = exit.ExitCode()
-	} else if err != nil {
-		t.Fatal(err)
-	}
-	return out.String(), errOut.String(), code
+	return runCachesync(t, env, args...)
 }
 
 // ruleLine is where `rule "name"` starts in the repository's rules.hcl.

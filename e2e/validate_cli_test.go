@@ -2,11 +2,9 @@ package e2e
 
 import (
 	"bufio"
-	"bytes"
 	"encoding/json"
 	"maps"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -20,21 +18,7 @@ import (
 // servers. It returns stdout, stderr and the exit code.
 func offlineCLI(t *testing.T, dir string, env []string, args ...string) (string, string, int) {
 	t.Helper()
-	cmd := exec.Command(binary, args...)
-	cmd.Dir = dir
-	cmd.Env = slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, "CACHESYNC_CONFIG=") })
-	cmd.Env = append(cmd.Env, "DATABASE_URL=", "REDIS_URL=redis://127.0.0.1:1")
-	cmd.Env = append(cmd.Env, env...)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
-	code := 0
-	if exit, ok := err.(*exec.ExitError); ok {
-		code = exit.ExitCode()
-	} else if err != nil {
-		t.Fatal(err)
-	}
-	return stdout.String(), stderr.String(), code
+	return runCachesyncIn(t, dir, append([]string{"REDIS_URL=redis://127.0.0.1:1"}, env...), args...)
 }
 
 // writeFiles writes name → content into a new directory and returns it.
