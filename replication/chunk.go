@@ -125,16 +125,10 @@ func (r *TableReader) Read(ctx context.Context, conn *pgx.Conn, after []string, 
 	cut := false
 	for rr.NextRow() {
 		raw := rr.Values()
-		t := make(wal.Tuple, len(raw))
-		for i, v := range raw {
-			if v == nil {
-				t[i] = wal.Value{Kind: wal.Null}
-				continue
-			}
-			t[i] = wal.Value{Kind: wal.Text, Text: string(v)}
+		for _, v := range raw {
 			ch.Bytes += len(v)
 		}
-		ch.Rows = append(ch.Rows, t)
+		ch.Rows = append(ch.Rows, textTuple(raw))
 		if maxBytes > 0 && ch.Bytes > maxBytes {
 			cut = true
 			break
