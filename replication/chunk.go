@@ -43,7 +43,7 @@ func NewTableReader(ctx context.Context, conn *pgx.Conn, t config.TableName, whe
 	}
 	if len(rel.PrimaryKey) == 0 {
 		return nil, fmt.Errorf("table %s: %w: a backfill reads a table in primary-key order; add one (ALTER TABLE %s ADD PRIMARY KEY (...))",
-			t, ErrNoPrimaryKey, pgx.Identifier{t.Schema, t.Name}.Sanitize())
+			t, ErrNoPrimaryKey, t)
 	}
 	r := &TableReader{rel: rel, where: strings.TrimSpace(where)}
 	cols := make([]string, len(rel.Columns))
