@@ -17,7 +17,7 @@ import (
 // mapper options.
 func (e *env) autoBackfill(c *cli.Context, s *stack) daemon.BackfillFunc {
 	mapperOpts := daemon.MapperOptions(c.Int("key-cap"), size(c, "max-queued-bytes"), e.log)
-	return func(ctx context.Context, rule *config.Rule, fence func() error, progress func(backfill.Progress)) error {
+	return func(ctx context.Context, rule *config.Rule, fence func() error, stop <-chan struct{}, progress func(backfill.Progress)) error {
 		conn, err := pgx.Connect(ctx, e.dbURL)
 		if err != nil {
 			return err
@@ -25,7 +25,7 @@ func (e *env) autoBackfill(c *cli.Context, s *stack) daemon.BackfillFunc {
 		defer conn.Close(context.WithoutCancel(ctx))
 		_, err = backfill.Run(ctx, conn, s.writer, backfill.Options{
 			Rule: rule, Slot: e.cfg.Postgres.Slot, Mapper: mapperOpts,
-			Fence: fence, OnProgress: progress, Logger: e.log,
+			Fence: fence, Stop: stop, OnProgress: progress, Logger: e.log,
 		})
 		return err
 	}

@@ -3,7 +3,6 @@ package daemon
 import (
 	"context"
 	"errors"
-	"sync/atomic"
 	"time"
 
 	"github.com/cachesync/cachesync/backfill"
@@ -54,11 +53,11 @@ func (s BackfillState) Due() bool { return s != BackfillFinished }
 
 // BackfillFunc runs or resumes the backfill of rule on a PostgreSQL
 // connection of its own until every row is loaded (nil), it fails, fence
-// refuses (the instance lock was lost) or ctx ends (then between chunks,
-// or in the chunk in flight, which is redone by the next run). It calls
-// progress after each chunk. cmd/cachesync wires package backfill's Run,
-// with the daemon's writer.
-type BackfillFunc func(ctx context.Context, rule *config.Rule, fence func() error, progress func(backfill.Progress)) error
+// refuses (the instance lock was lost), stop is closed (after the current
+// chunk: backfill.ErrStopped) or ctx ends (at once). It calls progress
+// after each chunk. cmd/cachesync wires package backfill's Run, with the
+// daemon's writer.
+type BackfillFunc func(ctx context.Context, rule *config.Rule, fence func() error, stop <-chan struct{}, progress func(backfill.Progress)) error
 
 // backfillRunner is the session's sixth goroutine when a rule has
 // refresh { backfill = true }: every Options.BackfillCheckInterval it reads
@@ -72,11 +71,10 @@ type BackfillFunc func(ctx context.Context, rule *config.Rule, fence func() erro
 type backfillRunner struct {
 	s     *session
 	rules []*config.Rule
-	// hard ends a run at once (the pipeline's context); stopping is set
-	// once the session stops gracefully: the run then ends after its
-	// chunk in flight.
-	hard     context.Context
-	stopping atomic.Bool
+	// hard ends a run at once (the pipeline's context); stop, closed
+	// when the session stops gracefully, after its current chunk.
+	hard context.Context
+	stop <-chan struct{}
 	// retries and notBefore hold each failing rule's consecutive failures
 	// and when it may run again.
 	retries   map[string]int
@@ -99,11 +97,10 @@ func (d *Daemon) backfillRules() []*config.Rule {
 // ctx ends it gracefully, hard at once.
 func (s *session) runBackfills(ctx, hard context.Context) error {
 	r := &backfillRunner{
-		s: s, rules: s.backfillRules(), hard: hard,
+		s: s, rules: s.backfillRules(), hard: hard, stop: ctx.Done(),
 		retries: map[string]int{}, notBefore: map[string]time.Time{},
 		wait: backoff.Exponential{Min: time.Second, Max: s.opts.MaxBackoff},
 	}
-	defer context.AfterFunc(ctx, func() { r.stopping.Store(true) })()
 	tick := time.NewTicker(s.opts.BackfillCheckInterval)
 	defer tick.Stop()
 	for {
@@ -142,7 +139,7 @@ func (r *backfillRunner) check(ctx context.Context) error {
 		switch {
 		case errors.Is(err, errLockLost):
 			return err
-		case ctx.Err() != nil:
+		case ctx.Err() != nil, errors.Is(err, backfill.ErrStopped):
 			return nil
 		case err != nil:
 			wait := r.wait.Wait(r.retries[rule.Name])
@@ -176,19 +173,14 @@ func (r *backfillRunner) run(rule *config.Rule, state BackfillState) error {
 	if err := r.s.fence(); err != nil {
 		return err
 	}
-	ctx, cancel := context.WithCancel(r.hard)
-	defer cancel()
 	m, name := r.s.metrics, rule.Name
 	began := time.Now()
 	r.s.log.Info().Str("rule", name).Str("was", string(state)).Msg("backfill: loading the table's rows into the rule's keys")
 	m.BackfillStarted(name, began, 0)
 	var last backfill.Progress
-	err := r.s.opts.Backfill(ctx, rule, r.s.fence, func(p backfill.Progress) {
+	err := r.s.opts.Backfill(r.hard, rule, r.s.fence, r.stop, func(p backfill.Progress) {
 		m.BackfillRows(name, max(0, p.Read-last.Read), p.Total-p.Rows)
 		last = p
-		if r.stopping.Load() {
-			cancel() // the session stops: after this chunk
-		}
 	})
 	m.BackfillStopped(name, time.Now(), err == nil)
 	return err
