@@ -1,0 +1,301 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cachesync/cachesync/internal/testenv"
+)
+
+// backfillRule is the example's product rule with refresh { backfill = true }.
+const backfillRule = `
+rule "product" {
+  table = "public.products"
+  when  = row.published
+  refresh {
+    key      = "product:${row.id}"
+    value    = jsonencode(row)
+    ttl      = "1h"
+    backfill = true
+  }
+}
+`
+
+// backfillRows is more than two chunks (backfill.DefaultChunkRows).
+const backfillRows = 2500
+
+// insertProducts inserts products 1..n, every fifth one unpublished.
+func (e *env) insertProducts(n int, name string) {
+	e.t.Helper()
+	e.exec(`INSERT INTO products SELECT g, $1 || g, g * 1.5, g % 5 <> 0, 'd' || g FROM generate_series(1, $2) g`, name, n)
+}
+
+// backfilled waits until Redis holds, for every row of products, what
+// value makes of it (the key absent for a nil value), and reports how many
+// keys it checked.
+func (e *env) backfilled(value func(id int, name, price string, published bool, description string) map[string]any) int {
+	e.t.Helper()
+	var checked int
+	testenv.Eventually(e.t, 90*time.Second, "every product's key holds its row", func() (bool, string) {
+		rows, err := e.db.Query(e.ctx, `SELECT id, name, price::text, published, description FROM products ORDER BY id`)
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		type row struct {
+			key  string
+			want map[string]any
+		}
+		var want []row
+		for rows.Next() {
+			var (
+				id                 int
+				name, price, descr string
+				published          bool
+			)
+			if err := rows.Scan(&id, &name, &price, &published, &descr); err != nil {
+				e.t.Fatal(err)
+			}
+			want = append(want, row{fmt.Sprintf("product:%d", id), value(id, name, price, published, descr)})
+		}
+		if err := rows.Err(); err != nil {
+			e.t.Fatal(err)
+		}
+		if len(want) == 0 {
+			checked = 0
+			return true, ""
+		}
+		keys := make([]string, len(want))
+		for i, r := range want {
+			keys[i] = r.key
+		}
+		got, err := e.rdb.MGet(e.ctx, keys...).Result()
+		if err != nil {
+			return false, err.Error()
+		}
+		bad := 0
+		first := ""
+		for i, r := range want {
+			ok := got[i] == nil && r.want == nil
+			if s, isString := got[i].(string); isString && r.want != nil {
+				var v map[string]any
+				ok = json.Unmarshal([]byte(s), &v) == nil && reflect.DeepEqual(v, r.want)
+			}
+			if !ok {
+				if bad == 0 {
+					first = fmt.Sprintf("%s = %v, want %v", r.key, got[i], r.want)
+				}
+				bad++
+			}
+		}
+		checked = len(want)
+		return bad == 0, fmt.Sprintf("%d of %d keys differ, first %s", bad, len(want), first)
+	})
+	return checked
+}
+
+// productValue is the product rule's value: the row's JSON when published.
+func productValue(id int, name, price string, published bool, description string) map[string]any {
+	if !published {
+		return nil
+	}
+	return productJSON(id, name, price, published, description)
+}
+
+// backfillStatus is a rule's backfill in `cachesync status --json`.
+type backfillStatus struct {
+	Rule      string     `json:"rule"`
+	Automatic bool       `json:"automatic"`
+	State     string     `json:"state"`
+	Rows      int64      `json:"rows"`
+	Total     int64      `json:"total"`
+	Started   *time.Time `json:"started"`
+	Finished  *time.Time `json:"finished"`
+	Error     string     `json:"error"`
+}
+
+// backfillStatus returns the product rule's backfill as status --json shows it.
+func (e *env) backfillStatus() backfillStatus {
+	e.t.Helper()
+	out, code := e.cli("status", "--json")
+	if code != 0 {
+		e.t.Fatalf("status --json: exit %d\n%s", code, out)
+	}
+	var st struct {
+		Cache struct {
+			Backfills []backfillStatus `json:"backfills"`
+		} `json:"cache"`
+	}
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		e.t.Fatalf("status --json: %v\n%s", err, out)
+	}
+	for _, b := range st.Cache.Backfills {
+		if b.Rule == "product" {
+			return b
+		}
+	}
+	e.t.Fatalf("status --json shows no backfill of rule product:\n%s", out)
+	return backfillStatus{}
+}
+
+// waitBackfillFinished waits until status shows the product rule's backfill
+// finished after since, and returns it.
+func (e *env) waitBackfillFinished(since time.Time) backfillStatus {
+	e.t.Helper()
+	var b backfillStatus
+	testenv.Eventually(e.t, 90*time.Second, "the backfill finished", func() (bool, string) {
+		b = e.backfillStatus()
+		return b.State == "finished" && b.Finished != nil && b.Finished.After(since), fmt.Sprintf("%+v", b)
+	})
+	return b
+}
+
+// TestAutoBackfill: a backfill = true rule is filled at the first start
+// (the slot is created: every key space flushed), its progress shown by
+// status and the metrics; a TRUNCATE empties it and the backfill that
+// follows loads nothing; a rules change that flushes the rule fills it
+// again with the new value.
+func TestAutoBackfill(t *testing.T) {
+	e := setup(t, schema, backfillRule)
+	e.insertProducts(backfillRows, "p")
+	start := time.Now()
+	d := e.start()
+	e.waitStreaming(d)
+	// Nothing changes: only the backfill can fill the keys.
+	if n := e.backfilled(productValue); n != backfillRows {
+		t.Fatalf("checked %d rows, want %d", n, backfillRows)
+	}
+	b := e.waitBackfillFinished(start)
+	if !b.Automatic || b.Rows != backfillRows || b.Error != "" || b.Started == nil || b.Started.Before(start.Add(-time.Second)) {
+		t.Errorf("status after the first fill: %+v", b)
+	}
+	if out, code := e.cli("status"); code != 0 || !strings.Contains(out, "backfill product") || !strings.Contains(out, fmt.Sprintf("finished: %d rows", backfillRows)) {
+		t.Errorf("status: exit %d, want a line saying the backfill of product finished with %d rows:\n%s", code, backfillRows, out)
+	}
+	m := d.scrape()
+	if got := m.value("cachesync_backfill_rows_total", "rule", "product"); got < backfillRows {
+		t.Errorf("cachesync_backfill_rows_total{rule=product} = %v, want at least %d", got, backfillRows)
+	}
+	if got := m.value("cachesync_backfill_running", "rule", "product"); got != 0 {
+		t.Errorf("cachesync_backfill_running{rule=product} = %v after the fill, want 0", got)
+	}
+	if got := m.value("cachesync_backfill_remaining_rows", "rule", "product"); got != 0 {
+		t.Errorf("cachesync_backfill_remaining_rows{rule=product} = %v after the fill, want 0", got)
+	}
+	if got := m.value("cachesync_backfill_duration_seconds", "rule", "product"); got <= 0 {
+		t.Errorf("cachesync_backfill_duration_seconds{rule=product} = %v, want > 0", got)
+	}
+
+	// TRUNCATE: the keys go, and the backfill after the flush loads none.
+	truncated := time.Now()
+	e.exec(`TRUNCATE products`)
+	e.gone("product:1", fmt.Sprintf("product:%d", backfillRows))
+	b = e.waitBackfillFinished(truncated)
+	if b.Rows != 0 || b.Error != "" {
+		t.Errorf("status after TRUNCATE: %+v, want a finished backfill of 0 rows", b)
+	}
+	if keys := e.keys("product:*"); len(keys) != 0 {
+		t.Errorf("keys after TRUNCATE and its backfill: %v", keys[:min(len(keys), 5)])
+	}
+
+	// A rules change that flushes the rule: the rows, written by the
+	// stream with the old value, are loaded again with the new one.
+	e.insertProducts(100, "q")
+	e.backfilled(productValue)
+	if code := d.stop(); code != 0 {
+		t.Fatalf("stop: exit %d\n%s", code, d.log.String())
+	}
+	e.rewriteRules(strings.Replace(backfillRule, "jsonencode(row)", `jsonencode({ id = row.id, name = row.name })`, 1))
+	changed := time.Now()
+	d = e.start()
+	e.waitStreaming(d)
+	e.backfilled(func(id int, name, _ string, published bool, _ string) map[string]any {
+		if !published {
+			return nil
+		}
+		return map[string]any{"id": float64(id), "name": name}
+	})
+	if b := e.waitBackfillFinished(changed); b.Rows != 100 {
+		t.Errorf("status after the rules change: %+v, want 100 rows", b)
+	}
+	if l := logLines(d.log.String(), "rules added or changed"); len(l) == 0 {
+		t.Errorf("the rules change flushed nothing:\n%s", d.log.String())
+	}
+}
+
+// rewriteRules replaces the rule blocks of the rules file.
+func (e *env) rewriteRules(rules string) {
+	e.t.Helper()
+	src, err := os.ReadFile(e.rules)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	i := strings.Index(string(src), "\nrule \"")
+	if i < 0 {
+		e.t.Fatalf("no rule in %s", e.rules)
+	}
+	if err := os.WriteFile(e.rules, append(src[:i+1], rules...), 0o644); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+// TestAutoBackfillAfterSlotLoss: rows changed while the slot is gone are
+// never streamed; the flush of the new slot and the backfill after it
+// bring every key to the current row.
+func TestAutoBackfillAfterSlotLoss(t *testing.T) {
+	e := setup(t, schema, backfillRule)
+	e.insertProducts(backfillRows, "p")
+	d := e.start()
+	e.waitStreaming(d)
+	e.backfilled(productValue)
+	if code := d.stop(); code != 0 {
+		t.Fatalf("stop: exit %d\n%s", code, d.log.String())
+	}
+	testenv.Eventually(t, 30*time.Second, "drop the slot", func() (bool, string) {
+		_, err := e.db.Exec(e.ctx, "SELECT pg_drop_replication_slot($1)", e.slot)
+		return err == nil, fmt.Sprint(err)
+	})
+	// Never delivered to anyone: only the backfill can show them.
+	e.exec(`UPDATE products SET name = 'lost' || id, published = NOT published WHERE id % 3 = 0`)
+	e.exec(`DELETE FROM products WHERE id % 7 = 0`)
+	lost := time.Now()
+	d = e.start()
+	e.waitStreaming(d)
+	e.backfilled(productValue)
+	e.waitBackfillFinished(lost)
+	if len(logLines(d.log.String(), "SLOT LOST")) == 0 {
+		t.Errorf("no SLOT LOST logged:\n%s", d.log.String())
+	}
+}
+
+// TestAutoBackfillAfterRedisReset: Redis comes back from an older snapshot
+// with on_redis_reset = flush: every key space is flushed, and the backfill
+// refills it with the current rows.
+func TestAutoBackfillAfterRedisReset(t *testing.T) {
+	e := setup(t, schema, backfillRule+"redis {\n  on_redis_reset = \"flush\"\n}\n")
+	e.insertProducts(backfillRows, "p")
+	d := e.start()
+	e.waitStreaming(d)
+	e.backfilled(productValue)
+	e.waitBackfillFinished(time.Time{})
+	if err := e.rdb.Save(e.ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	e.exec(`UPDATE products SET name = 'new' || id WHERE id % 2 = 0`)
+	e.backfilled(productValue)
+	e.caughtUp(d, 30*time.Second)
+
+	reset := time.Now()
+	e.redis.Stop(t)
+	e.redis.Start(t)
+	testenv.Eventually(t, 30*time.Second, "the daemon flushes the restored cache", func() (bool, string) {
+		d.alive("after the Redis reset")
+		return strings.Contains(d.log.String(), "on_redis_reset = flush"), ""
+	})
+	e.backfilled(productValue)
+	e.waitBackfillFinished(reset)
+}
