@@ -118,8 +118,8 @@ type backfillStatus struct {
 	Error     string     `json:"error"`
 }
 
-// backfillStatus returns the product rule's backfill as status --json shows it.
-func (e *env) backfillStatus() backfillStatus {
+// ruleBackfill returns rule's backfill as status --json shows it.
+func (e *env) ruleBackfill(rule string) backfillStatus {
 	e.t.Helper()
 	out, code := e.cli("status", "--json")
 	if code != 0 {
@@ -134,11 +134,11 @@ func (e *env) backfillStatus() backfillStatus {
 		e.t.Fatalf("status --json: %v\n%s", err, out)
 	}
 	for _, b := range st.Cache.Backfills {
-		if b.Rule == "product" {
+		if b.Rule == rule {
 			return b
 		}
 	}
-	e.t.Fatalf("status --json shows no backfill of rule product:\n%s", out)
+	e.t.Fatalf("status --json shows no backfill of rule %s:\n%s", rule, out)
 	return backfillStatus{}
 }
 
@@ -148,7 +148,7 @@ func (e *env) waitBackfillFinished(since time.Time) backfillStatus {
 	e.t.Helper()
 	var b backfillStatus
 	testenv.Eventually(e.t, 90*time.Second, "the backfill finished", func() (bool, string) {
-		b = e.backfillStatus()
+		b = e.ruleBackfill("product")
 		return b.State == "finished" && b.Finished != nil && b.Finished.After(since), fmt.Sprintf("%+v", b)
 	})
 	return b
@@ -209,7 +209,9 @@ func TestAutoBackfill(t *testing.T) {
 	if code := d.stop(); code != 0 {
 		t.Fatalf("stop: exit %d\n%s", code, d.log.String())
 	}
-	e.rewriteRules(strings.Replace(backfillRule, "jsonencode(row)", `jsonencode({ id = row.id, name = row.name })`, 1))
+	if err := os.WriteFile(e.rules, []byte(strings.Replace(mustRead(t, e.rules), "jsonencode(row)", `jsonencode({ id = row.id, name = row.name })`, 1)), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	changed := time.Now()
 	d = e.start()
 	e.waitStreaming(d)
@@ -224,22 +226,6 @@ func TestAutoBackfill(t *testing.T) {
 	}
 	if l := logLines(d.log.String(), "rules added or changed"); len(l) == 0 {
 		t.Errorf("the rules change flushed nothing:\n%s", d.log.String())
-	}
-}
-
-// rewriteRules replaces the rule blocks of the rules file.
-func (e *env) rewriteRules(rules string) {
-	e.t.Helper()
-	src, err := os.ReadFile(e.rules)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	i := strings.Index(string(src), "\nrule \"")
-	if i < 0 {
-		e.t.Fatalf("no rule in %s", e.rules)
-	}
-	if err := os.WriteFile(e.rules, append(src[:i+1], rules...), 0o644); err != nil {
-		e.t.Fatal(err)
 	}
 }
 
@@ -298,4 +284,55 @@ func TestAutoBackfillAfterRedisReset(t *testing.T) {
 	})
 	e.backfilled(productValue)
 	e.waitBackfillFinished(reset)
+}
+
+// TestAutoBackfillFailureRetried: a backfill that fails (a table without a
+// primary key) is logged and retried with backoff while the stream goes
+// on; once the table has a primary key, the retry fills the keys.
+func TestAutoBackfillFailureRetried(t *testing.T) {
+	e := setup(t, schema+`
+CREATE TABLE items (id bigint NOT NULL, name text);
+ALTER TABLE items REPLICA IDENTITY FULL;
+INSERT INTO items SELECT g, 'i' || g FROM generate_series(1, 50) g;
+`, `
+rule "item" {
+  table = "public.items"
+  refresh {
+    key      = "item:${row.id}"
+    value    = row.name
+    ttl      = "1h"
+    backfill = true
+  }
+}
+rule "user" {
+  table = "public.users"
+  invalidate { keys = ["user:${row.id}"] }
+}
+`)
+	d := e.start()
+	e.waitStreaming(d)
+	testenv.Eventually(t, 30*time.Second, "the failed backfill logged", func() (bool, string) {
+		d.alive("after the failed backfill")
+		return len(logLines(d.log.String(), "backfill failed")) > 0, ""
+	})
+	if l := logLines(d.log.String(), "backfill failed")[0]; !strings.Contains(l, "primary key") || !strings.Contains(l, "retry_in") {
+		t.Errorf("the failure does not name the missing primary key and the retry: %s", l)
+	}
+	// The stream goes on.
+	e.set("user:1")
+	e.exec(`INSERT INTO users VALUES (1, 'a@x.io', 1, 'A')`)
+	e.gone("user:1")
+	if b := e.ruleBackfill("item"); b.Error == "" || b.State == "finished" {
+		t.Errorf("status after the failure: %+v, want the error", b)
+	}
+
+	e.exec(`ALTER TABLE items ADD PRIMARY KEY (id)`)
+	testenv.Eventually(t, 60*time.Second, "the retried backfill fills the keys", func() (bool, string) {
+		d.alive("retrying the backfill")
+		v, err := e.rdb.Get(e.ctx, "item:50").Result()
+		return err == nil && v == "i50", fmt.Sprint(v, err)
+	})
+	if b := e.ruleBackfill("item"); b.State != "finished" || b.Rows != 50 || b.Error != "" {
+		t.Errorf("status after the retry: %+v", b)
+	}
 }

@@ -146,12 +146,34 @@ func (r *backfillRunner) check(ctx context.Context) error {
 			r.retries[rule.Name]++
 			r.notBefore[rule.Name] = time.Now().Add(wait)
 			r.s.log.Error().Err(err).Str("rule", rule.Name).Dur("retry_in", wait).Msg("backfill failed; it resumes from its checkpoint")
+			r.recordFailure(ctx, rule.Name, err)
 		default:
 			delete(r.retries, rule.Name)
 			delete(r.notBefore, rule.Name)
 		}
 	}
 	return nil
+}
+
+// recordFailure puts err in rule's checkpoint, for status, when the
+// backfill failed before it could (a table without a primary key): a
+// checkpoint without a last key, which the next run starts over from.
+func (r *backfillRunner) recordFailure(ctx context.Context, rule string, failure error) {
+	cache := r.s.opts.Cache
+	cp, ok, err := cache.Checkpoint(ctx, rule)
+	if err != nil || (ok && cp.Error != "") {
+		return
+	}
+	if !ok {
+		if cp.Flushes, err = cache.FlushCount(ctx, rule); err != nil {
+			return
+		}
+		cp.Started = time.Now().UTC()
+	}
+	cp.Error = failure.Error()
+	if r.s.fence() == nil {
+		_ = cache.SetCheckpoint(ctx, rule, cp)
+	}
 }
 
 // state reads rule's backfill state from the cache.

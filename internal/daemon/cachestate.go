@@ -52,6 +52,9 @@ type CacheState interface {
 	// Checkpoint returns rule's backfill checkpoint; ok is false when
 	// there is none.
 	Checkpoint(ctx context.Context, rule string) (cp writer.Checkpoint, ok bool, err error)
+	// SetCheckpoint records rule's backfill checkpoint (the backfill runner
+	// records there a failure the backfill could not).
+	SetCheckpoint(ctx context.Context, rule string, cp writer.Checkpoint) error
 	// Retry runs cmd until it succeeds, fence refuses or ctx ends, with
 	// the writer's backoff between attempts.
 	Retry(ctx context.Context, fence func() error, cmd func() error) error
