@@ -31,8 +31,9 @@
 //
 // # The pipeline's goroutines
 //
-// session.pipeline runs five goroutines (six with a backfill = true rule) in one errgroup, joined by bounded
-// channels; budgets (budget.go) bound what the items hold:
+// session.pipeline runs six goroutines (five without a backfill = true
+// rule) in one errgroup, joined by bounded channels; budgets (budget.go)
+// bound what the items hold:
 //
 //   - the stream (replication.Stream.Run), the only user of the replication
 //     connection; it sends to eventQueue (4096 events) and acquires each
