@@ -336,3 +336,34 @@ rule "user" {
 		t.Errorf("status after the retry: %+v", b)
 	}
 }
+
+// TestAutoBackfillActiveOnly: only the active instance backfills; the
+// passive one that takes over after it is killed finds the fill finished
+// and does not run it again.
+func TestAutoBackfillActiveOnly(t *testing.T) {
+	e := setup(t, schema, backfillRule)
+	e.insertProducts(backfillRows, "p")
+	active, passive := e.startTwo()
+	e.backfilled(productValue)
+	e.waitBackfillFinished(time.Time{})
+	if l := logLines(passive.log.String(), `"message":"backfill`); len(l) > 0 {
+		t.Errorf("the passive instance backfilled: %s", l[0])
+	}
+	if len(logLines(active.log.String(), "backfill done")) != 1 {
+		t.Errorf("the active instance did not backfill once:\n%s", active.log.String())
+	}
+	active.kill()
+	since := len(passive.log.String())
+	testenv.Eventually(t, 60*time.Second, "the passive instance takes over", func() (bool, string) {
+		passive.alive("taking over")
+		return strings.Contains(passive.log.String()[since:], `"streaming"`), ""
+	})
+	// The runner checks at once when the session starts, and every second
+	// while the change goes through the pipeline.
+	e.exec(`UPDATE products SET name = 'after' WHERE id = 1`)
+	e.backfilled(productValue)
+	e.caughtUp(passive, 30*time.Second)
+	if l := logLines(passive.log.String(), `"message":"backfill`); len(l) > 0 {
+		t.Errorf("the new active instance backfilled a finished fill again: %s", l[0])
+	}
+}
