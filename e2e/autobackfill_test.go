@@ -6,6 +6,7 @@ import (
 	"os"
 	"reflect"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -365,5 +366,69 @@ func TestAutoBackfillActiveOnly(t *testing.T) {
 	e.caughtUp(passive, 30*time.Second)
 	if l := logLines(passive.log.String(), `"message":"backfill`); len(l) > 0 {
 		t.Errorf("the new active instance backfilled a finished fill again: %s", l[0])
+	}
+}
+
+// TestAutoBackfillResumesAfterKill: the daemon killed (-9) after the
+// backfill's first checkpoint resumes it from there at the next start.
+func TestAutoBackfillResumesAfterKill(t *testing.T) {
+	e := setup(t, schema, backfillRule)
+	e.insertProducts(backfillRows, "p")
+	d := e.start("CACHESYNC_FAILPOINT=after-backfill-checkpoint")
+	d.waitExit(60 * time.Second)
+	if b := e.ruleBackfill("product"); b.State != "running" || b.Rows == 0 || b.Rows >= backfillRows {
+		t.Fatalf("status after the kill: %+v, want an unfinished backfill with some rows done", b)
+	}
+	d = e.start()
+	e.waitStreaming(d)
+	e.backfilled(productValue)
+	b := e.waitBackfillFinished(time.Time{})
+	if b.Rows != backfillRows {
+		t.Errorf("status after the resumed backfill: %+v, want %d rows", b, backfillRows)
+	}
+	if l := logLines(d.log.String(), "backfill resumes from its checkpoint"); len(l) != 1 {
+		t.Errorf("the restarted daemon did not resume the backfill once:\n%s", d.log.String())
+	}
+}
+
+// TestAutoBackfillFrozenFencedOff: the active instance freezes in the middle
+// of a backfill; the passive one takes over on the lease and finishes it;
+// thawed, the old one writes nothing more.
+func TestAutoBackfillFrozenFencedOff(t *testing.T) {
+	e, _ := setupPrivate(t, schema, backfillRule)
+	e.insertProducts(backfillRows, "p")
+	wst := e.walSenderTimeout()
+	a := e.start("CACHESYNC_DATA_DIR="+t.TempDir(), "CACHESYNC_FAILPOINT=stop:after-backfill-checkpoint")
+	t.Cleanup(func() { _ = a.cmd.Process.Signal(syscall.SIGCONT) })
+	testenv.Eventually(t, 60*time.Second, "the active instance stops itself after a backfill chunk", func() (bool, string) {
+		return strings.Contains(a.log.String(), "failpoint after-backfill-checkpoint: stopping"), ""
+	})
+	b := e.start("CACHESYNC_DATA_DIR=" + t.TempDir())
+	testenv.Eventually(t, wst+20*time.Second, "the passive instance takes over and finishes the backfill", func() (bool, string) {
+		b.alive("passive instance")
+		return len(logLines(b.log.String(), "backfill done")) == 1, ""
+	})
+	e.backfilled(productValue)
+	// Rows the new active instance streams while the old one is frozen.
+	e.exec(`UPDATE products SET name = 'after the takeover' WHERE id <= 1500`)
+	e.backfilled(productValue)
+
+	finished := e.waitBackfillFinished(time.Time{})
+
+	woke := len(a.log.String())
+	if err := a.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	a.awaitStandby(woke)
+	e.exec(`UPDATE products SET price = 7 WHERE id = 2`)
+	e.backfilled(productValue)
+	e.fencedOff(a, b, woke, "thawed instance")
+	// The thawed instance's next chunk would have written its checkpoint
+	// over the finished one.
+	if now := e.ruleBackfill("product"); !reflect.DeepEqual(now, finished) {
+		t.Errorf("the backfill record changed after the thaw: %+v, was %+v", now, finished)
+	}
+	if l := logLines(a.log.String()[woke:], `"message":"backfill`); len(l) > 0 {
+		t.Errorf("the thawed instance went on with the backfill: %s", l[0])
 	}
 }

@@ -26,6 +26,7 @@ func (e *env) autoBackfill(c *cli.Context, s *stack) daemon.BackfillFunc {
 		_, err = backfill.Run(ctx, conn, s.writer, backfill.Options{
 			Rule: rule, Slot: e.cfg.Postgres.Slot, Mapper: mapperOpts,
 			Fence: fence, Stop: stop, OnProgress: progress, Logger: e.log,
+			AfterCheckpoint: backfillFailpoint(),
 		})
 		return err
 	}
