@@ -222,6 +222,9 @@ type Refresh struct {
 	// changes what fills the keys, not what a key holds, so it flushes
 	// nothing.
 	Backfill bool
+	// BackfillRange is the range of the backfill attribute's value, where
+	// diagnostics about the backfill point (the block's header when absent).
+	BackfillRange hcl.Range
 	// Range is the block header's range.
 	Range hcl.Range
 }

@@ -650,7 +650,7 @@ func (tc *templateChecker) decodeBumpVersion(b *hcl.Block) (*BumpVersion, hcl.Di
 }
 
 func (tc *templateChecker) decodeRefresh(b *hcl.Block) (*Refresh, hcl.Diagnostics) {
-	rf := &Refresh{Range: b.DefRange}
+	rf := &Refresh{Range: b.DefRange, BackfillRange: b.DefRange}
 	content, diags := b.Body.Content(refreshSchema)
 	diags = withHint(prefixRule(diags, tc.rule), "a refresh block", refreshSchema)
 	missing := func(arg, example string) {
@@ -733,6 +733,7 @@ func (tc *templateChecker) decodeRefresh(b *hcl.Block) (*Refresh, hcl.Diagnostic
 	}
 
 	if attr, ok := content.Attributes["backfill"]; ok {
+		rf.BackfillRange = attr.Expr.Range()
 		v, ds := attr.Expr.Value(nil)
 		diags = append(diags, prefixRule(ds, tc.rule)...)
 		if !ds.HasErrors() {

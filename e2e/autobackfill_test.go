@@ -287,12 +287,13 @@ func TestAutoBackfillAfterRedisReset(t *testing.T) {
 	e.waitBackfillFinished(reset)
 }
 
-// TestAutoBackfillFailureRetried: a backfill that fails (a table without a
-// primary key) is logged and retried with backoff while the stream goes
-// on; once the table has a primary key, the retry fills the keys.
+// TestAutoBackfillFailureRetried: a backfill that fails (the table lost
+// its primary key, which run's preflight requires) is logged and retried
+// with backoff while the stream goes on; once the table has a primary key
+// again, the retry finishes it.
 func TestAutoBackfillFailureRetried(t *testing.T) {
 	e := setup(t, schema+`
-CREATE TABLE items (id bigint NOT NULL, name text);
+CREATE TABLE items (id bigint PRIMARY KEY, name text);
 ALTER TABLE items REPLICA IDENTITY FULL;
 INSERT INTO items SELECT g, 'i' || g FROM generate_series(1, 50) g;
 `, `
@@ -312,29 +313,62 @@ rule "user" {
 `)
 	d := e.start()
 	e.waitStreaming(d)
+	testenv.Eventually(t, 60*time.Second, "the first backfill fills the keys", func() (bool, string) {
+		d.alive("backfilling")
+		v, err := e.rdb.Get(e.ctx, "item:50").Result()
+		return err == nil && v == "i50", fmt.Sprint(v, err)
+	})
+	// The TRUNCATE's flush calls for a backfill, which cannot read the
+	// table any more.
+	e.exec(`ALTER TABLE items DROP CONSTRAINT items_pkey`)
+	e.exec(`TRUNCATE items`)
+	e.gone("item:50")
 	testenv.Eventually(t, 30*time.Second, "the failed backfill logged", func() (bool, string) {
 		d.alive("after the failed backfill")
 		return len(logLines(d.log.String(), "backfill failed")) > 0, ""
 	})
-	if l := logLines(d.log.String(), "backfill failed")[0]; !strings.Contains(l, "primary key") || !strings.Contains(l, "retry_in") {
-		t.Errorf("the failure does not name the missing primary key and the retry: %s", l)
+	if l := logLines(d.log.String(), "backfill failed")[0]; !strings.Contains(l, "no primary key") || !strings.Contains(l, "ADD PRIMARY KEY") || !strings.Contains(l, "retry_in") {
+		t.Errorf("the failure does not name the missing primary key, its fix and the retry: %s", l)
+	}
+	if b := e.ruleBackfill("item"); b.State == "finished" || !strings.Contains(b.Error, "no primary key") {
+		t.Errorf("status after the failure: %+v, want the error", b)
 	}
 	// The stream goes on.
 	e.set("user:1")
 	e.exec(`INSERT INTO users VALUES (1, 'a@x.io', 1, 'A')`)
 	e.gone("user:1")
-	if b := e.ruleBackfill("item"); b.Error == "" || b.State == "finished" {
-		t.Errorf("status after the failure: %+v, want the error", b)
-	}
 
+	fixed := time.Now()
 	e.exec(`ALTER TABLE items ADD PRIMARY KEY (id)`)
-	testenv.Eventually(t, 60*time.Second, "the retried backfill fills the keys", func() (bool, string) {
+	testenv.Eventually(t, 60*time.Second, "the retried backfill finishes", func() (bool, string) {
 		d.alive("retrying the backfill")
-		v, err := e.rdb.Get(e.ctx, "item:50").Result()
-		return err == nil && v == "i50", fmt.Sprint(v, err)
+		b := e.ruleBackfill("item")
+		return b.State == "finished" && b.Finished.After(fixed) && b.Error == "", fmt.Sprintf("%+v", b)
 	})
-	if b := e.ruleBackfill("item"); b.State != "finished" || b.Rows != 50 || b.Error != "" {
-		t.Errorf("status after the retry: %+v", b)
+	if n := len(logLines(d.log.String(), "backfill done")); n != 2 {
+		t.Errorf("%d backfills done, want 2 (the first, and the retry after the TRUNCATE)", n)
+	}
+}
+
+// TestAutoBackfillNeedsPrimaryKey: run refuses backfill = true on a table
+// without a primary key, with the fix.
+func TestAutoBackfillNeedsPrimaryKey(t *testing.T) {
+	e := setup(t, schema+"CREATE TABLE items (id bigint NOT NULL, name text);\nALTER TABLE items REPLICA IDENTITY FULL;\n", `
+rule "item" {
+  table = "public.items"
+  refresh {
+    key      = "item:${row.id}"
+    value    = row.name
+    ttl      = "1h"
+    backfill = true
+  }
+}
+`)
+	d := e.start()
+	d.waitExit(60 * time.Second)
+	log := d.log.String()
+	if code := d.cmd.ProcessState.ExitCode(); code != 1 || !strings.Contains(log, "backfill = true, but public.items has no primary key") || !strings.Contains(log, "ADD PRIMARY KEY") {
+		t.Errorf("run: exit %d, want 1 and the missing primary key with its fix:\n%s", code, log)
 	}
 }
 
