@@ -287,16 +287,8 @@ func TestAutoBackfillAfterRedisReset(t *testing.T) {
 	e.waitBackfillFinished(reset)
 }
 
-// TestAutoBackfillFailureRetried: a backfill that fails (the table lost
-// its primary key, which run's preflight requires) is logged and retried
-// with backoff while the stream goes on; once the table has a primary key
-// again, the retry finishes it.
-func TestAutoBackfillFailureRetried(t *testing.T) {
-	e := setup(t, schema+`
-CREATE TABLE items (id bigint PRIMARY KEY, name text);
-ALTER TABLE items REPLICA IDENTITY FULL;
-INSERT INTO items SELECT g, 'i' || g FROM generate_series(1, 50) g;
-`, `
+// itemRule backfills public.items (id, name).
+const itemRule = `
 rule "item" {
   table = "public.items"
   refresh {
@@ -306,6 +298,18 @@ rule "item" {
     backfill = true
   }
 }
+`
+
+// TestAutoBackfillFailureRetried: a backfill that fails (the table lost
+// its primary key, which run's preflight requires) is logged and retried
+// with backoff while the stream goes on; once the table has a primary key
+// again, the retry finishes it.
+func TestAutoBackfillFailureRetried(t *testing.T) {
+	e := setup(t, schema+`
+CREATE TABLE items (id bigint PRIMARY KEY, name text);
+ALTER TABLE items REPLICA IDENTITY FULL;
+INSERT INTO items SELECT g, 'i' || g FROM generate_series(1, 50) g;
+`, itemRule+`
 rule "user" {
   table = "public.users"
   invalidate { keys = ["user:${row.id}"] }
@@ -353,17 +357,7 @@ rule "user" {
 // TestAutoBackfillNeedsPrimaryKey: run refuses backfill = true on a table
 // without a primary key, with the fix.
 func TestAutoBackfillNeedsPrimaryKey(t *testing.T) {
-	e := setup(t, schema+"CREATE TABLE items (id bigint NOT NULL, name text);\nALTER TABLE items REPLICA IDENTITY FULL;\n", `
-rule "item" {
-  table = "public.items"
-  refresh {
-    key      = "item:${row.id}"
-    value    = row.name
-    ttl      = "1h"
-    backfill = true
-  }
-}
-`)
+	e := setup(t, schema+"CREATE TABLE items (id bigint NOT NULL, name text);\nALTER TABLE items REPLICA IDENTITY FULL;\n", itemRule)
 	d := e.start()
 	d.waitExit(60 * time.Second)
 	log := d.log.String()
