@@ -153,8 +153,8 @@ type Rule struct {
 	// Fingerprint identifies what the rule does to the cache: its table,
 	// when, keyspace, action, and key, tag, namespace and value templates,
 	// as written but without comments and layout. Two rules with the same
-	// fingerprint invalidate the same keys the same way; a TTL or jitter
-	// change keeps it. The daemon flushes the key space of a rule whose
+	// fingerprint invalidate the same keys the same way; a TTL, jitter or
+	// backfill change keeps it. The daemon flushes the key space of a rule whose
 	// fingerprint the cache has not seen applied.
 	Fingerprint string
 }
@@ -216,6 +216,15 @@ type Refresh struct {
 	TTL time.Duration
 	// Jitter is >= 0 and < TTL.
 	Jitter time.Duration
+	// Backfill makes the daemon load the table's rows into the rule's keys
+	// whenever its key space was flushed or never filled (`backfill =
+	// true`). It is not part of the fingerprint: turning it on or off
+	// changes what fills the keys, not what a key holds, so it flushes
+	// nothing.
+	Backfill bool
+	// BackfillRange is the range of the backfill attribute's value, where
+	// diagnostics about the backfill point (the block's header when absent).
+	BackfillRange hcl.Range
 	// Range is the block header's range.
 	Range hcl.Range
 }

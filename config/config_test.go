@@ -625,6 +625,58 @@ rule "a" {
 		pos: "7:14", want: `jitter must not be negative`,
 	},
 	{
+		name: "backfill not a bool",
+		src: `rule "p" {
+  table = "public.products"
+  refresh {
+    key      = "product:${row.id}"
+    value    = jsonencode(row)
+    ttl      = "1m"
+    backfill = "yes"
+  }
+}
+`,
+		pos: "7:16", want: `rule "p": backfill must be true or false`,
+	},
+	{
+		name: "backfill in a rule, outside refresh",
+		src: `rule "p" {
+  table    = "public.products"
+  backfill = true
+  refresh {
+    key   = "product:${row.id}"
+    value = jsonencode(row)
+    ttl   = "1m"
+  }
+}
+`,
+		pos: "3:3", want: `rule "p": backfill is only allowed inside a refresh block`,
+	},
+	{
+		name: "backfill in an invalidate block",
+		src: `rule "u" {
+  table = "public.users"
+  invalidate {
+    keys     = ["user:${row.id}"]
+    backfill = true
+  }
+}
+`,
+		pos: "5:5", want: `rule "u": backfill is only allowed inside a refresh block; only a refresh rule writes values`,
+	},
+	{
+		name: "backfill in a bump_version block",
+		src: `rule "o" {
+  table = "public.orders"
+  bump_version {
+    namespaces = ["orders:${row.customer_id}"]
+    backfill   = true
+  }
+}
+`,
+		pos: "5:5", want: `rule "o": backfill is only allowed inside a refresh block`,
+	},
+	{
 		name: "no rules at all",
 		src: `postgres {
   slot = "cachesync"
@@ -1197,6 +1249,8 @@ rule "page" {
 			"keys = [ # by id and by email\n      \"user:${row.id}\",\n      \"user:email:${lower(row.email)}\",\n    ]", ""},
 		{"a rule moved after another", "", "", ""},
 		{"ttl", `ttl   = "1h"`, `ttl = "2h"`, ""},
+		// Turning backfill on must not flush the key space it is to fill.
+		{"backfill on", `ttl   = "1h"`, "ttl = \"1h\"\n    backfill = true", ""},
 		{"a key template", `"user:${row.id}"`, `"user:v2:${row.id}"`, "user"},
 		{"a tag added", `tags = ["org:${row.org_id}"]`, `tags = ["org:${row.org_id}", "all"]`, "user"},
 		{"when", `when  = row.active`, `when = !row.active`, "user"},
@@ -1258,6 +1312,23 @@ func TestWhenReadingOnlyNewWarns(t *testing.T) {
 			!strings.Contains(msg, "rules.hcl:"+tt.pos+": warning: rule \"o\": when reads only new") ||
 			!strings.Contains(msg, "^^^") || !strings.Contains(msg, "= hint: write row.<column> instead of new.<column>") {
 			t.Errorf("when = %s in %.12s: want one warning at %s with a caret and a hint, got:\n%s", tt.when, tt.action, tt.pos, msg)
+		}
+	}
+}
+
+// TestRefreshBackfill: backfill is false unless a refresh block says true.
+func TestRefreshBackfill(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		attr string
+		want bool
+	}{{"", false}, {"backfill = true", true}, {"backfill = false", false}} {
+		src := "rule \"p\" {\n  table = \"public.products\"\n  refresh {\n    key = \"product:${row.id}\"\n    value = jsonencode(row)\n    ttl = \"1h\"\n    " + tt.attr + "\n  }\n}\n"
+		p := config.NewParser()
+		cfg, diags := p.Parse([]byte(src), "rules.hcl")
+		requireNoDiags(t, p, diags)
+		if got := cfg.Rules[0].Refresh.Backfill; got != tt.want {
+			t.Errorf("%q: Backfill = %v, want %v", tt.attr, got, tt.want)
 		}
 	}
 }

@@ -53,7 +53,7 @@ var (
 		Attributes: []hcl.AttributeSchema{{Name: "namespaces"}},
 	}
 	refreshSchema = &hcl.BodySchema{
-		Attributes: []hcl.AttributeSchema{{Name: "key"}, {Name: "value"}, {Name: "ttl"}, {Name: "jitter"}},
+		Attributes: []hcl.AttributeSchema{{Name: "key"}, {Name: "value"}, {Name: "ttl"}, {Name: "jitter"}, {Name: "backfill"}},
 	}
 )
 
@@ -462,7 +462,7 @@ func decodeRule(b *hcl.Block) (*Rule, hcl.Diagnostics) {
 	name := b.Labels[0]
 	r := &Rule{Name: name, DeclRange: b.DefRange}
 	content, diags := b.Body.Content(ruleSchema)
-	diags = withHint(prefixRule(diags, name), "a rule block", ruleSchema)
+	diags = withHint(backfillOutsideRefresh(prefixRule(diags, name), name), "a rule block", ruleSchema)
 
 	if !ruleNameRe.MatchString(name) {
 		diags = append(diags, &hcl.Diagnostic{
@@ -599,7 +599,7 @@ func decodeKeyspace(attr *hcl.Attribute, rule string) ([]string, hcl.Diagnostics
 func (tc *templateChecker) decodeInvalidate(b *hcl.Block) (*Invalidate, hcl.Diagnostics) {
 	inv := &Invalidate{Range: b.DefRange}
 	content, diags := b.Body.Content(invalidateSchema)
-	diags = withHint(prefixRule(diags, tc.rule), "an invalidate block", invalidateSchema)
+	diags = withHint(backfillOutsideRefresh(prefixRule(diags, tc.rule), tc.rule), "an invalidate block", invalidateSchema)
 	if attr, ok := content.Attributes["keys"]; ok {
 		ts, ds := tc.templateList(attr, `keys = ["user:${row.id}"]`)
 		inv.Keys = ts
@@ -624,7 +624,7 @@ func (tc *templateChecker) decodeInvalidate(b *hcl.Block) (*Invalidate, hcl.Diag
 func (tc *templateChecker) decodeBumpVersion(b *hcl.Block) (*BumpVersion, hcl.Diagnostics) {
 	bv := &BumpVersion{Range: b.DefRange}
 	content, diags := b.Body.Content(bumpVersionSchema)
-	diags = withHint(prefixRule(diags, tc.rule), "a bump_version block", bumpVersionSchema)
+	diags = withHint(backfillOutsideRefresh(prefixRule(diags, tc.rule), tc.rule), "a bump_version block", bumpVersionSchema)
 	const example = `namespaces = ["orders:customer:${row.customer_id}"]`
 	if attr, ok := content.Attributes["namespaces"]; ok {
 		ts, ds := tc.templateList(attr, example)
@@ -650,7 +650,7 @@ func (tc *templateChecker) decodeBumpVersion(b *hcl.Block) (*BumpVersion, hcl.Di
 }
 
 func (tc *templateChecker) decodeRefresh(b *hcl.Block) (*Refresh, hcl.Diagnostics) {
-	rf := &Refresh{Range: b.DefRange}
+	rf := &Refresh{Range: b.DefRange, BackfillRange: b.DefRange}
 	content, diags := b.Body.Content(refreshSchema)
 	diags = withHint(prefixRule(diags, tc.rule), "a refresh block", refreshSchema)
 	missing := func(arg, example string) {
@@ -731,7 +731,39 @@ func (tc *templateChecker) decodeRefresh(b *hcl.Block) (*Refresh, hcl.Diagnostic
 			rf.Jitter = d
 		}
 	}
+
+	if attr, ok := content.Attributes["backfill"]; ok {
+		rf.BackfillRange = attr.Expr.Range()
+		v, ds := attr.Expr.Value(nil)
+		diags = append(diags, prefixRule(ds, tc.rule)...)
+		if !ds.HasErrors() {
+			if v.IsNull() || v.Type() != cty.Bool {
+				diags = append(diags, &hcl.Diagnostic{
+					Severity: hcl.DiagError,
+					Summary:  fmt.Sprintf("rule %q: backfill must be true or false", tc.rule),
+					Detail:   "write backfill = true to load the table's rows into Redis whenever the rule's keys were flushed or never filled",
+					Subject:  attr.Expr.Range().Ptr(),
+				})
+			} else {
+				rf.Backfill = v.True()
+			}
+		}
+	}
 	return rf, diags
+}
+
+// backfillOutsideRefresh rewrites HCL's "Unsupported argument" for a
+// backfill attribute outside a refresh block: only a refresh rule writes
+// values a backfill can load.
+func backfillOutsideRefresh(diags hcl.Diagnostics, rule string) hcl.Diagnostics {
+	for _, d := range diags {
+		if strings.HasSuffix(d.Summary, "Unsupported argument") && strings.Contains(d.Detail, `"backfill"`) {
+			d.Summary = fmt.Sprintf("rule %q: backfill is only allowed inside a refresh block", rule)
+			d.Detail = "only a refresh rule writes values a backfill can load; invalidate and bump_version rules have nothing to backfill"
+			d.Extra = Hint(`write it in the refresh block: refresh { key = ..., value = ..., ttl = ..., backfill = true }`)
+		}
+	}
+	return diags
 }
 
 // duration parses a constant Go duration string.

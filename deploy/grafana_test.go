@@ -131,6 +131,7 @@ func daemonMetrics(t *testing.T) map[string]bool {
 	m.SlotWALStatus("reserved")
 	m.Applied(100, time.Now(), time.Now(), time.Now())
 	m.GroupOperations.Observe(1)
+	m.BackfillStarted("product", time.Now(), 1)
 	return gather(t, m.Registry())
 }
 

@@ -147,6 +147,7 @@ type tableInfo struct {
 	ownedByUs   bool
 	columns     map[string]string // name → attgenerated ("" when not generated)
 	identCols   []string          // columns the old tuple carries under the identity
+	primaryKey  bool              // the table has one (a backfill reads in its order)
 	attrs       []attribute       // in attnum order, for the trial rows
 }
 
@@ -206,6 +207,10 @@ func readTable(ctx context.Context, conn *pgx.Conn, t config.TableName) (*tableI
 	rows.Close()
 	if err := rows.Err(); err != nil {
 		return nil, err
+	}
+	err = conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_index WHERE indrelid = $1 AND indisprimary)`, oid).Scan(&ti.primaryKey)
+	if err != nil {
+		return nil, fmt.Errorf("read primary key of %s: %w", t, err)
 	}
 	// The identity columns: primary key under DEFAULT, the chosen index
 	// under USING INDEX, every column under FULL.
@@ -293,6 +298,10 @@ func checkRule(r *config.Rule, ti *tableInfo, role string, super, creating bool,
 			diags = append(diags, ruleDiag(r, ref.Range, fmt.Sprintf("column %q of %s is generated, and PostgreSQL 15 does not publish generated columns", ref.Column, t),
 				"Compute the value in the template from the columns it is generated from."))
 		}
+	}
+	if r.Refresh != nil && r.Refresh.Backfill && !ti.primaryKey {
+		diags = append(diags, ruleDiag(r, r.Refresh.BackfillRange, fmt.Sprintf("backfill = true, but %s has no primary key", t),
+			fmt.Sprintf("a backfill reads the table in primary-key order, chunk by chunk. Run ALTER TABLE %s ADD PRIMARY KEY (...); or remove backfill = true.", quoted)))
 	}
 	diags = append(diags, checkIdentity(r, ti, quoted)...)
 	return diags

@@ -22,7 +22,9 @@ CREATE TABLE users (
 	scores int[], feeling mood, born date, span interval, addr inet);
 ALTER TABLE users REPLICA IDENTITY FULL;
 CREATE VIEW active_users AS SELECT * FROM users WHERE active;
-CREATE MATERIALIZED VIEW user_counts AS SELECT org_id, count(*) FROM users GROUP BY org_id;`
+CREATE MATERIALIZED VIEW user_counts AS SELECT org_id, count(*) FROM users GROUP BY org_id;
+CREATE TABLE events (id bigint NOT NULL, name text);
+ALTER TABLE events REPLICA IDENTITY FULL;`
 
 // connectTestDatabase connects to a database of the test's own, closed at
 // cleanup.
@@ -215,6 +217,42 @@ func TestPreflightTableDiagnostics(t *testing.T) {
 			}
 			if !strings.Contains(text, tc.want) {
 				t.Errorf("diagnostic lacks %q:\n%s", tc.want, text)
+			}
+		})
+	}
+}
+
+// TestPreflightBackfillNeedsPrimaryKey: backfill = true on a table without a
+// primary key is refused at the attribute, with the fix; with a primary
+// key, or without backfill, nothing is said.
+func TestPreflightBackfillNeedsPrimaryKey(t *testing.T) {
+	for _, tc := range []struct{ name, table, backfill, want string }{
+		{"no primary key", "public.events", "true", `backfill = true, but public.events has no primary key; a backfill reads the table in primary-key order, chunk by chunk. Run ALTER TABLE public.events ADD PRIMARY KEY (...); or remove backfill = true.`},
+		{"primary key", "public.users", "true", ""},
+		{"no backfill", "public.events", "false", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			diags, p := preflightRules(t, fmt.Sprintf(`rule "r" {
+  table = %q
+  refresh {
+    key      = "r:${row.id}"
+    value    = jsonencode(row)
+    ttl      = "1h"
+    backfill = %s
+  }
+}`, tc.table, tc.backfill))
+			text := p.FormatDiagnostics(diags)
+			if tc.want == "" {
+				if len(diags) != 0 {
+					t.Errorf("want no diagnostic, got:\n%s", text)
+				}
+				return
+			}
+			if len(diags) != 1 || !strings.Contains(text, tc.want) {
+				t.Fatalf("want one diagnostic saying %q, got:\n%s", tc.want, text)
+			}
+			if s := diags[0].Subject; s == nil || s.Start.Line != 7 || s.Start.Column != 16 {
+				t.Errorf("want the diagnostic at the backfill attribute, rules.hcl:7:16, got:\n%s", text)
 			}
 		})
 	}

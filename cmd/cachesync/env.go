@@ -203,6 +203,7 @@ func (e *env) daemon(c *cli.Context, s *stack, dryRun bool, m *metrics.Metrics) 
 		opts.Applier = &jsonLines{out: os.Stdout}
 	} else {
 		opts.Applier, opts.Journal, opts.Cache = s.writer, s.journal, s.writer.Positions()
+		opts.Backfill = e.autoBackfill(c, s)
 		opts.CheckCache = func(ctx context.Context, spaces []mapping.Keyspace) error {
 			err := writer.CheckAccess(ctx, s.redis, spaces)
 			if err == nil {

@@ -52,6 +52,9 @@ func statusCommand() *cli.Command {
 type cacheReport struct {
 	AppliedLSN *wal.LSN `json:"applied_lsn,omitempty"`
 	Error      string   `json:"error,omitempty"`
+	// Backfills are the refresh rules' backfills (statusbackfill.go).
+	Backfills      []backfillReport `json:"backfills,omitempty"`
+	BackfillsError string           `json:"backfills_error,omitempty"`
 }
 
 // cacheStatus reads the applied position from Redis, if one is configured;
@@ -67,13 +70,18 @@ func cacheStatus(c *cli.Context, cfg *config.Config) *cacheReport {
 	defer rc.Close()
 	ctx, cancel := context.WithTimeout(c.Context, 5*time.Second)
 	defer cancel()
-	pos, err := writer.NewPositions(rc).Applied(ctx, cfg.Postgres.Slot)
+	positions := writer.NewPositions(rc)
+	pos, err := positions.Applied(ctx, cfg.Postgres.Slot)
 	lsn := pos.LSN
-	switch {
-	case err != nil:
+	if err != nil {
 		return &cacheReport{Error: "Redis: " + err.Error()}
-	case !pos.OK:
-		return &cacheReport{Error: "no applied position (a new or emptied Redis: the next run flushes every key space)"}
 	}
-	return &cacheReport{AppliedLSN: &lsn}
+	rep := &cacheReport{AppliedLSN: &lsn}
+	if !pos.OK {
+		rep = &cacheReport{Error: "no applied position (a new or emptied Redis: the next run flushes every key space)"}
+	}
+	if rep.Backfills, err = backfillStatus(ctx, positions, cfg.Rules); err != nil {
+		rep.BackfillsError = "Redis: " + err.Error()
+	}
+	return rep
 }

@@ -76,6 +76,9 @@ func printStatus(w io.Writer, asJSON bool, cfg *config.Config, slot *replication
 		fmt.Fprintf(tw, "publication\t%s: %s\n", r.Publication, strings.Join(pub.Tables, ", "))
 	}
 	fmt.Fprintf(tw, "rules\t%d\n", r.Rules)
+	if cache != nil {
+		printBackfills(tw, cache)
+	}
 	if jr == nil || jr.Entries == 0 {
 		fmt.Fprintf(tw, "journal\tempty or absent\n")
 	} else {

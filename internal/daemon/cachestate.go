@@ -45,6 +45,16 @@ type CacheState interface {
 	Slots(ctx context.Context, scope, slot string) ([]string, error)
 	// ForgetSlot removes a slot that no longer exists from the record.
 	ForgetSlot(ctx context.Context, scope, slot string) error
+	// FlushCount returns how many times rule's key space was flushed
+	// (writer.FlushCounterKey), as a string compared with a backfill
+	// checkpoint's; "" when never.
+	FlushCount(ctx context.Context, rule string) (string, error)
+	// Checkpoint returns rule's backfill checkpoint; ok is false when
+	// there is none.
+	Checkpoint(ctx context.Context, rule string) (cp writer.Checkpoint, ok bool, err error)
+	// SetCheckpoint records rule's backfill checkpoint (the backfill runner
+	// records there a failure the backfill could not).
+	SetCheckpoint(ctx context.Context, rule string, cp writer.Checkpoint) error
 	// Retry runs cmd until it succeeds, fence refuses or ctx ends, with
 	// the writer's backoff between attempts.
 	Retry(ctx context.Context, fence func() error, cmd func() error) error

@@ -97,6 +97,14 @@ type Options struct {
 	// which PostgreSQL publishes) and give new partitions their truncate
 	// trigger (default 1s).
 	PartitionCheckInterval time.Duration
+	// Backfill runs a rule's backfill (package backfill, wired by
+	// cmd/cachesync); required when a rule has refresh { backfill = true },
+	// unless DryRun.
+	Backfill BackfillFunc
+	// BackfillCheckInterval is how often, while streaming, the backfill
+	// runner checks whether a backfill = true rule needs a fill (default
+	// 1s).
+	BackfillCheckInterval time.Duration
 	// Failpoint, when set, is called at named points of the pipeline so
 	// that tests can crash or stop the process exactly there:
 	// "before-apply" (a group is mapped, nothing applied), "before-advance"
@@ -185,6 +193,9 @@ func New(opts Options) (*Daemon, error) {
 	if opts.PartitionCheckInterval <= 0 {
 		opts.PartitionCheckInterval = time.Second
 	}
+	if opts.BackfillCheckInterval <= 0 {
+		opts.BackfillCheckInterval = time.Second
+	}
 	if opts.Metrics == nil {
 		opts.Metrics = metrics.New()
 	}
@@ -198,7 +209,11 @@ func New(opts Options) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Daemon{opts: opts, mapper: m, log: opts.Logger, metrics: opts.Metrics}, nil
+	d := &Daemon{opts: opts, mapper: m, log: opts.Logger, metrics: opts.Metrics}
+	if !opts.DryRun && opts.Backfill == nil && len(d.backfillRules()) > 0 {
+		return nil, errors.New("daemon: a backfill function is required when a rule has backfill = true")
+	}
+	return d, nil
 }
 
 // Run prepares the database (preflight, publication) and streams until ctx is
@@ -510,6 +525,9 @@ func (s *session) pipeline(ctx, hardStop context.Context, start wal.LSN, conn ca
 	})
 	if !s.opts.DryRun {
 		g.Go(func() error { return s.monitor(readCtx, conn) })
+		if len(s.backfillRules()) > 0 {
+			g.Go(func() error { return s.runBackfills(readCtx, gctx) })
+		}
 	}
 	err := g.Wait()
 	if cause := context.Cause(hardStop); cause != nil {

@@ -31,8 +31,9 @@
 //
 // # The pipeline's goroutines
 //
-// session.pipeline runs five goroutines in one errgroup, joined by bounded
-// channels; budgets (budget.go) bound what the items hold:
+// session.pipeline runs six goroutines (five without a backfill = true
+// rule) in one errgroup, joined by bounded channels; budgets (budget.go)
+// bound what the items hold:
 //
 //   - the stream (replication.Stream.Run), the only user of the replication
 //     connection; it sends to eventQueue (4096 events) and acquires each
@@ -59,7 +60,12 @@
 //     catalog connection while streaming: heartbeats every
 //     Options.HeartbeatInterval, slot and journal figures every
 //     Options.StatusInterval, partition trees every
-//     Options.PartitionCheckInterval (session.checkPartitions).
+//     Options.PartitionCheckInterval (session.checkPartitions);
+//   - the backfill runner (session.runBackfills, backfill.go; only when a
+//     rule has refresh { backfill = true }, not in dry runs), which every
+//     Options.BackfillCheckInterval runs Options.Backfill for each such rule
+//     whose key space was flushed or never filled, one at a time, on a
+//     PostgreSQL connection of its own and under the session's fence.
 //
 // Beside the pipeline, lease.hold renews the instance lock (lease.go). Each
 // budget is released only by stages after its producer, so none waits for

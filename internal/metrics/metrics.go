@@ -7,6 +7,7 @@
 package metrics
 
 import (
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -87,12 +88,23 @@ type Metrics struct {
 	mapperStats atomic.Pointer[mapping.Stats]
 	// queued reports the bytes the running session's pipeline holds.
 	queued atomic.Pointer[func() int64]
+
+	backfillRows      *prometheus.CounterVec
+	backfillRemaining *prometheus.GaugeVec
+	// backfills holds each rule's last backfill run, for the duration
+	// and running gauges computed at scrape time.
+	backfillMu sync.Mutex
+	backfills  map[string]backfillRun
 }
+
+// backfillRun is one backfill run of a rule: when it started and, once it
+// stopped (finished or failed), when.
+type backfillRun struct{ started, stopped time.Time }
 
 // New returns the metrics, registered with a registry of their own together
 // with the Go runtime and process collectors.
 func New() *Metrics {
-	m := &Metrics{reg: prometheus.NewRegistry()}
+	m := &Metrics{reg: prometheus.NewRegistry(), backfills: map[string]backfillRun{}}
 	f := factory{m.reg}
 	m.changes = f.counterVec("changes_received_total", "Row changes received from the replication stream, by table and kind (insert, update, delete, truncate).", "table", "kind")
 	m.Transactions = f.counter("transactions_received_total", "Committed transactions received from the replication stream.")
@@ -113,6 +125,8 @@ func New() *Metrics {
 	m.JournalBytes = f.gauge("journal_bytes", "Size of the replay journal's segment files.")
 	m.JournalSegments = f.gauge("journal_segments", "Segment files of the replay journal.")
 	m.state = f.gaugeVec("state", "The daemon's state: 1 for the current one (starting, standby, streaming, reconnecting, stopped).", "state")
+	m.backfillRows = f.counterVec("backfill_rows_total", "Rows read from PostgreSQL and written to Redis by the automatic backfill (refresh { backfill = true }), by rule.", "rule")
+	m.backfillRemaining = f.gaugeVec("backfill_remaining_rows", "Rows the running or last backfill of a rule has still to load: its total estimate (pg_class.reltuples, then counted) minus the rows done; 0 once finished.", "rule")
 	m.SetState(StateStarting, "")
 
 	m.reg.MustRegister(
@@ -120,6 +134,7 @@ func New() *Metrics {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		lagCollector{m},
 		mapperCollector{m},
+		backfillCollector{m},
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: namespace + "_pipeline_queued_bytes",
 			Help: "Row data the pipeline holds between the replication connection and the journal (decoded events and mapped batches), bounded by --max-queued-bytes; reading from PostgreSQL waits while it is full.",
@@ -221,6 +236,69 @@ func (m *Metrics) SlotWALStatus(status string) {
 // MapperStats publishes a snapshot of the mapper's counters (the mapper is
 // single-threaded; its goroutine hands over copies).
 func (m *Metrics) MapperStats(s mapping.Stats) { m.mapperStats.Store(&s) }
+
+// BackfillStarted records that a rule's backfill started (or resumed) at
+// at, with remaining rows still to load.
+func (m *Metrics) BackfillStarted(rule string, at time.Time, remaining int64) {
+	m.backfillMu.Lock()
+	defer m.backfillMu.Unlock()
+	m.backfills[rule] = backfillRun{started: at}
+	m.backfillRows.WithLabelValues(rule).Add(0)
+	m.backfillRemaining.WithLabelValues(rule).Set(float64(max(remaining, 0)))
+}
+
+// BackfillRows records rows loaded by a rule's running backfill, and how
+// many remain.
+func (m *Metrics) BackfillRows(rule string, rows, remaining int64) {
+	m.backfillRows.WithLabelValues(rule).Add(float64(max(rows, 0)))
+	m.backfillRemaining.WithLabelValues(rule).Set(float64(max(remaining, 0)))
+}
+
+// BackfillStopped records that a rule's backfill stopped at at: finished
+// (nothing remains) or not (failed or interrupted; it is resumed later).
+func (m *Metrics) BackfillStopped(rule string, at time.Time, finished bool) {
+	m.backfillMu.Lock()
+	defer m.backfillMu.Unlock()
+	run := m.backfills[rule]
+	if run.started.IsZero() {
+		run.started = at
+	}
+	run.stopped = at
+	m.backfills[rule] = run
+	if finished {
+		m.backfillRemaining.WithLabelValues(rule).Set(0)
+	}
+}
+
+// backfillCollector computes each rule's backfill duration and running
+// gauges when scraped.
+type backfillCollector struct{ m *Metrics }
+
+var (
+	backfillSecondsDesc = prometheus.NewDesc(namespace+"_backfill_duration_seconds",
+		"Time the running backfill of a rule has run so far, or the last one ran, in this process.", []string{"rule"}, nil)
+	backfillRunningDesc = prometheus.NewDesc(namespace+"_backfill_running",
+		"1 while a rule's backfill runs, else 0.", []string{"rule"}, nil)
+)
+
+func (c backfillCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- backfillSecondsDesc
+	ch <- backfillRunningDesc
+}
+
+func (c backfillCollector) Collect(ch chan<- prometheus.Metric) {
+	c.m.backfillMu.Lock()
+	defer c.m.backfillMu.Unlock()
+	now := time.Now()
+	for rule, run := range c.m.backfills {
+		end, running := run.stopped, 0.0
+		if end.IsZero() {
+			end, running = now, 1
+		}
+		ch <- prometheus.MustNewConstMetric(backfillSecondsDesc, prometheus.GaugeValue, max(0, end.Sub(run.started).Seconds()), rule)
+		ch <- prometheus.MustNewConstMetric(backfillRunningDesc, prometheus.GaugeValue, running, rule)
+	}
+}
 
 // lagCollector computes the lag gauges when scraped.
 type lagCollector struct{ m *Metrics }

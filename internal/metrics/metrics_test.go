@@ -5,6 +5,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cachesync/cachesync/internal/metrics"
 )
@@ -46,4 +47,47 @@ func TestReadiness(t *testing.T) {
 	if code, body := get("/metrics"); code != 200 || !strings.Contains(body, `cachesync_state{state="stopped"} 1`) {
 		t.Errorf("/metrics %d:\n%s", code, body)
 	}
+}
+
+// TestBackfillMetrics: a rule's backfill counts its rows, shows what
+// remains, and is running from its start until it stops, with its
+// duration up to then.
+func TestBackfillMetrics(t *testing.T) {
+	m := metrics.New()
+	start := time.Now().Add(-time.Minute)
+	m.BackfillStarted("product", start, 1000)
+	m.BackfillRows("product", 400, 600)
+	m.BackfillRows("product", 600, 0)
+	want := func(lines ...string) {
+		t.Helper()
+		rec := httptest.NewRecorder()
+		m.Handler(metrics.HandlerOptions{}).ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+		for _, l := range lines {
+			if !strings.Contains(rec.Body.String(), l) {
+				t.Errorf("/metrics lacks %q:\n%s", l, grepLines(rec.Body.String(), "cachesync_backfill"))
+			}
+		}
+	}
+	want(`cachesync_backfill_rows_total{rule="product"} 1000`,
+		`cachesync_backfill_remaining_rows{rule="product"} 0`,
+		`cachesync_backfill_running{rule="product"} 1`)
+	m.BackfillStopped("product", start.Add(90*time.Second), true)
+	want(`cachesync_backfill_running{rule="product"} 0`,
+		`cachesync_backfill_duration_seconds{rule="product"} 90`)
+	// A new run counts on from the same counter.
+	m.BackfillStarted("product", time.Now(), 1000)
+	m.BackfillRows("product", 10, 990)
+	want(`cachesync_backfill_rows_total{rule="product"} 1010`,
+		`cachesync_backfill_remaining_rows{rule="product"} 990`,
+		`cachesync_backfill_running{rule="product"} 1`)
+}
+
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }
