@@ -215,3 +215,43 @@ func TestCheckpointRoundTrip(t *testing.T) {
 		t.Fatalf("Checkpoint = %+v, %v, %v; want %+v", got, ok, err, cp)
 	}
 }
+
+// TestFlushCounterNeverComesBack: a counter rolled back with a Redis
+// snapshot (to X, after it had reached Y by a flush since) must not come
+// back to Y with the next flush, or a backfill that read Y before the
+// restore would take the restore's flush for no flush at all. And the
+// counter moves on by one when the clock stands behind it.
+func TestFlushCounterNeverComesBack(t *testing.T) {
+	t.Parallel()
+	tb := setup(t, writer.Options{})
+	ctx := context.Background()
+	key := writer.FlushCounterKey("product")
+	truncate := func(lsn wal.LSN) {
+		tb.apply(t, batch(lsn, mapping.Op{Kind: mapping.OpFlush, Rule: "product", Reason: "truncate",
+			Keyspace: &mapping.Keyspace{Keys: []string{"product:*"}}}))
+	}
+	truncate(10)
+	x, _ := tb.get(t, key) // the snapshot holds x
+	truncate(11)
+	y, _ := tb.get(t, key) // a backfill reads y
+	if y == x {
+		t.Fatalf("a flush left the counter at %s", y)
+	}
+	if err := tb.client.Set(ctx, key, x, 0).Err(); err != nil { // the restore
+		t.Fatal(err)
+	}
+	truncate(12) // the restore's flush
+	if z, _ := tb.get(t, key); z == y || z == x {
+		t.Errorf("after a restore to %s, the next flush set the counter to %s: a backfill that read %s before the restore misses that flush", x, z, y)
+	}
+
+	// A counter ahead of the clock (set far in the future) still moves.
+	const ahead = "9000000000000000000"
+	if err := tb.client.Set(ctx, key, ahead, 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	truncate(13)
+	if z, _ := tb.get(t, key); z != "9000000000000000001" {
+		t.Errorf("a flush moved the counter from %s to %s, want %s", ahead, z, "9000000000000000001")
+	}
+}

@@ -353,18 +353,24 @@ redis.call('DEL', KEYS[1])
 return 1
 `
 
-// CountFlushScript increments a rule's flush counter before a flush
-// (writer.FlushCounterKey). A counter that does not exist starts from
-// ARGV[1] (the time in nanoseconds), not from 0, so that a counter lost
-// with the rest of Redis never comes back to a value a backfill read
-// before the loss.
+// CountFlushScript moves a rule's flush counter before a flush
+// (writer.FlushCounterKey) to max(counter+1, ARGV[1]), ARGV[1] being the
+// time in nanoseconds. A counter lost with the rest of Redis, or rolled
+// back with it to a snapshot, therefore never comes back to a value a
+// backfill read before: after a restore to X, a counter that had reached
+// X+1 moves to the time, not to X+1 again.
 //
 //	KEYS[1]  the counter
-//	ARGV[1]  the start of a new counter
+//	ARGV[1]  the time in nanoseconds
 //	returns  the new value
 const CountFlushScript = `
-if not redis.call('GET', KEYS[1]) then
-  redis.call('SET', KEYS[1], ARGV[1])
+local cur = redis.call('GET', KEYS[1])
+local now = ARGV[1]
+-- Both are decimal integers without leading zeros, too large for Lua's
+-- doubles: the longer is the larger, else the lexically larger.
+if not cur or #now > #cur or (#now == #cur and now > cur) then
+  redis.call('SET', KEYS[1], now)
+  return now
 end
 return redis.call('INCR', KEYS[1])
 `
