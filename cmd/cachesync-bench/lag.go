@@ -147,7 +147,7 @@ func (b *bench) runLagCachesync(ctx context.Context, rate float64, dur time.Dura
 
 	var hwm int64
 	stopHWM := watchHWM(cs.Process.Pid, &hwm)
-	load, err := b.offerLoad(ctx, db, rate, dur)
+	load, err := b.offerLoad(ctx, db, rate, dur, nil)
 	if err != nil {
 		stopHWM()
 		return res, err
@@ -199,7 +199,7 @@ func (b *bench) runLagFloor(ctx context.Context, rate float64, dur time.Duration
 	recvDone := make(chan error, 1)
 	go func() { recvDone <- receiveInserts(rctx, rconn, seen) }()
 
-	load, err := b.offerLoad(ctx, db, rate, dur)
+	load, err := b.offerLoad(ctx, db, rate, dur, nil)
 	if err == nil {
 		load.waitFor(seen)
 	}
@@ -295,8 +295,8 @@ type offered struct {
 // warm-up plus dur, open loop: a ticker hands row ids to 8 connections, each
 // records the wall time at which its commit returned. The warm-up rows
 // (connections, prepared statements, a consumer's first batches) are not
-// counted.
-func (b *bench) offerLoad(ctx context.Context, db string, rate float64, dur time.Duration) (*offered, error) {
+// counted. A close of stop (nil: never) ends the load early, after the warm-up.
+func (b *bench) offerLoad(ctx context.Context, db string, rate float64, dur time.Duration, stop <-chan struct{}) (*offered, error) {
 	const workers = 8
 	conns := make([]*pgx.Conn, workers)
 	for i := range conns {
@@ -331,6 +331,10 @@ func (b *bench) offerLoad(ctx context.Context, db string, rate float64, dur time
 		if d := time.Until(began.Add(time.Duration(id-1) * interval)); d > 0 {
 			time.Sleep(d)
 		}
+		if id > o.warm && stopped(stop) {
+			o.total = id - 1
+			break
+		}
 		ids <- id
 	}
 	close(ids)
@@ -340,6 +344,15 @@ func (b *bench) offerLoad(ctx context.Context, db string, rate float64, dur time
 		return nil, fmt.Errorf("load generator: %w", genErr)
 	}
 	return o, nil
+}
+
+func stopped(stop <-chan struct{}) bool {
+	select {
+	case <-stop:
+		return true
+	default:
+		return false
+	}
 }
 
 func (o *offered) achieved() float64 { return float64(o.total) / o.elapsed.Seconds() }
