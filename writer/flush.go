@@ -22,6 +22,12 @@ func (w *Writer) flush(ctx context.Context, op *mapping.Op) error {
 
 // flushKeyspace drops the key space ks of rule.
 func (w *Writer) flushKeyspace(ctx context.Context, rule string, ks *mapping.Keyspace) error {
+	// Counted before anything goes: a backfill that read the counter
+	// before this point and reads it again after writing a chunk sees it
+	// moved, and undoes the chunk (package backfill).
+	if err := w.countFlush(ctx, rule); err != nil {
+		return err
+	}
 	// Fences first: a fill in flight is refused from here on, and one that
 	// landed before this point is dropped by the passes below.
 	if err := w.scan(ctx, keyspace.FencePattern, "", w.unlinkPage); err != nil {

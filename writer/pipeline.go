@@ -241,7 +241,8 @@ func (w *Writer) execPipeline(ctx context.Context, fill func(redis.Pipeliner)) (
 // loadScripts loads every keyspace script into Redis's script cache (on
 // every master of a cluster).
 func (w *Writer) loadScripts(ctx context.Context) error {
-	return redisops.LoadScripts(ctx, w.client, w.scripts.deleteTag, w.scripts.guardedSet, w.scripts.guardedUnset, w.scripts.tagDetach)
+	return redisops.LoadScripts(ctx, w.client, w.scripts.deleteTag, w.scripts.guardedSet, w.scripts.guardedUnset, w.scripts.tagDetach,
+		w.scripts.backfillSet, w.scripts.backfillUndo, w.scripts.countFlush)
 }
 
 // needsScripts reports whether err, or a later failure in its pipeline, is

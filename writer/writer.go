@@ -263,6 +263,7 @@ type Writer struct {
 // scripts are the keyspace scripts with their SHA1 digests.
 type scripts struct {
 	deleteTag, guardedSet, guardedUnset, tagDetach *redis.Script
+	backfillSet, backfillUndo, countFlush          *redis.Script
 }
 
 // New returns a Writer that applies batches through client: a *redis.Client,
@@ -278,6 +279,9 @@ func New(client redis.UniversalClient, opts Options) *Writer {
 			guardedSet:   redis.NewScript(redisops.GuardedSetScript),
 			guardedUnset: redis.NewScript(redisops.GuardedUnsetScript),
 			tagDetach:    redis.NewScript(redisops.TagDetachScript),
+			backfillSet:  redis.NewScript(redisops.BackfillSetScript),
+			backfillUndo: redis.NewScript(redisops.BackfillUndoScript),
+			countFlush:   redis.NewScript(redisops.CountFlushScript),
 		},
 	}
 	w.cluster, _ = client.(*redis.ClusterClient)

@@ -48,6 +48,7 @@ func newApp() *cli.App {
 			runCommand(),
 			validateCommand(),
 			explainCommand(),
+			backfillCommand(),
 			setupCommand(),
 			statusCommand(),
 			replayCommand(),

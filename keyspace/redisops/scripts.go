@@ -300,3 +300,71 @@ func OnMasters(ctx context.Context, rdb redis.UniversalClient, fn func(ctx conte
 func IsNoScript(err error) bool {
 	return errors.Is(err, redis.ErrNoScript) || redis.HasErrorPrefix(err, "NOSCRIPT")
 }
+
+// BackfillSetScript writes a value, or deletes the key, for a backfill
+// (package backfill) that read the row at a snapshot taken after the
+// applied position A was read: it writes only if the key's guard is absent,
+// of another WAL history, or holds an LSN below A, then records A-1 in the
+// guard. A stream effect of a transaction the snapshot did not see
+// (commit LSN >= A) therefore wins over the backfill, one applied later
+// passes the guard A-1 and overwrites it, and an older one (which the
+// snapshot saw) cannot write back over it.
+//
+//	KEYS[1]  the cache key
+//	KEYS[2]  its guard (keyspace.GuardKey(KEYS[1]))
+//	KEYS[3]  its fill fence (keyspace.FenceKey(KEYS[1])), deleted when written
+//	ARGV[1]  "set" or "unset"
+//	ARGV[2]  A-1 and the WAL history (keyspace.EncodeGuard)
+//	ARGV[3]  the value ("" for unset)
+//	ARGV[4]  the value's TTL in milliseconds, "0" for no expiry
+//	ARGV[5]  the guard's TTL in milliseconds, "0" for no expiry
+//	returns  1 when written, 0 when the guard held A or later, of its history
+const BackfillSetScript = lsnHelpers + `
+local hi, lo = lsn_halves(ARGV[2])
+if hi == nil then
+  return redis.error_reply('ERR cachesync: the guard argument must start with 16 hex digits (keyspace.EncodeGuard)')
+end
+local ghi, glo = guard_halves(KEYS[2], ARGV[2])
+if ghi ~= nil and (ghi > hi or (ghi == hi and glo > lo)) then
+  return 0
+end
+unfence()
+if ARGV[1] == 'unset' then
+  redis.call('DEL', KEYS[1])
+else
+  set_with_ttl(KEYS[1], ARGV[3], ARGV[4])
+end
+set_with_ttl(KEYS[2], ARGV[2], ARGV[5])
+return 1
+`
+
+// BackfillUndoScript deletes a key a backfill wrote if nothing touched it
+// since: its guard still holds exactly what the backfill recorded.
+//
+//	KEYS[1]  the cache key
+//	KEYS[2]  its guard (keyspace.GuardKey(KEYS[1]))
+//	ARGV[1]  the guard the backfill wrote (A-1 and the history)
+//	returns  1 when deleted, 0 when left alone
+const BackfillUndoScript = `
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then
+  return 0
+end
+redis.call('DEL', KEYS[1])
+return 1
+`
+
+// CountFlushScript increments a rule's flush counter before a flush
+// (writer.FlushCounterKey). A counter that does not exist starts from
+// ARGV[1] (the time in nanoseconds), not from 0, so that a counter lost
+// with the rest of Redis never comes back to a value a backfill read
+// before the loss.
+//
+//	KEYS[1]  the counter
+//	ARGV[1]  the start of a new counter
+//	returns  the new value
+const CountFlushScript = `
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+return redis.call('INCR', KEYS[1])
+`
