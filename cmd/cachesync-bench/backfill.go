@@ -60,6 +60,11 @@ type backfillResult struct {
 	RedisSeconds float64 // the same fill writes, pipelined, without PostgreSQL
 	Seconds      float64 // cachesync backfill, process start to exit
 	CPUSeconds   float64 // its user+system CPU
+	// RedisBusySeconds is the time Redis spent executing commands during the
+	// backfill (INFO commandstats, all commands, the stream's included), and
+	// RedisCeilingBusySeconds the same during the Redis ceiling: where the
+	// backfill's time goes.
+	RedisBusySeconds, RedisCeilingBusySeconds float64
 	PeakRSSBytes int64
 	// Lag is the stream's commit → applied lag for a steady load on another
 	// table while the backfill ran (the warm-up before it not counted).
@@ -116,14 +121,23 @@ func (b *bench) runBackfill(ctx context.Context, rows int, lagRate float64) (bac
 	}
 
 	// Redis's ceiling.
+	rc := redisFromURL(b.srv.redisURL)
+	defer rc.Close()
+	busy0, err := redisBusy(ctx, rc)
+	if err != nil {
+		return res, err
+	}
 	if res.RedisSeconds, err = fillCeiling(ctx, b.srv.redisURL, rows); err != nil {
 		return res, fmt.Errorf("redis fill ceiling: %w", err)
 	}
+	busy1, err := redisBusy(ctx, rc)
+	if err != nil {
+		return res, err
+	}
+	res.RedisCeilingBusySeconds = busy1 - busy0
 	b.logf("%s: COPY %.0f rows/s, Redis fill script %.0f rows/s", backfillName, res.rate(res.CopySeconds), res.rate(res.RedisSeconds))
 
 	// The stream, with its steady load, observed as in runLagCachesync.
-	rc := redisFromURL(b.srv.redisURL)
-	defer rc.Close()
 	if err := rc.ConfigSet(ctx, "notify-keyspace-events", "K$").Err(); err != nil {
 		return res, err
 	}
@@ -186,6 +200,11 @@ func (b *bench) runBackfill(ctx context.Context, rows int, lagRate float64) (bac
 	bf.Args = append(bf.Args, "--rule", "b")
 	var bfOut bytes.Buffer
 	bf.Stdout, bf.Stderr = &bfOut, &bfOut
+	if busy0, err = redisBusy(ctx, rc); err != nil {
+		close(stopLoad)
+		<-loaded
+		return res, err
+	}
 	began = time.Now()
 	if err := bf.Start(); err != nil {
 		close(stopLoad)
@@ -201,6 +220,10 @@ func (b *bench) runBackfill(ctx context.Context, rows int, lagRate float64) (bac
 	l := <-loaded
 	res.PeakRSSBytes = hwm
 	res.CPUSeconds = (bf.ProcessState.UserTime() + bf.ProcessState.SystemTime()).Seconds()
+	if busy1, err = redisBusy(ctx, rc); err != nil {
+		return res, err
+	}
+	res.RedisBusySeconds = busy1 - busy0
 	if bfErr != nil {
 		return res, fmt.Errorf("cachesync backfill: %v\n%s", bfErr, tail(bfOut.String()))
 	}
@@ -225,6 +248,27 @@ func (b *bench) runBackfill(ctx context.Context, rows int, lagRate float64) (bac
 		}
 	}
 	return res, nil
+}
+
+// redisBusy sums the usec of every command in INFO commandstats, in seconds.
+func redisBusy(ctx context.Context, rc *redis.Client) (float64, error) {
+	info, err := rc.Info(ctx, "commandstats").Result()
+	if err != nil {
+		return 0, err
+	}
+	var usec int64
+	for line := range strings.SplitSeq(info, "\n") {
+		if !strings.HasPrefix(line, "cmdstat_") {
+			continue
+		}
+		for field := range strings.SplitSeq(line[strings.IndexByte(line, ':')+1:], ",") {
+			if v, ok := strings.CutPrefix(strings.TrimSpace(field), "usec="); ok {
+				n, _ := strconv.ParseInt(v, 10, 64)
+				usec += n
+			}
+		}
+	}
+	return float64(usec) / 1e6, nil
 }
 
 // backfillValue is the value the rule writes for row id of b: jsonencode(row), keys
@@ -295,6 +339,10 @@ func backfillFigures(add func(*figure, func(runResult) (float64, float64))) {
 		func(r runResult) (float64, float64) { b := bf(r); return b.rate(b.Seconds), b.lowerCeiling() })
 	add(&figure{Workload: backfillName, Metric: "cachesync backfill CPU per row", Unit: "µs"},
 		func(r runResult) (float64, float64) { b := bf(r); return 1e6 * b.CPUSeconds / float64(b.Rows), 0 })
+	add(&figure{Workload: backfillName, Metric: "Redis busy per row, ceiling", Unit: "µs"},
+		func(r runResult) (float64, float64) { b := bf(r); return 1e6 * b.RedisCeilingBusySeconds / float64(b.Rows), 0 })
+	add(&figure{Workload: backfillName, Metric: "Redis busy per row, backfill", Unit: "µs"},
+		func(r runResult) (float64, float64) { b := bf(r); return 1e6 * b.RedisBusySeconds / float64(b.Rows), 0 })
 	add(&figure{Workload: backfillName, Metric: "cachesync backfill peak RSS", Unit: "MiB", Versus: "200 MiB budget"},
 		func(r runResult) (float64, float64) { return mib(bf(r).PeakRSSBytes), 200 })
 	add(&figure{Workload: backfillName, Metric: "stream load committed meanwhile", Unit: "tx/s", Versus: "offered"},
