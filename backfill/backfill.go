@@ -119,6 +119,8 @@ type Progress struct {
 	// Written and Skipped count the keys the run wrote and those it left
 	// to a newer stream effect.
 	Written, Skipped int64
+	// Undone counts the keys taken back from chunks a flush overlapped.
+	Undone int64
 	// Restarts counts the flushes that made the run start over.
 	Restarts int
 	// Started is when the checkpoint's run started.
@@ -154,6 +156,10 @@ func Run(ctx context.Context, conn *pgx.Conn, w *writer.Writer, opts Options) (P
 	}
 	return b.run(ctx)
 }
+
+// testHookAfterFill, when set, runs between a chunk's write and the
+// second read of the flush counter (tests).
+var testHookAfterFill func()
 
 // run is one Run's state.
 type run struct {
@@ -276,6 +282,9 @@ func (b *run) chunk(ctx context.Context) (more bool, err error) {
 	if err := b.fill(ctx, applied, ops); err != nil {
 		return false, err
 	}
+	if testHookAfterFill != nil {
+		testHookAfterFill()
+	}
 	m1, err := b.pos.FlushCount(ctx, rule)
 	if err != nil {
 		return false, err
@@ -294,6 +303,7 @@ func (b *run) chunk(ctx context.Context) (more bool, err error) {
 		if err != nil {
 			return false, err
 		}
+		b.p.Undone += int64(n)
 		b.p.Restarts++
 		b.log.Warn().Int("undone", n).Msg("the rule's key space was flushed while a chunk was written: chunk undone, starting over from the first row")
 		b.fresh(m1)

@@ -43,7 +43,7 @@ func NewTableReader(ctx context.Context, conn *pgx.Conn, t config.TableName, whe
 	}
 	if len(rel.PrimaryKey) == 0 {
 		return nil, fmt.Errorf("table %s: %w: a backfill reads a table in primary-key order; add one (ALTER TABLE %s ADD PRIMARY KEY (...))",
-			t, ErrNoPrimaryKey, pgx.Identifier{t.Schema, t.Name}.Sanitize())
+			t, ErrNoPrimaryKey, t)
 	}
 	r := &TableReader{rel: rel, where: strings.TrimSpace(where)}
 	cols := make([]string, len(rel.Columns))
@@ -125,16 +125,10 @@ func (r *TableReader) Read(ctx context.Context, conn *pgx.Conn, after []string, 
 	cut := false
 	for rr.NextRow() {
 		raw := rr.Values()
-		t := make(wal.Tuple, len(raw))
-		for i, v := range raw {
-			if v == nil {
-				t[i] = wal.Value{Kind: wal.Null}
-				continue
-			}
-			t[i] = wal.Value{Kind: wal.Text, Text: string(v)}
+		for _, v := range raw {
 			ch.Bytes += len(v)
 		}
-		ch.Rows = append(ch.Rows, t)
+		ch.Rows = append(ch.Rows, textTuple(raw))
 		if maxBytes > 0 && ch.Bytes > maxBytes {
 			cut = true
 			break

@@ -132,13 +132,19 @@ func (rel *CatalogRelation) ReadRow(ctx context.Context, conn *pgx.Conn, key []s
 	if len(res.Rows) == 0 {
 		return nil, false, nil
 	}
-	tuple = make(wal.Tuple, len(rel.Columns))
-	for i, v := range res.Rows[0] {
+	return textTuple(res.Rows[0]), true, nil
+}
+
+// textTuple is a row read in text format, as pgoutput sends it: each value
+// as text, or null.
+func textTuple(raw [][]byte) wal.Tuple {
+	tuple := make(wal.Tuple, len(raw))
+	for i, v := range raw {
 		if v == nil {
 			tuple[i] = wal.Value{Kind: wal.Null}
 		} else {
 			tuple[i] = wal.Value{Kind: wal.Text, Text: string(v)}
 		}
 	}
-	return tuple, true, nil
+	return tuple
 }

@@ -183,6 +183,27 @@ func TestCluster(t *testing.T) {
 		t.Errorf("CheckAccess on the cluster without SCAN = %v, want ErrNoAccess advising +cluster|slots", err)
 	}
 
+	// A backfill's fill and undo over every master: key and guard share
+	// a slot; the flush counter moves on a flush.
+	var fills []mapping.Op
+	var fillKeys []string
+	for i := range 300 {
+		k := fmt.Sprintf("fill:%d", i)
+		fillKeys = append(fillKeys, k)
+		fills = append(fills, mapping.Op{Kind: mapping.OpSet, Key: k, Value: []byte("v"), Rule: "test"})
+	}
+	if res, err := w.Fill(ctx, 0x500, fills); err != nil || res.Written != 300 {
+		t.Fatalf("Fill: %+v, %v", res, err)
+	}
+	apply(mapping.Op{Kind: mapping.OpSet, Key: "fill:0", Value: []byte("stream"), LSN: 0x500})
+	if n, err := w.UndoFill(ctx, 0x500, fillKeys); err != nil || n != 299 || exists("fill:0") != 1 {
+		t.Fatalf("UndoFill: %d, %v; fill:0 exists %d: want 299 undone, fill:0 kept", n, err, exists("fill:0"))
+	}
+	apply(mapping.Op{Kind: mapping.OpFlush, Keyspace: &mapping.Keyspace{Keys: []string{"fill:*"}}})
+	if n := exists(writer.FlushCounterKey("test")); n != 1 || exists("fill:0") != 0 {
+		t.Errorf("after a flush: counter exists %d, fill:0 exists %d", n, exists("fill:0"))
+	}
+
 	// A hung replica, while the masters lost their scripts: the writer
 	// loads them on the masters, which alone run them, and goes on.
 	// go-redis's cluster SCRIPT LOAD would wait for the replica too.

@@ -363,7 +363,7 @@ return 1
 //	ARGV[1]  the start of a new counter
 //	returns  the new value
 const CountFlushScript = `
-if redis.call('EXISTS', KEYS[1]) == 0 then
+if not redis.call('GET', KEYS[1]) then
   redis.call('SET', KEYS[1], ARGV[1])
 end
 return redis.call('INCR', KEYS[1])
