@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
+	"os/exec"
 	"reflect"
 	"strings"
 	"testing"
@@ -254,4 +256,44 @@ rule "tag" {
 	if code != 1 || !strings.Contains(out, "run `cachesync setup` or `cachesync run` first") {
 		t.Errorf("backfill before any run: exit %d\n%s", code, out)
 	}
+}
+
+// TestBackfillCtrlC: an interrupt stops the backfill after the current
+// chunk, with exit status 1 and the checkpoint kept; the next run resumes
+// from it.
+func TestBackfillCtrlC(t *testing.T) {
+	e := setup(t, schema, rules)
+	e.backfillProducts(100)
+	e.streamed()
+	cmd := exec.Command(binary, "backfill", "--rule", "product", "--chunk-rows", "10", "--rate", "20")
+	cmd.Env = append(os.Environ(), "DATABASE_URL="+e.dbURL, e.redisEnv, "CACHESYNC_CONFIG="+e.rules)
+	out := &lockedBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill() //nolint:errcheck // after Wait, a no-op
+	var cp writer.Checkpoint
+	testenv.Eventually(t, 30*time.Second, "a first checkpoint", func() (bool, string) {
+		raw, _ := e.rdb.Get(e.ctx, writer.BackfillKey("product")).Bytes()
+		return json.Unmarshal(raw, &cp) == nil && cp.Rows > 0, string(raw)
+	})
+	if err := cmd.Process.Signal(os.Interrupt); err != nil {
+		t.Fatal(err)
+	}
+	err := cmd.Wait()
+	if exit, ok := err.(*exec.ExitError); !ok || exit.ExitCode() != 1 || !strings.Contains(out.String(), "stopping after the current chunk") ||
+		!strings.Contains(out.String(), "run it again to resume") {
+		t.Fatalf("backfill interrupted: %v\n%s", err, out.String())
+	}
+	raw, _ := e.rdb.Get(e.ctx, writer.BackfillKey("product")).Bytes()
+	if err := json.Unmarshal(raw, &cp); err != nil || cp.Rows == 0 || cp.Rows == 100 || !cp.Finished.IsZero() {
+		t.Fatalf("checkpoint after the interrupt: %s", raw)
+	}
+	done := cp.Rows
+	got, code := e.cli("backfill", "--rule", "product", "--chunk-rows", "10")
+	if code != 0 || !strings.Contains(got, fmt.Sprintf(`100 rows (read %d, resumed from the checkpoint at row %d)`, 100-done, done)) {
+		t.Fatalf("backfill after the interrupt: exit %d, want a resume from row %d\n%s", code, done, got)
+	}
+	e.checkProducts(100, func(int) bool { return true })
 }

@@ -379,7 +379,7 @@ func TestFlushKeys(t *testing.T) {
 	tb.apply(t, batch(100, flush(mapping.Keyspace{Keys: []string{keyspace.EscapeGlob(prefix) + "*"}})))
 
 	left := tb.keysMatching(t, "*")
-	want := slices.Sorted(slices.Values(others))
+	want := slices.Sorted(slices.Values(append(others, writer.FlushCounterKey("test"))))
 	if !slices.Equal(left, want) {
 		t.Fatalf("after flush: %d keys left, want the %d non-matching ones", len(left), len(want))
 	}
@@ -408,7 +408,7 @@ func TestFlushTags(t *testing.T) {
 	if left := tb.keysMatching(t, "user:*"); len(left) != 0 {
 		t.Errorf("tag members left: %q", left)
 	}
-	want := []string{keyspace.TagKey("org:string"), keyspace.TagKey("team:1"), "team:1:a"}
+	want := []string{writer.FlushCounterKey("test"), keyspace.TagKey("org:string"), keyspace.TagKey("team:1"), "team:1:a"}
 	if left := tb.keysMatching(t, "*"); !slices.Equal(left, want) {
 		t.Errorf("keys left %q, want %q", left, want)
 	}
@@ -456,7 +456,7 @@ func TestFlushVersions(t *testing.T) {
 		t.Error("a flush created a version key")
 	}
 	left := tb.keysMatching(t, "*")
-	want := append(slices.Clone(kept),
+	want := append(slices.Clone(kept), writer.FlushCounterKey("test"),
 		keyspace.VersionKey("invoices:customer:1"), keyspace.VersionKey("orders:all"),
 		keyspace.VersionKey("orders:customer:1"), keyspace.VersionKey("orders:customer:2"))
 	slices.Sort(want)
@@ -514,7 +514,7 @@ func TestReapplyIsHarmless(t *testing.T) {
 	tb.apply(t, batches...)
 	want := []string{
 		keyspace.GuardKey("p:3"), keyspace.GuardKey("product:1"), keyspace.GuardKey("product:2"),
-		"keep", "p:3", "product:1",
+		"keep", "p:3", "product:1", writer.FlushCounterKey("test"),
 	}
 	slices.Sort(want)
 	if got := tb.keysMatching(t, "*"); !slices.Equal(got, want) {

@@ -223,6 +223,9 @@ func (v *progressView) update(p backfill.Progress) {
 		v.bar.ChangeMax64(t)
 	}
 	_ = v.bar.Set64(p.Rows)
+	if p.Done {
+		v.close() // before the run's last log line
+	}
 }
 
 // rate is the rows read per second since the view was made.
