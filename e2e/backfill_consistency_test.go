@@ -33,6 +33,8 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/cachesync/cachesync/internal/testenv"
+	"github.com/cachesync/cachesync/keyspace"
+	"github.com/cachesync/cachesync/wal"
 )
 
 const (
@@ -401,4 +403,111 @@ func backfillWrite(ctx context.Context, conn *pgx.Conn, rng *rand.Rand, position
 func isDeadlock(err error) bool {
 	var pgErr *pgconn.PgError
 	return errors.As(err, &pgErr) && pgErr.Code == "40P01"
+}
+
+// TestBackfillHeldCommitAtAppliedPosition is the edge of the fill's guard:
+// a transaction held committed-but-invisible whose commit record starts
+// exactly at the applied position A the backfill reads (the commit record
+// right after the last applied transaction's). Its commit LSN is A, so the
+// fill must leave the guard below A (A-1): at A, the stream's effect of that
+// transaction, applied once it is visible, would be refused as not newer,
+// and the key would keep the old row the chunk read. The concurrent test
+// above hits this only by chance.
+func TestBackfillHeldCommitAtAppliedPosition(t *testing.T) {
+	e, _ := setupPrivateWith(t, map[string]string{
+		"synchronous_standby_names": "ghost",
+		"synchronous_commit":        "local",
+	}, schema, rules)
+	e.exec(`INSERT INTO products SELECT g, 'p' || g, (g * 1.25)::numeric(10,2), true, 'd' || g FROM generate_series(1, 200) g`)
+	d := e.start()
+	e.waitStreaming(d)
+	e.quiesce(d)
+
+	for attempt, id := range []int{50, 100, 150} {
+		key := fmt.Sprintf("product:%d", id)
+		holder, err := pgx.Connect(e.ctx, e.dbURL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tx, err := holder.Begin(e.ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, q := range []string{`SET LOCAL synchronous_commit = on`, fmt.Sprintf(`UPDATE products SET name = 'held' WHERE id = %d`, id)} {
+			if _, err := tx.Exec(e.ctx, q); err != nil {
+				t.Fatal(err)
+			}
+		}
+		var pid int
+		if err := tx.QueryRow(e.ctx, `SELECT pg_backend_pid()`).Scan(&pid); err != nil {
+			t.Fatal(err)
+		}
+		// Another transaction commits after the held one's changes, and the
+		// daemon applies it: A is then the end of its commit record, which
+		// is where the WAL ends, and where the held commit record will start.
+		var a, end wal.LSN
+		testenv.Eventually(t, 30*time.Second, "the applied position to reach the end of the WAL", func() (bool, string) {
+			if end == 0 {
+				e.exec(`UPDATE products SET price = price + 1 WHERE id = $1`, id+1)
+				end = e.currentLSN()
+			}
+			a, _ = e.appliedPosition()
+			if a < end {
+				return false, fmt.Sprintf("applied %s, the other commit ends at %s", a, end)
+			}
+			var insert string
+			if err := e.db.QueryRow(e.ctx, `SELECT pg_current_wal_insert_lsn()::text`).Scan(&insert); err != nil {
+				t.Fatal(err)
+			}
+			if a.String() != insert {
+				end = 0 // another record came after it: commit another
+				return false, fmt.Sprintf("applied %s, WAL insert position %s", a, insert)
+			}
+			return true, ""
+		})
+		committed := make(chan error, 1)
+		go func() { committed <- tx.Commit(context.Background()) }()
+		testenv.Eventually(t, 30*time.Second, "the held commit to wait for the synchronous standby", func() (bool, string) {
+			var ev *string
+			err := e.db.QueryRow(e.ctx, `SELECT wait_event FROM pg_stat_activity WHERE pid = $1`, pid).Scan(&ev)
+			return err == nil && ev != nil && *ev == "SyncRep", fmt.Sprint(err, ev)
+		})
+		// The backfill reads the old row (the commit is invisible) under A.
+		if out, code := e.cli("backfill", "--rule", "product"); code != 0 {
+			t.Fatalf("backfill: exit %d\n%s", code, out)
+		}
+		if got, _ := e.appliedPosition(); got != a {
+			t.Fatalf("the applied position moved from %s to %s while the commit was held", a, got)
+		}
+		e.exec(`SELECT pg_cancel_backend($1)`, pid)
+		if err := <-committed; err != nil {
+			t.Fatalf("held commit: %v", err)
+		}
+		holder.Close(e.ctx)
+		e.quiesce(d)
+		raw, err := e.rdb.Get(e.ctx, key).Result()
+		if err != nil {
+			t.Fatalf("%s after the backfill and the held commit: %v", key, err)
+		}
+		var got map[string]any
+		if err := json.Unmarshal([]byte(raw), &got); err != nil || got["name"] != "held" {
+			t.Fatalf("%s = %s after the held commit (commit LSN at the applied position %s) was applied: the backfill's guard kept the stream's newer value out", key, raw, a)
+		}
+		// Did the commit record start at A? The stream's guard holds its
+		// commit LSN. If something else wrote WAL first, try again.
+		guard, err := e.rdb.Get(e.ctx, keyspace.GuardKey(key)).Result()
+		if err != nil || len(guard) < 16 {
+			t.Fatalf("guard of %s: %q (%v)", key, guard, err)
+		}
+		commitLSN, err := strconv.ParseUint(guard[:16], 16, 64)
+		if err != nil {
+			t.Fatalf("guard of %s: %q: %v", key, guard, err)
+		}
+		if wal.LSN(commitLSN) == a {
+			t.Logf("attempt %d: the held commit's LSN was the applied position %s; %s = %s", attempt+1, a, key, raw)
+			return
+		}
+		t.Logf("attempt %d: the held commit's LSN %s is not the applied position %s (another record came first): again", attempt+1, wal.LSN(commitLSN), a)
+	}
+	t.Fatal("no attempt placed the held commit record at the applied position")
 }
