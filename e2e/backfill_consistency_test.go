@@ -332,6 +332,11 @@ func TestBackfillConsistentUnderConcurrentWrites(t *testing.T) {
 	t.Logf("backfill: %d rows read in %d chunks of %d in %s; %d writes during it; held transaction (ids %v, new %d) at WAL %s for %s, while the backfill read %d rows; now %d rows, %d published, %d keys checked",
 		rowsDone, (rowsDone+backfillChunk-1)/backfillChunk, backfillChunk, took.Round(time.Millisecond), writes.Load(),
 		ids, newID, heldLSN, heldFor.Round(time.Millisecond), rowsAtRelease-rowsAtHold, total, len(published), checked)
+	for line := range strings.SplitSeq(x.out, "\n") {
+		if strings.HasPrefix(line, "backfilled rule") {
+			t.Logf("cachesync backfill: %s", line) // keys written, and left to newer stream writes
+		}
+	}
 	if len(mismatches) > 0 {
 		t.Errorf("%d of %d product keys differ from their rows after the backfill and the stream caught up (seed %d):\n%s",
 			len(mismatches), checked, seed, strings.Join(head(mismatches, 20), "\n"))
