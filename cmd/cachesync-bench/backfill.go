@@ -65,7 +65,7 @@ type backfillResult struct {
 	// RedisCeilingBusySeconds the same during the Redis ceiling: where the
 	// backfill's time goes (INFO cpu).
 	RedisBusySeconds, RedisCeilingBusySeconds float64
-	PeakRSSBytes int64
+	PeakRSSBytes                              int64
 	// Lag is the stream's commit → applied lag for a steady load on another
 	// table while the backfill ran (the warm-up before it not counted).
 	Lag lagResult
@@ -342,7 +342,10 @@ func backfillFigures(add func(*figure, func(runResult) (float64, float64))) {
 	add(&figure{Workload: backfillName, Metric: "cachesync backfill CPU per row", Unit: "µs"},
 		func(r runResult) (float64, float64) { b := bf(r); return 1e6 * b.CPUSeconds / float64(b.Rows), 0 })
 	add(&figure{Workload: backfillName, Metric: "Redis main-thread CPU per row, ceiling", Unit: "µs"},
-		func(r runResult) (float64, float64) { b := bf(r); return 1e6 * b.RedisCeilingBusySeconds / float64(b.Rows), 0 })
+		func(r runResult) (float64, float64) {
+			b := bf(r)
+			return 1e6 * b.RedisCeilingBusySeconds / float64(b.Rows), 0
+		})
 	add(&figure{Workload: backfillName, Metric: "Redis main-thread CPU per row, backfill", Unit: "µs"},
 		func(r runResult) (float64, float64) { b := bf(r); return 1e6 * b.RedisBusySeconds / float64(b.Rows), 0 })
 	add(&figure{Workload: backfillName, Metric: "cachesync backfill peak RSS", Unit: "MiB", Versus: "200 MiB budget"},
