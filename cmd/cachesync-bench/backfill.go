@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"io"
 	"strconv"
-	"strings"
-	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -127,38 +125,12 @@ func (b *bench) runBackfill(ctx context.Context, rows int, lagRate float64) (bac
 		return res, err
 	}
 	defer rc.ConfigSet(context.Background(), "notify-keyspace-events", "")
-	cs := b.cachesyncCmd("run", rules, dataDir, db, false)
-	var csOut bytes.Buffer
-	cs.Stdout, cs.Stderr = &csOut, &csOut
-	if err := cs.Start(); err != nil {
+	obs, err := b.runObserved(ctx, conn, rc, rules, dataDir, db, lagRate)
+	if err != nil {
 		return res, err
 	}
-	defer func() {
-		_ = cs.Process.Signal(syscall.SIGTERM)
-		waitOrKill(cs, 20*time.Second, syscall.SIGKILL)
-	}()
-	if _, err := waitActive(ctx, conn, "cs", cs); err != nil {
-		return res, fmt.Errorf("cachesync run: %w\n%s", err, tail(csOut.String()))
-	}
-	sub := rc.PSubscribe(ctx, "__keyspace@0__:lag:*")
-	defer sub.Close()
-	if _, err := sub.Receive(ctx); err != nil {
-		return res, err
-	}
-	seen := newArrivals()
-	obsDone := make(chan struct{})
-	go func() {
-		defer close(obsDone)
-		for msg := range sub.Channel(redis.WithChannelSize(int(lagRate)*10 + 100)) {
-			now := time.Now()
-			if msg.Payload != "set" {
-				continue
-			}
-			if id, err := strconv.Atoi(strings.TrimPrefix(msg.Channel, "__keyspace@0__:lag:")); err == nil {
-				seen.see(id, now)
-			}
-		}
-	}()
+	defer obs.stop()
+	seen := obs.seen
 	// Redis's ceiling, in the conditions of the backfill: keyspace
 	// notifications on and the lag subscriber listening (each of the fill's
 	// SETs publishes a notification that Redis matches against its pattern),
@@ -235,8 +207,7 @@ func (b *bench) runBackfill(ctx context.Context, rows int, lagRate float64) (bac
 		return res, l.err
 	}
 	l.o.waitFor(seen)
-	_ = sub.Close()
-	<-obsDone
+	obs.stopObserving()
 	lags, err := l.o.lags(seen)
 	if err != nil {
 		return res, err
