@@ -481,9 +481,8 @@ func TestBackfillHeldCommitAtAppliedPosition(t *testing.T) {
 		if out, code := e.cli("backfill", "--rule", "product"); code != 0 {
 			t.Fatalf("backfill: exit %d\n%s", code, out)
 		}
-		if got, _ := e.appliedPosition(); got != a {
-			t.Fatalf("the applied position moved from %s to %s while the commit was held", a, got)
-		}
+		// A heartbeat written before the held commit may have moved A.
+		aAfter, _ := e.appliedPosition()
 		e.exec(`SELECT pg_cancel_backend($1)`, pid)
 		if err := <-committed; err != nil {
 			t.Fatalf("held commit: %v", err)
@@ -496,7 +495,7 @@ func TestBackfillHeldCommitAtAppliedPosition(t *testing.T) {
 		}
 		var got map[string]any
 		if err := json.Unmarshal([]byte(raw), &got); err != nil || got["name"] != "held" {
-			t.Fatalf("%s = %s after the held commit (commit LSN at the applied position %s) was applied: the backfill's guard kept the stream's newer value out", key, raw, a)
+			t.Fatalf("%s = %s after the held commit (at or past the applied position %s the backfill read) was applied: the backfill's guard kept the stream's newer value out", key, raw, a)
 		}
 		// Did the commit record start at A? The stream's guard holds its
 		// commit LSN. If something else wrote WAL first, try again.
@@ -508,11 +507,11 @@ func TestBackfillHeldCommitAtAppliedPosition(t *testing.T) {
 		if err != nil {
 			t.Fatalf("guard of %s: %q: %v", key, guard, err)
 		}
-		if wal.LSN(commitLSN) == a {
+		if wal.LSN(commitLSN) == a && aAfter == a {
 			t.Logf("attempt %d: the held commit's LSN was the applied position %s; %s = %s", attempt+1, a, key, raw)
 			return
 		}
-		t.Logf("attempt %d: the held commit's LSN %s is not the applied position %s (another record came first): again", attempt+1, wal.LSN(commitLSN), a)
+		t.Logf("attempt %d: the held commit's LSN %s is not the applied position %s (then %s): another record came first; again", attempt+1, wal.LSN(commitLSN), a, aAfter)
 	}
 	t.Fatal("no attempt placed the held commit record at the applied position")
 }
