@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"slices"
 	"strconv"
 	"strings"
@@ -111,43 +112,16 @@ func (b *bench) runLagCachesync(ctx context.Context, rate float64, dur time.Dura
 	}
 	defer conn.Close(context.Background())
 
-	cs := b.cachesyncCmd("run", rules, dataDir, db, false)
-	var csOut bytes.Buffer
-	cs.Stdout, cs.Stderr = &csOut, &csOut
-	if err := cs.Start(); err != nil {
+	obs, err := b.runObserved(ctx, conn, rc, rules, dataDir, db, rate)
+	if err != nil {
 		return res, err
 	}
-	defer func() {
-		_ = cs.Process.Signal(syscall.SIGTERM)
-		waitOrKill(cs, 20*time.Second, syscall.SIGKILL)
-	}()
-	if _, err := waitActive(ctx, conn, "cs", cs); err != nil {
-		return res, fmt.Errorf("cachesync run: %w\n%s", err, tail(csOut.String()))
-	}
-
-	sub := rc.PSubscribe(ctx, "__keyspace@0__:lag:*")
-	defer sub.Close()
-	if _, err := sub.Receive(ctx); err != nil {
-		return res, err
-	}
-	seen := newArrivals()
-	obsDone := make(chan struct{})
-	go func() {
-		defer close(obsDone)
-		for msg := range sub.Channel(redis.WithChannelSize(int(rate) * 10)) {
-			now := time.Now()
-			if msg.Payload != "set" {
-				continue
-			}
-			if id, err := strconv.Atoi(strings.TrimPrefix(msg.Channel, "__keyspace@0__:lag:")); err == nil {
-				seen.see(id, now)
-			}
-		}
-	}()
+	defer obs.stop()
+	seen := obs.seen
 
 	var hwm int64
-	stopHWM := watchHWM(cs.Process.Pid, &hwm)
-	load, err := b.offerLoad(ctx, db, rate, dur)
+	stopHWM := watchHWM(obs.cs.Process.Pid, &hwm)
+	load, err := b.offerLoad(ctx, db, rate, dur, nil)
 	if err != nil {
 		stopHWM()
 		return res, err
@@ -155,8 +129,7 @@ func (b *bench) runLagCachesync(ctx context.Context, rate float64, dur time.Dura
 	load.waitFor(seen)
 	stopHWM()
 	res.PeakRSSBytes = hwm
-	_ = sub.Close()
-	<-obsDone
+	obs.stopObserving()
 
 	lags, err := load.lags(seen)
 	if debugLag {
@@ -169,6 +142,69 @@ func (b *bench) runLagCachesync(ctx context.Context, rate float64, dur time.Dura
 	s := spreadOf(lags)
 	res.P50, res.P99, res.Mx = s.P50, s.P99, s.Mx
 	return res, nil
+}
+
+// observedRun is `cachesync run` with an observer that records when each
+// lag:<id> key is set in Redis (keyspace notifications, which the caller
+// turned on).
+type observedRun struct {
+	cs       *exec.Cmd
+	seen     *arrivals
+	sub      *redis.PubSub
+	obsDone  chan struct{}
+	stopOnce sync.Once
+}
+
+// runObserved starts `cachesync run` on db, waits until its slot is active,
+// and starts the observer; rate sizes its buffer.
+func (b *bench) runObserved(ctx context.Context, conn *pgx.Conn, rc *redis.Client, rules, dataDir, db string, rate float64) (*observedRun, error) {
+	o := &observedRun{cs: b.cachesyncCmd("run", rules, dataDir, db, false), seen: newArrivals(), obsDone: make(chan struct{})}
+	var csOut bytes.Buffer
+	o.cs.Stdout, o.cs.Stderr = &csOut, &csOut
+	if err := o.cs.Start(); err != nil {
+		return nil, err
+	}
+	fail := func(err error) (*observedRun, error) {
+		_ = o.cs.Process.Signal(syscall.SIGTERM)
+		waitOrKill(o.cs, 20*time.Second, syscall.SIGKILL)
+		return nil, err
+	}
+	if _, err := waitActive(ctx, conn, "cs", o.cs); err != nil {
+		return fail(fmt.Errorf("cachesync run: %w\n%s", err, tail(csOut.String())))
+	}
+	o.sub = rc.PSubscribe(ctx, "__keyspace@0__:lag:*")
+	if _, err := o.sub.Receive(ctx); err != nil {
+		_ = o.sub.Close()
+		return fail(err)
+	}
+	go func() {
+		defer close(o.obsDone)
+		for msg := range o.sub.Channel(redis.WithChannelSize(int(rate)*10 + 100)) {
+			now := time.Now()
+			if msg.Payload != "set" {
+				continue
+			}
+			if id, err := strconv.Atoi(strings.TrimPrefix(msg.Channel, "__keyspace@0__:lag:")); err == nil {
+				o.seen.see(id, now)
+			}
+		}
+	}()
+	return o, nil
+}
+
+// stopObserving ends the observer; seen is complete once it returns.
+func (o *observedRun) stopObserving() {
+	o.stopOnce.Do(func() {
+		_ = o.sub.Close()
+		<-o.obsDone
+	})
+}
+
+// stop ends the observer, then the daemon.
+func (o *observedRun) stop() {
+	o.stopObserving()
+	_ = o.cs.Process.Signal(syscall.SIGTERM)
+	waitOrKill(o.cs, 20*time.Second, syscall.SIGKILL)
 }
 
 // runLagFloor offers the load to a database whose only consumer is a bare
@@ -199,7 +235,7 @@ func (b *bench) runLagFloor(ctx context.Context, rate float64, dur time.Duration
 	recvDone := make(chan error, 1)
 	go func() { recvDone <- receiveInserts(rctx, rconn, seen) }()
 
-	load, err := b.offerLoad(ctx, db, rate, dur)
+	load, err := b.offerLoad(ctx, db, rate, dur, nil)
 	if err == nil {
 		load.waitFor(seen)
 	}
@@ -295,8 +331,8 @@ type offered struct {
 // warm-up plus dur, open loop: a ticker hands row ids to 8 connections, each
 // records the wall time at which its commit returned. The warm-up rows
 // (connections, prepared statements, a consumer's first batches) are not
-// counted.
-func (b *bench) offerLoad(ctx context.Context, db string, rate float64, dur time.Duration) (*offered, error) {
+// counted. A close of stop (nil: never) ends the load early, after the warm-up.
+func (b *bench) offerLoad(ctx context.Context, db string, rate float64, dur time.Duration, stop <-chan struct{}) (*offered, error) {
 	const workers = 8
 	conns := make([]*pgx.Conn, workers)
 	for i := range conns {
@@ -331,6 +367,10 @@ func (b *bench) offerLoad(ctx context.Context, db string, rate float64, dur time
 		if d := time.Until(began.Add(time.Duration(id-1) * interval)); d > 0 {
 			time.Sleep(d)
 		}
+		if id > o.warm && stopped(stop) {
+			o.total = id - 1
+			break
+		}
 		ids <- id
 	}
 	close(ids)
@@ -340,6 +380,15 @@ func (b *bench) offerLoad(ctx context.Context, db string, rate float64, dur time
 		return nil, fmt.Errorf("load generator: %w", genErr)
 	}
 	return o, nil
+}
+
+func stopped(stop <-chan struct{}) bool {
+	select {
+	case <-stop:
+		return true
+	default:
+		return false
+	}
 }
 
 func (o *offered) achieved() float64 { return float64(o.total) / o.elapsed.Seconds() }

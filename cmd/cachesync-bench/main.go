@@ -37,18 +37,23 @@ import (
 )
 
 type options struct {
-	Cachesync   string        `json:"-"`
-	Runs        int           `json:"runs"`
-	Rows        int           `json:"rows"`
-	Full        bool          `json:"full"`
-	Cluster     bool          `json:"cluster"`
-	LagOnly     bool          `json:"lag_only,omitempty"`
-	BigRows     int           `json:"big_rows"`
-	RedisOps    int           `json:"redis_ops"`
-	LagRate     float64       `json:"lag_rate"`
-	LagDuration time.Duration `json:"lag_duration"`
-	Out         string        `json:"-"`
-	Chart       string        `json:"-"`
+	Cachesync string `json:"-"`
+	Runs      int    `json:"runs"`
+	Rows      int    `json:"rows"`
+	Full      bool   `json:"full"`
+	Cluster   bool   `json:"cluster"`
+	LagOnly   bool   `json:"lag_only,omitempty"`
+	// BackfillRows is the backfill workload's table size, 0 for no backfill
+	// workload; BackfillLagRate the stream's steady load meanwhile.
+	BackfillRows    int           `json:"backfill_rows"`
+	BackfillLagRate float64       `json:"backfill_lag_rate"`
+	BackfillOnly    bool          `json:"backfill_only,omitempty"`
+	BigRows         int           `json:"big_rows"`
+	RedisOps        int           `json:"redis_ops"`
+	LagRate         float64       `json:"lag_rate"`
+	LagDuration     time.Duration `json:"lag_duration"`
+	Out             string        `json:"-"`
+	Chart           string        `json:"-"`
 }
 
 // figure is one line of the table: a measured value per run and its ratio to the
@@ -87,6 +92,7 @@ type runResult struct {
 	RedisCeiling float64               `json:"redis_ceiling_ops"`
 	Throughput   map[string]throughput `json:"throughput"`
 	Lag          lagResult             `json:"lag"`
+	Backfill     *backfillResult       `json:"backfill,omitempty"`
 }
 
 func main() {
@@ -101,6 +107,9 @@ func main() {
 	flag.BoolVar(&o.LagOnly, "lag-only", false, "measure only the lag at a steady load (and the Redis ceiling)")
 	flag.IntVar(&o.BigRows, "big-rows", 1_000_000, "rows of the single big transaction (with -full)")
 	flag.IntVar(&o.RedisOps, "redis-ops", 500_000, "DELs for the Redis ceiling")
+	flag.IntVar(&o.BackfillRows, "backfill-rows", 1_000_000, "rows of the backfill workload's table (0: no backfill workload)")
+	flag.Float64Var(&o.BackfillLagRate, "backfill-lag-rate", 500, "single-row transactions per second that the daemon streams during the backfill")
+	flag.BoolVar(&o.BackfillOnly, "backfill-only", false, "measure only the backfill workload (and the Redis ceiling)")
 	flag.Float64Var(&o.LagRate, "lag-rate", 5000, "offered single-row transactions per second for the lag figure")
 	flag.DurationVar(&o.LagDuration, "lag-duration", 10*time.Second, "how long the steady load lasts")
 	flag.StringVar(&o.Out, "out", "bench/results", "results directory (JSON and PNG per invocation)")
@@ -145,7 +154,7 @@ func run(ctx context.Context, o options, stdout, logw io.Writer) (*report, error
 	}
 	defer srv.stop()
 	ws := workloads(o.Full, o.Cluster)
-	if o.LagOnly {
+	if o.LagOnly || o.BackfillOnly {
 		ws = nil
 	}
 	if slices.ContainsFunc(ws, func(w workload) bool { return w.Cluster }) {
@@ -176,6 +185,20 @@ func run(ctx context.Context, o options, stdout, logw io.Writer) (*report, error
 				float64(t.RedisCommands)/float64(rows), mib(t.PeakRSSBytes))
 			rr.Throughput[w.Name] = t
 		}
+		if o.BackfillRows > 0 && !o.LagOnly {
+			bf, err := b.runBackfill(ctx, o.BackfillRows, o.BackfillLagRate)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", backfillName, err)
+			}
+			logf("%s: %d rows in %.1f s: %.0f rows/s, %.2f of the lower ceiling (COPY %.0f, Redis fill %.0f rows/s); stream lag p50 %.2f ms, p99 %.2f ms, max %.2f ms at %.0f tx/s; backfill peak RSS %.1f MiB",
+				backfillName, bf.Rows, bf.Seconds, bf.rate(bf.Seconds), bf.rate(bf.Seconds)/bf.lowerCeiling(),
+				bf.rate(bf.CopySeconds), bf.rate(bf.RedisSeconds), bf.Lag.P50, bf.Lag.P99, bf.Lag.Mx, bf.Lag.Achieved, mib(bf.PeakRSSBytes))
+			rr.Backfill = &bf
+		}
+		if o.BackfillOnly {
+			rep.Raw = append(rep.Raw, rr)
+			continue
+		}
 		if rr.Lag, err = b.runLag(ctx, o.LagRate, o.LagDuration); err != nil {
 			return nil, fmt.Errorf("lag: %w", err)
 		}
@@ -203,7 +226,7 @@ func rerender(path, chartCopy string, stdout io.Writer) error {
 		return fmt.Errorf("%s: %w", path, err)
 	}
 	ws := workloads(rep.Options.Full, rep.Options.Cluster)
-	if rep.Options.LagOnly {
+	if rep.Options.LagOnly || rep.Options.BackfillOnly {
 		ws = nil
 	}
 	rep.Figures = figures(ws, rep.Raw)
@@ -311,6 +334,12 @@ func figures(ws []workload, runs []runResult) []*figure {
 			f.Target, f.below = "< 200 MiB", 1
 		}
 		add(f, func(r runResult) (float64, float64) { return mib(r.Throughput[name].PeakRSSBytes), 200 })
+	}
+	if len(runs) > 0 && runs[0].Backfill != nil {
+		backfillFigures(add)
+	}
+	if len(runs) > 0 && runs[0].Lag.Offered == 0 {
+		return figs // -backfill-only
 	}
 	lagName := "steady load (1-row tx)"
 	add(&figure{Workload: lagName, Metric: "committed", Unit: "tx/s", Versus: "offered"},

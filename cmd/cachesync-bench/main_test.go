@@ -30,6 +30,8 @@ func TestSmoke(t *testing.T) {
 	o := options{
 		Cachesync: bin, Runs: 1, Rows: 2000, RedisOps: 20_000,
 		LagRate: 500, LagDuration: 2 * time.Second,
+		// The backfill workload in miniature (1M rows in make bench).
+		BackfillRows: 2000, BackfillLagRate: 200,
 		Out: filepath.Join(dir, "results"), Chart: filepath.Join(dir, "chart.png"),
 		// The cluster workload is on here too, though not by default in the flag: it
 		// is the only run of the cluster path end to end (a cluster block in the rules
@@ -43,7 +45,7 @@ func TestSmoke(t *testing.T) {
 	}
 	t.Logf("\n%s", stdout.String())
 
-	wantWorkloads := map[string]bool{"Redis ceiling": false, "steady load (1-row tx)": false}
+	wantWorkloads := map[string]bool{"Redis ceiling": false, "steady load (1-row tx)": false, backfillName: false}
 	for _, w := range workloads(false, o.Cluster) {
 		wantWorkloads[w.Name] = false
 	}

@@ -90,6 +90,11 @@ type bench struct {
 // newDatabase creates a fresh database with one table and writes a rules file for it;
 // with cluster, the file's redis block names the Redis Cluster.
 func (b *bench) newDatabase(ctx context.Context, table, rule string, cluster bool) (db, rules, dataDir string, err error) {
+	return b.newDatabaseRules(ctx, table, fmt.Sprintf("rule \"w\" {\n  table = \"public.w\"\n  %s\n}\n", rule), cluster)
+}
+
+// newDatabaseRules is newDatabase with the schema (tables) and rule blocks given whole.
+func (b *bench) newDatabaseRules(ctx context.Context, table, ruleBlocks string, cluster bool) (db, rules, dataDir string, err error) {
 	b.dbSeq++
 	db = fmt.Sprintf("bench%d", b.dbSeq)
 	admin, err := pgx.Connect(ctx, b.srv.pgURL("postgres"))
@@ -122,11 +127,7 @@ func (b *bench) newDatabase(ctx context.Context, table, rule string, cluster boo
   publication = "bench"
 }
 %s
-rule "w" {
-  table = "public.w"
-  %s
-}
-`, redisBlock, rule)
+%s`, redisBlock, ruleBlocks)
 	if err := os.WriteFile(rules, []byte(text), 0o644); err != nil {
 		return "", "", "", err
 	}
