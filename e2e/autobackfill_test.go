@@ -27,8 +27,8 @@ rule "product" {
 }
 `
 
-// backfillRows is more than two chunks (backfill.DefaultChunkRows).
-const backfillRows = 2500
+// autoBackfillRows is more than two chunks (backfill.DefaultChunkRows).
+const autoBackfillRows = 2500
 
 // insertProducts inserts products 1..n, every fifth one unpublished.
 func (e *env) insertProducts(n int, name string) {
@@ -162,24 +162,24 @@ func (e *env) waitBackfillFinished(since time.Time) backfillStatus {
 // again with the new value.
 func TestAutoBackfill(t *testing.T) {
 	e := setup(t, schema, backfillRule)
-	e.insertProducts(backfillRows, "p")
+	e.insertProducts(autoBackfillRows, "p")
 	start := time.Now()
 	d := e.start()
 	e.waitStreaming(d)
 	// Nothing changes: only the backfill can fill the keys.
-	if n := e.backfilled(productValue); n != backfillRows {
-		t.Fatalf("checked %d rows, want %d", n, backfillRows)
+	if n := e.backfilled(productValue); n != autoBackfillRows {
+		t.Fatalf("checked %d rows, want %d", n, autoBackfillRows)
 	}
 	b := e.waitBackfillFinished(start)
-	if !b.Automatic || b.Rows != backfillRows || b.Error != "" || b.Started == nil || b.Started.Before(start.Add(-time.Second)) {
+	if !b.Automatic || b.Rows != autoBackfillRows || b.Error != "" || b.Started == nil || b.Started.Before(start.Add(-time.Second)) {
 		t.Errorf("status after the first fill: %+v", b)
 	}
-	if out, code := e.cli("status"); code != 0 || !strings.Contains(out, "backfill product") || !strings.Contains(out, fmt.Sprintf("finished: %d rows", backfillRows)) {
-		t.Errorf("status: exit %d, want a line saying the backfill of product finished with %d rows:\n%s", code, backfillRows, out)
+	if out, code := e.cli("status"); code != 0 || !strings.Contains(out, "backfill product") || !strings.Contains(out, fmt.Sprintf("finished: %d rows", autoBackfillRows)) {
+		t.Errorf("status: exit %d, want a line saying the backfill of product finished with %d rows:\n%s", code, autoBackfillRows, out)
 	}
 	m := d.scrape()
-	if got := m.value("cachesync_backfill_rows_total", "rule", "product"); got < backfillRows {
-		t.Errorf("cachesync_backfill_rows_total{rule=product} = %v, want at least %d", got, backfillRows)
+	if got := m.value("cachesync_backfill_rows_total", "rule", "product"); got < autoBackfillRows {
+		t.Errorf("cachesync_backfill_rows_total{rule=product} = %v, want at least %d", got, autoBackfillRows)
 	}
 	if got := m.value("cachesync_backfill_running", "rule", "product"); got != 0 {
 		t.Errorf("cachesync_backfill_running{rule=product} = %v after the fill, want 0", got)
@@ -194,7 +194,7 @@ func TestAutoBackfill(t *testing.T) {
 	// TRUNCATE: the keys go, and the backfill after the flush loads none.
 	truncated := time.Now()
 	e.exec(`TRUNCATE products`)
-	e.gone("product:1", fmt.Sprintf("product:%d", backfillRows))
+	e.gone("product:1", fmt.Sprintf("product:%d", autoBackfillRows))
 	b = e.waitBackfillFinished(truncated)
 	if b.Rows != 0 || b.Error != "" {
 		t.Errorf("status after TRUNCATE: %+v, want a finished backfill of 0 rows", b)
@@ -235,7 +235,7 @@ func TestAutoBackfill(t *testing.T) {
 // bring every key to the current row.
 func TestAutoBackfillAfterSlotLoss(t *testing.T) {
 	e := setup(t, schema, backfillRule)
-	e.insertProducts(backfillRows, "p")
+	e.insertProducts(autoBackfillRows, "p")
 	d := e.start()
 	e.waitStreaming(d)
 	e.backfilled(productValue)
@@ -264,7 +264,7 @@ func TestAutoBackfillAfterSlotLoss(t *testing.T) {
 // refills it with the current rows.
 func TestAutoBackfillAfterRedisReset(t *testing.T) {
 	e := setup(t, schema, backfillRule+"redis {\n  on_redis_reset = \"flush\"\n}\n")
-	e.insertProducts(backfillRows, "p")
+	e.insertProducts(autoBackfillRows, "p")
 	d := e.start()
 	e.waitStreaming(d)
 	e.backfilled(productValue)
@@ -371,7 +371,7 @@ func TestAutoBackfillNeedsPrimaryKey(t *testing.T) {
 // and does not run it again.
 func TestAutoBackfillActiveOnly(t *testing.T) {
 	e := setup(t, schema, backfillRule)
-	e.insertProducts(backfillRows, "p")
+	e.insertProducts(autoBackfillRows, "p")
 	active, passive := e.startTwo()
 	e.backfilled(productValue)
 	e.waitBackfillFinished(time.Time{})
@@ -401,18 +401,18 @@ func TestAutoBackfillActiveOnly(t *testing.T) {
 // backfill's first checkpoint resumes it from there at the next start.
 func TestAutoBackfillResumesAfterKill(t *testing.T) {
 	e := setup(t, schema, backfillRule)
-	e.insertProducts(backfillRows, "p")
+	e.insertProducts(autoBackfillRows, "p")
 	d := e.start("CACHESYNC_FAILPOINT=after-backfill-checkpoint")
 	d.waitExit(60 * time.Second)
-	if b := e.ruleBackfill("product"); b.State != "running" || b.Rows == 0 || b.Rows >= backfillRows {
+	if b := e.ruleBackfill("product"); b.State != "running" || b.Rows == 0 || b.Rows >= autoBackfillRows {
 		t.Fatalf("status after the kill: %+v, want an unfinished backfill with some rows done", b)
 	}
 	d = e.start()
 	e.waitStreaming(d)
 	e.backfilled(productValue)
 	b := e.waitBackfillFinished(time.Time{})
-	if b.Rows != backfillRows {
-		t.Errorf("status after the resumed backfill: %+v, want %d rows", b, backfillRows)
+	if b.Rows != autoBackfillRows {
+		t.Errorf("status after the resumed backfill: %+v, want %d rows", b, autoBackfillRows)
 	}
 	if l := logLines(d.log.String(), "backfill resumes from its checkpoint"); len(l) != 1 {
 		t.Errorf("the restarted daemon did not resume the backfill once:\n%s", d.log.String())
@@ -424,7 +424,7 @@ func TestAutoBackfillResumesAfterKill(t *testing.T) {
 // thawed, the old one writes nothing more.
 func TestAutoBackfillFrozenFencedOff(t *testing.T) {
 	e, _ := setupPrivate(t, schema, backfillRule)
-	e.insertProducts(backfillRows, "p")
+	e.insertProducts(autoBackfillRows, "p")
 	wst := e.walSenderTimeout()
 	a := e.start("CACHESYNC_DATA_DIR="+t.TempDir(), "CACHESYNC_FAILPOINT=stop:after-backfill-checkpoint")
 	t.Cleanup(func() { _ = a.cmd.Process.Signal(syscall.SIGCONT) })
