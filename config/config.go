@@ -58,6 +58,9 @@ type Config struct {
 	Redis    Redis
 	// Rules are in file order; names are unique.
 	Rules []*Rule
+	// WriteBehinds are the write_behind blocks in file order; names and
+	// streams are unique.
+	WriteBehinds []*WriteBehind
 	// SensitiveColumns are the column names the top-level
 	// sensitive_columns lists: a refresh value that copies one of them (or
 	// a whole row, which may hold one) into Redis is warned about.

@@ -105,6 +105,11 @@ type Options struct {
 	// runner checks whether a backfill = true rule needs a fill (default
 	// 1s).
 	BackfillCheckInterval time.Duration
+	// WriteBehind drains one write_behind block's stream until ctx ends
+	// (package writebehind's Run, wired by cmd/cachesync); the active
+	// instance runs one per block under its lease (fence). Required when
+	// the rules have write_behind blocks, unless DryRun.
+	WriteBehind WriteBehindFunc
 	// Failpoint, when set, is called at named points of the pipeline so
 	// that tests can crash or stop the process exactly there:
 	// "before-apply" (a group is mapped, nothing applied), "before-advance"
@@ -121,6 +126,10 @@ type Options struct {
 	Metrics *metrics.Metrics
 	Logger  zerolog.Logger
 }
+
+// WriteBehindFunc drains wb's stream into its table until ctx ends; fence
+// refuses once the instance lock is lost.
+type WriteBehindFunc func(ctx context.Context, wb *config.WriteBehind, fence func() error) error
 
 // Daemon runs the pipeline, reconnecting after failures. It keeps only what
 // lives across replication sessions; each session's state is a session.
