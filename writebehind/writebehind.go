@@ -75,4 +75,3 @@ var ErrLocked = errors.New("another cachesync drains this stream")
 func Run(ctx context.Context, o Options) error {
 	return errors.New("writebehind: not implemented yet")
 }
-
