@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cachesync/cachesync/config"
 )
@@ -262,5 +263,21 @@ CREATE TABLE carts (user_id bigint, sku text, qty int, UNIQUE (user_id, sku));`,
 	out, code = e.cli("validate", "--database-url", e.dbURL, filepath.Join(dir, "good.hcl"))
 	if code != 0 || !strings.Contains(out, "0 rules, 1 write_behind block OK") {
 		t.Errorf("validate --database-url good.hcl: exit %d\n%s", code, out)
+	}
+}
+
+// TestRunWithWriteBehindOnly: a rules file of write_behind blocks and no
+// rule is valid, and run accepts it: it creates a publication of no table,
+// streams, and confirms past a commit (the old binary failed to create the
+// publication, "FOR TABLE" with no table, and retried for ever).
+func TestRunWithWriteBehindOnly(t *testing.T) {
+	e := setup(t, `CREATE TABLE counters (id bigint PRIMARY KEY, hits bigint);`,
+		"write_behind \"counters\" {\n  stream      = \"wb:counters\"\n  table       = \"public.counters\"\n  key_columns = [\"id\"]\n}\n")
+	d := e.start()
+	e.waitStreaming(d)
+	e.exec("INSERT INTO counters VALUES (1, 1)")
+	e.caughtUp(d, 60*time.Second)
+	if code := d.stop(); code != 0 {
+		t.Fatalf("run: exit %d\n%s", code, d.log.String())
 	}
 }
