@@ -257,9 +257,15 @@ func readTable(ctx context.Context, conn *pgx.Conn, t config.TableName) (*tableI
 }
 
 func ruleDiag(r *config.Rule, subject hcl.Range, summary, detail string) *hcl.Diagnostic {
+	return blockDiag("rule", r.Name, subject, summary, detail)
+}
+
+// blockDiag is an error about the block `kind "name"` (a rule or a
+// write_behind), whose summary starts with it.
+func blockDiag(kind, name string, subject hcl.Range, summary, detail string) *hcl.Diagnostic {
 	return &hcl.Diagnostic{
 		Severity: hcl.DiagError,
-		Summary:  fmt.Sprintf("rule %q: %s", r.Name, summary),
+		Summary:  fmt.Sprintf("%s %q: %s", kind, name, summary),
 		Detail:   detail,
 		Subject:  subject.Ptr(),
 	}

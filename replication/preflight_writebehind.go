@@ -162,12 +162,7 @@ func readWriteBehindTable(ctx context.Context, conn *pgx.Conn, name config.Table
 }
 
 func wbDiag(wb *config.WriteBehind, subject hcl.Range, summary, detail string) *hcl.Diagnostic {
-	return &hcl.Diagnostic{
-		Severity: hcl.DiagError,
-		Summary:  fmt.Sprintf("write_behind %q: %s", wb.Name, summary),
-		Detail:   detail,
-		Subject:  subject.Ptr(),
-	}
+	return blockDiag("write_behind", wb.Name, subject, summary, detail)
 }
 
 // checkWriteBehind checks one block against its table (nil when it does

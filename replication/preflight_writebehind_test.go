@@ -47,13 +47,7 @@ func preflightWriteBehind(t *testing.T, conn *pgx.Conn, role, src string) (hcl.D
 	if err != nil {
 		t.Fatal(err)
 	}
-	var out hcl.Diagnostics
-	for _, d := range diags {
-		if strings.HasPrefix(d.Summary, "write_behind ") {
-			out = append(out, d)
-		}
-	}
-	return out, p
+	return diagsAbout(diags, "write_behind "), p
 }
 
 func writeBehindBlock(table, keys, extra string) string {
