@@ -27,6 +27,7 @@ type wbTable struct {
 	schemaUsage    bool
 	insert, update bool // on the whole table
 	delete         bool
+	rowSecurity    bool // row-level security applies to the role's writes
 	columns        map[string]wbColumn
 	names          []string // in attnum order
 	uniqueKeys     []uniqueKey
@@ -90,11 +91,15 @@ func checkWriteBehinds(ctx context.Context, conn *pgx.Conn, wbs []*config.WriteB
 func readWriteBehindTable(ctx context.Context, conn *pgx.Conn, name config.TableName) (*wbTable, error) {
 	t := &wbTable{columns: map[string]wbColumn{}}
 	var kind string
+	// Row-level security applies unless the role bypasses it, or owns the
+	// table and it is not forced.
 	err := conn.QueryRow(ctx, `SELECT c.oid, c.relkind::text, has_schema_privilege(n.oid, 'USAGE'),
-			has_table_privilege(c.oid, 'INSERT'), has_table_privilege(c.oid, 'UPDATE'), has_table_privilege(c.oid, 'DELETE')
+			has_table_privilege(c.oid, 'INSERT'), has_table_privilege(c.oid, 'UPDATE'), has_table_privilege(c.oid, 'DELETE'),
+			c.relrowsecurity AND (c.relforcerowsecurity OR NOT pg_has_role(c.relowner, 'USAGE'))
+				AND NOT (SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = current_user)
 		FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 		WHERE n.nspname = $1 AND c.relname = $2`, name.Schema, name.Name).
-		Scan(&t.oid, &kind, &t.schemaUsage, &t.insert, &t.update, &t.delete)
+		Scan(&t.oid, &kind, &t.schemaUsage, &t.insert, &t.update, &t.delete, &t.rowSecurity)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, nil
 	}
@@ -218,7 +223,15 @@ func checkWriteBehind(wb *config.WriteBehind, t *wbTable, role string, tables []
 		return diags // the key and privileges are about columns that exist
 	}
 	diags = append(diags, checkArbiter(wb, t, quoted)...)
-	return append(diags, checkWriteBehindPrivileges(wb, t, role, quoted)...)
+	diags = append(diags, checkWriteBehindPrivileges(wb, t, role, quoted)...)
+	if t.rowSecurity {
+		d := wbDiag(wb, wb.TableRange, fmt.Sprintf("row-level security of %s applies to role %q", name, role),
+			fmt.Sprintf("its policies must let the role insert, update (and select for ON CONFLICT) every row the application writes: an entry they refuse goes to the dead-letter stream %s:dead", wb.Stream))
+		d.Severity = hcl.DiagWarning
+		d.Extra = config.Hint(fmt.Sprintf("give the role policies for the rows it writes, or Run ALTER ROLE %s BYPASSRLS;", sqlName(role)))
+		diags = append(diags, d)
+	}
+	return diags
 }
 
 // checkArbiter checks that key_columns are exactly the columns of a unique

@@ -222,6 +222,16 @@ func TestPreflightWriteBehindPrivileges(t *testing.T) {
 	exec("DROP TABLE cachesync.write_behind; DROP SCHEMA cachesync; GRANT CREATE ON DATABASE \"" + db + "\" TO ROLE")
 	check(noColumns)
 
+	// Row-level security applies to the role: a warning, with the fix.
+	exec("ALTER TABLE counters ENABLE ROW LEVEL SECURITY")
+	diags, p := preflightWriteBehind(t, conn, role, noColumns)
+	if len(diags) != 1 || diags[0].Severity != hcl.DiagWarning || diags[0].Subject.Start.Line != 3 ||
+		!strings.Contains(diags[0].Summary, `row-level security of public.counters applies to role "`+role+`"`) ||
+		!strings.Contains(string(diags[0].Extra.(config.Hint)), "BYPASSRLS") {
+		t.Errorf("want a warning about row-level security at 3:17, got:\n%s", p.FormatDiagnostics(diags))
+	}
+	exec("ALTER TABLE counters DISABLE ROW LEVEL SECURITY")
+
 	// A schema the role may not use.
 	exec("CREATE SCHEMA shop; CREATE TABLE shop.items (id bigint PRIMARY KEY, n int); GRANT ALL ON shop.items TO ROLE")
 	check(writeBehindBlock("shop.items", `["id"]`, ""), finding{"3:17", `role "ROLE" may not use schema shop; Run GRANT USAGE ON SCHEMA shop TO ROLE;`})
