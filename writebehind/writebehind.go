@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/internal/backoff"
@@ -235,37 +236,62 @@ func (w *worker) claim(ctx context.Context) error {
 
 // drain applies batches until a failure or ctx's end: this consumer's
 // pending entries first (claimed, or read before a failure), then new
-// ones.
+// ones. The next batch is read while the current one is applied, so that
+// Redis and PostgreSQL work in parallel; at most three batches are held.
 func (w *worker) drain(ctx context.Context) error {
-	pending := true
-	for ctx.Err() == nil {
-		msgs, err := w.read(ctx, pending)
-		started := time.Now()
-		if err != nil {
-			return err
+	g, gctx := errgroup.WithContext(ctx)
+	batches := make(chan readBatch, 1)
+	g.Go(func() error {
+		defer close(batches)
+		cursor := "0" // pending entries after this ID; ">" once they are read
+		for gctx.Err() == nil {
+			msgs, err := w.read(gctx, cursor)
+			if err != nil {
+				return err
+			}
+			if cursor != ">" {
+				if len(msgs) == 0 {
+					cursor = ">"
+					continue
+				}
+				cursor = msgs[len(msgs)-1].ID
+			}
+			if len(msgs) == 0 {
+				continue
+			}
+			select {
+			case batches <- readBatch{msgs, time.Now()}:
+			case <-gctx.Done():
+			}
 		}
-		if len(msgs) == 0 {
-			pending = false
-			continue
+		return gctx.Err()
+	})
+	g.Go(func() error {
+		for b := range batches {
+			if err := w.applyBatch(gctx, b.msgs, b.read); err != nil {
+				return err
+			}
 		}
-		if err := w.applyBatch(ctx, msgs, started); err != nil {
-			return err
-		}
-	}
-	return ctx.Err()
+		return gctx.Err()
+	})
+	return g.Wait()
 }
 
-// read returns the next batch: this consumer's pending entries (pending),
-// or new entries, waiting up to the flush interval for the batch to fill
-// once one entry is there.
-func (w *worker) read(ctx context.Context, pending bool) ([]redis.XMessage, error) {
+// readBatch is a batch as read, and when.
+type readBatch struct {
+	msgs []redis.XMessage
+	read time.Time
+}
+
+// read returns the next batch: this consumer's pending entries after the
+// ID cursor, or new entries (cursor ">"), waiting up to the flush
+// interval for the batch to fill once one entry is there.
+func (w *worker) read(ctx context.Context, cursor string) ([]redis.XMessage, error) {
 	size := w.spec.BatchSize
-	args := &redis.XReadGroupArgs{Group: Group, Consumer: w.o.Consumer, Count: int64(size), Block: -1}
-	if pending {
-		args.Streams = []string{w.spec.Stream, "0"}
+	args := &redis.XReadGroupArgs{Group: Group, Consumer: w.o.Consumer, Count: int64(size), Block: -1, Streams: []string{w.spec.Stream, cursor}}
+	if cursor != ">" {
 		return w.readGroup(ctx, args)
 	}
-	args.Streams = []string{w.spec.Stream, ">"}
 	args.Block = idleBlock
 	msgs, err := w.readGroup(ctx, args)
 	if err != nil || len(msgs) == 0 || len(msgs) >= size {
