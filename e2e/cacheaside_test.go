@@ -421,3 +421,70 @@ func TestCacheasideGetAndSet(t *testing.T) {
 		}
 	}
 }
+
+// TestWriteBehindExampleProgram runs examples/writebehind twice: it creates
+// its table, and every visit it counts is both in the cache and in the
+// stream, in the public entry format, the retired page's deletion last.
+// The second run counts on from the cached totals. It runs with -wait 0
+// (the program does not wait for cachesync to drain the stream), so it
+// checks the application's side of write-behind only.
+func TestWriteBehindExampleProgram(t *testing.T) {
+	dbURL, server := testenv.Database(t), testenv.StartRedis(t)
+	rdb := server.Client(t)
+	ctx := context.Background()
+	bin := filepath.Join(t.TempDir(), "example")
+	if out, err := exec.Command("go", "build", "-o", bin, "../examples/writebehind").CombinedOutput(); err != nil {
+		t.Fatalf("go build examples/writebehind: %v\n%s", err, out)
+	}
+	for runs := 1; runs <= 2; runs++ {
+		cmd := exec.Command(bin, "-wait", "0")
+		cmd.Env = append(os.Environ(), "DATABASE_URL="+dbURL, "REDIS_URL="+server.URL())
+		out, err := cmd.CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "example passed") {
+			t.Fatalf("examples/writebehind, run %d: %v\n%s", runs, err, out)
+		}
+		t.Logf("examples/writebehind, run %d:\n%s", runs, out)
+
+		entries, err := rdb.XRange(ctx, "{counters}:wb", "-", "+").Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, e := range entries {
+			got = append(got, fmt.Sprintf("%v %v", e.Values["op"], e.Values["row"]))
+		}
+		want := []string{
+			`upsert {"page":"home","hits":1}`, `upsert {"page":"pricing","hits":1}`, `upsert {"page":"home","hits":2}`,
+			`upsert {"page":"old-page","hits":1}`, `upsert {"page":"home","hits":3}`, `upsert {"page":"pricing","hits":2}`,
+			`delete {"page":"old-page"}`,
+		}
+		if runs == 2 { // nothing drained the stream: the second run's entries follow
+			want = append(want,
+				`upsert {"page":"home","hits":4}`, `upsert {"page":"pricing","hits":3}`, `upsert {"page":"home","hits":5}`,
+				`upsert {"page":"old-page","hits":1}`, `upsert {"page":"home","hits":6}`, `upsert {"page":"pricing","hits":4}`,
+				`delete {"page":"old-page"}`)
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Errorf("run %d: stream {counters}:wb holds\n%s\nwant\n%s", runs, strings.Join(got, "\n"), strings.Join(want, "\n"))
+		}
+		cached := map[string]string{}
+		for _, page := range []string{"home", "pricing", "old-page"} {
+			if v, err := rdb.Get(ctx, "{counters}:page:"+page).Result(); err == nil {
+				cached[page] = v
+			}
+		}
+		wantCached := map[string]string{"home": fmt.Sprintf(`{"page":"home","hits":%d}`, 3*runs), "pricing": fmt.Sprintf(`{"page":"pricing","hits":%d}`, 2*runs)}
+		if !reflect.DeepEqual(cached, wantCached) {
+			t.Errorf("run %d: cached %v, want %v", runs, cached, wantCached)
+		}
+	}
+	db, err := pgx.Connect(ctx, dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close(ctx)
+	var rows int
+	if err := db.QueryRow(ctx, `SELECT count(*) FROM page_hits`).Scan(&rows); err != nil || rows != 0 {
+		t.Errorf("page_hits: %d rows, %v; want the table created, and empty until cachesync drains the stream", rows, err)
+	}
+}
