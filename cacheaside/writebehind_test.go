@@ -24,6 +24,15 @@ type counter struct {
 	Note string `json:"note,omitempty"`
 }
 
+// newWriteBehind is a test's env, its client with opts, and the stream
+// wb:counters.
+func newWriteBehind(t *testing.T, opts cacheaside.Options) (*env, *cacheaside.Client, *cacheaside.WriteBehindStream) {
+	t.Helper()
+	e := newEnv(t)
+	c := e.client(t, opts)
+	return e, c, c.WriteBehindStream("wb:counters")
+}
+
 // streamEntries returns the stream's entries as XRANGE gives them.
 func streamEntries(t *testing.T, rdb redis.Cmdable, stream string) []redis.XMessage {
 	t.Helper()
@@ -65,14 +74,12 @@ func TestWriteBehindEntryFormat(t *testing.T) {
 // delete appends op delete and removes the key.
 func TestWriteBehind(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
-	c := e.client(t, cacheaside.Options{TTL: 10 * time.Second})
+	e, c, wb := newWriteBehind(t, cacheaside.Options{TTL: 10 * time.Second})
 	ctx := context.Background()
 	// The scripts are loaded on first use, and again after a flush.
 	if err := e.rdb.ScriptFlush(ctx).Err(); err != nil {
 		t.Fatal(err)
 	}
-	wb := c.WriteBehindStream("wb:counters")
 	v := counter{ID: 42, Hits: 7, Note: "a \"quoted\" note"}
 	id, err := cacheaside.WriteBehind(ctx, wb, "counter:42", v, v, cacheaside.Tags("counters"))
 	if err != nil {
@@ -133,10 +140,8 @@ func TestWriteBehind(t *testing.T) {
 // column is refused before Redis is touched.
 func TestWriteBehindRefusesBadRows(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
-	c := e.client(t, cacheaside.Options{})
+	e, c, wb := newWriteBehind(t, cacheaside.Options{})
 	ctx := context.Background()
-	wb := c.WriteBehindStream("wb:counters")
 	for _, row := range []any{
 		42, "text", `{"id":1}`, []int{1}, nil, map[string]any{}, struct{}{},
 		json.RawMessage(`[1]`), []byte(`{"id":1}`), (*counter)(nil),
@@ -164,12 +169,10 @@ func TestWriteBehindRefusesBadRows(t *testing.T) {
 // it was, for a write and for a delete, and the error is returned.
 func TestWriteBehindAtomic(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
-	c := e.client(t, cacheaside.Options{})
+	e, _, wb := newWriteBehind(t, cacheaside.Options{})
 	ctx := context.Background()
 	e.rdb.Set(ctx, "wb:counters", "not a stream", 0)
 	e.rdb.Set(ctx, "counter:1", "before", 0)
-	wb := c.WriteBehindStream("wb:counters")
 	if _, err := cacheaside.WriteBehind(ctx, wb, "counter:1", 2, counter{ID: 1, Hits: 2}); err == nil || !strings.Contains(err.Error(), "WRONGTYPE") {
 		t.Errorf("WriteBehind to a stream key of another type: %v, want the WRONGTYPE error", err)
 	}
@@ -189,10 +192,8 @@ func TestWriteBehindAtomic(t *testing.T) {
 // the older row afterwards.
 func TestWriteBehindRefusesFillsInFlight(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
-	c := e.client(t, cacheaside.Options{})
+	e, c, wb := newWriteBehind(t, cacheaside.Options{})
 	ctx := context.Background()
-	wb := c.WriteBehindStream("wb:counters")
 	old, updated := counter{ID: 1, Hits: 1}, counter{ID: 1, Hits: 2}
 	load := func(ctx context.Context) (counter, error) {
 		row := old // the SELECT returned the row before the write
@@ -229,10 +230,8 @@ func TestWriteBehindRefusesFillsInFlight(t *testing.T) {
 // even while reads bypass Redis: it would be lost.
 func TestWriteBehindRedisDown(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
-	c := e.client(t, cacheaside.Options{RedisRetryAfter: time.Hour})
+	e, c, wb := newWriteBehind(t, cacheaside.Options{RedisRetryAfter: time.Hour})
 	ctx := context.Background()
-	wb := c.WriteBehindStream("wb:counters")
 	e.server.Stop(t)
 	// A read fails over to the source, and later reads bypass Redis.
 	if _, err := cacheaside.GetOrLoad(ctx, c, "counter:1", func(context.Context) (int, error) { return 1, nil }); err != nil {
