@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -65,7 +66,10 @@ func (s *WriteBehindStream) Name() string { return s.name }
 // an older row does not overwrite value afterwards).
 //
 // It returns the entry's stream ID. A Redis failure is returned, never
-// ignored as reads ignore it: the write would be lost. On Redis Cluster the
+// ignored as reads ignore it: the write would be lost. The error says
+// whether nothing was written (Redis refused the script, or could not be
+// reached) or the outcome is unknown (the connection broke after sending
+// it); writing the same value again is harmless. On Redis Cluster the
 // key and the stream must hash to one slot (ErrCrossSlot otherwise): name
 // them with the same hash tag, such as "{counters}:42" and "{counters}:wb".
 //
@@ -163,9 +167,19 @@ func (s *WriteBehindStream) append(ctx context.Context, key, op string, row []by
 		// A cluster behind a client that does not know it (a proxy, a
 		// plain client on one node).
 		return "", fmt.Errorf("%w: %w", s.crossSlot(key), err)
+	case notSent(err):
+		return "", fmt.Errorf("cacheaside: write-behind of %s to stream %s failed, nothing was written: %w", key, s.name, err)
 	default:
-		return "", fmt.Errorf("cacheaside: write-behind of %s to stream %s (nothing written): %w", key, s.name, err)
+		return "", fmt.Errorf("cacheaside: write-behind of %s to stream %s failed, and may have been written if the connection broke after sending it; writing it again is harmless: %w", key, s.name, err)
 	}
+}
+
+// notSent reports whether err means the script did not run: Redis refused
+// it, or no connection was made.
+func notSent(err error) bool {
+	var refused redis.Error
+	var op *net.OpError
+	return errors.As(err, &refused) || (errors.As(err, &op) && op.Op == "dial")
 }
 
 // encodeRow encodes an entry's row, which must be a JSON object with at

@@ -131,6 +131,14 @@ func TestWriteBehind(t *testing.T) {
 	if raw, _ := e.get(t, "hits:42"); raw != "8" {
 		t.Errorf("hits:42 = %q, want 8", raw)
 	}
+	// Versioned: the key in the namespace's current version, as Set writes it.
+	e.rdb.Set(ctx, keyspace.VersionKey("stats"), 3, 0)
+	if _, err := cacheaside.WriteBehind(ctx, wb, "hits:42", 9, map[string]any{"id": 42, "hits": 9}, cacheaside.Versioned("stats")); err != nil {
+		t.Fatal(err)
+	}
+	if raw, _ := e.get(t, keyspace.VersionedKey("stats", 3, "hits:42")); raw != "9" {
+		t.Errorf("%s = %q, want 9", keyspace.VersionedKey("stats", 3, "hits:42"), raw)
+	}
 	if st := c.Stats(); st.RedisErrors != 0 {
 		t.Errorf("RedisErrors = %d", st.RedisErrors)
 	}
@@ -173,7 +181,7 @@ func TestWriteBehindAtomic(t *testing.T) {
 	ctx := context.Background()
 	e.rdb.Set(ctx, "wb:counters", "not a stream", 0)
 	e.rdb.Set(ctx, "counter:1", "before", 0)
-	if _, err := cacheaside.WriteBehind(ctx, wb, "counter:1", 2, counter{ID: 1, Hits: 2}); err == nil || !strings.Contains(err.Error(), "WRONGTYPE") {
+	if _, err := cacheaside.WriteBehind(ctx, wb, "counter:1", 2, counter{ID: 1, Hits: 2}); err == nil || !strings.Contains(err.Error(), "WRONGTYPE") || !strings.Contains(err.Error(), "nothing was written") {
 		t.Errorf("WriteBehind to a stream key of another type: %v, want the WRONGTYPE error", err)
 	}
 	if _, err := cacheaside.WriteBehindDelete(ctx, wb, "counter:1", counter{ID: 1}); err == nil {
@@ -237,7 +245,7 @@ func TestWriteBehindRedisDown(t *testing.T) {
 	if _, err := cacheaside.GetOrLoad(ctx, c, "counter:1", func(context.Context) (int, error) { return 1, nil }); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := cacheaside.WriteBehind(ctx, wb, "counter:1", 2, counter{ID: 1, Hits: 2}); err == nil || !strings.Contains(err.Error(), "nothing written") {
+	if _, err := cacheaside.WriteBehind(ctx, wb, "counter:1", 2, counter{ID: 1, Hits: 2}); err == nil || !strings.Contains(err.Error(), "nothing was written") {
 		t.Errorf("WriteBehind with Redis down: %v, want an error", err)
 	}
 	if _, err := cacheaside.WriteBehindDelete(ctx, wb, "counter:1", counter{ID: 1}); err == nil {
