@@ -113,9 +113,10 @@
 // refused with ErrCrossSlot.
 //
 // The upsert's own change comes back through cachesync: give the table a
-// refresh rule whose value is what the application writes to the key (its
-// LSN guard keeps an older change from overwriting a newer one), not an
-// invalidate rule, which would delete the value just written.
+// refresh rule whose value is, byte for byte, what the application writes
+// to the key (its LSN guard keeps an older change from overwriting a newer
+// one), not an invalidate rule, which would delete the value just written.
+// See docs/rules.md, "Rules for a write_behind table".
 //
 // # Redis Cluster
 //

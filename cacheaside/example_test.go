@@ -241,8 +241,8 @@ func ExampleVersioned() {
 
 // Counter is the row of the write-behind example: public.counters.
 type Counter struct {
-	ID   int `json:"id"`
 	Hits int `json:"hits"`
+	ID   int `json:"id"`
 }
 
 // A counter written behind: each write sets the cache key and appends the
@@ -268,7 +268,7 @@ func ExampleWriteBehind() {
 	defer c.Close()
 	wb := c.WriteBehindStream("{counters}:wb")
 
-	n := Counter{ID: 42, Hits: 7}
+	n := Counter{Hits: 7, ID: 42}
 	if _, err := cacheaside.WriteBehind(ctx, wb, "{counters}:42", n, n); err != nil {
 		panic(err) // Redis failed: nothing was written, and nothing will reach PostgreSQL
 	}
@@ -289,8 +289,8 @@ func ExampleWriteBehind() {
 		fmt.Println("XADD {counters}:wb * op", e.Values["op"], "row", e.Values["row"])
 	}
 	// Output:
-	// cached {ID:42 Hits:7}, <nil>
+	// cached {Hits:7 ID:42}, <nil>
 	// after the delete: cacheaside: key not cached
-	// XADD {counters}:wb * op upsert row {"id":42,"hits":7}
+	// XADD {counters}:wb * op upsert row {"hits":7,"id":42}
 	// XADD {counters}:wb * op delete row {"id":42}
 }

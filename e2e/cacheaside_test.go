@@ -454,14 +454,14 @@ func TestWriteBehindExampleProgram(t *testing.T) {
 			got = append(got, fmt.Sprintf("%v %v", e.Values["op"], e.Values["row"]))
 		}
 		want := []string{
-			`upsert {"page":"home","hits":1}`, `upsert {"page":"pricing","hits":1}`, `upsert {"page":"home","hits":2}`,
-			`upsert {"page":"old-page","hits":1}`, `upsert {"page":"home","hits":3}`, `upsert {"page":"pricing","hits":2}`,
+			`upsert {"hits":1,"page":"home"}`, `upsert {"hits":1,"page":"pricing"}`, `upsert {"hits":2,"page":"home"}`,
+			`upsert {"hits":1,"page":"old-page"}`, `upsert {"hits":3,"page":"home"}`, `upsert {"hits":2,"page":"pricing"}`,
 			`delete {"page":"old-page"}`,
 		}
 		if runs == 2 { // nothing drained the stream: the second run's entries follow
 			want = append(want,
-				`upsert {"page":"home","hits":4}`, `upsert {"page":"pricing","hits":3}`, `upsert {"page":"home","hits":5}`,
-				`upsert {"page":"old-page","hits":1}`, `upsert {"page":"home","hits":6}`, `upsert {"page":"pricing","hits":4}`,
+				`upsert {"hits":4,"page":"home"}`, `upsert {"hits":3,"page":"pricing"}`, `upsert {"hits":5,"page":"home"}`,
+				`upsert {"hits":1,"page":"old-page"}`, `upsert {"hits":6,"page":"home"}`, `upsert {"hits":4,"page":"pricing"}`,
 				`delete {"page":"old-page"}`)
 		}
 		if !reflect.DeepEqual(got, want) {
@@ -473,7 +473,7 @@ func TestWriteBehindExampleProgram(t *testing.T) {
 				cached[page] = v
 			}
 		}
-		wantCached := map[string]string{"home": fmt.Sprintf(`{"page":"home","hits":%d}`, 3*runs), "pricing": fmt.Sprintf(`{"page":"pricing","hits":%d}`, 2*runs)}
+		wantCached := map[string]string{"home": fmt.Sprintf(`{"hits":%d,"page":"home"}`, 3*runs), "pricing": fmt.Sprintf(`{"hits":%d,"page":"pricing"}`, 2*runs)}
 		if !reflect.DeepEqual(cached, wantCached) {
 			t.Errorf("run %d: cached %v, want %v", runs, cached, wantCached)
 		}

@@ -43,10 +43,12 @@ import (
 
 // PageHits is a row of public.page_hits, cached as JSON under
 // {counters}:page:<page>. It is also the entry's row: its JSON fields are
-// the table's columns. The refresh rule's jsonencode(row) decodes into it.
+// the table's columns. Its fields are in alphabetical order so that it
+// encodes to the very bytes the refresh rule's jsonencode(row) writes when
+// the row's change comes back (bigint as a number, text as a string).
 type PageHits struct {
-	Page string `json:"page"`
 	Hits int64  `json:"hits"`
+	Page string `json:"page"`
 }
 
 const (

@@ -16,7 +16,7 @@ redis {
   url = env("REDIS_URL")
 }
 
-# The application appends `op upsert row '{"page":"home","hits":3}'` (and `op delete`)
+# The application appends `op upsert row '{"hits":3,"page":"home"}'` (and `op delete`)
 # to the stream; cachesync applies them in batched upserts and deletes, exactly once.
 # The hash tag {counters} puts the stream in the cache keys' Redis Cluster slot, which
 # the one script that writes both requires.
@@ -27,9 +27,9 @@ write_behind "page_hits" {
 }
 
 # Closing the loop: the upserts' own changes come back through cachesync. A refresh
-# rule writes the committed row, which is what the application cached (jsonencode(row)
-# decodes into the same PageHits), and its LSN guard keeps an older change from
-# overwriting a newer one. An invalidate rule would delete the value just written:
+# rule writes the committed row, the very bytes the application cached (jsonencode
+# sorts the keys: PageHits has its fields in that order), and its LSN guard keeps an
+# older change from overwriting a newer one. An invalidate rule would delete the value just written:
 # harmless, but the next read would be a miss.
 rule "page_hits" {
   table = "public.page_hits"
