@@ -18,6 +18,7 @@ import (
 
 	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/internal/backoff"
+	"github.com/cachesync/cachesync/keyspace"
 )
 
 // Group is the consumer group a Worker reads with.
@@ -31,13 +32,13 @@ func DeadLetterStream(stream string) string { return stream + ":dead" }
 
 // Entry fields.
 const (
-	FieldOp  = "op"
-	FieldRow = "row"
+	FieldOp  = keyspace.WriteBehindFieldOp
+	FieldRow = keyspace.WriteBehindFieldRow
 	// Dead letters carry the entry's fields plus these.
 	FieldID    = "id"
 	FieldError = "error"
-	OpUpsert   = "upsert"
-	OpDelete   = "delete"
+	OpUpsert   = keyspace.WriteBehindOpUpsert
+	OpDelete   = keyspace.WriteBehindOpDelete
 )
 
 // Observer hears what a worker does (internal/metrics implements it). Its
@@ -531,7 +532,7 @@ func (w *worker) deadLetters(ctx context.Context, dead []deadLetter) error {
 func (w *worker) ack(ctx context.Context, ids []string) error {
 	p := w.o.Redis.Pipeline()
 	p.XAck(ctx, w.spec.Stream, Group, ids...)
-	p.XTrimMinIDApprox(ctx, w.spec.Stream, w.last.next().String(), 0)
+	p.XTrimMinID(ctx, w.spec.Stream, w.last.next().String())
 	if _, err := p.Exec(ctx); err != nil {
 		return fmt.Errorf("acknowledge applied entries of stream %q: %w", w.spec.Stream, err)
 	}
