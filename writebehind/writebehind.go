@@ -66,8 +66,9 @@ type Options struct {
 	// Fence, when set, is checked before every commit: an error stops the
 	// worker without committing (the daemon's lease).
 	Fence func() error
-	// Failpoint, when set, is called at "write-behind-before-commit" and
-	// "write-behind-after-commit" (committed, not acknowledged).
+	// Failpoint, when set, is called at "write-behind-before-begin" (a
+	// batch read, its transaction not begun), "write-behind-before-commit"
+	// and "write-behind-after-commit" (committed, not acknowledged).
 	Failpoint func(name string)
 	Observer  Observer
 	Logger    zerolog.Logger
@@ -429,6 +430,7 @@ func (w *worker) applyBatch(ctx context.Context, b readBatch) (applied, error) {
 // letter may be appended twice if the process dies between the two, never
 // lost). It returns the rows written and every dead letter.
 func (w *worker) commit(ctx context.Context, entries []*entry, dead []deadLetter, top ID) (int, []deadLetter, error) {
+	w.failpoint("write-behind-before-begin")
 	applied, err := w.begin(ctx, top, w.tab.statements(merge(entries))...)
 	if err == nil {
 		return applied, dead, w.end(ctx, dead)
