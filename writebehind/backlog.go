@@ -1,0 +1,150 @@
+package writebehind
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/redis/go-redis/v9"
+)
+
+// Backlog is a stream's state as status and metrics show it.
+type Backlog struct {
+	// Length is XLEN: entries still in the stream (applied ones are trimmed).
+	Length int64
+	// Pending are entries delivered to the worker and not yet acknowledged;
+	// Lag are entries not yet delivered.
+	Pending, Lag int64
+	// OldestPending is the age of the oldest entry not yet applied (0: none).
+	OldestPending time.Duration
+	// DeadLetters is the dead-letter stream's length.
+	DeadLetters int64
+	// LastApplied is the recorded ID ("" when nothing was applied); read
+	// only by ReadBacklog's callers that pass a connection.
+	LastApplied string
+}
+
+// Entries is the backlog in entries: not yet delivered plus delivered and
+// not yet acknowledged.
+func (b Backlog) Entries() int64 { return b.Lag + b.Pending }
+
+// ReadBacklog reads stream's backlog from Redis: its length, the consumer
+// group's pending entries and lag, the age of the oldest entry not yet
+// applied (the lowest pending ID's time, else the first undelivered
+// entry's) and the dead-letter stream's length. A stream or group that does
+// not exist yet is no backlog (or, for a missing group, all of the stream).
+// When Redis cannot tell the group's lag (after entries were deleted from
+// the middle of the stream), Lag is the stream's length minus the pending
+// entries: an upper bound.
+func ReadBacklog(ctx context.Context, rdb redis.UniversalClient, stream string, now time.Time) (Backlog, error) {
+	var b Backlog
+	pipe := rdb.Pipeline()
+	xlen := pipe.XLen(ctx, stream)
+	dead := pipe.XLen(ctx, DeadLetterStream(stream))
+	groups := pipe.XInfoGroups(ctx, stream)
+	_, _ = pipe.Exec(ctx) // each command's error is looked at below
+	var err error
+	if b.Length, err = xlen.Result(); err != nil {
+		return Backlog{}, fmt.Errorf("write-behind backlog: XLEN %s: %w", stream, err)
+	}
+	if b.DeadLetters, err = dead.Result(); err != nil {
+		return Backlog{}, fmt.Errorf("write-behind backlog: XLEN %s: %w", DeadLetterStream(stream), err)
+	}
+	gs, err := groups.Result()
+	if err != nil && !isNoSuchKey(err) {
+		return Backlog{}, fmt.Errorf("write-behind backlog: XINFO GROUPS %s: %w", stream, err)
+	}
+	var group *redis.XInfoGroup
+	for i := range gs {
+		if gs[i].Name == Group {
+			group = &gs[i]
+		}
+	}
+	if group == nil {
+		// No worker ever read the stream: every entry waits.
+		b.Lag = b.Length
+		if b.Length > 0 {
+			first, err := rdb.XRangeN(ctx, stream, "-", "+", 1).Result()
+			if err != nil {
+				return Backlog{}, fmt.Errorf("write-behind backlog: XRANGE %s: %w", stream, err)
+			}
+			b.OldestPending = ageOf(first, now)
+		}
+		return b, nil
+	}
+	b.Pending, b.Lag = group.Pending, group.Lag
+	if b.Lag < 0 {
+		b.Lag = max(0, b.Length-b.Pending)
+	}
+	// Redis counts entries deleted since (XDEL) in the lag; undelivered
+	// entries are all in the stream.
+	b.Lag = min(b.Lag, b.Length)
+	if b.Pending > 0 {
+		p, err := rdb.XPending(ctx, stream, Group).Result()
+		if err != nil {
+			return Backlog{}, fmt.Errorf("write-behind backlog: XPENDING %s %s: %w", stream, Group, err)
+		}
+		if t, ok := IDTime(p.Lower); ok {
+			b.OldestPending = max(0, now.Sub(t))
+		}
+		return b, nil
+	}
+	if b.Lag > 0 {
+		next, err := rdb.XRangeN(ctx, stream, "("+group.LastDeliveredID, "+", 1).Result()
+		if err != nil {
+			return Backlog{}, fmt.Errorf("write-behind backlog: XRANGE %s: %w", stream, err)
+		}
+		b.OldestPending = ageOf(next, now)
+	}
+	return b, nil
+}
+
+// ageOf is how old the first of msgs is at now (0 for none).
+func ageOf(msgs []redis.XMessage, now time.Time) time.Duration {
+	if len(msgs) == 0 {
+		return 0
+	}
+	t, ok := IDTime(msgs[0].ID)
+	if !ok {
+		return 0
+	}
+	return max(0, now.Sub(t))
+}
+
+// IDTime is the time a stream entry ID ("<ms>-<seq>") was assigned.
+func IDTime(id string) (time.Time, bool) {
+	ms, _, _ := strings.Cut(id, "-")
+	n, err := strconv.ParseInt(ms, 10, 64)
+	if err != nil || n < 0 {
+		return time.Time{}, false
+	}
+	return time.UnixMilli(n), true
+}
+
+func isNoSuchKey(err error) bool {
+	return err != nil && strings.Contains(err.Error(), "no such key")
+}
+
+// ReadLastApplied reads stream's last applied entry ID from PositionsTable:
+// "" when nothing was applied (no row, or no table yet: no worker ran).
+func ReadLastApplied(ctx context.Context, db interface {
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}, stream string) (string, error) {
+	var id string
+	err := db.QueryRow(ctx, "SELECT last_id FROM "+PositionsTable+" WHERE stream = $1", stream).Scan(&id)
+	var pgErr *pgconn.PgError
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return "", nil
+	case errors.As(err, &pgErr) && (pgErr.Code == "42P01" || pgErr.Code == "3F000"): // undefined_table, invalid_schema_name
+		return "", nil
+	case err != nil:
+		return "", fmt.Errorf("write-behind: reading %s's last applied ID from %s: %w", stream, PositionsTable, err)
+	}
+	return id, nil
+}

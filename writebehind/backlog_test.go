@@ -1,0 +1,123 @@
+package writebehind_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/cachesync/cachesync/internal/testenv"
+	"github.com/cachesync/cachesync/writebehind"
+)
+
+// TestReadBacklog builds streams and the consumer group by hand, with IDs
+// at known times, and checks what ReadBacklog makes of each state.
+func TestReadBacklog(t *testing.T) {
+	rdb := testenv.Redis(t).Client(t)
+	ctx := context.Background()
+	now := time.UnixMilli(10_000)
+	prefix := t.Name() + ":"
+	add := func(stream string, ids ...string) {
+		t.Helper()
+		for _, id := range ids {
+			if err := rdb.XAdd(ctx, &redis.XAddArgs{Stream: stream, ID: id, Values: []string{writebehind.FieldOp, writebehind.OpUpsert, writebehind.FieldRow, `{"id":1}`}}).Err(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	group := func(stream string) {
+		t.Helper()
+		if err := rdb.XGroupCreate(ctx, stream, writebehind.Group, "0").Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deliver := func(stream string, n int64) {
+		t.Helper()
+		if err := rdb.XReadGroup(ctx, &redis.XReadGroupArgs{Group: writebehind.Group, Consumer: "w", Streams: []string{stream, ">"}, Count: n}).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ack := func(stream string, ids ...string) {
+		t.Helper()
+		if err := rdb.XAck(ctx, stream, writebehind.Group, ids...).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	check := func(stream string, want writebehind.Backlog) {
+		t.Helper()
+		got, err := writebehind.ReadBacklog(ctx, rdb, stream, now)
+		if err != nil {
+			t.Fatalf("%s: %v", stream, err)
+		}
+		if got != want {
+			t.Errorf("%s:\n got %+v\nwant %+v", stream, got, want)
+		}
+	}
+
+	// Nothing there yet: no backlog.
+	check(prefix+"missing", writebehind.Backlog{})
+
+	// Entries, no worker yet: all of them wait, the first since its ID.
+	s := prefix + "nogroup"
+	add(s, "1000-0", "2000-0", "3000-0")
+	check(s, writebehind.Backlog{Length: 3, Lag: 3, OldestPending: 9 * time.Second})
+
+	// Two of four delivered, one acknowledged: the oldest not applied is
+	// the pending one.
+	s = prefix + "pending"
+	add(s, "1000-0", "2000-0", "3000-0", "4000-0")
+	group(s)
+	deliver(s, 2)
+	ack(s, "1000-0")
+	check(s, writebehind.Backlog{Length: 4, Pending: 1, Lag: 2, OldestPending: 8 * time.Second})
+
+	// Delivered ones acknowledged and trimmed: the oldest is the first
+	// undelivered one.
+	s = prefix + "lag"
+	add(s, "1000-0", "2000-0", "3000-0", "4000-0")
+	group(s)
+	deliver(s, 2)
+	ack(s, "1000-0", "2000-0")
+	if err := rdb.XTrimMinID(ctx, s, "3000-0").Err(); err != nil {
+		t.Fatal(err)
+	}
+	check(s, writebehind.Backlog{Length: 2, Lag: 2, OldestPending: 7 * time.Second})
+
+	// All applied, dead letters kept aside.
+	s = prefix + "drained"
+	add(s, "1000-0", "2000-0")
+	group(s)
+	deliver(s, 10)
+	ack(s, "1000-0", "2000-0")
+	add(writebehind.DeadLetterStream(s), "1500-0", "1600-0")
+	check(s, writebehind.Backlog{Length: 2, DeadLetters: 2})
+
+	// An entry deleted after the group's last delivered one: Redis cannot
+	// tell the lag (nil); the stream's undelivered entries stand in.
+	s = prefix + "nillag"
+	add(s, "1000-0", "2000-0", "3000-0", "4000-0")
+	group(s)
+	deliver(s, 1)
+	if err := rdb.XDel(ctx, s, "3000-0").Err(); err != nil {
+		t.Fatal(err)
+	}
+	infos, err := rdb.XInfoGroups(ctx, s).Result()
+	if err != nil || len(infos) != 1 || infos[0].Lag != -1 {
+		t.Fatalf("XINFO GROUPS after XDEL: %+v, %v; want a nil lag", infos, err)
+	}
+	check(s, writebehind.Backlog{Length: 3, Pending: 1, Lag: 2, OldestPending: 9 * time.Second})
+}
+
+func TestIDTime(t *testing.T) {
+	for id, want := range map[string]int64{"1700000000123-4": 1700000000123, "5": 5} {
+		if got, ok := writebehind.IDTime(id); !ok || got.UnixMilli() != want {
+			t.Errorf("IDTime(%q) = %v, %v; want %d ms", id, got, ok, want)
+		}
+	}
+	for _, id := range []string{"", "x-1", "-1-0"} {
+		if _, ok := writebehind.IDTime(id); ok {
+			t.Errorf("IDTime(%q) ok", id)
+		}
+	}
+}
