@@ -5,10 +5,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/cachesync/cachesync/internal/testenv"
 	"github.com/cachesync/cachesync/writebehind"
+	"github.com/cachesync/cachesync/writebehind/backlogtest"
 )
 
 // TestReadBacklog builds streams and the consumer group by hand, with IDs
@@ -18,32 +17,6 @@ func TestReadBacklog(t *testing.T) {
 	ctx := context.Background()
 	now := time.UnixMilli(10_000)
 	prefix := t.Name() + ":"
-	add := func(stream string, ids ...string) {
-		t.Helper()
-		for _, id := range ids {
-			if err := rdb.XAdd(ctx, &redis.XAddArgs{Stream: stream, ID: id, Values: []string{writebehind.FieldOp, writebehind.OpUpsert, writebehind.FieldRow, `{"id":1}`}}).Err(); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	group := func(stream string) {
-		t.Helper()
-		if err := rdb.XGroupCreate(ctx, stream, writebehind.Group, "0").Err(); err != nil {
-			t.Fatal(err)
-		}
-	}
-	deliver := func(stream string, n int64) {
-		t.Helper()
-		if err := rdb.XReadGroup(ctx, &redis.XReadGroupArgs{Group: writebehind.Group, Consumer: "w", Streams: []string{stream, ">"}, Count: n}).Err(); err != nil {
-			t.Fatal(err)
-		}
-	}
-	ack := func(stream string, ids ...string) {
-		t.Helper()
-		if err := rdb.XAck(ctx, stream, writebehind.Group, ids...).Err(); err != nil {
-			t.Fatal(err)
-		}
-	}
 	check := func(stream string, want writebehind.Backlog) {
 		t.Helper()
 		got, err := writebehind.ReadBacklog(ctx, rdb, stream, now)
@@ -54,31 +27,26 @@ func TestReadBacklog(t *testing.T) {
 			t.Errorf("%s:\n got %+v\nwant %+v", stream, got, want)
 		}
 	}
+	four := []string{"1000-0", "2000-0", "3000-0", "4000-0"}
 
 	// Nothing there yet: no backlog.
 	check(prefix+"missing", writebehind.Backlog{})
 
 	// Entries, no worker yet: all of them wait, the first since its ID.
 	s := prefix + "nogroup"
-	add(s, "1000-0", "2000-0", "3000-0")
+	backlogtest.Build(t, rdb, s, backlogtest.Stream{IDs: four[:3]})
 	check(s, writebehind.Backlog{Length: 3, Lag: 3, OldestPending: 9 * time.Second})
 
 	// Two of four delivered, one acknowledged: the oldest not applied is
 	// the pending one.
 	s = prefix + "pending"
-	add(s, "1000-0", "2000-0", "3000-0", "4000-0")
-	group(s)
-	deliver(s, 2)
-	ack(s, "1000-0")
+	backlogtest.Build(t, rdb, s, backlogtest.Stream{IDs: four, Group: true, Deliver: 2, Ack: four[:1]})
 	check(s, writebehind.Backlog{Length: 4, Pending: 1, Lag: 2, OldestPending: 8 * time.Second})
 
 	// Delivered ones acknowledged and trimmed: the oldest is the first
 	// undelivered one.
 	s = prefix + "lag"
-	add(s, "1000-0", "2000-0", "3000-0", "4000-0")
-	group(s)
-	deliver(s, 2)
-	ack(s, "1000-0", "2000-0")
+	backlogtest.Build(t, rdb, s, backlogtest.Stream{IDs: four, Group: true, Deliver: 2, Ack: four[:2]})
 	if err := rdb.XTrimMinID(ctx, s, "3000-0").Err(); err != nil {
 		t.Fatal(err)
 	}
@@ -86,19 +54,13 @@ func TestReadBacklog(t *testing.T) {
 
 	// All applied, dead letters kept aside.
 	s = prefix + "drained"
-	add(s, "1000-0", "2000-0")
-	group(s)
-	deliver(s, 10)
-	ack(s, "1000-0", "2000-0")
-	add(writebehind.DeadLetterStream(s), "1500-0", "1600-0")
+	backlogtest.Build(t, rdb, s, backlogtest.Stream{IDs: four[:2], Group: true, Deliver: 10, Ack: four[:2], Dead: 2})
 	check(s, writebehind.Backlog{Length: 2, DeadLetters: 2})
 
 	// An entry deleted after the group's last delivered one: Redis cannot
 	// tell the lag (nil); the stream's undelivered entries stand in.
 	s = prefix + "nillag"
-	add(s, "1000-0", "2000-0", "3000-0", "4000-0")
-	group(s)
-	deliver(s, 1)
+	backlogtest.Build(t, rdb, s, backlogtest.Stream{IDs: four, Group: true, Deliver: 1})
 	if err := rdb.XDel(ctx, s, "3000-0").Err(); err != nil {
 		t.Fatal(err)
 	}

@@ -78,20 +78,11 @@ func writeBehindEntries(n, keys int) []wbEntry {
 
 func (b *bench) runWriteBehind(ctx context.Context, entries, keys, batchSize int, cpuProfile string) (writeBehindResult, error) {
 	res := writeBehindResult{Entries: entries, Keys: keys, BatchSize: batchSize}
-	db, _, _, err := b.newDatabaseRules(ctx, writeBehindSchema, "", false)
+	db, _, _, conn, drop, err := b.connectedDatabase(ctx, writeBehindSchema, "")
 	if err != nil {
 		return res, err
 	}
-	defer func() {
-		if err := b.dropDatabase(context.Background(), db); err != nil {
-			b.logf("drop database %s: %v", db, err)
-		}
-	}()
-	conn, err := pgx.Connect(ctx, b.srv.pgURL(db))
-	if err != nil {
-		return res, err
-	}
-	defer conn.Close(context.Background())
+	defer drop()
 	es := writeBehindEntries(entries, keys)
 
 	// The stream, filled before the clock starts.

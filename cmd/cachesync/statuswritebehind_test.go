@@ -2,16 +2,13 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/internal/testenv"
-	"github.com/cachesync/cachesync/writebehind"
+	"github.com/cachesync/cachesync/writebehind/backlogtest"
 )
 
 // TestWriteBehindReport: status says, in one line per write_behind block,
@@ -48,23 +45,9 @@ func TestWriteBehindReport(t *testing.T) {
 func TestWriteBehindStatus(t *testing.T) {
 	t.Parallel()
 	rdb := testenv.Redis(t).Client(t)
-	ctx := context.Background()
 	stream := t.Name() + ":counters"
-	for i := int64(1); i <= 3; i++ {
-		if err := rdb.XAdd(ctx, &redis.XAddArgs{Stream: stream, ID: fmt.Sprintf("%d-0", i*1000), Values: []string{"op", "upsert", "row", "{}"}}).Err(); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := rdb.XGroupCreate(ctx, stream, writebehind.Group, "0").Err(); err != nil {
-		t.Fatal(err)
-	}
-	if err := rdb.XReadGroup(ctx, &redis.XReadGroupArgs{Group: writebehind.Group, Consumer: "w", Streams: []string{stream, ">"}, Count: 1}).Err(); err != nil {
-		t.Fatal(err)
-	}
-	if err := rdb.XAdd(ctx, &redis.XAddArgs{Stream: writebehind.DeadLetterStream(stream), Values: []string{"id", "500-0", "error", "bad"}}).Err(); err != nil {
-		t.Fatal(err)
-	}
-	reps := writeBehindStatus(ctx, rdb, nil, []*config.WriteBehind{{Name: "counters", Stream: stream}}, time.UnixMilli(11_000))
+	backlogtest.Build(t, rdb, stream, backlogtest.Stream{IDs: []string{"1000-0", "2000-0", "3000-0"}, Group: true, Deliver: 1, Dead: 1})
+	reps := writeBehindStatus(context.Background(), rdb, nil, []*config.WriteBehind{{Name: "counters", Stream: stream}}, time.UnixMilli(11_000))
 	want := writeBehindReport{Name: "counters", Stream: stream, DeadLetterStream: stream + ":dead", Backlog: 3, Pending: 1, Lag: 2, Length: 3, OldestPendingSeconds: 10, DeadLetters: 1}
 	if len(reps) != 1 || reps[0] != want {
 		t.Fatalf("got %+v\nwant %+v", reps, want)

@@ -43,7 +43,9 @@ func newWriteBehindMetrics(f factory) writeBehindMetrics {
 
 // WriteBehindObserver returns what the write-behind workers report their
 // batches to (writebehind.Options.Observer).
-func (m *Metrics) WriteBehindObserver() writebehind.Observer { return writeBehindObserver{m.writeBehind} }
+func (m *Metrics) WriteBehindObserver() writebehind.Observer {
+	return writeBehindObserver{m.writeBehind}
+}
 
 type writeBehindObserver struct{ m writeBehindMetrics }
 

@@ -1,7 +1,6 @@
 package metrics_test
 
 import (
-	"context"
 	"fmt"
 	"sort"
 	"strings"
@@ -14,7 +13,7 @@ import (
 	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/internal/metrics"
 	"github.com/cachesync/cachesync/internal/testenv"
-	"github.com/cachesync/cachesync/writebehind"
+	"github.com/cachesync/cachesync/writebehind/backlogtest"
 )
 
 // TestWriteBehindMetrics: the observer counts a batch's entries by outcome,
@@ -22,25 +21,15 @@ import (
 // block whose Redis cannot be read is counted, not fatal.
 func TestWriteBehindMetrics(t *testing.T) {
 	rdb := testenv.Redis(t).Client(t)
-	ctx := context.Background()
 	stream := t.Name() + ":counters"
 	// Five entries an hour old; two delivered and still pending; one dead
 	// letter.
 	old := time.Now().Add(-time.Hour).UnixMilli()
+	var ids []string
 	for i := range int64(5) {
-		if err := rdb.XAdd(ctx, &redis.XAddArgs{Stream: stream, ID: fmt.Sprintf("%d-0", old+i), Values: []string{"op", "upsert", "row", "{}"}}).Err(); err != nil {
-			t.Fatal(err)
-		}
+		ids = append(ids, fmt.Sprintf("%d-0", old+i))
 	}
-	if err := rdb.XGroupCreate(ctx, stream, writebehind.Group, "0").Err(); err != nil {
-		t.Fatal(err)
-	}
-	if err := rdb.XReadGroup(ctx, &redis.XReadGroupArgs{Group: writebehind.Group, Consumer: "w", Streams: []string{stream, ">"}, Count: 2}).Err(); err != nil {
-		t.Fatal(err)
-	}
-	if err := rdb.XAdd(ctx, &redis.XAddArgs{Stream: writebehind.DeadLetterStream(stream), Values: []string{"id", "1-0", "error", "bad"}}).Err(); err != nil {
-		t.Fatal(err)
-	}
+	backlogtest.Build(t, rdb, stream, backlogtest.Stream{IDs: ids, Group: true, Deliver: 2, Dead: 1})
 
 	m := metrics.New()
 	obs := m.WriteBehindObserver()
