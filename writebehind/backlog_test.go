@@ -2,8 +2,11 @@ package writebehind_test
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/cachesync/cachesync/internal/testenv"
 	"github.com/cachesync/cachesync/writebehind"
@@ -81,5 +84,39 @@ func TestIDTime(t *testing.T) {
 		if _, ok := writebehind.IDTime(id); ok {
 			t.Errorf("IDTime(%q) ok", id)
 		}
+	}
+}
+
+// TestReadLastApplied: "" before any worker created the table or recorded
+// the stream, then the recorded ID.
+func TestReadLastApplied(t *testing.T) {
+	pg := testenv.StartPostgres(t, testenv.PostgresOptions{})
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, pg.URL("postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	read := func(want string) {
+		t.Helper()
+		if got, err := writebehind.ReadLastApplied(ctx, conn, "wb:c"); err != nil || got != want {
+			t.Errorf("ReadLastApplied = %q, %v; want %q", got, err, want)
+		}
+	}
+	read("") // no schema
+	pg.Exec(t, "postgres", "CREATE SCHEMA cachesync")
+	read("") // no table
+	pg.Exec(t, "postgres", "CREATE TABLE "+writebehind.PositionsTable+" (stream text PRIMARY KEY, last_id text NOT NULL, updated_at timestamptz)")
+	read("") // no row
+	pg.Exec(t, "postgres", "INSERT INTO "+writebehind.PositionsTable+" VALUES ('wb:c', '1764800000000-7', now()), ('wb:other', '9-0', now())")
+	read("1764800000000-7")
+	pg.Exec(t, "postgres", "REVOKE ALL ON SCHEMA cachesync FROM PUBLIC; CREATE ROLE nobody LOGIN")
+	other, err := pgx.Connect(ctx, strings.Replace(pg.URL("postgres"), "postgres@", "nobody@", 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close(ctx)
+	if _, err := writebehind.ReadLastApplied(ctx, other, "wb:c"); err == nil || !strings.Contains(err.Error(), "permission denied") {
+		t.Errorf("without the privilege: %v, want permission denied", err)
 	}
 }
