@@ -243,27 +243,13 @@ func writeBehindCeiling(ctx context.Context, conn *pgx.Conn, es []wbEntry, batch
 		}
 		bs = append(bs, batch{js, strconv.Itoa(start+len(part)) + "-0"})
 	}
-	prev := ""
+	prev := "0-0"
+	if _, err := conn.Exec(ctx, ceilingSeed, ceilingStream, prev); err != nil {
+		return 0, 0, err
+	}
 	began := time.Now()
 	for _, bt := range bs {
-		tx, err := conn.Begin(ctx)
-		if err != nil {
-			return 0, 0, err
-		}
-		if _, err := tx.Exec(ctx, ceilingUpsert, bt.rows); err != nil {
-			_ = tx.Rollback(ctx)
-			return 0, 0, err
-		}
-		tag, err := tx.Exec(ctx, ceilingAdvance, "ceiling", prev, bt.lastID)
-		if err != nil {
-			_ = tx.Rollback(ctx)
-			return 0, 0, err
-		}
-		if tag.RowsAffected() != 1 {
-			_ = tx.Rollback(ctx)
-			return 0, 0, fmt.Errorf("the position did not move from %q", prev)
-		}
-		if err := tx.Commit(ctx); err != nil {
+		if err := ceilingBatch(ctx, conn, prev, bt.lastID, bt.rows); err != nil {
 			return 0, 0, err
 		}
 		prev = bt.lastID
@@ -271,16 +257,39 @@ func writeBehindCeiling(ctx context.Context, conn *pgx.Conn, es []wbEntry, batch
 	return len(bs), time.Since(began).Seconds(), nil
 }
 
-// The ceiling's statements: what the worker sends for a batch of upserts
-// of every column (writebehind's apply).
+// ceilingBatch is one batch's transaction as the worker sends it
+// (writebehind's tx and execBatch): the position's compare-and-set, the
+// batch's statements in one round trip (here one upsert), the commit.
+func ceilingBatch(ctx context.Context, conn *pgx.Conn, prev, last string, rows []byte) error {
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = tx.Rollback(context.Background()) }()
+	tag, err := tx.Exec(ctx, ceilingAdvance, ceilingStream, prev, last)
+	if err != nil {
+		return err
+	}
+	if tag.RowsAffected() != 1 {
+		return fmt.Errorf("the position did not move from %q", prev)
+	}
+	b := &pgx.Batch{}
+	b.Queue(ceilingUpsert, string(rows))
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		return err
+	}
+	return tx.Commit(ctx)
+}
+
+// The ceiling's statements: those the worker sends for a batch of upserts
+// of every column (writebehind's upsertSQL and tx), on c_ceiling.
 const (
+	ceilingStream       = "ceiling"
 	ceilingPositionsDDL = `CREATE SCHEMA IF NOT EXISTS cachesync;
-CREATE TABLE IF NOT EXISTS ` + writebehind.PositionsTable + ` (stream text PRIMARY KEY, last_id text NOT NULL, updated_at timestamptz)`
-	ceilingUpsert = `INSERT INTO public.c_ceiling (id, hits, note)
-SELECT id, hits, note FROM jsonb_populate_recordset(NULL::public.c_ceiling, $1::jsonb)
-ON CONFLICT (id) DO UPDATE SET hits = EXCLUDED.hits, note = EXCLUDED.note`
-	ceilingAdvance = `INSERT INTO ` + writebehind.PositionsTable + ` AS p (stream, last_id, updated_at) VALUES ($1, $3, now())
-ON CONFLICT (stream) DO UPDATE SET last_id = EXCLUDED.last_id, updated_at = now() WHERE p.last_id = $2`
+CREATE TABLE IF NOT EXISTS ` + writebehind.PositionsTable + ` (stream text PRIMARY KEY, last_id text NOT NULL, updated_at timestamptz NOT NULL DEFAULT now())`
+	ceilingSeed    = `INSERT INTO ` + writebehind.PositionsTable + ` (stream, last_id) VALUES ($1, $2) ON CONFLICT (stream) DO NOTHING`
+	ceilingAdvance = `UPDATE ` + writebehind.PositionsTable + ` SET last_id = $3, updated_at = now() WHERE stream = $1 AND last_id = $2`
+	ceilingUpsert  = `INSERT INTO "public"."c_ceiling" ("hits", "id", "note") SELECT "hits", "id", "note" FROM jsonb_populate_recordset(NULL::"public"."c_ceiling", $1::jsonb) ON CONFLICT ("id") DO UPDATE SET "hits" = EXCLUDED."hits", "note" = EXCLUDED."note"`
 )
 
 // processCPU is this process's user+system CPU time, in seconds.
