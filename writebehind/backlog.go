@@ -2,14 +2,10 @@ package writebehind
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"strconv"
 	"strings"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -89,8 +85,8 @@ func ReadBacklog(ctx context.Context, rdb redis.UniversalClient, stream string, 
 		if err != nil {
 			return Backlog{}, fmt.Errorf("write-behind backlog: XPENDING %s %s: %w", stream, Group, err)
 		}
-		if t, ok := IDTime(p.Lower); ok {
-			b.OldestPending = max(0, now.Sub(t))
+		if id, err := ParseID(p.Lower); err == nil {
+			b.OldestPending = max(0, now.Sub(id.Time()))
 		}
 		return b, nil
 	}
@@ -109,42 +105,16 @@ func ageOf(msgs []redis.XMessage, now time.Time) time.Duration {
 	if len(msgs) == 0 {
 		return 0
 	}
-	t, ok := IDTime(msgs[0].ID)
-	if !ok {
+	id, err := ParseID(msgs[0].ID)
+	if err != nil {
 		return 0
 	}
-	return max(0, now.Sub(t))
+	return max(0, now.Sub(id.Time()))
 }
 
-// IDTime is the time a stream entry ID ("<ms>-<seq>") was assigned.
-func IDTime(id string) (time.Time, bool) {
-	ms, _, _ := strings.Cut(id, "-")
-	n, err := strconv.ParseInt(ms, 10, 64)
-	if err != nil || n < 0 {
-		return time.Time{}, false
-	}
-	return time.UnixMilli(n), true
-}
+// Time is when Redis assigned the ID (its milliseconds part).
+func (id ID) Time() time.Time { return time.UnixMilli(int64(id.MS)) }
 
 func isNoSuchKey(err error) bool {
 	return err != nil && strings.Contains(err.Error(), "no such key")
-}
-
-// ReadLastApplied reads stream's last applied entry ID from PositionsTable:
-// "" when nothing was applied (no row, or no table yet: no worker ran).
-func ReadLastApplied(ctx context.Context, db interface {
-	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
-}, stream string) (string, error) {
-	var id string
-	err := db.QueryRow(ctx, "SELECT last_id FROM "+PositionsTable+" WHERE stream = $1", stream).Scan(&id)
-	var pgErr *pgconn.PgError
-	switch {
-	case errors.Is(err, pgx.ErrNoRows):
-		return "", nil
-	case errors.As(err, &pgErr) && (pgErr.Code == "42P01" || pgErr.Code == "3F000"): // undefined_table, invalid_schema_name
-		return "", nil
-	case err != nil:
-		return "", fmt.Errorf("write-behind: reading %s's last applied ID from %s: %w", stream, PositionsTable, err)
-	}
-	return id, nil
 }

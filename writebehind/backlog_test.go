@@ -75,21 +75,15 @@ func TestReadBacklog(t *testing.T) {
 }
 
 func TestIDTime(t *testing.T) {
-	for id, want := range map[string]int64{"1700000000123-4": 1700000000123, "5": 5} {
-		if got, ok := writebehind.IDTime(id); !ok || got.UnixMilli() != want {
-			t.Errorf("IDTime(%q) = %v, %v; want %d ms", id, got, ok, want)
-		}
-	}
-	for _, id := range []string{"", "x-1", "-1-0"} {
-		if _, ok := writebehind.IDTime(id); ok {
-			t.Errorf("IDTime(%q) ok", id)
-		}
+	id, err := writebehind.ParseID("1700000000123-4")
+	if err != nil || id.Time().UnixMilli() != 1700000000123 {
+		t.Errorf("ParseID(1700000000123-4).Time() = %v, %v", id.Time(), err)
 	}
 }
 
-// TestReadLastApplied: "" before any worker created the table or recorded
-// the stream, then the recorded ID.
-func TestReadLastApplied(t *testing.T) {
+// TestReadPosition: "" before any worker created the table or recorded
+// the stream, then the recorded ID; status shows it.
+func TestReadPosition(t *testing.T) {
 	pg := testenv.StartPostgres(t, testenv.PostgresOptions{})
 	ctx := context.Background()
 	conn, err := pgx.Connect(ctx, pg.URL("postgres"))
@@ -99,8 +93,8 @@ func TestReadLastApplied(t *testing.T) {
 	defer conn.Close(ctx)
 	read := func(want string) {
 		t.Helper()
-		if got, err := writebehind.ReadLastApplied(ctx, conn, "wb:c"); err != nil || got != want {
-			t.Errorf("ReadLastApplied = %q, %v; want %q", got, err, want)
+		if got, err := writebehind.ReadPosition(ctx, conn, "wb:c"); err != nil || got != want {
+			t.Errorf("ReadPosition = %q, %v; want %q", got, err, want)
 		}
 	}
 	read("") // no schema
@@ -116,7 +110,7 @@ func TestReadLastApplied(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer other.Close(ctx)
-	if _, err := writebehind.ReadLastApplied(ctx, other, "wb:c"); err == nil || !strings.Contains(err.Error(), "permission denied") {
+	if _, err := writebehind.ReadPosition(ctx, other, "wb:c"); err == nil || !strings.Contains(err.Error(), "permission denied") {
 		t.Errorf("without the privilege: %v, want permission denied", err)
 	}
 }

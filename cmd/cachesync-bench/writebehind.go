@@ -192,7 +192,7 @@ func (b *bench) runWriteBehind(ctx context.Context, entries, keys, batchSize int
 func waitApplied(ctx context.Context, conn *pgx.Conn, stream, lastID string, done <-chan error) error {
 	deadline := time.Now().Add(30 * time.Minute)
 	for {
-		id, err := writebehind.ReadLastApplied(ctx, conn, stream)
+		id, err := writebehind.ReadPosition(ctx, conn, stream)
 		if err != nil {
 			return err
 		}

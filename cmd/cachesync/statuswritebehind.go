@@ -27,7 +27,8 @@ type writeBehindReport struct {
 	OldestPendingSeconds float64 `json:"oldest_pending_seconds"`
 	DeadLetters          int64   `json:"dead_letters"`
 	DeadLetterStream     string  `json:"dead_letter_stream"`
-	// LastApplied is the recorded ID ("": nothing applied yet).
+	// LastApplied is the recorded ID ("", or "0-0" once a worker started:
+	// nothing applied yet).
 	LastApplied string `json:"last_applied,omitempty"`
 	// Error is why the backlog could not be read from Redis;
 	// LastAppliedError why the last applied ID could not be read.
@@ -50,7 +51,7 @@ func writeBehindStatus(ctx context.Context, rdb redis.UniversalClient, db *pgx.C
 			rep.OldestPendingSeconds, rep.DeadLetters = b.OldestPending.Seconds(), b.DeadLetters
 		}
 		if db != nil {
-			if rep.LastApplied, err = writebehind.ReadLastApplied(ctx, db, wb.Stream); err != nil {
+			if rep.LastApplied, err = writebehind.ReadPosition(ctx, db, wb.Stream); err != nil {
 				rep.LastAppliedError = "PostgreSQL: " + err.Error()
 			}
 		}
@@ -82,7 +83,7 @@ func (r writeBehindReport) describe() string {
 	switch {
 	case r.LastAppliedError != "":
 		s += ", last applied unknown: " + r.LastAppliedError
-	case r.LastApplied == "":
+	case r.LastApplied == "" || r.LastApplied == "0-0": // 0-0: recorded by a worker's start
 		s += ", nothing applied yet"
 	default:
 		s += ", last applied " + r.LastApplied

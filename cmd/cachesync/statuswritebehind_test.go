@@ -26,6 +26,8 @@ func TestWriteBehindReport(t *testing.T) {
 			"stream wb:c: backlog 1200 (pending 500), oldest 2.5s, dead letters 2, last applied 1764800000000-3"},
 		{"never ran", writeBehindReport{Stream: "wb:c", DeadLetterStream: "wb:c:dead", Backlog: 3, Lag: 3, OldestPendingSeconds: 61},
 			"stream wb:c: backlog 3 (pending 0), oldest 1m1s, dead letters 0, nothing applied yet"},
+		{"started, nothing applied", writeBehindReport{Stream: "wb:c", DeadLetterStream: "wb:c:dead", LastApplied: "0-0"},
+			"stream wb:c: backlog 0 (pending 0), dead letters 0, nothing applied yet"},
 		{"Redis down", writeBehindReport{Stream: "wb:c", DeadLetterStream: "wb:c:dead", Error: "Redis: connection refused", LastApplied: "5-0"},
 			"stream wb:c: backlog unknown: Redis: connection refused, last applied 5-0"},
 		{"PostgreSQL refuses", writeBehindReport{Stream: "wb:c", DeadLetterStream: "wb:c:dead", LastAppliedError: "PostgreSQL: permission denied"},
