@@ -76,7 +76,7 @@ func (r writeBehindReport) describe() string {
 	} else {
 		s = fmt.Sprintf("stream %s: backlog %d (pending %d)", r.Stream, r.Backlog, r.Pending)
 		if r.Backlog > 0 {
-			s += ", oldest " + time.Duration(r.OldestPendingSeconds*float64(time.Second)).Round(time.Millisecond).String()
+			s += ", oldest " + age(time.Duration(r.OldestPendingSeconds*float64(time.Second)))
 		}
 		s += fmt.Sprintf(", dead letters %d", r.DeadLetters)
 	}
@@ -91,11 +91,20 @@ func (r writeBehindReport) describe() string {
 	return s
 }
 
+// age rounds d to what a reader needs: tenths of a second under a minute,
+// seconds above.
+func age(d time.Duration) string {
+	if d < time.Minute {
+		return d.Round(100 * time.Millisecond).String()
+	}
+	return d.Round(time.Second).String()
+}
+
 // warning is what status warns about the block: dead letters.
 func (r writeBehindReport) warning() string {
 	if r.DeadLetters == 0 {
 		return ""
 	}
-	return fmt.Sprintf("write_behind %s: %d entries could not apply and wait in %s: inspect them (redis-cli XRANGE %s - +), fix the cause, replay them with XADD %s * op ... row ..., then XDEL or DEL them (docs/operations.md, Write-behind)",
-		r.Name, r.DeadLetters, r.DeadLetterStream, r.DeadLetterStream, r.Stream)
+	return fmt.Sprintf("write_behind %s: dead letters (entries that could not apply) in %s: %d; inspect them (redis-cli XRANGE %s - +), fix the cause, replay them with XADD %s * op ... row ..., then XDEL or DEL them (docs/operations.md, Write-behind)",
+		r.Name, r.DeadLetterStream, r.DeadLetters, r.DeadLetterStream, r.Stream)
 }
