@@ -3,7 +3,6 @@ package writebehind
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"slices"
 	"sort"
@@ -116,8 +115,8 @@ func (t *table) parse(msg redis.XMessage) (*entry, error) {
 		return nil, entryErrorf("op delete on write_behind %q, which has delete = false", t.spec.Name)
 	}
 	e.op = op
-	if err := json.Unmarshal([]byte(rowText), &e.row); err != nil || e.row == nil {
-		return nil, entryErrorf("field row is not a JSON object: %v", errOrNull(err))
+	if e.row, err = scanObject([]byte(rowText)); err != nil {
+		return nil, entryErrorf("field row is not a JSON object: %v", err)
 	}
 	var key bytes.Buffer
 	for _, k := range t.spec.KeyColumns {
@@ -149,13 +148,6 @@ func (t *table) parse(msg redis.XMessage) (*entry, error) {
 		e.raw = []byte(rowText)
 	}
 	return e, nil
-}
-
-func errOrNull(err error) error {
-	if err == nil {
-		return errors.New("it is null")
-	}
-	return err
 }
 
 // write is what a batch does to one key after merging its entries: delete
