@@ -105,6 +105,11 @@ type Options struct {
 	// runner checks whether a backfill = true rule needs a fill (default
 	// 1s).
 	BackfillCheckInterval time.Duration
+	// WriteBehind drains one write_behind block's stream until ctx ends
+	// (package writebehind's Run, wired by cmd/cachesync); the active
+	// instance runs one per block under its lease (fence). Required when
+	// the rules have write_behind blocks, unless DryRun.
+	WriteBehind WriteBehindFunc
 	// Failpoint, when set, is called at named points of the pipeline so
 	// that tests can crash or stop the process exactly there:
 	// "before-apply" (a group is mapped, nothing applied), "before-advance"
@@ -121,6 +126,10 @@ type Options struct {
 	Metrics *metrics.Metrics
 	Logger  zerolog.Logger
 }
+
+// WriteBehindFunc drains wb's stream into its table until ctx ends; fence
+// refuses once the instance lock is lost.
+type WriteBehindFunc func(ctx context.Context, wb *config.WriteBehind, fence func() error) error
 
 // Daemon runs the pipeline, reconnecting after failures. It keeps only what
 // lives across replication sessions; each session's state is a session.
@@ -212,6 +221,9 @@ func New(opts Options) (*Daemon, error) {
 	d := &Daemon{opts: opts, mapper: m, log: opts.Logger, metrics: opts.Metrics}
 	if !opts.DryRun && opts.Backfill == nil && len(d.backfillRules()) > 0 {
 		return nil, errors.New("daemon: a backfill function is required when a rule has backfill = true")
+	}
+	if !opts.DryRun && opts.WriteBehind == nil && len(opts.Config.WriteBehinds) > 0 {
+		return nil, errors.New("daemon: a write-behind function is required when the rules have write_behind blocks")
 	}
 	return d, nil
 }
@@ -334,7 +346,7 @@ func (d *Daemon) prepareOnce(ctx context.Context, pgc config.Postgres) error {
 		return err
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	pf := replication.PreflightOptions{Publication: pgc.Publication}
+	pf := replication.PreflightOptions{Publication: pgc.Publication, WriteBehinds: d.opts.Config.WriteBehinds}
 	if d.opts.DryRun {
 		pf.Publication = "" // a dry run creates and alters nothing
 	}
@@ -527,6 +539,9 @@ func (s *session) pipeline(ctx, hardStop context.Context, start wal.LSN, conn ca
 		g.Go(func() error { return s.monitor(readCtx, conn) })
 		if len(s.backfillRules()) > 0 {
 			g.Go(func() error { return s.runBackfills(readCtx, gctx) })
+		}
+		for _, wb := range s.opts.Config.WriteBehinds {
+			g.Go(func() error { return s.runWriteBehind(readCtx, wb) })
 		}
 	}
 	err := g.Wait()
