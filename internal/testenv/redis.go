@@ -94,6 +94,19 @@ func StartRedis(t testing.TB) *RedisServer {
 	return r
 }
 
+// StartRedisArgs is StartRedis with more redis-server options, given after
+// testenv's own so that they win (they are kept across Stop and Start): for
+// example "--appendonly", "yes", "--appendfsync", "always" for a server whose
+// dataset survives a crash and a restart in the same directory.
+func StartRedisArgs(t testing.TB, args ...string) *RedisServer {
+	t.Helper()
+	started := time.Now()
+	r, err := startRedisServer(redisSpec{kind: "redis", args: args})
+	r = forTest(t, r, err)
+	t.Logf("testenv: redis-server %v started on %s in %s", args, r.addr, durationString(time.Since(started)))
+	return r
+}
+
 // URL returns the server's URL, redis://127.0.0.1:PORT/0 for a private server.
 func (r *RedisServer) URL() string {
 	if r.external {
