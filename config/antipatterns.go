@@ -29,6 +29,36 @@ func antiPatterns(cfg *Config) hcl.Diagnostics {
 		}
 		diags = append(diags, sensitiveValue(r, cfg.SensitiveColumns)...)
 	}
+	diags = append(diags, invalidatedWriteBehind(cfg)...)
+	return diags
+}
+
+// invalidatedWriteBehind warns about an invalidate rule on a write_behind
+// table: the worker's own upserts come back through the WAL and delete the
+// value the application has just written with them, so the next read
+// misses. A refresh rule whose value is what the application writes puts
+// the same value back instead, ordered by its LSN guard.
+func invalidatedWriteBehind(cfg *Config) hcl.Diagnostics {
+	var diags hcl.Diagnostics
+	for _, r := range cfg.Rules {
+		if r.Invalidate == nil {
+			continue
+		}
+		for _, wb := range cfg.WriteBehinds {
+			if wb.Table != r.Table {
+				continue
+			}
+			diags = append(diags, &hcl.Diagnostic{
+				Severity: hcl.DiagWarning,
+				Summary:  fmt.Sprintf("rule %q: invalidates keys of %s, the table of write_behind %q", r.Name, r.Table, wb.Name),
+				Detail: fmt.Sprintf("write_behind %q (%s) writes the application's rows into %s, and each write comes back through the WAL: this rule then deletes the value the application has just written to the cache, so the next read misses",
+					wb.Name, rangeString(wb.DeclRange), r.Table),
+				Subject: r.Invalidate.Range.Ptr(),
+				Extra:   Hint("make it a refresh rule whose value is exactly what the application writes to the key (docs/rules.md, \"Rules for a write_behind table\")"),
+			})
+			break
+		}
+	}
 	return diags
 }
 

@@ -1,8 +1,8 @@
 // Package config parses rules.hcl into typed, validated rules.
 //
 // A rules file has an optional postgres block, an optional redis block and
-// one or more rule blocks (see rules.hcl at the repository root and
-// docs/rules.md). Parsing follows the habits of Nomad's jobspec2: the file is
+// one or more rule and write_behind blocks (see rules.hcl at the repository
+// root and docs/rules.md). Parsing follows the habits of Nomad's jobspec2: the file is
 // parsed with hclsyntax under its real name, syntax errors stop the parse
 // before anything is evaluated, bodies are decoded against an hcl.BodySchema,
 // and every problem found is returned as an hcl.Diagnostic whose Subject gives

@@ -23,6 +23,7 @@ var (
 			{Type: "postgres"},
 			{Type: "redis"},
 			{Type: "rule", LabelNames: []string{"name"}},
+			{Type: "write_behind", LabelNames: []string{"name"}},
 		},
 	}
 	postgresSchema = &hcl.BodySchema{
@@ -72,8 +73,8 @@ func PlainIdent(name string) bool { return unquotedIdentRe.MatchString(name) }
 
 // blockWhat names a block in messages: `postgres block`, `rule "user"`.
 func blockWhat(b *hcl.Block) string {
-	if b.Type == "rule" && len(b.Labels) > 0 {
-		return fmt.Sprintf("rule %q", b.Labels[0])
+	if (b.Type == "rule" || b.Type == "write_behind") && len(b.Labels) > 0 {
+		return fmt.Sprintf("%s %q", b.Type, b.Labels[0])
 	}
 	return b.Type + " block"
 }
@@ -88,7 +89,8 @@ func (p *Parser) decode(body hcl.Body, filename string) (*Config, hcl.Diagnostic
 
 	var pgBlock, redisBlock *hcl.Block
 	ruleBlocks := map[string]*hcl.Block{}
-	sawRule := false
+	wbBlocks := map[string]*hcl.Block{}
+	sawBlock := false
 	for _, b := range content.Blocks {
 		switch b.Type {
 		case "postgres":
@@ -106,7 +108,7 @@ func (p *Parser) decode(body hcl.Body, filename string) (*Config, hcl.Diagnostic
 			redisBlock = b
 			diags = append(diags, p.decodeRedis(b, &cfg.Redis)...)
 		case "rule":
-			sawRule = true
+			sawBlock = true
 			rule, ruleDiags := decodeRule(b)
 			diags = append(diags, ruleDiags...)
 			if first, ok := ruleBlocks[b.Labels[0]]; ok {
@@ -120,18 +122,33 @@ func (p *Parser) decode(body hcl.Body, filename string) (*Config, hcl.Diagnostic
 				rule.Fingerprint = fingerprint(rule, p.Files()[filename].Bytes)
 				cfg.Rules = append(cfg.Rules, rule)
 			}
+		case "write_behind":
+			sawBlock = true
+			wb, wbDiags := decodeWriteBehind(b)
+			diags = append(diags, wbDiags...)
+			if first, ok := wbBlocks[b.Labels[0]]; ok {
+				d := duplicateBlock(b, first, "write_behind names must be unique: rename one of them")
+				d.Subject = b.LabelRanges[0].Ptr()
+				diags = append(diags, d)
+				continue
+			}
+			wbBlocks[b.Labels[0]] = b
+			if wb != nil {
+				cfg.WriteBehinds = append(cfg.WriteBehinds, wb)
+			}
 		}
 	}
+	diags = append(diags, uniqueStreams(cfg.WriteBehinds)...)
 	if attr, ok := content.Attributes["sensitive_columns"]; ok {
 		cols, ds := decodeSensitiveColumns(attr)
 		diags = append(diags, ds...)
 		cfg.SensitiveColumns = cols
 	}
-	if !sawRule {
+	if !sawBlock {
 		start := hcl.Range{Filename: filename, Start: hcl.InitialPos, End: hcl.InitialPos}
 		diags = append(diags, &hcl.Diagnostic{
 			Severity: hcl.DiagError,
-			Summary:  "no rule blocks: add at least one rule",
+			Summary:  "no rule blocks: add at least one rule (or write_behind block)",
 			Detail:   `for example: rule "user" { table = "public.users" ... invalidate { keys = ["user:${row.id}"] } }`,
 			Subject:  &start,
 		})
@@ -858,7 +875,11 @@ func splitQualified(s string) ([]string, error) {
 
 // prefixRule makes HCL's own diagnostics name the rule they are about.
 func prefixRule(diags hcl.Diagnostics, rule string) hcl.Diagnostics {
-	prefix := fmt.Sprintf("rule %q: ", rule)
+	return prefixDiags(diags, fmt.Sprintf("rule %q: ", rule))
+}
+
+// prefixDiags starts every diagnostic's summary with prefix, once.
+func prefixDiags(diags hcl.Diagnostics, prefix string) hcl.Diagnostics {
 	for _, d := range diags {
 		if !strings.HasPrefix(d.Summary, prefix) {
 			d.Summary = prefix + d.Summary

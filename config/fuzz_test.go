@@ -34,6 +34,17 @@ EOT
 }
 `)
 
+	f.Add(`write_behind "c" {
+  stream         = "wb:c"
+  table          = "public.c"
+  key_columns    = ["id", "k"]
+  columns        = ["n"]
+  batch_size     = 10
+  flush_interval = "5ms"
+  delete         = false
+}
+`)
+
 	f.Fuzz(func(t *testing.T, src string) {
 		p := config.NewParser()
 		p.LookupEnv = func(name string) (string, bool) { return "redis://fuzz:6379", true }
@@ -56,8 +67,17 @@ EOT
 			return
 		}
 
-		if len(cfg.Rules) == 0 {
-			t.Fatalf("Config without rules")
+		if len(cfg.Rules)+len(cfg.WriteBehinds) == 0 {
+			t.Fatalf("Config without rules or write_behind blocks")
+		}
+		streams := map[string]bool{}
+		for _, wb := range cfg.WriteBehinds {
+			if streams[wb.Stream] || wb.Stream == "" || len(wb.KeyColumns) == 0 || wb.Table.Name == "" ||
+				wb.BatchSize < 1 || wb.BatchSize > config.MaxWriteBehindBatchSize ||
+				wb.FlushInterval <= 0 || wb.FlushInterval > config.MaxWriteBehindFlushInterval {
+				t.Fatalf("bad write_behind accepted: %+v", wb)
+			}
+			streams[wb.Stream] = true
 		}
 		names := map[string]bool{}
 		for _, r := range cfg.Rules {
