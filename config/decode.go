@@ -111,13 +111,10 @@ func (p *Parser) decode(body hcl.Body, filename string) (*Config, hcl.Diagnostic
 			sawBlock = true
 			rule, ruleDiags := decodeRule(b)
 			diags = append(diags, ruleDiags...)
-			if first, ok := ruleBlocks[b.Labels[0]]; ok {
-				d := duplicateBlock(b, first, "rule names must be unique: rename one of them")
-				d.Subject = b.LabelRanges[0].Ptr()
+			if d := duplicateLabel(ruleBlocks, b); d != nil {
 				diags = append(diags, d)
 				continue
 			}
-			ruleBlocks[b.Labels[0]] = b
 			if rule != nil {
 				rule.Fingerprint = fingerprint(rule, p.Files()[filename].Bytes)
 				cfg.Rules = append(cfg.Rules, rule)
@@ -126,13 +123,10 @@ func (p *Parser) decode(body hcl.Body, filename string) (*Config, hcl.Diagnostic
 			sawBlock = true
 			wb, wbDiags := decodeWriteBehind(b)
 			diags = append(diags, wbDiags...)
-			if first, ok := wbBlocks[b.Labels[0]]; ok {
-				d := duplicateBlock(b, first, "write_behind names must be unique: rename one of them")
-				d.Subject = b.LabelRanges[0].Ptr()
+			if d := duplicateLabel(wbBlocks, b); d != nil {
 				diags = append(diags, d)
 				continue
 			}
-			wbBlocks[b.Labels[0]] = b
 			if wb != nil {
 				cfg.WriteBehinds = append(cfg.WriteBehinds, wb)
 			}
@@ -179,6 +173,19 @@ func decodeSensitiveColumns(attr *hcl.Attribute) ([]string, hcl.Diagnostics) {
 		})
 	}
 	return cols, diags
+}
+
+// duplicateLabel reports a block whose label an earlier block of its type
+// in seen has, at the label; it returns nil for the first, and remembers it.
+func duplicateLabel(seen map[string]*hcl.Block, b *hcl.Block) *hcl.Diagnostic {
+	first, ok := seen[b.Labels[0]]
+	if !ok {
+		seen[b.Labels[0]] = b
+		return nil
+	}
+	d := duplicateBlock(b, first, b.Type+" names must be unique: rename one of them")
+	d.Subject = b.LabelRanges[0].Ptr()
+	return d
 }
 
 // duplicateBlock reports the second of two blocks that may appear only once.

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cachesync/cachesync/config"
 )
@@ -219,5 +220,64 @@ func TestRunPrintsWarnings(t *testing.T) {
 			!strings.Contains(stderr, "no PostgreSQL URL") {
 			t.Errorf("%s: exit %d, want 1 after the warning\n%s", command, code, stderr)
 		}
+	}
+}
+
+// TestValidateWriteBehind: validate checks write_behind blocks, alone in a
+// file, without a database (the block's own settings) and with one (the
+// table, its unique keys, the privileges): a good block is counted in the
+// OK line, a bad one is an error at its attribute, as text and as JSON.
+func TestValidateWriteBehind(t *testing.T) {
+	const counters = "write_behind \"counters\" {\n  stream      = \"wb:counters\"\n  table       = \"public.counters\"\n  key_columns = [\"id\"]\n  columns     = [\"hits\", \"note\"]\n}\n"
+	// carts' key_columns (at 4:17 of its block) are only part of its
+	// unique key.
+	const carts = "write_behind \"carts\" {\n  stream      = \"wb:carts\"\n  table       = \"public.carts\"\n  key_columns = [\"user_id\"]\n}\n"
+	e := setup(t, `CREATE TABLE counters (id bigint PRIMARY KEY, hits bigint NOT NULL DEFAULT 0, note text);
+CREATE TABLE carts (user_id bigint, sku text, qty int, UNIQUE (user_id, sku));`, counters+carts)
+	dir := writeFiles(t, map[string]string{"good.hcl": counters,
+		"bad.hcl": strings.Replace(counters, "\"wb:counters\"", "\"wb:counters:dead\"", 1)})
+
+	stdout, stderr, code := offlineCLI(t, dir, nil, "validate", "good.hcl")
+	if code != 0 || stdout != "good.hcl: 0 rules, 1 write_behind block OK\n" || stderr != "" {
+		t.Errorf("validate good.hcl: exit %d\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
+	}
+	const deadStream = `stream "wb:counters:dead" ends in ":dead"; <stream>:dead is where the entries of <stream> that cannot apply go; name the stream "wb:counters"`
+	stdout, stderr, code = offlineCLI(t, dir, nil, "validate", "bad.hcl")
+	if code != 1 || stdout != "" || !strings.Contains(stderr, `bad.hcl:2:17: error: write_behind "counters": `+deadStream) {
+		t.Errorf("validate bad.hcl: exit %d\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
+	}
+	stdout, _, code = offlineCLI(t, dir, nil, "validate", "--json", "bad.hcl")
+	want := diagLine{File: "bad.hcl", Line: 2, Column: 17, EndLine: 2, EndColumn: 35, Severity: "error", Message: `write_behind "counters": ` + deadStream}
+	var got diagLine
+	if err := json.Unmarshal([]byte(stdout), &got); code != 1 || err != nil || got != want {
+		t.Errorf("validate --json bad.hcl: exit %d (%v)\ngot  %+v\nwant %+v", code, err, got, want)
+	}
+
+	// Against the database: counters is fine, carts is not; the rules file
+	// starts with setup's 4-line postgres block.
+	out, code := e.cli("validate", "--database-url", e.dbURL)
+	if code != 1 || strings.Contains(out, `write_behind "counters"`) ||
+		!strings.Contains(out, `rules.hcl:14:17: error: write_behind "carts": key_columns (user_id) are not a unique key of public.carts; its unique keys: (user_id, sku).`) {
+		t.Errorf("validate --database-url: exit %d, want 1 with carts' key at 14:17 only\n%s", code, out)
+	}
+	out, code = e.cli("validate", "--database-url", e.dbURL, filepath.Join(dir, "good.hcl"))
+	if code != 0 || !strings.Contains(out, "0 rules, 1 write_behind block OK") {
+		t.Errorf("validate --database-url good.hcl: exit %d\n%s", code, out)
+	}
+}
+
+// TestRunWithWriteBehindOnly: a rules file of write_behind blocks and no
+// rule is valid, and run accepts it: it creates a publication of no table,
+// streams, and confirms past a commit (the old binary failed to create the
+// publication, "FOR TABLE" with no table, and retried for ever).
+func TestRunWithWriteBehindOnly(t *testing.T) {
+	e := setup(t, `CREATE TABLE counters (id bigint PRIMARY KEY, hits bigint);`,
+		"write_behind \"counters\" {\n  stream      = \"wb:counters\"\n  table       = \"public.counters\"\n  key_columns = [\"id\"]\n}\n")
+	d := e.start()
+	e.waitStreaming(d)
+	e.exec("INSERT INTO counters VALUES (1, 1)")
+	e.caughtUp(d, 60*time.Second)
+	if code := d.stop(); code != 0 {
+		t.Fatalf("run: exit %d\n%s", code, d.log.String())
 	}
 }

@@ -18,12 +18,17 @@ import (
 type PreflightOptions struct {
 	// Publication, when set, checks that the role may create or alter it.
 	Publication string
+	// WriteBehinds, when set, are checked too: their tables, columns and
+	// unique keys, the privileges their workers need, and the positions
+	// table (docs/rules.md, "write_behind").
+	WriteBehinds []*config.WriteBehind
 }
 
 // Preflight checks the database against the rules before anything is created
 // or streamed: wal_level, privileges, every rule table and column, and that
 // each table's replica identity lets the old row carry every column the rules'
-// keys read. Every finding is an error diagnostic that says what to run.
+// keys read; then the write_behind blocks of opts. Every finding is an error
+// diagnostic that says what to run.
 func Preflight(ctx context.Context, conn *pgx.Conn, rules []*config.Rule, opts PreflightOptions) (hcl.Diagnostics, error) {
 	var diags hcl.Diagnostics
 	var walLevel string
@@ -61,6 +66,14 @@ func Preflight(ctx context.Context, conn *pgx.Conn, rules []*config.Rule, opts P
 	}
 	checked := map[string]*tableInfo{}
 	var tables []string // the database's tables, for "did you mean", read once
+	tableNames := func() ([]string, error) {
+		if tables == nil {
+			var err error
+			tables, err = readTableNames(ctx, conn)
+			return tables, err
+		}
+		return tables, nil
+	}
 	var trialRules []*config.Rule
 	for _, r := range rules {
 		name := r.Table.String()
@@ -71,8 +84,8 @@ func Preflight(ctx context.Context, conn *pgx.Conn, rules []*config.Rule, opts P
 			}
 			checked[name] = ti
 		}
-		if !ti.exists && tables == nil {
-			if tables, err = readTableNames(ctx, conn); err != nil {
+		if !ti.exists {
+			if _, err = tableNames(); err != nil {
 				return nil, err
 			}
 		}
@@ -83,6 +96,11 @@ func Preflight(ctx context.Context, conn *pgx.Conn, rules []*config.Rule, opts P
 		diags = append(diags, d...)
 	}
 	d, err := trialEvaluate(ctx, conn, trialRules, checked)
+	if err != nil {
+		return nil, err
+	}
+	diags = append(diags, d...)
+	d, err = checkWriteBehinds(ctx, conn, opts.WriteBehinds, role, tableNames)
 	if err != nil {
 		return nil, err
 	}
@@ -239,9 +257,15 @@ func readTable(ctx context.Context, conn *pgx.Conn, t config.TableName) (*tableI
 }
 
 func ruleDiag(r *config.Rule, subject hcl.Range, summary, detail string) *hcl.Diagnostic {
+	return blockDiag("rule", r.Name, subject, summary, detail)
+}
+
+// blockDiag is an error about the block `kind "name"` (a rule or a
+// write_behind), whose summary starts with it.
+func blockDiag(kind, name string, subject hcl.Range, summary, detail string) *hcl.Diagnostic {
 	return &hcl.Diagnostic{
 		Severity: hcl.DiagError,
-		Summary:  fmt.Sprintf("rule %q: %s", r.Name, summary),
+		Summary:  fmt.Sprintf("%s %q: %s", kind, name, summary),
 		Detail:   detail,
 		Subject:  subject.Ptr(),
 	}

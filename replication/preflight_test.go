@@ -57,13 +57,18 @@ func preflightRules(t *testing.T, rules string) (hcl.Diagnostics, *config.Parser
 	if err != nil {
 		t.Fatal(err)
 	}
+	return diagsAbout(diags, "rule "), p
+}
+
+// diagsAbout returns the diagnostics whose summary starts with prefix.
+func diagsAbout(diags hcl.Diagnostics, prefix string) hcl.Diagnostics {
 	var out hcl.Diagnostics
 	for _, d := range diags {
-		if strings.HasPrefix(d.Summary, "rule ") {
+		if strings.HasPrefix(d.Summary, prefix) {
 			out = append(out, d)
 		}
 	}
-	return out, p
+	return out
 }
 
 // Templates that fail on any row are errors at the template, saying what

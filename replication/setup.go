@@ -220,7 +220,11 @@ func EnsurePublication(ctx context.Context, conn *pgx.Conn, name string, tables 
 	}
 	const with = `WITH (publish = 'insert, update, delete, truncate', publish_via_partition_root = true)`
 	if pub == nil {
-		sql := fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s %s", pgx.Identifier{name}.Sanitize(), strings.Join(list, ", "), with)
+		forTables := "FOR TABLE " + strings.Join(list, ", ")
+		if len(list) == 0 {
+			forTables = "" // no rule (write_behind blocks only): a publication of no table
+		}
+		sql := fmt.Sprintf("CREATE PUBLICATION %s %s %s", pgx.Identifier{name}.Sanitize(), forTables, with)
 		if _, err := conn.Exec(ctx, sql); err != nil {
 			return nil, fmt.Errorf("create publication %q: %w", name, err)
 		}
@@ -235,9 +239,8 @@ func EnsurePublication(ctx context.Context, conn *pgx.Conn, name string, tables 
 		}
 	}
 	if len(added) > 0 || pub.Filtered || !slices.Equal(pub.Tables, want) {
-		sql := fmt.Sprintf("ALTER PUBLICATION %s SET TABLE %s", pgx.Identifier{name}.Sanitize(), strings.Join(list, ", "))
-		if _, err := conn.Exec(ctx, sql); err != nil {
-			return nil, fmt.Errorf("update tables of publication %q: %w", name, err)
+		if err := setPublicationTables(ctx, conn, name, list); err != nil {
+			return nil, err
 		}
 	}
 	if !pub.Insert || !pub.Update || !pub.Delete || !pub.Truncate || !pub.ViaRoot {
@@ -247,6 +250,31 @@ func EnsurePublication(ctx context.Context, conn *pgx.Conn, name string, tables 
 		}
 	}
 	return added, nil
+}
+
+// setPublicationTables makes quoted the publication's tables. SET TABLE
+// needs one table at least: no table (no rule, write_behind blocks only)
+// drops the ones it has.
+func setPublicationTables(ctx context.Context, conn *pgx.Conn, name string, quoted []string) error {
+	sql := fmt.Sprintf("ALTER PUBLICATION %s SET TABLE %s", pgx.Identifier{name}.Sanitize(), strings.Join(quoted, ", "))
+	if len(quoted) == 0 {
+		var have []string
+		err := conn.QueryRow(ctx, `SELECT coalesce(array_agg(format('%I.%I', n.nspname, c.relname)), '{}')
+			FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
+			JOIN pg_class c ON c.oid = pr.prrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+			WHERE p.pubname = $1`, name).Scan(&have)
+		if err != nil {
+			return fmt.Errorf("read tables of publication %q: %w", name, err)
+		}
+		if len(have) == 0 {
+			return nil
+		}
+		sql = fmt.Sprintf("ALTER PUBLICATION %s DROP TABLE %s", pgx.Identifier{name}.Sanitize(), strings.Join(have, ", "))
+	}
+	if _, err := conn.Exec(ctx, sql); err != nil {
+		return fmt.Errorf("update tables of publication %q: %w", name, err)
+	}
+	return nil
 }
 
 // DropPublication drops the publication if it exists.

@@ -40,7 +40,7 @@ func validateCommand() *cli.Command {
 					return err
 				}
 				defer conn.Close(context.WithoutCancel(c.Context))
-				more, err := replication.Preflight(c.Context, conn, cfg.Rules, replication.PreflightOptions{})
+				more, err := replication.Preflight(c.Context, conn, cfg.Rules, replication.PreflightOptions{WriteBehinds: cfg.WriteBehinds})
 				if err != nil {
 					return err
 				}
@@ -71,7 +71,7 @@ func validateFile(c *cli.Context) (string, error) {
 }
 
 // reportValidation prints the diagnostics, as text on stderr followed by
-// "FILE: N rules OK" on stdout when there is no error, or as JSON lines on
+// "FILE: N rules OK" (", M write_behind blocks" when there are) on stdout when there is no error, or as JSON lines on
 // stdout with --json. It fails with exit 1 on an error, and with --strict
 // on a warning.
 func reportValidation(c *cli.Context, p *config.Parser, path string, cfg *config.Config, diags hcl.Diagnostics) error {
@@ -104,7 +104,11 @@ func reportValidation(c *cli.Context, p *config.Parser, path string, cfg *config
 	if failed {
 		return &exitError{code: 1, msg: fmt.Sprintf("%s: %s (--strict fails on warnings)", path, plural(warnings, "warning"))}
 	}
-	fmt.Fprintf(c.App.Writer, "%s: %s OK\n", cfg.Filename, plural(len(cfg.Rules), "rule"))
+	blocks := plural(len(cfg.Rules), "rule")
+	if n := len(cfg.WriteBehinds); n > 0 {
+		blocks += ", " + plural(n, "write_behind block")
+	}
+	fmt.Fprintf(c.App.Writer, "%s: %s OK\n", cfg.Filename, blocks)
 	return nil
 }
 
