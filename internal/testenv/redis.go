@@ -135,8 +135,9 @@ func (r *RedisServer) Client(t testing.TB) *redis.Client {
 // false for REDIS_URL's.
 func (r *RedisServer) Controllable() bool { return !r.external }
 
-// Stop kills the server (SIGKILL: there is nothing to persist) and waits until its port
-// refuses connections. Stopping a stopped server does nothing.
+// Stop kills the server (SIGKILL, a crash: only a server started with persistence
+// options, see StartRedisArgs, keeps its data) and waits until its port refuses
+// connections. Stopping a stopped server does nothing.
 func (r *RedisServer) Stop(t testing.TB) {
 	t.Helper()
 	r.mustControl(t, "Stop")
@@ -147,7 +148,8 @@ func (r *RedisServer) Stop(t testing.TB) {
 	}
 }
 
-// Start starts the stopped server again on the same port, with an empty dataset.
+// Start starts the stopped server again on the same port and directory: with an empty
+// dataset, unless an RDB file saved there (SAVE) or an AOF (StartRedisArgs) brings it back.
 func (r *RedisServer) Start(t testing.TB) {
 	t.Helper()
 	r.mustControl(t, "Start")
