@@ -149,7 +149,7 @@ type Client struct {
 	// downUntil (unix nanoseconds) is when Redis may be tried again after
 	// a failure; 0 while it works.
 	downUntil atomic.Int64
-	scripts   struct{ ticket, fill, tagAdd, unlock, deleteTag, tagDetach *redis.Script }
+	scripts   struct{ ticket, fill, tagAdd, unlock, deleteTag, tagDetach, writeBehind *redis.Script }
 
 	// Close cancels stop (with ErrClosed as its cause) and waits on running
 	// for every goroutine the client started: background refreshes and the
@@ -179,6 +179,7 @@ func New(rdb redis.UniversalClient, opts Options) (*Client, error) {
 	c.scripts.unlock = redis.NewScript(redisops.UnlockScript)
 	c.scripts.deleteTag = redis.NewScript(redisops.DeleteTagScript)
 	c.scripts.tagDetach = redis.NewScript(redisops.TagDetachScript)
+	c.scripts.writeBehind = redis.NewScript(redisops.WriteBehindScript)
 	return c, nil
 }
 
@@ -590,7 +591,7 @@ func (c *Client) runScripts(ctx context.Context, queue func(redis.Pipeliner), do
 }
 
 func (c *Client) loadScripts(ctx context.Context) error {
-	return redisops.LoadScripts(ctx, c.rdb, c.scripts.ticket, c.scripts.fill, c.scripts.tagAdd, c.scripts.unlock, c.scripts.deleteTag, c.scripts.tagDetach)
+	return redisops.LoadScripts(ctx, c.rdb, c.scripts.ticket, c.scripts.fill, c.scripts.tagAdd, c.scripts.unlock, c.scripts.deleteTag, c.scripts.tagDetach, c.scripts.writeBehind)
 }
 
 // refreshInBackground reloads a soft-expired key with a fenced fill: one
@@ -714,17 +715,11 @@ func Set[T any](ctx context.Context, c *Client, key string, value T, opts ...Fil
 	if err != nil {
 		return fmt.Errorf("cacheaside: encode the value of %s: %w", key, err)
 	}
-	if f.hasVer {
-		v, err := c.Version(ctx, f.version)
-		if err != nil {
-			return fmt.Errorf("cacheaside: read the version of %s: %w", f.version, err)
-		}
-		key = keyspace.VersionedKey(f.version, v, key)
+	if key, err = c.versionedKey(ctx, key, f); err != nil {
+		return err
 	}
-	if len(f.tags) > 0 {
-		if err := c.runScripts(ctx, func(p redis.Pipeliner) { c.queueTags(ctx, p, key, f) }); err != nil {
-			return fmt.Errorf("cacheaside: register %s under its tags: %w", key, err)
-		}
+	if err := c.registerTags(ctx, key, f); err != nil {
+		return err
 	}
 	// The key and its fence share a cluster slot: one transaction.
 	_, err = c.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
@@ -736,6 +731,31 @@ func Set[T any](ctx context.Context, c *Client, key string, value T, opts ...Fil
 	})
 	if err != nil {
 		return fmt.Errorf("cacheaside: write %s: %w", key, err)
+	}
+	return nil
+}
+
+// versionedKey is where a write of key goes: with Versioned, its name in
+// the namespace's current version.
+func (c *Client) versionedKey(ctx context.Context, key string, f fill) (string, error) {
+	if !f.hasVer {
+		return key, nil
+	}
+	v, err := c.Version(ctx, f.version)
+	if err != nil {
+		return "", fmt.Errorf("cacheaside: read the version of %s: %w", f.version, err)
+	}
+	return keyspace.VersionedKey(f.version, v, key), nil
+}
+
+// registerTags registers key (and its fence) under f's tags before a write
+// of key, so that every invalidation of a tag after the write removes it.
+func (c *Client) registerTags(ctx context.Context, key string, f fill) error {
+	if len(f.tags) == 0 {
+		return nil
+	}
+	if err := c.runScripts(ctx, func(p redis.Pipeliner) { c.queueTags(ctx, p, key, f) }); err != nil {
+		return fmt.Errorf("cacheaside: register %s under its tags: %w", key, err)
 	}
 	return nil
 }

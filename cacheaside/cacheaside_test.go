@@ -736,6 +736,8 @@ func assertClosed(t *testing.T, c *cacheaside.Client) {
 	})
 	_, calls["Get"] = cacheaside.Get[int](ctx, c, "k")
 	calls["Set"] = cacheaside.Set(ctx, c, "k", 1)
+	_, calls["WriteBehind"] = cacheaside.WriteBehind(ctx, c.WriteBehindStream("wb"), "k", 1, map[string]int{"id": 1})
+	_, calls["WriteBehindDelete"] = cacheaside.WriteBehindDelete(ctx, c.WriteBehindStream("wb"), "k", map[string]int{"id": 1})
 	calls["Invalidate"] = c.Invalidate(ctx, "k")
 	calls["InvalidateTags"] = c.InvalidateTags(ctx, "t")
 	_, calls["Version"] = c.Version(ctx, "ns")

@@ -32,7 +32,8 @@
 // Get reads a key without loading or filling it: for the keys the daemon's
 // refresh rules write, which belong to the daemon. Set writes a value the
 // application already has, as a fill would, and refuses the fills of the key
-// in flight; its doc says what it cannot guarantee.
+// in flight; its doc says what it cannot guarantee. WriteBehind writes one
+// that cachesync then writes to PostgreSQL (see Write-behind below).
 //
 // # What a read does
 //
@@ -87,6 +88,35 @@
 // the namespace unreachable at once. Tags(...) registers the key in
 // tag:<tag> sets, which the daemon deletes with their members. The tag sets
 // get a TTL no shorter than any member's.
+//
+// # Write-behind
+//
+// For write-heavy rows (counters, sessions, carts) the application can write
+// to the cache first and let cachesync write PostgreSQL behind it. A
+// write_behind block of rules.hcl names a Redis Stream and a table;
+// WriteBehind writes the cache key and appends the row to the stream in one
+// Lua script, so that the cache and the queue never disagree:
+//
+//	wb := c.WriteBehindStream("{counters}:wb")
+//	_, err := cacheaside.WriteBehind(ctx, wb, "{counters}:42", n, n) // value, row
+//	_, err = cacheaside.WriteBehindDelete(ctx, wb, "{counters}:42", map[string]int{"id": 42})
+//
+// The entries are the public format any client may append
+// (XADD <stream> * op upsert|delete row '<JSON object>'), with the field
+// names in package keyspace (keyspace.WriteBehindFieldOp …). cachesync
+// applies them in batched, ordered upserts and deletes, exactly once in
+// effect. The cache side is Set's: the TTL ± jitter and the tags apply, and
+// the write refuses the fills of the key in flight. Unlike a read, a write
+// does not go around a failed Redis: it returns the error, since nothing
+// else would carry the write to PostgreSQL. On Redis Cluster the key and the
+// stream must share a slot: give them the same hash tag, or the write is
+// refused with ErrCrossSlot.
+//
+// The upsert's own change comes back through cachesync: give the table a
+// refresh rule whose value is, byte for byte, what the application writes
+// to the key (its LSN guard keeps an older change from overwriting a newer
+// one), not an invalidate rule, which would delete the value just written.
+// See docs/rules.md, "Rules for a write_behind table".
 //
 // # Redis Cluster
 //

@@ -238,3 +238,59 @@ func ExampleVersioned() {
 	//   SELECT id FROM orders WHERE customer_id = 7
 	// version 1: [101 102]
 }
+
+// Counter is the row of the write-behind example: public.counters.
+type Counter struct {
+	Hits int `json:"hits"`
+	ID   int `json:"id"`
+}
+
+// A counter written behind: each write sets the cache key and appends the
+// row to the stream in one step, and cachesync applies the entries to
+// PostgreSQL in batches, by the block of rules.hcl that names the stream:
+//
+//	write_behind "counters" {
+//	  stream      = "{counters}:wb"
+//	  table       = "public.counters"
+//	  key_columns = ["id"]
+//	}
+//
+// The key and the stream share the hash tag {counters}, which Redis Cluster
+// requires (one script writes both).
+func ExampleWriteBehind() {
+	ctx, rdb := context.Background(), newRedisClient()
+	defer rdb.Close()
+	rdb.Del(ctx, "{counters}:42", "{counters}:wb") // a clean start for this example
+	c, err := cacheaside.New(rdb, cacheaside.Options{TTL: time.Hour})
+	if err != nil {
+		panic(err)
+	}
+	defer c.Close()
+	wb := c.WriteBehindStream("{counters}:wb")
+
+	n := Counter{Hits: 7, ID: 42}
+	if _, err := cacheaside.WriteBehind(ctx, wb, "{counters}:42", n, n); err != nil {
+		panic(err) // Redis failed: nothing was written, and nothing will reach PostgreSQL
+	}
+	cached, err := cacheaside.Get[Counter](ctx, c, "{counters}:42")
+	fmt.Printf("cached %+v, %v\n", cached, err)
+
+	if _, err := cacheaside.WriteBehindDelete(ctx, wb, "{counters}:42", map[string]int{"id": 42}); err != nil {
+		panic(err)
+	}
+	_, err = cacheaside.Get[Counter](ctx, c, "{counters}:42")
+	fmt.Println("after the delete:", err)
+
+	entries, err := rdb.XRange(ctx, "{counters}:wb", "-", "+").Result()
+	if err != nil {
+		panic(err)
+	}
+	for _, e := range entries {
+		fmt.Println("XADD {counters}:wb * op", e.Values["op"], "row", e.Values["row"])
+	}
+	// Output:
+	// cached {Hits:7 ID:42}, <nil>
+	// after the delete: cacheaside: key not cached
+	// XADD {counters}:wb * op upsert row {"hits":7,"id":42}
+	// XADD {counters}:wb * op delete row {"id":42}
+}

@@ -27,10 +27,13 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/go-redis/v9"
+	"github.com/rs/zerolog"
 
 	"github.com/cachesync/cachesync/cacheaside"
+	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/internal/testenv"
 	"github.com/cachesync/cachesync/keyspace"
+	"github.com/cachesync/cachesync/writebehind"
 )
 
 const (
@@ -420,4 +423,89 @@ func TestCacheasideGetAndSet(t *testing.T) {
 			t.Errorf("Get(%s) after the daemon invalidated it: %v, want ErrMiss", k, err)
 		}
 	}
+}
+
+// TestWriteBehindExampleProgram runs examples/writebehind twice. The first
+// run, before anything drains the stream, creates its table, and every visit
+// it counts is both in the cache and in the stream, in the public entry
+// format, the retired page's deletion last. Then a worker (package
+// writebehind, with the example's own rules.hcl block) drains the stream,
+// and the second run counts on from the cached totals and waits until
+// PostgreSQL holds them: the example exits 1 otherwise.
+func TestWriteBehindExampleProgram(t *testing.T) {
+	dbURL, server := testenv.Database(t), testenv.StartRedis(t)
+	rdb := server.Client(t)
+	ctx := context.Background()
+	bin := filepath.Join(t.TempDir(), "example")
+	if out, err := exec.Command("go", "build", "-o", bin, "../examples/writebehind").CombinedOutput(); err != nil {
+		t.Fatalf("go build examples/writebehind: %v\n%s", err, out)
+	}
+	example := func(run int, wait string) {
+		t.Helper()
+		cmd := exec.Command(bin, "-wait", wait)
+		cmd.Env = append(os.Environ(), "DATABASE_URL="+dbURL, "REDIS_URL="+server.URL())
+		out, err := cmd.CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "example passed") {
+			t.Fatalf("examples/writebehind, run %d: %v\n%s", run, err, out)
+		}
+		t.Logf("examples/writebehind, run %d:\n%s", run, out)
+		cached := map[string]string{}
+		for _, page := range []string{"home", "pricing", "old-page"} {
+			if v, err := rdb.Get(ctx, "{counters}:page:"+page).Result(); err == nil {
+				cached[page] = v
+			}
+		}
+		want := map[string]string{"home": fmt.Sprintf(`{"hits":%d,"page":"home"}`, 3*run), "pricing": fmt.Sprintf(`{"hits":%d,"page":"pricing"}`, 2*run)}
+		if !reflect.DeepEqual(cached, want) {
+			t.Errorf("run %d: cached %v, want %v", run, cached, want)
+		}
+	}
+
+	example(1, "0")
+	entries, err := rdb.XRange(ctx, "{counters}:wb", "-", "+").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, e := range entries {
+		got = append(got, fmt.Sprintf("%v %v", e.Values["op"], e.Values["row"]))
+	}
+	want := []string{
+		`upsert {"hits":1,"page":"home"}`, `upsert {"hits":1,"page":"pricing"}`, `upsert {"hits":2,"page":"home"}`,
+		`upsert {"hits":1,"page":"old-page"}`, `upsert {"hits":3,"page":"home"}`, `upsert {"hits":2,"page":"pricing"}`,
+		`delete {"page":"old-page"}`,
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("stream {counters}:wb holds\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	db, err := pgx.Connect(ctx, dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close(ctx)
+	var rows int
+	if err := db.QueryRow(ctx, `SELECT count(*) FROM page_hits`).Scan(&rows); err != nil || rows != 0 {
+		t.Fatalf("page_hits: %d rows, %v; want the table created, and empty until the stream is drained", rows, err)
+	}
+
+	cfg, diags := config.Load("../examples/writebehind/rules.hcl")
+	if diags.HasErrors() || len(cfg.WriteBehinds) != 1 {
+		t.Fatalf("examples/writebehind/rules.hcl: %v", diags)
+	}
+	wctx, stop := context.WithCancel(ctx)
+	worker := make(chan error, 1)
+	go func() {
+		worker <- writebehind.Run(wctx, writebehind.Options{
+			Spec: cfg.WriteBehinds[0], Redis: rdb,
+			Connect: func(ctx context.Context) (*pgx.Conn, error) { return pgx.Connect(ctx, dbURL) },
+			Logger:  zerolog.New(zerolog.NewTestWriter(t)),
+		})
+	}()
+	defer func() {
+		stop()
+		if err := <-worker; !errors.Is(err, context.Canceled) {
+			t.Errorf("the worker ended with %v", err)
+		}
+	}()
+	example(2, "30s") // fails unless page_hits holds home 6, pricing 4 and no old-page
 }

@@ -204,6 +204,7 @@ func (e *env) daemon(c *cli.Context, s *stack, dryRun bool, m *metrics.Metrics) 
 	} else {
 		opts.Applier, opts.Journal, opts.Cache = s.writer, s.journal, s.writer.Positions()
 		opts.Backfill = e.autoBackfill(c, s)
+		opts.WriteBehind = e.writeBehind(s, m)
 		opts.CheckCache = func(ctx context.Context, spaces []mapping.Keyspace) error {
 			err := writer.CheckAccess(ctx, s.redis, spaces)
 			if err == nil {

@@ -222,6 +222,9 @@ func New(opts Options) (*Daemon, error) {
 	if !opts.DryRun && opts.Backfill == nil && len(d.backfillRules()) > 0 {
 		return nil, errors.New("daemon: a backfill function is required when a rule has backfill = true")
 	}
+	if !opts.DryRun && opts.WriteBehind == nil && len(opts.Config.WriteBehinds) > 0 {
+		return nil, errors.New("daemon: a write-behind function is required when the rules have write_behind blocks")
+	}
 	return d, nil
 }
 
@@ -343,7 +346,7 @@ func (d *Daemon) prepareOnce(ctx context.Context, pgc config.Postgres) error {
 		return err
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	pf := replication.PreflightOptions{Publication: pgc.Publication}
+	pf := replication.PreflightOptions{Publication: pgc.Publication, WriteBehinds: d.opts.Config.WriteBehinds}
 	if d.opts.DryRun {
 		pf.Publication = "" // a dry run creates and alters nothing
 	}
@@ -536,6 +539,9 @@ func (s *session) pipeline(ctx, hardStop context.Context, start wal.LSN, conn ca
 		g.Go(func() error { return s.monitor(readCtx, conn) })
 		if len(s.backfillRules()) > 0 {
 			g.Go(func() error { return s.runBackfills(readCtx, gctx) })
+		}
+		for _, wb := range s.opts.Config.WriteBehinds {
+			g.Go(func() error { return s.runWriteBehind(readCtx, wb) })
 		}
 	}
 	err := g.Wait()
