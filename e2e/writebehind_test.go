@@ -536,13 +536,21 @@ const wbOutage = 30 * time.Second
 // appends 100 entries of 16 KiB a second: the backlog grows in Redis, the daemon's peak RSS
 // does not grow with it (the worker holds one batch), and once PostgreSQL
 // is back everything drains exactly once.
+// The worker runs in `cachesync run` (stopped and started again with the
+// replication session) and alone in `cachesync write-behind` (its own
+// retries), in parallel.
 func TestWriteBehindPostgresDown(t *testing.T) {
 	if testing.Short() {
 		t.Skip("PostgreSQL down for 30 s: skipped with -short")
 	}
+	t.Run("run", func(t *testing.T) { testWriteBehindPostgresDown(t, 1630, (*env).start) })
+	t.Run("write-behind", func(t *testing.T) { testWriteBehindPostgresDown(t, 1631, (*env).startWriteBehind) })
+}
+
+func testWriteBehindPostgresDown(t *testing.T, seed uint64, start func(e *env, extraEnv ...string) *daemon) {
 	e, pg := setupPrivate(t, wbSchema, wbRules(100, ""))
-	s := newWBStream(1630)
-	d := e.start()
+	s := newWBStream(seed)
+	d := start(e)
 	e.waitGroup(d)
 	const keys, noteSize = 500, 16 << 10
 	stop := e.producer(s, 20*time.Millisecond, 2, keys, noteSize)
