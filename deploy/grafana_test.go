@@ -14,7 +14,9 @@ import (
 
 	"github.com/cachesync/cachesync/cacheaside"
 	"github.com/cachesync/cachesync/cacheaside/cacheasideprom"
+	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/internal/metrics"
+	"github.com/cachesync/cachesync/internal/testenv"
 	"github.com/cachesync/cachesync/wal"
 	"github.com/cachesync/cachesync/writer"
 )
@@ -132,6 +134,8 @@ func daemonMetrics(t *testing.T) map[string]bool {
 	m.Applied(100, time.Now(), time.Now(), time.Now())
 	m.GroupOperations.Observe(1)
 	m.BackfillStarted("product", time.Now(), 1)
+	m.WriteBehindObserver().Batch("counters", 1, 1, 0, 0, time.Millisecond)
+	m.Registry().MustRegister(metrics.WriteBehindCollector(testenv.Redis(t).Client(t), []*config.WriteBehind{{Name: "counters", Stream: "wb:counters"}}))
 	return gather(t, m.Registry())
 }
 

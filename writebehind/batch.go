@@ -3,7 +3,6 @@ package writebehind
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"slices"
 	"sort"
@@ -58,10 +57,12 @@ type table struct {
 	columns, required map[string]bool
 	// keys are the key columns, quoted, in spec order.
 	keys []string
+	// upserts caches upsertSQL by column set (used by the applier only).
+	upserts map[string]string
 }
 
 func newTable(spec *config.WriteBehind, columns []column) *table {
-	t := &table{spec: spec, ident: pgx.Identifier{spec.Table.Schema, spec.Table.Name}.Sanitize(), columns: map[string]bool{}, required: map[string]bool{}}
+	t := &table{spec: spec, ident: pgx.Identifier{spec.Table.Schema, spec.Table.Name}.Sanitize(), columns: map[string]bool{}, required: map[string]bool{}, upserts: map[string]string{}}
 	for _, c := range columns {
 		t.columns[c.Name] = true
 		t.required[c.Name] = c.Required
@@ -116,21 +117,37 @@ func (t *table) parse(msg redis.XMessage) (*entry, error) {
 		return nil, entryErrorf("op delete on write_behind %q, which has delete = false", t.spec.Name)
 	}
 	e.op = op
-	if err := json.Unmarshal([]byte(rowText), &e.row); err != nil || e.row == nil {
-		return nil, entryErrorf("field row is not a JSON object: %v", errOrNull(err))
+	if e.row, err = scanObject([]byte(rowText)); err != nil {
+		return nil, entryErrorf("field row is not a JSON object: %v", err)
 	}
-	var key bytes.Buffer
-	for _, k := range t.spec.KeyColumns {
-		v, ok := e.row[k]
+	if len(t.spec.KeyColumns) == 1 {
+		// The common case, without a buffer.
+		v, ok := e.row[t.spec.KeyColumns[0]]
 		if !ok || string(v) == "null" {
-			return nil, entryErrorf("row has no value for key column %q", k)
+			return nil, entryErrorf("row has no value for key column %q", t.spec.KeyColumns[0])
 		}
-		if err := json.Compact(&key, v); err != nil {
-			return nil, entryErrorf("key column %q: %v", k, err)
+		if bytes.ContainsAny(v, " \t\n\r") {
+			var b bytes.Buffer
+			if err := json.Compact(&b, v); err != nil {
+				return nil, entryErrorf("key column %q: %v", t.spec.KeyColumns[0], err)
+			}
+			v = b.Bytes()
 		}
-		key.WriteByte(0)
+		e.key = string(v)
+	} else {
+		var key bytes.Buffer
+		for _, k := range t.spec.KeyColumns {
+			v, ok := e.row[k]
+			if !ok || string(v) == "null" {
+				return nil, entryErrorf("row has no value for key column %q", k)
+			}
+			if err := json.Compact(&key, v); err != nil {
+				return nil, entryErrorf("key column %q: %v", k, err)
+			}
+			key.WriteByte(0)
+		}
+		e.key = key.String()
 	}
-	e.key = key.String()
 	dropped := false
 	for c := range e.row {
 		switch {
@@ -149,13 +166,6 @@ func (t *table) parse(msg redis.XMessage) (*entry, error) {
 		e.raw = []byte(rowText)
 	}
 	return e, nil
-}
-
-func errOrNull(err error) error {
-	if err == nil {
-		return errors.New("it is null")
-	}
-	return err
 }
 
 // write is what a batch does to one key after merging its entries: delete
@@ -230,6 +240,10 @@ func (t *table) statements(m merged) []statement {
 	groups := map[string]*bytes.Buffer{}
 	counts := map[string]int{}
 	var order []string
+	// Rows of a batch mostly carry the same columns: the previous row's
+	// set is reused when it matches.
+	var cols []string
+	g := ""
 	for _, k := range m.order {
 		w := m.writes[k]
 		if w.del {
@@ -239,12 +253,14 @@ func (t *table) statements(m merged) []statement {
 		if w.cols == nil {
 			continue
 		}
-		cols := make([]string, 0, len(w.cols))
-		for c := range w.cols {
-			cols = append(cols, c)
+		if !sameColumns(cols, w.cols) {
+			cols = cols[:0]
+			for c := range w.cols {
+				cols = append(cols, c)
+			}
+			sort.Strings(cols)
+			g = strings.Join(cols, "\x00")
 		}
-		sort.Strings(cols)
-		g := strings.Join(cols, "\x00")
 		b := groups[g]
 		if b == nil {
 			b = &bytes.Buffer{}
@@ -266,9 +282,27 @@ func (t *table) statements(m merged) []statement {
 	for _, g := range order {
 		b := groups[g]
 		b.WriteByte(']')
-		out = append(out, statement{sql: t.upsertSQL(strings.Split(g, "\x00")), rows: b.Bytes(), n: counts[g]})
+		sql, ok := t.upserts[g]
+		if !ok {
+			sql = t.upsertSQL(strings.Split(g, "\x00"))
+			t.upserts[g] = sql
+		}
+		out = append(out, statement{sql: sql, rows: b.Bytes(), n: counts[g]})
 	}
 	return out
+}
+
+// sameColumns reports whether row has exactly the columns of cols.
+func sameColumns(cols []string, row map[string]json.RawMessage) bool {
+	if len(cols) != len(row) || len(cols) == 0 {
+		return false
+	}
+	for _, c := range cols {
+		if _, ok := row[c]; !ok {
+			return false
+		}
+	}
+	return true
 }
 
 func appendRow(b *bytes.Buffer, i int, row []byte) {

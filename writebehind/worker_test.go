@@ -120,21 +120,20 @@ func (r *rig) noDuplicateApplications() {
 // key, the stream is acknowledged and trimmed, and the position recorded.
 func TestWorkerAppliesInOrder(t *testing.T) {
 	r := newRig(t)
-	var last string
 	for i := 1; i <= 300; i++ {
-		last = r.add("upsert", fmt.Sprintf(`{"id":%d,"hits":%d,"seq":%d}`, i%50, i, i))
+		r.add("upsert", fmt.Sprintf(`{"id":%d,"hits":%d,"seq":%d}`, i%50, i, i))
 	}
 	r.add("delete", `{"id":7}`)
-	last = r.add("upsert", `{"id":8,"note":"partial","seq":302}`)
+	last := r.add("upsert", `{"id":8,"note":"partial","seq":302}`)
 	r.start(Options{})
 	r.waitApplied(last)
 	if got := r.query(`SELECT string_agg(id || ':' || hits || ':' || coalesce(note, '-'), ',' ORDER BY id) FROM counters WHERE id IN (0, 7, 8, 49)`); got != "0:300:-,8:258:partial,49:299:-" {
 		t.Errorf("rows: %s", got)
 	}
 	r.noDuplicateApplications()
-	pending, err := r.rdb.XPending(context.Background(), "wb", Group).Result()
-	if err != nil || pending.Count != 0 {
-		t.Errorf("pending after drain: %+v %v", pending, err)
+	r.waitPendingZero()
+	if n, err := r.rdb.XLen(context.Background(), "wb").Result(); err != nil || n != 0 {
+		t.Errorf("%d entries left in the stream after the drain (%v): applied ones are trimmed", n, err)
 	}
 }
 
@@ -254,4 +253,67 @@ func TestWorkerOneDrains(t *testing.T) {
 	last := r.add("upsert", `{"id":99,"hits":99,"seq":99}`)
 	r.waitApplied(last)
 	r.noDuplicateApplications()
+}
+
+// TestWorkerFenced: a worker whose fence refuses commits nothing and
+// returns the fence's error; its entries stay pending for the next one.
+func TestWorkerFenced(t *testing.T) {
+	r := newRig(t)
+	r.add("upsert", `{"id":1,"hits":1,"seq":1}`)
+	lost := errors.New("lease lost")
+	err := Run(context.Background(), r.options(Options{Fence: func() error { return lost }}))
+	if !errors.Is(err, lost) {
+		t.Fatalf("Run returned %v, want the fence's error", err)
+	}
+	if n := r.query(`SELECT count(*)::text FROM counters`); n != "0" {
+		t.Errorf("%s rows written by a fenced worker", n)
+	}
+	if p, _ := r.rdb.XPending(context.Background(), "wb", Group).Result(); p.Count != 1 {
+		t.Errorf("pending %d, want 1", p.Count)
+	}
+}
+
+// TestWorkerPositionMoved: when the recorded position moves under a
+// worker (another worker applied entries), its commit is refused by the
+// compare-and-set; it starts over from the recorded position and skips
+// what that covers.
+func TestWorkerPositionMoved(t *testing.T) {
+	r := newRig(t)
+	first := r.add("upsert", `{"id":1,"hits":1,"seq":1}`)
+	other, err := pgx.Connect(context.Background(), r.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close(context.Background())
+	calls := 0
+	r.start(Options{Failpoint: func(name string) {
+		if name != "write-behind-before-begin" {
+			return
+		}
+		if calls++; calls == 2 {
+			// The worker has read entry 2 and not begun its transaction:
+			// someone else records it as applied.
+			if _, err := other.Exec(context.Background(), `UPDATE `+PositionsTable+` SET last_id = $1`, r.lastEntry()); err != nil {
+				t.Error(err)
+			}
+		}
+	}})
+	r.waitApplied(first)
+	r.add("upsert", `{"id":2,"hits":2,"seq":2}`)
+	r.waitApplied(r.lastEntry())
+	last := r.add("upsert", `{"id":3,"hits":3,"seq":3}`)
+	r.waitApplied(last)
+	r.waitPendingZero()
+	if got := r.query(`SELECT string_agg(id::text, ',' ORDER BY id) FROM counters`); got != "1,3" {
+		t.Errorf("rows %s, want 1,3: the entry recorded by another worker is not applied again", got)
+	}
+}
+
+// lastEntry is the stream's last entry ID.
+func (r *rig) lastEntry() string {
+	info, err := r.rdb.XInfoStream(context.Background(), "wb").Result()
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	return info.LastGeneratedID
 }

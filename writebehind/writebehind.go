@@ -66,8 +66,9 @@ type Options struct {
 	// Fence, when set, is checked before every commit: an error stops the
 	// worker without committing (the daemon's lease).
 	Fence func() error
-	// Failpoint, when set, is called at "write-behind-before-commit" and
-	// "write-behind-after-commit" (committed, not acknowledged).
+	// Failpoint, when set, is called at "write-behind-before-begin" (a
+	// batch read, its transaction not begun), "write-behind-before-commit"
+	// and "write-behind-after-commit" (committed, not acknowledged).
 	Failpoint func(name string)
 	Observer  Observer
 	Logger    zerolog.Logger
@@ -237,8 +238,10 @@ func (w *worker) claim(ctx context.Context) error {
 
 // drain applies batches until a failure or ctx's end: this consumer's
 // pending entries first (claimed, or read before a failure), then new
-// ones. The next batch is read while the current one is applied, so that
-// Redis and PostgreSQL work in parallel; at most three batches are held.
+// ones. Three goroutines: the reader reads and parses the next batch while
+// the applier commits the current one and the acker acknowledges the one
+// before, so that Redis and PostgreSQL work in parallel; at most four
+// batches are held.
 func (w *worker) drain(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(ctx)
 	batches := make(chan readBatch, 1)
@@ -261,16 +264,35 @@ func (w *worker) drain(ctx context.Context) error {
 				continue
 			}
 			select {
-			case batches <- readBatch{msgs, time.Now()}:
+			case batches <- w.parseBatch(msgs):
 			case <-gctx.Done():
 			}
 		}
 		return gctx.Err()
 	})
+	acks := make(chan applied, 2)
 	g.Go(func() error {
+		defer close(acks)
 		for b := range batches {
-			if err := w.applyBatch(gctx, b.msgs, b.read); err != nil {
+			a, err := w.applyBatch(gctx, b)
+			if err != nil {
 				return err
+			}
+			select {
+			case acks <- a:
+			case <-gctx.Done():
+				return gctx.Err()
+			}
+		}
+		return gctx.Err()
+	})
+	g.Go(func() error {
+		for a := range acks {
+			if err := w.ack(gctx, a.ids, a.trim); err != nil {
+				return err
+			}
+			if w.o.Observer != nil {
+				w.o.Observer.Batch(w.spec.Name, len(a.ids), a.rows, a.skipped, a.dead, time.Since(a.read))
 			}
 		}
 		return gctx.Err()
@@ -278,10 +300,28 @@ func (w *worker) drain(ctx context.Context) error {
 	return g.Wait()
 }
 
-// readBatch is a batch as read, and when.
+// readBatch is a batch as read, parsed (by the reader, so that parsing
+// overlaps the transaction of the batch before), and when it was read.
 type readBatch struct {
 	msgs []redis.XMessage
-	read time.Time
+	// ids, entries and errs are per message: entries[i] nil and errs[i]
+	// set for an entry that cannot apply; ids[i] zero for an ID that
+	// does not parse.
+	ids     []ID
+	entries []*entry
+	errs    []error
+	read    time.Time
+}
+
+func (w *worker) parseBatch(msgs []redis.XMessage) readBatch {
+	b := readBatch{msgs: msgs, ids: make([]ID, len(msgs)), entries: make([]*entry, len(msgs)), errs: make([]error, len(msgs)), read: time.Now()}
+	for i, m := range msgs {
+		b.ids[i], _ = ParseID(m.ID)
+		if m.Values != nil {
+			b.entries[i], b.errs[i] = w.tab.parse(m)
+		}
+	}
+	return b
 }
 
 // read returns the next batch: this consumer's pending entries after the
@@ -338,55 +378,50 @@ func (w *worker) readGroup(ctx context.Context, args *redis.XReadGroupArgs) ([]r
 	return res[0].Messages, nil
 }
 
-// applyBatch applies msgs in one transaction with the position's
-// compare-and-set, then acknowledges and trims them. started is when they
-// were read, for the batch latency.
-func (w *worker) applyBatch(ctx context.Context, msgs []redis.XMessage, started time.Time) error {
+// applied is a batch committed, for the acker: the IDs to acknowledge,
+// the ID below which the stream is trimmed, and the batch's figures.
+type applied struct {
+	ids                 []string
+	trim                ID
+	rows, skipped, dead int
+	read                time.Time
+}
+
+// applyBatch applies a batch in one transaction with the position's
+// compare-and-set.
+func (w *worker) applyBatch(ctx context.Context, b readBatch) (applied, error) {
 	var (
 		entries []*entry
 		dead    []deadLetter
-		acks    = make([]string, 0, len(msgs))
+		acks    = make([]string, 0, len(b.msgs))
 		skipped int
 		top     = w.last
 	)
-	for _, m := range msgs {
+	for i, m := range b.msgs {
 		acks = append(acks, m.ID)
-		id, err := ParseID(m.ID)
-		if err == nil && !w.last.Less(id) {
+		id := b.ids[i]
+		if !w.last.Less(id) || m.Values == nil {
+			// Applied already (at or below the recorded ID), or deleted
+			// from the stream while pending (trimmed or XDEL).
 			skipped++
 			continue
 		}
-		if m.Values == nil {
-			// Deleted from the stream while pending (trimmed or XDEL):
-			// nothing to apply.
-			skipped++
+		top = id // the stream and the pending list are in ID order
+		if b.errs[i] != nil {
+			dead = append(dead, deadLetter{msg: m, err: b.errs[i].Error()})
 			continue
 		}
-		if top.Less(id) {
-			top = id
-		}
-		e, err := w.tab.parse(m)
-		if err != nil {
-			dead = append(dead, deadLetter{msg: m, err: err.Error()})
-			continue
-		}
-		entries = append(entries, e)
+		entries = append(entries, b.entries[i])
 	}
-	applied := 0
+	rows := 0
 	if top != w.last {
 		var err error
-		if applied, dead, err = w.commit(ctx, entries, dead, top); err != nil {
-			return err
+		if rows, dead, err = w.commit(ctx, entries, dead, top); err != nil {
+			return applied{}, err
 		}
 		w.last = top
 	}
-	if err := w.ack(ctx, acks); err != nil {
-		return err
-	}
-	if w.o.Observer != nil {
-		w.o.Observer.Batch(w.spec.Name, len(msgs), applied, skipped, len(dead), time.Since(started))
-	}
-	return nil
+	return applied{ids: acks, trim: w.last.next(), rows: rows, skipped: skipped, dead: len(dead), read: b.read}, nil
 }
 
 // commit applies entries and moves the position from w.last to top in one
@@ -395,112 +430,146 @@ func (w *worker) applyBatch(ctx context.Context, msgs []redis.XMessage, started 
 // letter may be appended twice if the process dies between the two, never
 // lost). It returns the rows written and every dead letter.
 func (w *worker) commit(ctx context.Context, entries []*entry, dead []deadLetter, top ID) (int, []deadLetter, error) {
-	stmts := w.tab.statements(merge(entries))
-	applied, err := w.tx(ctx, top, dead, func(tx pgx.Tx) (int, error) { return execBatch(ctx, tx, stmts) })
-	if err == nil || !isEntryError(err) {
-		return applied, dead, err
+	w.failpoint("write-behind-before-begin")
+	applied, err := w.begin(ctx, top, w.tab.statements(merge(entries))...)
+	if err == nil {
+		return applied, dead, w.end(ctx, dead)
+	}
+	if !isEntryError(err) {
+		return 0, dead, err
 	}
 	w.log.Warn().Err(err).Int("entries", len(entries)).Msg("write-behind: the batch failed on an entry's data; applying its entries one by one to find it")
-	var found []deadLetter
-	applied, err = w.tx(ctx, top, nil, func(tx pgx.Tx) (int, error) {
-		found = found[:0]
-		if _, err := tx.Exec(ctx, "SET CONSTRAINTS ALL IMMEDIATE"); err != nil {
-			return 0, err
+	if _, err := w.begin(ctx, top, statement{sql: "SET CONSTRAINTS ALL IMMEDIATE"}); err != nil {
+		return 0, dead, err
+	}
+	applied = 0
+	for _, e := range entries {
+		n, err := w.inSavepoint(ctx, w.tab.statements(merge([]*entry{e})))
+		if err != nil && !isEntryError(err) {
+			w.rollback(ctx)
+			return 0, dead, err
 		}
-		n := 0
-		for _, e := range entries {
-			if _, err := tx.Exec(ctx, "SAVEPOINT wb_entry"); err != nil {
-				return 0, err
-			}
-			k, err := execBatch(ctx, tx, w.tab.statements(merge([]*entry{e})))
-			if err != nil {
-				if !isEntryError(err) {
-					return 0, err
-				}
-				if _, err := tx.Exec(ctx, "ROLLBACK TO SAVEPOINT wb_entry"); err != nil {
-					return 0, err
-				}
-				found = append(found, deadLetter{msg: e.msg, err: err.Error()})
-				continue
-			}
-			if _, err := tx.Exec(ctx, "RELEASE SAVEPOINT wb_entry"); err != nil {
-				return 0, err
-			}
-			n += k
+		if err != nil {
+			dead = append(dead, deadLetter{msg: e.msg, err: err.Error()})
 		}
-		return n, nil
-	}, func() []deadLetter { return append(slices.Clip(dead), found...) })
-	return applied, append(dead, found...), err
+		applied += n
+	}
+	return applied, dead, w.end(ctx, dead)
 }
 
-// tx runs fn in a transaction that moves the position from w.last to top,
-// appends the dead letters (dead, or late's when given, which fn may add
-// to) to the dead-letter stream, checks the fence and commits.
-func (w *worker) tx(ctx context.Context, top ID, dead []deadLetter, fn func(pgx.Tx) (int, error), late ...func() []deadLetter) (int, error) {
-	tx, err := w.conn.Begin(ctx)
-	if err != nil {
+// begin opens the batch's transaction, moves the position from w.last to
+// top and runs stmts, all in one round trip. On success the transaction
+// stays open for end; on failure it is rolled back.
+func (w *worker) begin(ctx context.Context, top ID, stmts ...statement) (int, error) {
+	b := &pgx.Batch{}
+	b.Queue("BEGIN")
+	b.Queue("UPDATE "+PositionsTable+" SET last_id = $3, updated_at = now() WHERE stream = $1 AND last_id = $2", w.spec.Stream, w.last.String(), top.String())
+	queue(b, stmts)
+	res := w.conn.SendBatch(ctx, b)
+	_, err := res.Exec()
+	var moved pgconn.CommandTag
+	if err == nil {
+		moved, err = res.Exec()
+	}
+	n := 0
+	if err == nil {
+		n, err = results(res, len(stmts))
+	}
+	if cerr := res.Close(); err == nil {
+		err = cerr
+	}
+	switch {
+	case err != nil:
+		w.rollback(ctx)
 		return 0, err
-	}
-	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
-	tag, err := tx.Exec(ctx, "UPDATE "+PositionsTable+" SET last_id = $3, updated_at = now() WHERE stream = $1 AND last_id = $2", w.spec.Stream, w.last.String(), top.String())
-	if err != nil {
-		return 0, fmt.Errorf("move the position of stream %q: %w", w.spec.Stream, err)
-	}
-	if tag.RowsAffected() != 1 {
+	case moved.RowsAffected() != 1:
+		w.rollback(ctx)
 		return 0, ErrMoved
 	}
-	n, err := fn(tx)
-	if err != nil {
-		return 0, err
+	return n, nil
+}
+
+// inSavepoint runs stmts under a savepoint of the open transaction, in
+// one round trip, rolling back to it on failure.
+func (w *worker) inSavepoint(ctx context.Context, stmts []statement) (int, error) {
+	b := &pgx.Batch{}
+	b.Queue("SAVEPOINT wb_entry")
+	queue(b, stmts)
+	b.Queue("RELEASE SAVEPOINT wb_entry")
+	res := w.conn.SendBatch(ctx, b)
+	_, err := res.Exec()
+	n := 0
+	if err == nil {
+		n, err = results(res, len(stmts))
 	}
-	for _, l := range late {
-		dead = l()
+	if err == nil {
+		_, err = res.Exec()
 	}
+	if cerr := res.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil && isEntryError(err) {
+		if _, rerr := w.conn.Exec(ctx, "ROLLBACK TO SAVEPOINT wb_entry"); rerr != nil {
+			return 0, rerr
+		}
+	}
+	return n, err
+}
+
+// end appends the dead letters, checks the fence and commits the open
+// transaction.
+func (w *worker) end(ctx context.Context, dead []deadLetter) error {
 	if err := w.deadLetters(ctx, dead); err != nil {
-		return 0, err
+		w.rollback(ctx)
+		return err
 	}
 	w.failpoint("write-behind-before-commit")
 	if w.o.Fence != nil {
 		if err := w.o.Fence(); err != nil {
-			return 0, &fenceError{err}
+			w.rollback(ctx)
+			return &fenceError{err}
 		}
 	}
-	if err := tx.Commit(ctx); err != nil {
-		return 0, fmt.Errorf("commit a batch of stream %q: %w", w.spec.Stream, err)
+	if _, err := w.conn.Exec(ctx, "COMMIT"); err != nil {
+		return fmt.Errorf("commit a batch of stream %q: %w", w.spec.Stream, err)
 	}
 	w.failpoint("write-behind-after-commit")
-	return n, nil
+	return nil
+}
+
+// rollback ends the open transaction; a connection that cannot is broken,
+// and the session starts over on a new one.
+func (w *worker) rollback(ctx context.Context) {
+	_, _ = w.conn.Exec(context.WithoutCancel(ctx), "ROLLBACK")
+}
+
+func queue(b *pgx.Batch, stmts []statement) {
+	for _, st := range stmts {
+		if st.rows == nil {
+			b.Queue(st.sql)
+		} else {
+			b.Queue(st.sql, string(st.rows))
+		}
+	}
+}
+
+// results reads n statements' results and returns the rows they wrote.
+func results(res pgx.BatchResults, n int) (int, error) {
+	rows := 0
+	for range n {
+		tag, err := res.Exec()
+		if err != nil {
+			return 0, err
+		}
+		rows += int(tag.RowsAffected())
+	}
+	return rows, nil
 }
 
 func (w *worker) failpoint(name string) {
 	if w.o.Failpoint != nil {
 		w.o.Failpoint(name)
 	}
-}
-
-// execBatch sends stmts in one round trip and returns the rows they wrote.
-func execBatch(ctx context.Context, tx pgx.Tx, stmts []statement) (int, error) {
-	if len(stmts) == 0 {
-		return 0, nil
-	}
-	b := &pgx.Batch{}
-	for _, st := range stmts {
-		b.Queue(st.sql, string(st.rows))
-	}
-	res := tx.SendBatch(ctx, b)
-	n := 0
-	var first error
-	for range stmts {
-		tag, err := res.Exec()
-		if err != nil && first == nil {
-			first = err
-		}
-		n += int(tag.RowsAffected())
-	}
-	if err := res.Close(); err != nil && first == nil {
-		first = err
-	}
-	return n, first
 }
 
 // deadLetters appends dead to the dead-letter stream, in one round trip.
@@ -526,13 +595,14 @@ func (w *worker) deadLetters(ctx context.Context, dead []deadLetter) error {
 	return nil
 }
 
-// ack acknowledges ids and trims the applied entries from the stream, in
-// one round trip; it retries while Redis fails (the entries are applied:
-// a later read would only skip them).
-func (w *worker) ack(ctx context.Context, ids []string) error {
+// ack acknowledges ids and trims the applied entries (below trim) from the
+// stream, in one round trip. When it fails the session starts over: the
+// entries stay pending, and the next session skips them (they are at or
+// below the recorded ID) and acknowledges them then.
+func (w *worker) ack(ctx context.Context, ids []string, trim ID) error {
 	p := w.o.Redis.Pipeline()
 	p.XAck(ctx, w.spec.Stream, Group, ids...)
-	p.XTrimMinID(ctx, w.spec.Stream, w.last.next().String())
+	p.XTrimMinID(ctx, w.spec.Stream, trim.String())
 	if _, err := p.Exec(ctx); err != nil {
 		return fmt.Errorf("acknowledge applied entries of stream %q: %w", w.spec.Stream, err)
 	}

@@ -8,7 +8,6 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/cachesync/cachesync/keyspace"
@@ -78,20 +77,11 @@ func (r backfillResult) lowerCeiling() float64 {
 
 func (b *bench) runBackfill(ctx context.Context, rows int, lagRate float64) (backfillResult, error) {
 	res := backfillResult{Rows: rows, Lag: lagResult{Offered: lagRate}}
-	db, rules, dataDir, err := b.newDatabaseRules(ctx, backfillSchema, backfillRules, false)
+	db, rules, dataDir, conn, drop, err := b.connectedDatabase(ctx, backfillSchema, backfillRules)
 	if err != nil {
 		return res, err
 	}
-	defer func() {
-		if err := b.dropDatabase(context.Background(), db); err != nil {
-			b.logf("drop database %s: %v", db, err)
-		}
-	}()
-	conn, err := pgx.Connect(ctx, b.srv.pgURL(db))
-	if err != nil {
-		return res, err
-	}
-	defer conn.Close(context.Background())
+	defer drop()
 
 	// The rows come before the slot: only a backfill can cache them.
 	began := time.Now()

@@ -10,7 +10,9 @@
 //   - cachesync's peak RSS (VmHWM) on each workload;
 //   - with -cluster, the same as the first workload's with cachesync writing to a
 //     private Redis Cluster (3 masters, 3 replicas), its throughput also as a ratio to
-//     the standalone one's in the same run.
+//     the standalone one's in the same run;
+//   - the write-behind workload: a stream of upserts drained into PostgreSQL by
+//     writebehind.Run, against the same batches sent by a plain pgx client.
 //
 // It prints one table (min/median/max over -runs, each figure as a ratio to its
 // ceiling or budget) and writes the same as JSON, plus a PNG chart, under -out.
@@ -34,6 +36,8 @@ import (
 	"syscall"
 	"text/tabwriter"
 	"time"
+
+	"github.com/cachesync/cachesync/config"
 )
 
 type options struct {
@@ -54,6 +58,14 @@ type options struct {
 	LagDuration     time.Duration `json:"lag_duration"`
 	Out             string        `json:"-"`
 	Chart           string        `json:"-"`
+
+	// WriteBehindEntries is the write-behind workload's stream length, 0 for
+	// no write-behind workload; WriteBehindKeys the keys they write.
+	WriteBehindEntries   int    `json:"write_behind_entries"`
+	WriteBehindKeys      int    `json:"write_behind_keys"`
+	WriteBehindBatchSize int    `json:"write_behind_batch_size"`
+	WriteBehindOnly      bool   `json:"write_behind_only,omitempty"`
+	WriteBehindProfile   string `json:"-"`
 }
 
 // figure is one line of the table: a measured value per run and its ratio to the
@@ -93,6 +105,7 @@ type runResult struct {
 	Throughput   map[string]throughput `json:"throughput"`
 	Lag          lagResult             `json:"lag"`
 	Backfill     *backfillResult       `json:"backfill,omitempty"`
+	WriteBehind  *writeBehindResult    `json:"write_behind,omitempty"`
 }
 
 func main() {
@@ -110,6 +123,11 @@ func main() {
 	flag.IntVar(&o.BackfillRows, "backfill-rows", 1_000_000, "rows of the backfill workload's table (0: no backfill workload)")
 	flag.Float64Var(&o.BackfillLagRate, "backfill-lag-rate", 500, "single-row transactions per second that the daemon streams during the backfill")
 	flag.BoolVar(&o.BackfillOnly, "backfill-only", false, "measure only the backfill workload (and the Redis ceiling)")
+	flag.IntVar(&o.WriteBehindEntries, "write-behind-entries", 1_000_000, "entries of the write-behind workload's stream (0: no write-behind workload)")
+	flag.IntVar(&o.WriteBehindKeys, "write-behind-keys", 100_000, "keys (rows) the write-behind entries write")
+	flag.IntVar(&o.WriteBehindBatchSize, "write-behind-batch-size", config.DefaultWriteBehindBatchSize, "the write_behind block's batch_size (config.DefaultWriteBehindBatchSize)")
+	flag.BoolVar(&o.WriteBehindOnly, "write-behind-only", false, "measure only the write-behind workload (and the Redis ceiling)")
+	flag.StringVar(&o.WriteBehindProfile, "write-behind-cpuprofile", "", "write a CPU profile of the write-behind drain to this file")
 	flag.Float64Var(&o.LagRate, "lag-rate", 5000, "offered single-row transactions per second for the lag figure")
 	flag.DurationVar(&o.LagDuration, "lag-duration", 10*time.Second, "how long the steady load lasts")
 	flag.StringVar(&o.Out, "out", "bench/results", "results directory (JSON and PNG per invocation)")
@@ -154,7 +172,7 @@ func run(ctx context.Context, o options, stdout, logw io.Writer) (*report, error
 	}
 	defer srv.stop()
 	ws := workloads(o.Full, o.Cluster)
-	if o.LagOnly || o.BackfillOnly {
+	if o.only() {
 		ws = nil
 	}
 	if slices.ContainsFunc(ws, func(w workload) bool { return w.Cluster }) {
@@ -185,7 +203,7 @@ func run(ctx context.Context, o options, stdout, logw io.Writer) (*report, error
 				float64(t.RedisCommands)/float64(rows), mib(t.PeakRSSBytes))
 			rr.Throughput[w.Name] = t
 		}
-		if o.BackfillRows > 0 && !o.LagOnly {
+		if o.BackfillRows > 0 && !o.LagOnly && !o.WriteBehindOnly {
 			bf, err := b.runBackfill(ctx, o.BackfillRows, o.BackfillLagRate)
 			if err != nil {
 				return nil, fmt.Errorf("%s: %w", backfillName, err)
@@ -195,7 +213,16 @@ func run(ctx context.Context, o options, stdout, logw io.Writer) (*report, error
 				bf.rate(bf.CopySeconds), bf.rate(bf.RedisSeconds), bf.Lag.P50, bf.Lag.P99, bf.Lag.Mx, bf.Lag.Achieved, mib(bf.PeakRSSBytes))
 			rr.Backfill = &bf
 		}
-		if o.BackfillOnly {
+		if o.WriteBehindEntries > 0 && !o.LagOnly && !o.BackfillOnly {
+			wb, err := b.runWriteBehind(ctx, o.WriteBehindEntries, o.WriteBehindKeys, o.WriteBehindBatchSize, o.WriteBehindProfile)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", writeBehindName, err)
+			}
+			logf("%s: %d entries over %d keys: ceiling %.0f entries/s, cachesync %.0f entries/s (%.2f), worker CPU %.2f µs/entry",
+				writeBehindName, wb.Entries, wb.Keys, wb.rate(wb.CeilingSeconds), wb.rate(wb.Seconds), wb.CeilingSeconds/wb.Seconds, 1e6*wb.CPUSeconds/float64(wb.Entries))
+			rr.WriteBehind = &wb
+		}
+		if o.BackfillOnly || o.WriteBehindOnly {
 			rep.Raw = append(rep.Raw, rr)
 			continue
 		}
@@ -226,7 +253,7 @@ func rerender(path, chartCopy string, stdout io.Writer) error {
 		return fmt.Errorf("%s: %w", path, err)
 	}
 	ws := workloads(rep.Options.Full, rep.Options.Cluster)
-	if rep.Options.LagOnly || rep.Options.BackfillOnly {
+	if rep.Options.only() {
 		ws = nil
 	}
 	rep.Figures = figures(ws, rep.Raw)
@@ -261,6 +288,10 @@ func writeReport(rep *report, dir, chartCopy string, stdout io.Writer) error {
 	}
 	return nil
 }
+
+// only is whether one workload alone is measured (-lag-only,
+// -backfill-only, -write-behind-only): no throughput workloads.
+func (o options) only() bool { return o.LagOnly || o.BackfillOnly || o.WriteBehindOnly }
 
 func mib(b int64) float64 { return float64(b) / (1 << 20) }
 
@@ -338,8 +369,11 @@ func figures(ws []workload, runs []runResult) []*figure {
 	if len(runs) > 0 && runs[0].Backfill != nil {
 		backfillFigures(add)
 	}
+	if len(runs) > 0 && runs[0].WriteBehind != nil {
+		writeBehindFigures(add)
+	}
 	if len(runs) > 0 && runs[0].Lag.Offered == 0 {
-		return figs // -backfill-only
+		return figs // -backfill-only, -write-behind-only
 	}
 	lagName := "steady load (1-row tx)"
 	add(&figure{Workload: lagName, Metric: "committed", Unit: "tx/s", Versus: "offered"},

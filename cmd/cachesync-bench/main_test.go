@@ -32,6 +32,9 @@ func TestSmoke(t *testing.T) {
 		LagRate: 500, LagDuration: 2 * time.Second,
 		// The backfill workload in miniature (1M rows in make bench).
 		BackfillRows: 2000, BackfillLagRate: 200,
+		// The write-behind workload in miniature (1M entries over 100k keys in
+		// make bench).
+		WriteBehindEntries: 5000, WriteBehindKeys: 1000, WriteBehindBatchSize: 500,
 		Out: filepath.Join(dir, "results"), Chart: filepath.Join(dir, "chart.png"),
 		// The cluster workload is on here too, though not by default in the flag: it
 		// is the only run of the cluster path end to end (a cluster block in the rules
@@ -45,7 +48,7 @@ func TestSmoke(t *testing.T) {
 	}
 	t.Logf("\n%s", stdout.String())
 
-	wantWorkloads := map[string]bool{"Redis ceiling": false, "steady load (1-row tx)": false, backfillName: false}
+	wantWorkloads := map[string]bool{"Redis ceiling": false, "steady load (1-row tx)": false, backfillName: false, writeBehindName: false}
 	for _, w := range workloads(false, o.Cluster) {
 		wantWorkloads[w.Name] = false
 	}

@@ -134,6 +134,24 @@ func (b *bench) newDatabaseRules(ctx context.Context, table, ruleBlocks string, 
 	return db, rules, filepath.Join(dir, "data"), nil
 }
 
+// connectedDatabase is newDatabaseRules (standalone Redis) with a connection
+// to the database; done closes it and drops the database.
+func (b *bench) connectedDatabase(ctx context.Context, schema, ruleBlocks string) (db, rules, dataDir string, conn *pgx.Conn, done func(), err error) {
+	if db, rules, dataDir, err = b.newDatabaseRules(ctx, schema, ruleBlocks, false); err != nil {
+		return "", "", "", nil, nil, err
+	}
+	drop := func() {
+		if err := b.dropDatabase(context.Background(), db); err != nil {
+			b.logf("drop database %s: %v", db, err)
+		}
+	}
+	if conn, err = pgx.Connect(ctx, b.srv.pgURL(db)); err != nil {
+		drop()
+		return "", "", "", nil, nil, err
+	}
+	return db, rules, dataDir, conn, func() { conn.Close(context.Background()); drop() }, nil
+}
+
 func (b *bench) dropDatabase(ctx context.Context, db string) error {
 	admin, err := pgx.Connect(ctx, b.srv.pgURL("postgres"))
 	if err != nil {

@@ -58,6 +58,9 @@ func runCommand() *cli.Command {
 			defer s.close()
 			if s.writer != nil {
 				m.Registry().MustRegister(metrics.WriterCollector(s.writer.Stats))
+				if len(e.cfg.WriteBehinds) > 0 {
+					m.Registry().MustRegister(metrics.WriteBehindCollector(s.redis, e.cfg.WriteBehinds))
+				}
 				health.RedisUp = func() bool { return !s.writer.Stats().Failing }
 			}
 			d, err := e.daemon(c, s, c.Bool("dry-run"), m)

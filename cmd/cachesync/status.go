@@ -4,6 +4,7 @@ import (
 	"context"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/urfave/cli/v2"
 
 	"github.com/cachesync/cachesync/config"
@@ -41,7 +42,7 @@ func statusCommand() *cli.Command {
 			if r, err := journal.Inspect(journalDir(c, e.cfg)); err == nil {
 				jr = &r
 			}
-			cache := cacheStatus(c, e.cfg)
+			cache := cacheStatus(c, e.cfg, conn)
 			return printStatus(c.App.Writer, c.Bool("json"), e.cfg, slot, pub, jr, cache, size(c, "warn-retained-bytes"))
 		},
 	}
@@ -55,11 +56,14 @@ type cacheReport struct {
 	// Backfills are the refresh rules' backfills (statusbackfill.go).
 	Backfills      []backfillReport `json:"backfills,omitempty"`
 	BackfillsError string           `json:"backfills_error,omitempty"`
+	// WriteBehind are the write_behind blocks' backlogs
+	// (statuswritebehind.go).
+	WriteBehind []writeBehindReport `json:"write_behind,omitempty"`
 }
 
 // cacheStatus reads the applied position from Redis, if one is configured;
 // a status never fails because Redis does.
-func cacheStatus(c *cli.Context, cfg *config.Config) *cacheReport {
+func cacheStatus(c *cli.Context, cfg *config.Config, conn *pgx.Conn) *cacheReport {
 	if !redisConfigured(c, cfg) {
 		return nil
 	}
@@ -83,5 +87,6 @@ func cacheStatus(c *cli.Context, cfg *config.Config) *cacheReport {
 	if rep.Backfills, err = backfillStatus(ctx, positions, cfg.Rules); err != nil {
 		rep.BackfillsError = "Redis: " + err.Error()
 	}
+	rep.WriteBehind = writeBehindStatus(ctx, rc, conn, cfg.WriteBehinds, time.Now())
 	return rep
 }

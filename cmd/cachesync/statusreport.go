@@ -38,6 +38,13 @@ func printStatus(w io.Writer, asJSON bool, cfg *config.Config, slot *replication
 	if pub != nil {
 		r.Tables = pub.Tables
 	}
+	if cache != nil {
+		for _, wb := range cache.WriteBehind {
+			if w := wb.warning(); w != "" {
+				r.Warnings = append(r.Warnings, w)
+			}
+		}
+	}
 	if asJSON {
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
@@ -78,6 +85,7 @@ func printStatus(w io.Writer, asJSON bool, cfg *config.Config, slot *replication
 	fmt.Fprintf(tw, "rules\t%d\n", r.Rules)
 	if cache != nil {
 		printBackfills(tw, cache)
+		printWriteBehinds(tw, cache.WriteBehind)
 	}
 	if jr == nil || jr.Entries == 0 {
 		fmt.Fprintf(tw, "journal\tempty or absent\n")

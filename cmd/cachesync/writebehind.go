@@ -25,6 +25,7 @@ func (e *env) writeBehind(s *stack, m *metrics.Metrics) daemon.WriteBehindFunc {
 	return func(ctx context.Context, wb *config.WriteBehind, fence func() error) error {
 		return writebehind.Run(ctx, writebehind.Options{
 			Spec: wb, Redis: s.redis, Fence: fence, Failpoint: fp, Logger: e.log,
+			Observer: m.WriteBehindObserver(),
 			Connect: func(ctx context.Context) (*pgx.Conn, error) {
 				cfg, err := pgx.ParseConfig(e.dbURL)
 				if err != nil {
@@ -61,6 +62,7 @@ func writeBehindCommand() *cli.Command {
 				return err
 			}
 			defer s.close()
+			m.Registry().MustRegister(metrics.WriteBehindCollector(s.redis, e.cfg.WriteBehinds))
 			ctx, stop := context.WithCancel(c.Context)
 			defer stop()
 			if addr := c.String("listen"); addr != "" {

@@ -95,6 +95,8 @@ type Metrics struct {
 	// and running gauges computed at scrape time.
 	backfillMu sync.Mutex
 	backfills  map[string]backfillRun
+
+	writeBehind writeBehindMetrics
 }
 
 // backfillRun is one backfill run of a rule: when it started and, once it
@@ -127,6 +129,7 @@ func New() *Metrics {
 	m.state = f.gaugeVec("state", "The daemon's state: 1 for the current one (starting, standby, streaming, reconnecting, stopped).", "state")
 	m.backfillRows = f.counterVec("backfill_rows_total", "Rows read from PostgreSQL and written to Redis by the automatic backfill (refresh { backfill = true }), by rule.", "rule")
 	m.backfillRemaining = f.gaugeVec("backfill_remaining_rows", "Rows the running or last backfill of a rule has still to load: its total estimate (pg_class.reltuples, then counted) minus the rows done; 0 once finished.", "rule")
+	m.writeBehind = newWriteBehindMetrics(f)
 	m.SetState(StateStarting, "")
 
 	m.reg.MustRegister(
