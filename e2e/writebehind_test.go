@@ -467,6 +467,22 @@ func testWriteBehindKill(t *testing.T, point string, seed uint64) {
 	d := e.start()
 	e.produce(s, 500, keys, 10, 32)
 	e.drained(s, 60*time.Second, d)
+	// The crashed batch (the first 50 entries) was skipped once committed,
+	// never when not.
+	want := 0.0
+	if point == "write-behind-after-commit" {
+		want = 50
+	}
+	if got := d.wbEntries("skipped"); got != want {
+		t.Errorf("the restarted worker skipped %.0f entries, want %.0f (the crashed batch's, when it had committed)", got, want)
+	}
+}
+
+// wbEntries is cachesync_write_behind_entries_total of the counters block
+// for result (applied, skipped or dead).
+func (d *daemon) wbEntries(result string) float64 {
+	d.e.t.Helper()
+	return d.scrape().value("cachesync_write_behind_entries_total", "name", "counters", "result", result)
 }
 
 // --- 2. Redis crashes mid-drain, AOF with appendfsync always ---------------
@@ -680,6 +696,9 @@ func TestWriteBehindPoisonEntry(t *testing.T) {
 	good(5)
 	e.drained(s, 60*time.Second, d)
 	checkDead(bad)
+	if got := d.wbEntries("dead"); got != float64(len(bad)) {
+		t.Errorf("cachesync_write_behind_entries_total{result=\"dead\"} is %.0f, want %d", got, len(bad))
+	}
 }
 
 // --- 5. Two workers on one stream ------------------------------------------
