@@ -181,8 +181,15 @@ func (e *env) startArgs(args []string, extraEnv ...string) *daemon {
 
 func (e *env) launch(bin string, args, extraEnv []string) *daemon {
 	e.t.Helper()
+	return e.launchCommand(bin, append([]string{"run", "--log-level", "debug", "--status-interval", "1s"}, args...), extraEnv)
+}
+
+// launchCommand starts a long-running cachesync command (args include the
+// command's name) with the test's database, Redis and rules file.
+func (e *env) launchCommand(bin string, args, extraEnv []string) *daemon {
+	e.t.Helper()
 	d := &daemon{e: e, log: &lockedBuffer{}, done: make(chan struct{})}
-	d.cmd = exec.Command(bin, append([]string{"run", "--log-level", "debug", "--status-interval", "1s"}, args...)...)
+	d.cmd = exec.Command(bin, args...)
 	d.cmd.Env = append(os.Environ(), "DATABASE_URL="+e.dbURL, e.redisEnv, "CACHESYNC_CONFIG="+e.rules)
 	d.cmd.Env = append(d.cmd.Env, extraEnv...)
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log

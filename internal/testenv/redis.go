@@ -94,6 +94,19 @@ func StartRedis(t testing.TB) *RedisServer {
 	return r
 }
 
+// StartRedisArgs is StartRedis with more redis-server options, given after
+// testenv's own so that they win (they are kept across Stop and Start): for
+// example "--appendonly", "yes", "--appendfsync", "always" for a server whose
+// dataset survives a crash and a restart in the same directory.
+func StartRedisArgs(t testing.TB, args ...string) *RedisServer {
+	t.Helper()
+	started := time.Now()
+	r, err := startRedisServer(redisSpec{kind: "redis", args: args})
+	r = forTest(t, r, err)
+	t.Logf("testenv: redis-server %v started on %s in %s", args, r.addr, durationString(time.Since(started)))
+	return r
+}
+
 // URL returns the server's URL, redis://127.0.0.1:PORT/0 for a private server.
 func (r *RedisServer) URL() string {
 	if r.external {
@@ -122,8 +135,9 @@ func (r *RedisServer) Client(t testing.TB) *redis.Client {
 // false for REDIS_URL's.
 func (r *RedisServer) Controllable() bool { return !r.external }
 
-// Stop kills the server (SIGKILL: there is nothing to persist) and waits until its port
-// refuses connections. Stopping a stopped server does nothing.
+// Stop kills the server (SIGKILL, a crash: only a server started with persistence
+// options, see StartRedisArgs, keeps its data) and waits until its port refuses
+// connections. Stopping a stopped server does nothing.
 func (r *RedisServer) Stop(t testing.TB) {
 	t.Helper()
 	r.mustControl(t, "Stop")
@@ -134,7 +148,8 @@ func (r *RedisServer) Stop(t testing.TB) {
 	}
 }
 
-// Start starts the stopped server again on the same port, with an empty dataset.
+// Start starts the stopped server again on the same port and directory: with an empty
+// dataset, unless an RDB file saved there (SAVE) or an AOF (StartRedisArgs) brings it back.
 func (r *RedisServer) Start(t testing.TB) {
 	t.Helper()
 	r.mustControl(t, "Start")

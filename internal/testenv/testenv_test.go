@@ -351,3 +351,24 @@ func TestStartRedis(t *testing.T) {
 		t.Errorf("second server DBSIZE = %d, %v; want 0 keys", n, err)
 	}
 }
+
+// TestStartRedisArgs: the options win over testenv's own and last across
+// Stop and Start; with an AOF fsynced at every write, what Redis
+// acknowledged survives the kill.
+func TestStartRedisArgs(t *testing.T) {
+	t.Parallel()
+
+	r := testenv.StartRedisArgs(t, "--appendonly", "yes", "--appendfsync", "always")
+	client := r.Client(t)
+	if err := client.Set(t.Context(), "k", "v", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	r.Stop(t)
+	r.Start(t)
+	if got, err := client.Get(t.Context(), "k").Result(); err != nil || got != "v" {
+		t.Errorf("GET after a kill and a restart = %q, %v; want \"v\" from the AOF", got, err)
+	}
+	if got := client.ConfigGet(t.Context(), "appendfsync").Val()["appendfsync"]; got != "always" {
+		t.Errorf("appendfsync after the restart = %q, want always", got)
+	}
+}
