@@ -86,6 +86,16 @@ func TestExampleRulesFile(t *testing.T) {
 			ttl:       time.Hour, jitter: 5 * time.Minute,
 			hasWhen: true,
 		},
+		{
+			name: "page_views", table: "public.page_views", action: config.ActionRefresh,
+			templates: []wantTemplate{{"page_views:", false}},
+			keyCols:   []string{"row.page"},
+			valueCols: []string{"row."},
+			ttl:       time.Hour,
+		},
+	}
+	if len(cfg.WriteBehinds) != 1 || cfg.WriteBehinds[0].Stream != "wb:page_views" || cfg.WriteBehinds[0].Table.String() != "public.page_views" {
+		t.Errorf("write_behind blocks = %+v, want page_views on wb:page_views", cfg.WriteBehinds)
 	}
 	if len(cfg.Rules) != len(want) {
 		t.Fatalf("got %d rules, want %d", len(cfg.Rules), len(want))
@@ -175,6 +185,7 @@ func TestExampleTemplatesEvaluate(t *testing.T) {
 		"org_id":      cty.NumberIntVal(3),
 		"customer_id": cty.NumberIntVal(11),
 		"published":   cty.True,
+		"page":        cty.StringVal("/home"),
 	})
 	ctx := &hcl.EvalContext{
 		Variables: map[string]cty.Value{"row": row, "old": cty.NullVal(cty.DynamicPseudoType), "new": row},
@@ -190,7 +201,7 @@ func TestExampleTemplatesEvaluate(t *testing.T) {
 			got = append(got, v.AsString())
 		}
 	}
-	want := []string{"user:7", "user:email:ann@example.com", "org:3", "orders:customer:11", "product:7"}
+	want := []string{"user:7", "user:email:ann@example.com", "org:3", "orders:customer:11", "product:7", "page_views:/home"}
 	if !slices.Equal(got, want) {
 		t.Errorf("keys = %q, want %q", got, want)
 	}

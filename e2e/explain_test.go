@@ -120,7 +120,7 @@ rule "product" (` + ruleLine(t, "product") + `)
 		}{
 			{[]string{"--row", `{"id":1}`}, "--table is required"},
 			{[]string{"--table", "public.users"}, "give the change: --row (INSERT)"},
-			{[]string{"--table", "public.user", "--row", `{"id":1}`}, "no rule reads table public.user (did you mean public.users?); the rules read public.orders, public.products, public.users"},
+			{[]string{"--table", "public.user", "--row", `{"id":1}`}, "no rule reads table public.user (did you mean public.users?); the rules read public.orders, public.page_views, public.products, public.users"},
 			{[]string{"--table", "public.users", "--row", `{"id":1,"emial":"a@x.io","org_id":1}`}, `--row has no column "email", which rule "user" reads (is "emial" a typo for it?)`},
 			{[]string{"--table", "public.users", "--row", `{"id":1`}, "--row must be a JSON object"},
 			{[]string{"--table", "public.users", "--row", `[1]`}, "--row must be a JSON object"},

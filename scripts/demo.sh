@@ -265,6 +265,12 @@ CREATE TABLE products (
   price       numeric(10,2) NOT NULL,
   published   bool NOT NULL DEFAULT false,
   description text
+);
+
+-- The write_behind block's table: the application writes to Redis, cachesync upserts here.
+CREATE TABLE page_views (
+  page  text PRIMARY KEY,
+  views bigint NOT NULL
 );"
 sql -c "$schema" || die "creating the schema failed"
 say "${dim}${schema#$'\n'}${reset}"
@@ -466,6 +472,44 @@ else
 	bad "examples/cacheaside failed"
 fi
 show_log
+
+# --- write-behind -----------------------------------------------------------------------
+
+header "Write-behind: the application counts page views in Redis; cachesync writes them to PostgreSQL"
+say "    Each write sets page_views:<page> and appends the row to wb:page_views in one script,"
+say "    as cacheaside.WriteBehind does; cachesync drains the stream in batched upserts."
+# write_behind PAGE VIEWS: the application's write, key and entry in one step.
+write_behind() {
+	local row="{\"page\":\"$1\",\"views\":$2}"
+	say "    ${dim}SET page_views:$1 $row + XADD wb:page_views * op upsert row $row${reset}"
+	rcli EVAL "redis.call('XADD', KEYS[2], '*', 'op', 'upsert', 'row', ARGV[1]) redis.call('SET', KEYS[1], ARGV[1], 'PX', 3600000) return 1" \
+		2 "page_views:$1" wb:page_views "$row" >/dev/null
+}
+write_behind /home 1
+write_behind /home 2
+write_behind /about 1
+write_behind /home 3
+views_are() { [[ $(sql -c "SELECT string_agg(page || '=' || views, ' ' ORDER BY page) FROM page_views") == "$1" ]]; }
+if poll 10 views_are "/about=1 /home=3"; then
+	ok "page_views in PostgreSQL: /about=1 /home=3 (the last write per page, each applied once)"
+else
+	bad "page_views in PostgreSQL: $(sql -c "SELECT string_agg(page || '=' || views, ' ' ORDER BY page) FROM page_views"), want /about=1 /home=3"
+fi
+stream_drained() { [[ $(rcli XLEN wb:page_views) == 0 ]]; }
+if poll 10 stream_drained; then ok "wb:page_views: drained, acknowledged and trimmed"; else bad "wb:page_views still holds $(rcli XLEN wb:page_views) entries"; fi
+expect_value page_views:/home '{"page":"/home","views":3}'
+say "    An entry that can never apply (views is not a number) goes to the dead-letter stream;"
+say "    the ones around it still apply."
+write_behind /broken '"many"'
+write_behind /pricing 7
+dead_letter() { [[ $(rcli XLEN wb:page_views:dead) == 1 ]]; }
+if poll 10 dead_letter; then
+	ok "wb:page_views:dead: $(rcli XRANGE wb:page_views:dead - + | tail -1)"
+else
+	bad "wb:page_views:dead holds $(rcli XLEN wb:page_views:dead) entries, want 1"
+fi
+if poll 10 views_are "/about=1 /home=3 /pricing=7"; then ok "page_views in PostgreSQL: /pricing=7 applied"; else bad "page_views: /pricing=7 not applied"; fi
+settle
 
 # --- metrics and health -----------------------------------------------------------------
 

@@ -36,6 +36,14 @@ CREATE TABLE public.products (
   description text
 );
 
-ALTER TABLE public.users    OWNER TO cachesync;
-ALTER TABLE public.orders   OWNER TO cachesync;
-ALTER TABLE public.products OWNER TO cachesync;
+-- The write_behind block's table: the worker upserts into it (the owner may), and
+-- the page_views rule refreshes its keys from the upserts' WAL.
+CREATE TABLE public.page_views (
+  page  text PRIMARY KEY,
+  views bigint NOT NULL
+);
+
+ALTER TABLE public.users      OWNER TO cachesync;
+ALTER TABLE public.orders     OWNER TO cachesync;
+ALTER TABLE public.products   OWNER TO cachesync;
+ALTER TABLE public.page_views OWNER TO cachesync;

@@ -4,6 +4,7 @@
 #   public.users    (id, email, org_id, name)
 #   public.orders   (id, customer_id, total numeric, status)
 #   public.products (id, name, price numeric, published bool, description)
+#   public.page_views (page, views)  (write-behind)
 #
 # Templates are HCL expressions evaluated once per row image: `row` is the row
 # (INSERT: the new row; DELETE: the old one; UPDATE: both, deduplicated), and
@@ -56,5 +57,27 @@ rule "product" {
     value  = jsonencode(row)
     ttl    = "1h"
     jitter = "5m"                         # TTL is ttl ± up to jitter
+  }
+}
+
+# Write-behind: the application writes page_views:<page> and appends the row to
+# the stream in one step (cacheaside.WriteBehind); cachesync drains the stream
+# into public.page_views in batched upserts, exactly once in effect. An entry
+# that cannot apply goes to wb:page_views:dead.
+write_behind "page_views" {
+  stream      = "wb:page_views"
+  table       = "public.page_views"
+  key_columns = ["page"]
+}
+
+# The upserts come back as WAL like any change: refresh the key with the bytes
+# the application writes (jsonencode(row)), so direct SQL updates land too, in
+# commit order.
+rule "page_views" {
+  table = "public.page_views"
+  refresh {
+    key   = "page_views:${row.page}"
+    value = jsonencode(row)
+    ttl   = "1h"
   }
 }
