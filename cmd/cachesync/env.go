@@ -15,6 +15,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/cachesync/cachesync/config"
+	"github.com/cachesync/cachesync/internal/checker"
 	"github.com/cachesync/cachesync/internal/daemon"
 	"github.com/cachesync/cachesync/internal/metrics"
 	"github.com/cachesync/cachesync/journal"
@@ -205,6 +206,10 @@ func (e *env) daemon(c *cli.Context, s *stack, dryRun bool, m *metrics.Metrics) 
 		opts.Applier, opts.Journal, opts.Cache = s.writer, s.journal, s.writer.Positions()
 		opts.Backfill = e.autoBackfill(c, s)
 		opts.WriteBehind = e.writeBehind(s, m)
+		if rate := c.Float64("verify-rate"); rate > 0 && m != nil {
+			opts.Checker = checker.New(checker.Options{Rate: rate, Window: c.Duration("verify-window"),
+				Redis: s.redis, Metrics: m.Consistency(), Logger: e.log})
+		}
 		opts.CheckCache = func(ctx context.Context, spaces []mapping.Keyspace) error {
 			err := writer.CheckAccess(ctx, s.redis, spaces)
 			if err == nil {

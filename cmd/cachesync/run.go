@@ -14,6 +14,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/cachesync/cachesync/internal/checker"
 	"github.com/cachesync/cachesync/internal/daemon"
 	"github.com/cachesync/cachesync/internal/metrics"
 	"github.com/cachesync/cachesync/mapping"
@@ -37,6 +38,8 @@ func runCommand() *cli.Command {
 			&cli.DurationFlag{Name: "drain-timeout", Value: 10 * time.Second, EnvVars: []string{"CACHESYNC_DRAIN_TIMEOUT"}, Usage: "on SIGTERM, how long to keep applying what was received"},
 			&cli.StringFlag{Name: "listen", Value: defaultListen, EnvVars: []string{"CACHESYNC_LISTEN"}, Usage: "serve /metrics, /healthz and /readyz (and /debug/pprof/ with --pprof) on this address (loopback by default; \"\" turns it off)"},
 			&cli.BoolFlag{Name: "pprof", EnvVars: []string{"CACHESYNC_PPROF"}, Usage: "also serve the Go runtime profiles under /debug/pprof/ on --listen (never the command line)"},
+			&cli.Float64Flag{Name: "verify-rate", Value: checker.DefaultRate, EnvVars: []string{"CACHESYNC_VERIFY_RATE"}, Usage: "fraction of the applied refreshes and invalidations re-checked in Redis after --verify-window (0: off); costs two Redis GETs per sample and no PostgreSQL query"},
+			&cli.DurationFlag{Name: "verify-window", Value: checker.DefaultWindow, EnvVars: []string{"CACHESYNC_VERIFY_WINDOW"}, Usage: "how long after its apply a sampled effect is re-checked; a mismatch is checked once more a window later before it counts as stale"},
 			&cli.DurationFlag{Name: "stuck-after", Value: metrics.DefaultStuckAfter, EnvVars: []string{"CACHESYNC_STUCK_AFTER"}, Usage: "/healthz answers 503 when nothing was confirmed for this long while WAL is pending and PostgreSQL and Redis answer (0: never); more than three --status-interval"},
 		)...),
 		Action: func(c *cli.Context) error {
@@ -46,6 +49,9 @@ func runCommand() *cli.Command {
 			}
 			health := metrics.HandlerOptions{Pprof: c.Bool("pprof"), StuckAfter: c.Duration("stuck-after")}
 			if err := checkStuckAfter(health.StuckAfter, c.Duration("status-interval")); err != nil {
+				return err
+			}
+			if err := checkVerify(c.Float64("verify-rate"), c.Duration("verify-window")); err != nil {
 				return err
 			}
 			s := &stack{}
@@ -89,6 +95,18 @@ func runCommand() *cli.Command {
 			return nil
 		},
 	}
+}
+
+// checkVerify refuses a --verify-rate that is not a fraction and a
+// --verify-window that is not positive.
+func checkVerify(rate float64, window time.Duration) error {
+	if err := checker.CheckRate(rate); err != nil {
+		return &exitError{code: 2, msg: fmt.Sprintf("--verify-rate %v: %v", rate, err)}
+	}
+	if window <= 0 {
+		return &exitError{code: 2, msg: fmt.Sprintf("--verify-window %s: want a positive duration, like 5s", window)}
+	}
+	return nil
 }
 
 // checkStuckAfter refuses a --stuck-after that a PostgreSQL outage could

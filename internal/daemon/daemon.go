@@ -121,10 +121,21 @@ type Options struct {
 	// FormatDiagnostics renders preflight findings (with source lines when
 	// the parser's files are at hand).
 	FormatDiagnostics func(hcl.Diagnostics) string
+	// Checker, when set, re-checks a sample of the applied effects after
+	// a window (internal/checker, run --verify-rate): the active session
+	// runs it, and hands it every group Redis acknowledged.
+	Checker Checker
 	// Metrics receive the pipeline's figures and state (default: a fresh
 	// set nobody scrapes).
 	Metrics *metrics.Metrics
 	Logger  zerolog.Logger
+}
+
+// Checker is the continuous consistency checker (internal/checker.Checker).
+// Applied must not block: it is called on the apply path.
+type Checker interface {
+	Applied(group []mapping.Batch)
+	Run(ctx context.Context) error
 }
 
 // WriteBehindFunc drains wb's stream into its table until ctx ends; fence
@@ -543,6 +554,9 @@ func (s *session) pipeline(ctx, hardStop context.Context, start wal.LSN, conn ca
 		for _, wb := range s.opts.Config.WriteBehinds {
 			g.Go(func() error { return s.runWriteBehind(readCtx, wb) })
 		}
+		if s.opts.Checker != nil {
+			g.Go(func() error { return s.opts.Checker.Run(readCtx) })
+		}
 	}
 	err := g.Wait()
 	if cause := context.Cause(hardStop); cause != nil {
@@ -828,6 +842,9 @@ func (s *session) commitGroup(ctx context.Context, group []mapping.Batch, ops in
 			return err
 		}
 		s.metrics.ApplySeconds.Observe(time.Since(began).Seconds())
+		if s.opts.Checker != nil {
+			s.opts.Checker.Applied(group)
+		}
 	}
 	s.metrics.GroupTransactions.Observe(float64(len(group)))
 	s.metrics.GroupOperations.Observe(float64(ops))
