@@ -240,3 +240,22 @@ func TestContinuousCheckerNoFalsePositives(t *testing.T) {
 		s.value("cachesync_consistency_checks_total", "rule", "product", "result", "consistent"),
 		s.value("cachesync_consistency_checks_total", "rule", "user", "result", "unverifiable"))
 }
+
+// TestVerifyFlagsUsageErrors: a --verify-rate that is not a fraction, or a
+// --verify-window that is not positive, is a usage error saying what to give.
+func TestVerifyFlagsUsageErrors(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"run", "--verify-rate", "2"}, "--verify-rate 2: want a fraction of the applied effects between 0 (off) and 1 (all), like 0.01"},
+		{[]string{"run", "--verify-rate", "-0.5"}, "--verify-rate -0.5: want a fraction"},
+		{[]string{"run", "--verify-window", "0s"}, "--verify-window 0s: want a positive duration, like 5s"},
+	} {
+		out, errOut, code := runCachesync(t, nil, tc.args...)
+		if code != 2 || out != "" || strings.Count(errOut, tc.want) != 1 {
+			t.Errorf("cachesync %s: exit %d, want 2 and %q\nstdout: %s\nstderr: %s", strings.Join(tc.args, " "), code, tc.want, out, errOut)
+		}
+	}
+}

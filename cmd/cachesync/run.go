@@ -43,15 +43,15 @@ func runCommand() *cli.Command {
 			&cli.DurationFlag{Name: "stuck-after", Value: metrics.DefaultStuckAfter, EnvVars: []string{"CACHESYNC_STUCK_AFTER"}, Usage: "/healthz answers 503 when nothing was confirmed for this long while WAL is pending and PostgreSQL and Redis answer (0: never); more than three --status-interval"},
 		)...),
 		Action: func(c *cli.Context) error {
+			if err := checkVerify(c.Float64("verify-rate"), c.Duration("verify-window")); err != nil {
+				return err
+			}
 			e, err := setupEnv(c, true)
 			if err != nil {
 				return err
 			}
 			health := metrics.HandlerOptions{Pprof: c.Bool("pprof"), StuckAfter: c.Duration("stuck-after")}
 			if err := checkStuckAfter(health.StuckAfter, c.Duration("status-interval")); err != nil {
-				return err
-			}
-			if err := checkVerify(c.Float64("verify-rate"), c.Duration("verify-window")); err != nil {
 				return err
 			}
 			s := &stack{}
