@@ -163,8 +163,15 @@ func (c *Checker) forgetRule(rule string) {
 }
 
 // Run checks due samples until ctx ends; it returns nil then. Redis errors
-// are logged and the samples checked again on the next round.
+// are logged and the samples checked again on the next round. It starts by
+// forgetting the samples of an earlier session: another instance may have
+// applied newer effects to their keys since.
 func (c *Checker) Run(ctx context.Context) error {
+	c.mu.Lock()
+	clear(c.pending)
+	c.order = nil
+	c.opts.Metrics.Pending(0)
+	c.mu.Unlock()
 	tick := time.NewTicker(min(c.opts.Window/4, 250*time.Millisecond))
 	defer tick.Stop()
 	for {
