@@ -36,6 +36,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -224,10 +225,13 @@ type ruleCheck struct {
 	rule   *config.Rule
 	mapper *mapping.Mapper
 	rel    *replication.CatalogRelation
-	// inverses are the rule's invertible key templates, longest prefix
-	// first; patterns its key space's SCAN patterns.
-	inverses []Inverse
-	patterns []string
+	// templates are the rule's key templates, longest prefix first, and
+	// inverses their inverses (ok false: not invertible); patterns its key
+	// space's SCAN patterns.
+	templates  []*config.Template
+	inverses   []Inverse
+	invertible []bool
+	patterns   []string
 	// seen are the keys judged already.
 	seen       map[string]bool
 	candidates []candidate
@@ -279,12 +283,12 @@ func (v *verifier) checkRule(ctx context.Context, r *config.Rule) (*ruleCheck, e
 	for _, op := range rc.mapper.FlushRules([]string{r.Name}, "") {
 		rc.patterns = append(rc.patterns, op.Keyspace.Keys...)
 	}
-	for _, t := range templates {
-		if inv, ok := Invert(t); ok {
-			rc.inverses = append(rc.inverses, inv)
-		}
+	rc.templates = slices.Clone(templates)
+	sort.SliceStable(rc.templates, func(i, j int) bool { return len(rc.templates[i].Prefix) > len(rc.templates[j].Prefix) })
+	for _, t := range rc.templates {
+		inv, ok := Invert(t)
+		rc.inverses, rc.invertible = append(rc.inverses, inv), append(rc.invertible, ok)
 	}
-	sort.SliceStable(rc.inverses, func(i, j int) bool { return len(rc.inverses[i].Prefix) > len(rc.inverses[j].Prefix) })
 	if rc.rel, err = replication.ReadRelation(ctx, v.conn, r.Table); err != nil {
 		return nil, err
 	}
@@ -420,17 +424,24 @@ func (rc *ruleCheck) keysToRows(ctx context.Context) error {
 	return nil
 }
 
+// invert reads key back into a row's lookup, through the template with the
+// longest prefix key starts with (user:email:x is not a user:${row.id}).
 func (rc *ruleCheck) invert(key string) (lookup, bool) {
-	for _, inv := range rc.inverses {
-		val, ok := inv.Value(key)
-		if !ok {
+	for n, t := range rc.templates {
+		if !strings.HasPrefix(key, t.Prefix) {
 			continue
 		}
+		if !rc.invertible[n] {
+			return lookup{}, false
+		}
+		inv := rc.inverses[n]
+		val, _ := inv.Value(key)
 		for i, c := range rc.rel.Columns {
 			if c.Name == inv.Column {
 				return lookup{cols: []int{i}, values: []string{val}}, true
 			}
 		}
+		return lookup{}, false
 	}
 	return lookup{}, false
 }

@@ -1,0 +1,159 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cachesync/cachesync/keyspace"
+)
+
+// verifyReport is the part of `cachesync verify --json` the tests read.
+type verifyReport struct {
+	Rules []struct {
+		Rule         string         `json:"rule"`
+		Checked      int            `json:"checked"`
+		Consistent   int            `json:"consistent"`
+		Stale        int            `json:"stale"`
+		Orphaned     int            `json:"orphaned"`
+		Unverifiable int            `json:"unverifiable"`
+		Absent       int            `json:"absent"`
+		NotVerified  string         `json:"not_verified"`
+		Nines        *float64       `json:"nines"`
+		AtLeast      bool           `json:"nines_at_least"`
+		Reasons      map[string]int `json:"unverifiable_reasons"`
+	} `json:"rules"`
+	Findings []struct {
+		Rule   string   `json:"rule"`
+		Key    string   `json:"key"`
+		Result string   `json:"result"`
+		Reason string   `json:"reason"`
+		Age    *float64 `json:"age_seconds"`
+	} `json:"findings"`
+}
+
+// verifyJSON runs `cachesync verify --json` with args and decodes its
+// report.
+func (e *env) verifyJSON(wantCode int, args ...string) verifyReport {
+	e.t.Helper()
+	out, code := e.cli(append([]string{"verify", "--json", "--log-level", "warn"}, args...)...)
+	if code != wantCode {
+		e.t.Fatalf("verify %v: exit %d, want %d\n%s", args, code, wantCode, out)
+	}
+	var rep verifyReport
+	// The report is stdout's one document; stderr's last line follows it.
+	if err := json.NewDecoder(strings.NewReader(out)).Decode(&rep); err != nil {
+		e.t.Fatalf("verify %v: %v\n%s", args, err, out)
+	}
+	return rep
+}
+
+// findings lists a report's findings as "key result".
+func (r verifyReport) findings() []string {
+	var out []string
+	for _, f := range r.Findings {
+		out = append(out, f.Key+" "+f.Result)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// TestVerifyRefreshRule: after a streamed workload, verify finds every
+// sampled product key consistent (exit 0, ≥ N nines); after keys are
+// corrupted by hand (wrong values, a key left for a deleted row, one for a
+// row the rule's when filters out), it finds exactly those (exit 1), from
+// both directions, and lists them in text too.
+func TestVerifyRefreshRule(t *testing.T) {
+	e := setup(t, schema, rules)
+	d := e.start()
+	e.waitStreaming(d)
+	e.exec(`INSERT INTO products SELECT g, 'p' || g, g * 1.5, g % 3 <> 0, 'd' || g FROM generate_series(1, 200) g`)
+	e.exec(`UPDATE products SET name = 'renamed ' || id, price = price + 1 WHERE id % 4 = 0`)
+	e.exec(`UPDATE products SET published = NOT published WHERE id BETWEEN 20 AND 30`)
+	e.exec(`DELETE FROM products WHERE id > 190`)
+	e.caughtUp(d, 30*time.Second)
+
+	rep := e.verifyJSON(0, "--rule", "product", "--window", "1s")
+	if len(rep.Rules) != 1 {
+		t.Fatalf("rules %+v, want product only", rep.Rules)
+	}
+	r := rep.Rules[0]
+	// 190 rows, 127 of them published (keys): every row and key checked
+	// once, all consistent.
+	if r.Checked != 190 || r.Consistent != 190 || r.Stale+r.Orphaned+r.Unverifiable+r.Absent != 0 || len(rep.Findings) != 0 {
+		t.Fatalf("clean cache: %+v findings %v, want 190 consistent", r, rep.findings())
+	}
+	if r.Nines == nil || !r.AtLeast || *r.Nines < 2.27 || *r.Nines > 2.28 {
+		t.Errorf("clean cache: nines %v at least %v, want ≥ log10(190) = 2.28", r.Nines, r.AtLeast)
+	}
+
+	// Corrupt: wrong values on published rows, a key of a deleted row, a
+	// key of an unpublished row (product 3).
+	for _, k := range []string{"product:1", "product:2", "product:8", "product:100"} {
+		if err := e.rdb.Set(e.ctx, k, `{"id":"wrong"}`, 0).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.set("product:195", "product:3")
+	rep = e.verifyJSON(1, "--rule", "product", "--window", "1s")
+	want := []string{"product:1 stale", "product:100 stale", "product:195 orphaned", "product:2 stale", "product:3 orphaned", "product:8 stale"}
+	if got := rep.findings(); !slices.Equal(got, want) {
+		t.Fatalf("findings %v, want %v", got, want)
+	}
+	if r := rep.Rules[0]; r.Stale != 4 || r.Orphaned != 2 || r.Checked != 191 || r.Consistent != 185 || r.AtLeast {
+		t.Errorf("corrupted cache: %+v, want 4 stale and 2 orphaned of 191", r)
+	}
+
+	// Text: the counts and the keys; every rule without --rule (the
+	// others are not verifiable here: no commit timestamps, versions).
+	out, code := e.cli("verify", "--window", "0s", "--log-level", "warn")
+	if code != 1 || !strings.Contains(out, "stale 4, orphaned 2") || !strings.Contains(out, "product product:195 orphaned (age unknown): its row is gone") ||
+		!strings.Contains(out, "rule order_lists (bump_version): not verified") || !strings.Contains(out, "track_commit_timestamp = on") {
+		t.Errorf("verify (text): exit %d\n%s", code, out)
+	}
+	out, code = e.cli("verify", "--rule", "prodcut")
+	if code != 2 || !strings.Contains(out, `no rule "prodcut" (did you mean product?)`) {
+		t.Errorf("verify --rule prodcut: exit %d, want 2 and a suggestion\n%s", code, out)
+	}
+}
+
+// TestVerifyFillStamps: invalidate rules' keys are dated by their fill
+// stamps against the rows' commit times (track_commit_timestamp = on): a
+// key filled before its row's last change is stale, a key of a deleted row
+// orphaned, one without a stamp unverifiable, one filled after the change
+// consistent.
+func TestVerifyFillStamps(t *testing.T) {
+	e, _ := setupPrivateWith(t, map[string]string{"track_commit_timestamp": "on"}, schema, rules)
+	e.exec(`INSERT INTO users VALUES (1, 'a@x.io', 1, 'A'), (2, 'b@x.io', 1, 'B'), (3, 'c@x.io', 1, 'C')`)
+	now := time.Now()
+	stamp := func(key string, at time.Time) {
+		t.Helper()
+		e.set(key)
+		if err := e.rdb.Set(e.ctx, keyspace.StampKey(key), strconv.FormatInt(at.UnixMilli(), 10), 0).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stamp("user:1", now.Add(time.Second))           // filled after the change
+	stamp("user:2", now.Add(-time.Hour))            // filled an hour before it
+	e.set("user:3")                                 // no stamp
+	stamp("user:9", now)                            // no row 9
+	stamp("user:email:a@x.io", now.Add(-time.Hour)) // not invertible (lower())
+	rep := e.verifyJSON(1, "--rule", "user", "--window", "1s")
+	if got, want := rep.findings(), []string{"user:2 stale", "user:9 orphaned"}; !slices.Equal(got, want) {
+		t.Fatalf("findings %v, want %v", got, want)
+	}
+	r := rep.Rules[0]
+	if r.Checked != 5 || r.Consistent != 1 || r.Stale != 1 || r.Orphaned != 1 || r.Unverifiable != 2 {
+		t.Errorf("counts %+v, want 5 checked: 1 consistent, 1 stale, 1 orphaned, 2 unverifiable", r)
+	}
+	if f := rep.Findings[0]; f.Key == "user:2" && (f.Age == nil || *f.Age <= 0 || *f.Age > 60) {
+		t.Errorf("user:2's age %v, want the seconds since its row's commit", f.Age)
+	}
+	if fmt.Sprint(r.Reasons) == "map[]" {
+		t.Errorf("no reasons for the unverifiable keys")
+	}
+}
