@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/cachesync/cachesync/keyspace"
 	"github.com/cachesync/cachesync/verify"
 )
@@ -56,15 +58,57 @@ func TestVerifyRefreshRule(t *testing.T) {
 	e.exec(`DELETE FROM products WHERE id > 190`)
 	e.caughtUp(d, 30*time.Second)
 
-	rep := e.verifyJSON(0, "--rule", "product", "--window", "1s")
+	// Verify while a workload goes on updating rows: changes in flight
+	// are not stale (re-checked after the window).
+	stop, done := make(chan struct{}), make(chan int)
+	go func() {
+		n := 0
+		defer func() { done <- n }()
+		conn, err := pgx.Connect(e.ctx, e.dbURL)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer conn.Close(e.ctx)
+		for ; ; n++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if _, err := conn.Exec(e.ctx, `UPDATE products SET price = price + 1, published = NOT published WHERE id = $1`, 1+n*37%190); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	}()
+	rep := e.verifyJSON(0, "--rule", "product", "--window", "3s")
+	close(stop)
+	updates := <-done
+	if updates == 0 {
+		t.Fatal("the workload wrote nothing during verify")
+	}
 	if len(rep.Rules) != 1 {
 		t.Fatalf("rules %+v, want product only", rep.Rules)
 	}
 	r := rep.Rules[0]
-	// 190 rows, 127 of them published (keys): every row and key checked
-	// once, all consistent.
+	t.Logf("verify under a workload of %d updates: %+v", updates, r.Counts)
+	// 190 rows, each checked once (the keys found by SCAN are theirs);
+	// rows the workload changed during the window may be unverifiable,
+	// never stale.
+	if r.Checked != 190 || r.Stale+r.Orphaned != 0 || len(rep.Findings) != 0 || r.Consistent == 0 {
+		t.Fatalf("under a workload: %+v findings %v, want 190 checked, none stale", r.Counts, rep.findings())
+	}
+	e.caughtUp(d, 30*time.Second)
+	// The workload toggled published: put it back as generated, so that
+	// the corrupted keys below are of published rows.
+	e.exec(`UPDATE products SET published = id % 3 <> 0 WHERE published <> (id % 3 <> 0) AND id NOT BETWEEN 20 AND 30`)
+	e.exec(`UPDATE products SET published = id % 3 = 0 WHERE published <> (id % 3 = 0) AND id BETWEEN 20 AND 30`)
+	e.caughtUp(d, 30*time.Second)
+	rep = e.verifyJSON(0, "--rule", "product", "--window", "1s")
+	r = rep.Rules[0]
 	if r.Checked != 190 || r.Consistent != 190 || r.Stale+r.Orphaned+r.Unverifiable+r.Absent != 0 || len(rep.Findings) != 0 {
-		t.Fatalf("clean cache: %+v findings %v, want 190 consistent", r, rep.findings())
+		t.Fatalf("clean cache: %+v findings %v, want 190 consistent", r.Counts, rep.findings())
 	}
 	if r.Nines == nil || !r.NinesAtLeast || *r.Nines < 2.27 || *r.Nines > 2.28 {
 		t.Errorf("clean cache: nines %v at least %v, want ≥ log10(190) = 2.28", r.Nines, r.NinesAtLeast)
