@@ -345,7 +345,8 @@ func (rc *ruleCheck) look(ctx context.Context, key string, lk lookup) error {
 // TABLESAMPLE SYSTEM to about 4 n rows' worth of pages, so that a one-shot
 // check of a large table reads a few pages, not all: rows of one page come
 // together, which is acceptable because staleness does not depend on where
-// a row is stored.
+// a row is stored. When the pages drawn hold fewer than n/2 rows,
+// rowsToKeys samples the whole table instead.
 func sampleSQL(from string, est int64, n int) string {
 	if est > int64(n)*100 {
 		pct := min(100, 400*float64(n)/float64(est))
@@ -375,8 +376,14 @@ func (rc *ruleCheck) rowsToKeys(ctx context.Context) error {
 	if err := rc.v.conn.QueryRow(ctx, "SELECT reltuples FROM pg_class WHERE oid = $1", rc.rel.ID).Scan(&est); err != nil {
 		return fmt.Errorf("estimate the rows of %s: %w", rc.rel.QualifiedName(), err)
 	}
-	sql := sampleSQL("SELECT "+rc.columns()+" FROM "+rc.table(), int64(est), rc.v.opts.Sample)
-	rows, err := rc.readRows(ctx, sql, nil)
+	n := rc.v.opts.Sample
+	from := "SELECT " + rc.columns() + " FROM " + rc.table()
+	rows, err := rc.readRows(ctx, sampleSQL(from, int64(est), n), nil)
+	if err == nil && int64(est) > int64(n)*100 && len(rows) < n/2 {
+		// The pages TABLESAMPLE drew held too few rows (a stale
+		// estimate, sparse pages): sample the whole table.
+		rows, err = rc.readRows(ctx, sampleSQL(from, 0, n), nil)
+	}
 	if err != nil {
 		return fmt.Errorf("sample %s: %w", rc.rel.QualifiedName(), err)
 	}

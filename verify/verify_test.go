@@ -112,3 +112,33 @@ func TestRecheckAfterWindow(t *testing.T) {
 		t.Errorf("clean cache: %+v, findings %v, waits %v; want 6 consistent, no wait", r.Counts, rep.Findings, waits)
 	}
 }
+
+// TestSampleLargeTable: a table estimated above 100 times the sample is
+// sampled through TABLESAMPLE (or, when its pages hold too few rows, whole):
+// exactly Sample rows either way, each checked once.
+func TestSampleLargeTable(t *testing.T) {
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, testenv.Database(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, `CREATE TABLE items (id int PRIMARY KEY, name text);
+		INSERT INTO items SELECT g, 'n' || g FROM generate_series(1, 20000) g; ANALYZE items`); err != nil {
+		t.Fatal(err)
+	}
+	cfg, diags := config.NewParser().Parse([]byte(testRules), "rules.hcl")
+	if diags.HasErrors() {
+		t.Fatal(diags)
+	}
+	rdb := testenv.StartRedis(t).Client(t)
+	for _, sample := range []int{10, 150} {
+		rep, err := Run(ctx, conn, rdb, Options{Rules: cfg.Rules, Sample: sample})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r := rep.Rules[0]; r.Checked != sample || r.Absent != sample {
+			t.Errorf("sample %d of 20000 rows: %+v, want %d absent keys", sample, r.Counts, sample)
+		}
+	}
+}
