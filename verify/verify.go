@@ -455,6 +455,10 @@ func (rc *ruleCheck) invert(key string) (lookup, bool) {
 
 var errEnough = errors.New("enough keys")
 
+// internalPrefix starts the names of cachesync's bookkeeping keys
+// (keyspace.GuardKey, FenceKey, StampKey...).
+const internalPrefix = "cachesync:"
+
 // scan returns up to Sample keys of the rule's key space (SCAN order, which
 // follows Redis's hash table: unrelated to when keys were written).
 func (rc *ruleCheck) scan(ctx context.Context) ([]string, error) {
@@ -475,7 +479,9 @@ func (rc *ruleCheck) scan(ctx context.Context) ([]string, error) {
 					if len(keys) >= n {
 						break
 					}
-					if !seen[k] {
+					// cachesync's own keys (guards, fences, stamps) are
+					// no rule's, whatever pattern matched them.
+					if !seen[k] && !strings.HasPrefix(k, internalPrefix) {
 						seen[k] = true
 						keys = append(keys, k)
 					}

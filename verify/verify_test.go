@@ -3,6 +3,7 @@ package verify
 import (
 	"context"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -10,6 +11,7 @@ import (
 
 	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/internal/testenv"
+	"github.com/cachesync/cachesync/keyspace"
 )
 
 func TestMain(m *testing.M) { testenv.Main(m) }
@@ -140,5 +142,34 @@ func TestSampleLargeTable(t *testing.T) {
 		if r := rep.Rules[0]; r.Checked != sample || r.Absent != sample {
 			t.Errorf("sample %d of 20000 rows: %+v, want %d absent keys", sample, r.Counts, sample)
 		}
+	}
+}
+
+// TestScanSkipsInternalKeys: a key pattern that also matches cachesync's
+// own keys (here "c*": guards, stamps) samples only the rule's keys.
+func TestScanSkipsInternalKeys(t *testing.T) {
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, testenv.Database(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, `CREATE TABLE items (id int PRIMARY KEY, name text); INSERT INTO items VALUES (1, 'n1')`); err != nil {
+		t.Fatal(err)
+	}
+	cfg, diags := config.NewParser().Parse([]byte(strings.Replace(testRules, `"item:${row.id}"`, `"c${row.id}"`, 1)), "rules.hcl")
+	if diags.HasErrors() {
+		t.Fatal(diags)
+	}
+	rdb := testenv.StartRedis(t).Client(t)
+	for _, k := range []string{"c1", keyspace.GuardKey("c1"), keyspace.StampKey("c1"), keyspace.FenceKey("c2")} {
+		rdb.Set(ctx, k, "n1", 0)
+	}
+	rep, err := Run(ctx, conn, rdb, Options{Rules: cfg.Rules})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := rep.Rules[0]; r.Checked != 1 || r.Consistent != 1 {
+		t.Errorf("%+v (%v), want c1 alone, consistent", r.Counts, r.Notes)
 	}
 }
