@@ -180,3 +180,22 @@ func TestVerifyFillStamps(t *testing.T) {
 		t.Errorf("reasons of the unverifiable keys: %v, want 2 (no stamp, template not invertible)", r.Notes)
 	}
 }
+
+// TestVerifyUsageErrors: bad flag values are usage errors (exit 2), found
+// before the rules file is read.
+func TestVerifyUsageErrors(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"verify", "--sample", "0"}, "--sample 0: give a positive number of rows and keys per rule"},
+		{[]string{"verify", "--window", "-1s"}, "--window -1s: give a duration of zero or more, like 5s"},
+		{[]string{"verify", "--sample", "many"}, `invalid value "many" for flag --sample`},
+	} {
+		out, errOut, code := runCachesync(t, nil, tc.args...)
+		if code != 2 || out != "" || !strings.Contains(errOut, tc.want) || !strings.HasSuffix(errOut, "Run 'cachesync verify --help' for usage.\n") {
+			t.Errorf("cachesync %s: exit %d, want 2 and %q\nstdout: %s\nstderr: %s", strings.Join(tc.args, " "), code, tc.want, out, errOut)
+		}
+	}
+}
