@@ -134,6 +134,7 @@ func TestVerifyRefreshRule(t *testing.T) {
 	// Text: the counts and the keys; every rule without --rule (the
 	// others are not verifiable here: no commit timestamps, versions).
 	out, code := e.cli("verify", "--window", "0s", "--log-level", "warn")
+	t.Logf("cachesync verify:\n%s", out)
 	if code != 1 || !strings.Contains(out, "stale 4, orphaned 2") || !strings.Contains(out, "product product:195 orphaned (age unknown): its row is gone") ||
 		!strings.Contains(out, "rule order_lists (bump_version): not verified") || !strings.Contains(out, "track_commit_timestamp = on") {
 		t.Errorf("verify (text): exit %d\n%s", code, out)

@@ -87,7 +87,7 @@ type Report struct {
 	WindowSeconds float64      `json:"window_seconds"`
 	Rules         []RuleReport `json:"rules"`
 	// Findings are the stale and orphaned keys, oldest first (unknown
-	// ages last).
+	// ages last), then by rule and key.
 	Findings []Finding `json:"findings"`
 	// CommitTimestamps is false when track_commit_timestamp is off.
 	CommitTimestamps bool `json:"commit_timestamps"`
@@ -147,7 +147,8 @@ func Run(ctx context.Context, conn *pgx.Conn, rdb redis.UniversalClient, opts Op
 		return nil, fmt.Errorf("read track_commit_timestamp: %w", err)
 	}
 	v.commitTS = track == "on"
-	rep := &Report{Window: opts.Window, WindowSeconds: opts.Window.Seconds(), CommitTimestamps: v.commitTS}
+	rep := &Report{Window: opts.Window, WindowSeconds: opts.Window.Seconds(), CommitTimestamps: v.commitTS,
+		Rules: []RuleReport{}, Findings: []Finding{}}
 	var rules []*ruleCheck
 	for _, r := range opts.Rules {
 		rc, err := v.checkRule(ctx, r)
@@ -197,7 +198,13 @@ func Run(ctx context.Context, conn *pgx.Conn, rdb redis.UniversalClient, opts Op
 		}
 		rep.Rules = append(rep.Rules, rc.rep)
 	}
-	sort.SliceStable(rep.Findings, func(i, j int) bool { return rep.Findings[i].Age > rep.Findings[j].Age })
+	sort.SliceStable(rep.Findings, func(i, j int) bool {
+		a, b := rep.Findings[i], rep.Findings[j]
+		if a.Age != b.Age {
+			return a.Age > b.Age
+		}
+		return a.Rule < b.Rule || a.Rule == b.Rule && a.Key < b.Key
+	})
 	return rep, nil
 }
 
@@ -273,7 +280,7 @@ func (v *verifier) checkRule(ctx context.Context, r *config.Rule) (*ruleCheck, e
 			rc.rep.NotVerified = "track_commit_timestamp is off: the rows' last change times are unknown, so application-filled keys cannot be dated (" + CommitTimestampHint + ")"
 		}
 	default:
-		rc.rep.NotVerified = "bump_version rules are not verified: version counters are not values"
+		rc.rep.NotVerified = "version counters are not values"
 		return rc, nil
 	}
 	var err error

@@ -2,6 +2,7 @@ package verify
 
 import (
 	"context"
+	"encoding/json"
 	"slices"
 	"strings"
 	"testing"
@@ -112,6 +113,9 @@ func TestRecheckAfterWindow(t *testing.T) {
 	}
 	if r := rep.Rules[0]; r.Checked != 6 || r.Consistent != 6 || rep.Bad() || len(waits) != 0 {
 		t.Errorf("clean cache: %+v, findings %v, waits %v; want 6 consistent, no wait", r.Counts, rep.Findings, waits)
+	}
+	if doc, _ := json.Marshal(rep); !strings.Contains(string(doc), `"findings":[]`) {
+		t.Errorf("JSON of a clean report: %s, want an empty list of findings", doc)
 	}
 }
 
