@@ -2,6 +2,10 @@ package e2e
 
 import (
 	"encoding/json"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -9,6 +13,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/cachesync/cachesync/keyspace"
 	"github.com/cachesync/cachesync/verify"
@@ -198,5 +203,141 @@ func TestVerifyUsageErrors(t *testing.T) {
 		if code != 2 || out != "" || !strings.Contains(errOut, tc.want) || !strings.HasSuffix(errOut, "Run 'cachesync verify --help' for usage.\n") {
 			t.Errorf("cachesync %s: exit %d, want 2 and %q\nstdout: %s\nstderr: %s", strings.Join(tc.args, " "), code, tc.want, out, errOut)
 		}
+	}
+}
+
+// productsWorkload runs writers concurrent transactions on products 1..200
+// (inserted first): renames, price changes, some rows unpublished (the
+// rule's when filters them out) and some deleted.
+func (e *env) productsWorkload(writers, perWriter int) {
+	e.t.Helper()
+	e.exec(`INSERT INTO products SELECT g, 'p' || g, g * 1.5, true, 'd' || g FROM generate_series(1, 200) g`)
+	errs := make(chan error, writers)
+	for w := 0; w < writers; w++ {
+		go func() {
+			errs <- func() error {
+				conn, err := pgx.Connect(e.ctx, e.dbURL)
+				if err != nil {
+					return err
+				}
+				defer conn.Close(e.ctx)
+				for i := 0; i < perWriter; i++ {
+					id := 1 + (w*perWriter+i)*37%200
+					sql := `UPDATE products SET name = $2, price = price + 1 WHERE id = $1`
+					switch {
+					case i%11 == 10:
+						sql = `DELETE FROM products WHERE id = $1 AND $2 <> ''`
+					case i%5 == 4:
+						sql = `UPDATE products SET published = NOT published, name = $2 WHERE id = $1`
+					}
+					if _, err := conn.Exec(e.ctx, sql, id, fmt.Sprintf("w%d-%d", w, i)); err != nil {
+						return err
+					}
+				}
+				return nil
+			}()
+		}()
+	}
+	for w := 0; w < writers; w++ {
+		if err := <-errs; err != nil {
+			e.t.Fatal(err)
+		}
+	}
+}
+
+// wrongProducts lists the product keys that hold something their row does
+// not: a value that differs from the row's, or any value for a row that is
+// gone or unpublished. An absent key is not wrong (a cache may miss).
+func (e *env) wrongProducts() []string {
+	e.t.Helper()
+	var wrong []string
+	for id := 1; id <= 200; id++ {
+		key := fmt.Sprintf("product:%d", id)
+		raw, err := e.rdb.Get(e.ctx, key).Result()
+		if errors.Is(err, redis.Nil) {
+			continue
+		} else if err != nil {
+			e.t.Fatal(err)
+		}
+		var name, price, desc string
+		var published bool
+		err = e.db.QueryRow(e.ctx, `SELECT name, price::text, published, description FROM products WHERE id = $1`, id).Scan(&name, &price, &published, &desc)
+		var got map[string]any
+		switch {
+		case errors.Is(err, pgx.ErrNoRows) || err == nil && !published:
+			wrong = append(wrong, key)
+		case err != nil:
+			e.t.Fatal(err)
+		case json.Unmarshal([]byte(raw), &got) != nil || !reflect.DeepEqual(got, productJSON(id, name, price, published, desc)):
+			wrong = append(wrong, key)
+		}
+	}
+	slices.Sort(wrong)
+	return wrong
+}
+
+// TestVerifyDetectsDroppedEffects (issue 17, item 5): a faultinject build
+// drops one in 8 Redis effects under a concurrent workload and confirms them
+// all the same; verify then finds every key a dropped effect left wrong
+// (≥ 99% required; it samples every row and key here), and nothing else.
+// The same workload on the same binary without drops: nothing stale.
+func TestVerifyDetectsDroppedEffects(t *testing.T) {
+	bin := faultBinary(t)
+	for _, every := range []int{8, 0} {
+		t.Run(fmt.Sprintf("drop one in %d", every), func(t *testing.T) {
+			e := setup(t, schema, rules)
+			dropLog := filepath.Join(t.TempDir(), "dropped")
+			var env []string
+			if every > 0 {
+				env = []string{fmt.Sprintf("CACHESYNC_DROP_EFFECTS=%d", every), "CACHESYNC_DROP_EFFECTS_LOG=" + dropLog}
+			}
+			d := e.startBinary(bin, env...)
+			e.waitStreaming(d)
+			e.productsWorkload(4, 60)
+			e.caughtUp(d, 60*time.Second)
+			wrong := e.wrongProducts()
+			var dropped []string
+			if every > 0 {
+				dropped = droppedKeys(t, dropLog)
+				if len(dropped) < 20 {
+					t.Fatalf("%d effects dropped, want about one in %d of ~440", len(dropped), every)
+				}
+				if len(wrong) == 0 {
+					t.Fatalf("no key left wrong by %d dropped effects", len(dropped))
+				}
+				// Every wrong key is one a dropped effect left behind.
+				for _, k := range wrong {
+					if !slices.Contains(dropped, k) {
+						t.Errorf("%s is wrong but no effect on it was dropped", k)
+					}
+				}
+			} else if len(wrong) != 0 {
+				t.Fatalf("keys wrong without injection: %v", wrong)
+			}
+
+			code := 0
+			if len(wrong) > 0 {
+				code = 1
+			}
+			rep := e.verifyJSON(code, "--rule", "product", "--window", "2s")
+			var found []string
+			for _, f := range rep.Findings {
+				found = append(found, f.Key)
+			}
+			slices.Sort(found)
+			missed := 0
+			for _, k := range wrong {
+				if !slices.Contains(found, k) {
+					missed++
+				}
+			}
+			t.Logf("dropped %d effects; %d keys still wrong; verify found %d of them (%+v)", len(dropped), len(wrong), len(wrong)-missed, rep.Rules[0].Counts)
+			if float64(missed) > 0.01*float64(len(wrong)) {
+				t.Errorf("verify missed %d of %d wrong keys: found %v, wrong %v", missed, len(wrong), found, wrong)
+			}
+			if !slices.Equal(found, wrong) {
+				t.Errorf("verify found %v, want exactly the wrong keys %v", found, wrong)
+			}
+		})
 	}
 }
