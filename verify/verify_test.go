@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/internal/testenv"
@@ -29,31 +30,44 @@ rule "item" {
 }
 `
 
+// fixture is one test's world: a database holding schema (its URL and a
+// connection), the rules parsed, and a private Redis.
+type fixture struct {
+	url   string
+	conn  *pgx.Conn
+	rules []*config.Rule
+	rdb   *redis.Client
+}
+
+func newFixture(t *testing.T, schema, rules string) fixture {
+	t.Helper()
+	ctx := context.Background()
+	f := fixture{url: testenv.Database(t)}
+	conn, err := pgx.Connect(ctx, f.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close(ctx) })
+	if _, err := conn.Exec(ctx, schema); err != nil {
+		t.Fatal(err)
+	}
+	cfg, diags := config.NewParser().Parse([]byte(rules), "rules.hcl")
+	if diags.HasErrors() {
+		t.Fatal(diags)
+	}
+	f.conn, f.rules, f.rdb = conn, cfg.Rules, testenv.StartRedis(t).Client(t)
+	return f
+}
+
 // TestRecheckAfterWindow: wrong keys are judged again after one wait of
 // the window: still wrong with the same row, stale (or orphaned); right by
 // then, consistent; still wrong but the row changed meanwhile,
 // unverifiable. A clean cache waits for nothing.
 func TestRecheckAfterWindow(t *testing.T) {
 	ctx := context.Background()
-	url := testenv.Database(t)
-	conn, err := pgx.Connect(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
-	exec := func(sql string) {
-		t.Helper()
-		if _, err := conn.Exec(ctx, sql); err != nil {
-			t.Fatal(err)
-		}
-	}
-	exec(`CREATE TABLE items (id int PRIMARY KEY, name text);
-		INSERT INTO items SELECT g, CASE WHEN g = 5 THEN 'hidden' ELSE 'n' || g END FROM generate_series(1, 6) g`)
-	cfg, diags := config.NewParser().Parse([]byte(testRules), "rules.hcl")
-	if diags.HasErrors() {
-		t.Fatal(diags)
-	}
-	rdb := testenv.StartRedis(t).Client(t)
+	f := newFixture(t, `CREATE TABLE items (id int PRIMARY KEY, name text);
+		INSERT INTO items SELECT g, CASE WHEN g = 5 THEN 'hidden' ELSE 'n' || g END FROM generate_series(1, 6) g`, testRules)
+	conn, url, rdb := f.conn, f.url, f.rdb
 	// item:1 right, 2 wrong for good, 3 wrong until fixed during the
 	// window, 4 wrong while its row changes, 5 a filtered-out row's, 6
 	// absent, 99 a key of no row.
@@ -68,7 +82,7 @@ func TestRecheckAfterWindow(t *testing.T) {
 	}
 	defer other.Close(ctx)
 	var waits []time.Duration
-	opts := Options{Rules: cfg.Rules, Window: 3 * time.Second, Wait: func(_ context.Context, d time.Duration) error {
+	opts := Options{Rules: f.rules, Window: 3 * time.Second, Wait: func(_ context.Context, d time.Duration) error {
 		waits = append(waits, d)
 		rdb.Set(ctx, "item:3", "n3", 0)
 		if _, err := other.Exec(ctx, `UPDATE items SET name = 'changed' WHERE id = 4`); err != nil {
@@ -124,22 +138,10 @@ func TestRecheckAfterWindow(t *testing.T) {
 // exactly Sample rows either way, each checked once.
 func TestSampleLargeTable(t *testing.T) {
 	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, testenv.Database(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
-	if _, err := conn.Exec(ctx, `CREATE TABLE items (id int PRIMARY KEY, name text);
-		INSERT INTO items SELECT g, 'n' || g FROM generate_series(1, 20000) g; ANALYZE items`); err != nil {
-		t.Fatal(err)
-	}
-	cfg, diags := config.NewParser().Parse([]byte(testRules), "rules.hcl")
-	if diags.HasErrors() {
-		t.Fatal(diags)
-	}
-	rdb := testenv.StartRedis(t).Client(t)
+	f := newFixture(t, `CREATE TABLE items (id int PRIMARY KEY, name text);
+		INSERT INTO items SELECT g, 'n' || g FROM generate_series(1, 20000) g; ANALYZE items`, testRules)
 	for _, sample := range []int{10, 150} {
-		rep, err := Run(ctx, conn, rdb, Options{Rules: cfg.Rules, Sample: sample})
+		rep, err := Run(ctx, f.conn, f.rdb, Options{Rules: f.rules, Sample: sample})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -153,23 +155,12 @@ func TestSampleLargeTable(t *testing.T) {
 // own keys (here "c*": guards, stamps) samples only the rule's keys.
 func TestScanSkipsInternalKeys(t *testing.T) {
 	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, testenv.Database(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
-	if _, err := conn.Exec(ctx, `CREATE TABLE items (id int PRIMARY KEY, name text); INSERT INTO items VALUES (1, 'n1')`); err != nil {
-		t.Fatal(err)
-	}
-	cfg, diags := config.NewParser().Parse([]byte(strings.Replace(testRules, `"item:${row.id}"`, `"c${row.id}"`, 1)), "rules.hcl")
-	if diags.HasErrors() {
-		t.Fatal(diags)
-	}
-	rdb := testenv.StartRedis(t).Client(t)
+	f := newFixture(t, `CREATE TABLE items (id int PRIMARY KEY, name text); INSERT INTO items VALUES (1, 'n1')`,
+		strings.Replace(testRules, `"item:${row.id}"`, `"c${row.id}"`, 1))
 	for _, k := range []string{"c1", keyspace.GuardKey("c1"), keyspace.StampKey("c1"), keyspace.FenceKey("c2")} {
-		rdb.Set(ctx, k, "n1", 0)
+		f.rdb.Set(ctx, k, "n1", 0)
 	}
-	rep, err := Run(ctx, conn, rdb, Options{Rules: cfg.Rules})
+	rep, err := Run(ctx, f.conn, f.rdb, Options{Rules: f.rules})
 	if err != nil {
 		t.Fatal(err)
 	}
