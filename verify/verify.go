@@ -107,7 +107,9 @@ type RuleReport struct {
 	// row's last change is known (now − that change); 0 when none.
 	OldestStale        time.Duration `json:"-"`
 	OldestStaleSeconds float64       `json:"oldest_stale_seconds,omitempty"`
-	Ratio              float64       `json:"consistency_ratio"`
+	// Ratio is Consistent / (Checked − Unverifiable); nil when nothing
+	// was verified.
+	Ratio *float64 `json:"consistency_ratio,omitempty"`
 	// Nines is −log10(1 − Ratio); with nothing stale, NinesAtLeast is
 	// set and Nines is log10(verified) (Counts.Nines). Nil when nothing
 	// was verified.
@@ -192,9 +194,9 @@ func Run(ctx context.Context, conn *pgx.Conn, rdb redis.UniversalClient, opts Op
 			}
 		}
 		rc.rep.OldestStaleSeconds = rc.rep.OldestStale.Seconds()
-		rc.rep.Ratio = rc.rep.Counts.Ratio()
 		if n, atLeast, ok := rc.rep.Counts.Nines(); ok {
-			rc.rep.Nines, rc.rep.NinesAtLeast = &n, atLeast
+			ratio := rc.rep.Counts.Ratio()
+			rc.rep.Ratio, rc.rep.Nines, rc.rep.NinesAtLeast = &ratio, &n, atLeast
 		}
 		rep.Rules = append(rep.Rules, rc.rep)
 	}

@@ -149,10 +149,10 @@ func printVerify(w io.Writer, rep *verify.Report) {
 // nines" when nothing was stale (the sample bounds what it can show).
 func ninesText(r verify.RuleReport) string {
 	switch {
-	case r.Nines == nil:
+	case r.Nines == nil || r.Ratio == nil:
 		return "consistency unknown (nothing verified)"
 	case r.NinesAtLeast:
-		return fmt.Sprintf("consistency %.6g = ≥ %.1f nines", r.Ratio, *r.Nines)
+		return fmt.Sprintf("consistency %.6g = ≥ %.1f nines", *r.Ratio, *r.Nines)
 	}
-	return fmt.Sprintf("consistency %.6g = %.1f nines", r.Ratio, *r.Nines)
+	return fmt.Sprintf("consistency %.6g = %.1f nines", *r.Ratio, *r.Nines)
 }
