@@ -17,6 +17,7 @@ import (
 	"github.com/cachesync/cachesync/config"
 	"github.com/cachesync/cachesync/internal/daemon"
 	"github.com/cachesync/cachesync/internal/metrics"
+	"github.com/cachesync/cachesync/internal/shadow"
 	"github.com/cachesync/cachesync/journal"
 	"github.com/cachesync/cachesync/mapping"
 	"github.com/cachesync/cachesync/writer"
@@ -94,9 +95,15 @@ type stack struct {
 	redis   redis.UniversalClient
 	writer  *writer.Writer
 	journal *journal.Journal
+	// shadow, for run --shadow, is the dry run's applier instead of JSON
+	// lines.
+	shadow *shadow.Shadow
 }
 
 func (s *stack) close() {
+	if s.shadow != nil {
+		s.shadow.Close()
+	}
 	if s.journal != nil {
 		s.journal.Close()
 	}
@@ -201,6 +208,9 @@ func (e *env) daemon(c *cli.Context, s *stack, dryRun bool, m *metrics.Metrics) 
 	}
 	if dryRun {
 		opts.Applier = &jsonLines{out: os.Stdout}
+		if s.shadow != nil {
+			opts.Applier, opts.DryRunLabel = s.shadow, "shadow"
+		}
 	} else {
 		opts.Applier, opts.Journal, opts.Cache = s.writer, s.journal, s.writer.Positions()
 		opts.Backfill = e.autoBackfill(c, s)
