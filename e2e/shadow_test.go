@@ -64,8 +64,22 @@ func TestShadowReportsWhatTheApplicationMisses(t *testing.T) {
 	testenv.Eventually(t, 30*time.Second, "inserts seen", func() (bool, string) {
 		return d.scrape().value("cachesync_transactions_received_total") >= 2*n, ""
 	})
+	// The fills' notifications are timed when received: wait until they
+	// are delivered (to a subscriber of the test's own, on the same
+	// channels as the shadow's) so that none arrives after the commits
+	// below and passes for an invalidation.
+	ps := e.rdb.PSubscribe(e.ctx, "__keyspace@0__:product:*")
+	defer ps.Close()
+	if _, err := ps.Receive(e.ctx); err != nil {
+		t.Fatal(err)
+	}
 	for i := 1; i <= n; i++ {
 		e.set(fmt.Sprintf("user:%d", i), fmt.Sprintf("product:%d", i))
+	}
+	for i := 0; i < n; i++ {
+		if _, err := ps.ReceiveTimeout(e.ctx, 10*time.Second); err != nil {
+			t.Fatalf("the fills' notifications: %v", err)
+		}
 	}
 	for i := 1; i <= n; i++ {
 		e.exec(`UPDATE users SET name = 'u2' WHERE id = $1`, i)
