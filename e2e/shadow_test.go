@@ -135,7 +135,8 @@ func TestShadowReportsWhatTheApplicationMisses(t *testing.T) {
 }
 
 // TestShadowWithoutConfigSaysWhatToSet: a Redis user that may not run
-// CONFIG gets the redis.conf line to add, and exit 1.
+// CONFIG gets the redis.conf line to add, and exit 1; so does a missing
+// publication, with how to create it without setup's flush.
 func TestShadowWithoutConfigSaysWhatToSet(t *testing.T) {
 	e := setup(t, shadowSchema, shadowRules)
 	if err := e.rdb.Do(e.ctx, "ACL", "SETUSER", "noconfig", "on", ">pw", "~*", "&*", "+@all", "-config").Err(); err != nil {
@@ -147,5 +148,11 @@ func TestShadowWithoutConfigSaysWhatToSet(t *testing.T) {
 	}
 	if !strings.Contains(out, "notify-keyspace-events Kg$xe") || !strings.Contains(out, "redis.conf") {
 		t.Errorf("the refusal does not say what to put in redis.conf:\n%s", out)
+	}
+	// Without the publication: how to create it without a flush.
+	e.exec(`DROP PUBLICATION cachesync`)
+	out, code = e.cli("run", "--shadow")
+	if code != 1 || !strings.Contains(out, "or create it by hand") {
+		t.Errorf("run --shadow without the publication: exit %d, want 1 saying how to create it\n%s", code, out)
 	}
 }

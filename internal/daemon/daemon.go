@@ -376,7 +376,7 @@ func (d *Daemon) prepareOnce(ctx context.Context, pgc config.Postgres) error {
 		return err
 	}
 	if pub == nil {
-		return fmt.Errorf("%w: publication %q does not exist: run cachesync setup first (a dry run changes nothing)", ErrConfig, pgc.Publication)
+		return fmt.Errorf("%w: publication %q does not exist: run cachesync setup first, which also creates the slot and flushes the rules' key spaces, or create it by hand (docs/operations.md, Shadow mode, gives the statement); a dry run changes nothing", ErrConfig, pgc.Publication)
 	}
 	return nil
 }
