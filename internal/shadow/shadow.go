@@ -102,6 +102,9 @@ type Shadow struct {
 	// it was last restored.
 	blind      bool
 	blindUntil time.Time
+	// heardUpTo is when the last answered ping was sent: every
+	// notification published before it has been read.
+	heardUpTo time.Time
 
 	logWindow  time.Time
 	logged     int
@@ -216,24 +219,46 @@ func (s *Shadow) Close() {
 	s.done.Wait()
 }
 
-// receive reads notifications until ctx ends.
+// receive reads notifications until ctx ends, and pings through the
+// subscription: a pong proves every notification Redis published before its
+// ping has been read, so that the sweep never counts a key missed while its
+// notification may still be on the way (a slow reader, a silent network).
 func (s *Shadow) receive(ctx context.Context) {
 	defer s.done.Done()
+	every := s.pingEvery()
+	var pingSent time.Time // zero: no ping outstanding
 	for ctx.Err() == nil {
-		msg, err := s.ps.Receive(ctx)
+		if pingSent.IsZero() {
+			now := time.Now()
+			if err := s.ps.Ping(ctx); err == nil {
+				pingSent = now
+			}
+		}
+		msg, err := s.ps.ReceiveTimeout(ctx, every)
 		if err != nil {
 			if ctx.Err() != nil {
 				return
 			}
+			if isTimeout(err) {
+				continue // the pong is late: nothing is counted meanwhile
+			}
 			s.lost(err)
+			pingSent = time.Time{}
 			select { // go-redis reconnects and subscribes again on the next Receive
 			case <-ctx.Done():
 				return
-			case <-time.After(100 * time.Millisecond):
+			case <-time.After(every):
 			}
 			continue
 		}
 		switch m := msg.(type) {
+		case *redis.Pong:
+			s.mu.Lock()
+			if !pingSent.IsZero() && pingSent.After(s.heardUpTo) {
+				s.heardUpTo = pingSent
+			}
+			s.mu.Unlock()
+			pingSent = time.Time{}
 		case *redis.Subscription:
 			s.mu.Lock()
 			if s.blind {
@@ -247,6 +272,17 @@ func (s *Shadow) receive(ctx context.Context) {
 			}
 		}
 	}
+}
+
+// pingEvery is how often receive pings: a tenth of the window, within
+// 20ms..1s.
+func (s *Shadow) pingEvery() time.Duration {
+	return min(max(s.opts.Window/10, 20*time.Millisecond), time.Second)
+}
+
+func isTimeout(err error) bool {
+	var ne interface{ Timeout() bool }
+	return errors.As(err, &ne) && ne.Timeout()
 }
 
 // resolves reports whether a notification's event deletes or overwrites
@@ -288,7 +324,8 @@ func (s *Shadow) notified(key string, at time.Time) {
 	}
 }
 
-// sweep counts the keys whose window ended unresolved.
+// sweep counts the keys whose window ended unresolved, once every
+// notification of the window has been read (heardUpTo).
 func (s *Shadow) sweep(ctx context.Context) {
 	defer s.done.Done()
 	tick := time.NewTicker(min(max(s.opts.Window/20, 10*time.Millisecond), 250*time.Millisecond))
@@ -307,7 +344,7 @@ func (s *Shadow) expire(now time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	n := 0
-	for ; n < len(s.queue) && !s.queue[n].deadline.After(now); n++ {
+	for ; n < len(s.queue) && !s.queue[n].deadline.After(s.heardUpTo); n++ {
 		e := s.queue[n]
 		if s.tracked[e.key] != e {
 			continue // resolved, or dropped

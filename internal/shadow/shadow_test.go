@@ -144,3 +144,34 @@ func TestCapCountsUnchecked(t *testing.T) {
 		t.Errorf("unchecked tracking_cap = %d, want 1 (%v)", got, obs)
 	}
 }
+
+// TestBrokenSubscriptionCountsNoMiss: when Redis drops the subscription,
+// the keys in their window are counted as unchecked, not missed (their
+// notifications may be lost); once subscribed again, keys are judged again.
+func TestBrokenSubscriptionCountsNoMiss(t *testing.T) {
+	s, rdb, obs := start(t, 100, "k1", "k2")
+	ctx := context.Background()
+	if err := s.Apply(ctx, []mapping.Batch{{CommitTime: time.Now(), Ops: []mapping.Op{{Kind: mapping.OpDelete, Key: "k1", Rule: "r"}}}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := rdb.Do(ctx, "CLIENT", "KILL", "TYPE", "pubsub").Err(); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 10*time.Second, "k1 unchecked", func() (bool, string) {
+		return obs.get("unchecked r "+UncheckedNotification) == 1, obs.String()
+	})
+	testenv.Eventually(t, 10*time.Second, "subscribed again", func() (bool, string) {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return !s.blind && !s.blindUntil.IsZero(), ""
+	})
+	if err := s.Apply(ctx, []mapping.Batch{{CommitTime: time.Now(), Ops: []mapping.Op{{Kind: mapping.OpDelete, Key: "k2", Rule: "r"}}}}); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 10*time.Second, "k2 missed", func() (bool, string) {
+		return obs.get("missed r") == 1, obs.String()
+	})
+	if got := obs.get("unchecked r " + UncheckedNotification); got != 1 {
+		t.Errorf("unchecked notifications_lost = %d, want 1 (%v)", got, obs)
+	}
+}
