@@ -37,6 +37,13 @@ func startShadow(c *cli.Context, e *env, s *stack, m *metrics.Metrics) error {
 	if mode := e.cfg.Redis.Mode; mode != "" && mode != config.RedisStandalone {
 		return &exitError{code: 1, msg: fmt.Sprintf("cachesync run --shadow watches a standalone Redis only in this version, and the rules file says mode = %q", mode)}
 	}
+	patterns, rules, err := shadowPatterns(e)
+	if err != nil {
+		return err
+	}
+	if len(patterns) == 0 {
+		return &exitError{code: 1, msg: "cachesync run --shadow: no rule deletes or refreshes keys (bump_version effects are not checked): nothing to watch"}
+	}
 	rc, err := redisClient(c, e.cfg)
 	if err != nil {
 		return err
@@ -48,10 +55,6 @@ func startShadow(c *cli.Context, e *env, s *stack, m *metrics.Metrics) error {
 	flags, err := shadow.EnableNotifications(ctx, client)
 	if err != nil {
 		return &exitError{code: 1, msg: "cachesync run --shadow: " + err.Error()}
-	}
-	patterns, rules, err := shadowPatterns(e)
-	if err != nil {
-		return err
 	}
 	sh := shadow.New(shadow.Options{Redis: client, Window: window, MaxKeys: maxKeys, Observer: m.ShadowObserver(rules), Logger: e.log})
 	if err := sh.Start(ctx, patterns); err != nil {
