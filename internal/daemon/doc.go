@@ -119,4 +119,8 @@
 // its consistent point, with no lock, no journal, no cache state, no
 // visibility gate and no monitor; the apply stage confirms (on that slot)
 // what the Applier printed. The publication must exist already.
+//
+// run --shadow is a dry run whose Applier is package shadow's (it reads
+// which keys exist and applies nothing) and whose slot is
+// <slot>_shadow_<n> (Options.DryRunLabel).
 package daemon
