@@ -31,8 +31,11 @@
 //
 // # The pipeline's goroutines
 //
-// session.pipeline runs six goroutines (five without a backfill = true
-// rule) in one errgroup, joined by bounded channels; budgets (budget.go)
+// session.pipeline runs the goroutines below (the stream, mapper, apply,
+// journal and monitor always; a backfill runner with a backfill = true
+// rule, a write-behind worker per write_behind block and the consistency
+// checker with --verify-rate > 0) in one errgroup, joined by bounded
+// channels; budgets (budget.go)
 // bound what the items hold:
 //
 //   - the stream (replication.Stream.Run), the only user of the replication
