@@ -35,8 +35,7 @@
 // journal and monitor always; a backfill runner with a backfill = true
 // rule, a write-behind worker per write_behind block and the consistency
 // checker with --verify-rate > 0) in one errgroup, joined by bounded
-// channels; budgets (budget.go)
-// bound what the items hold:
+// channels; budgets (budget.go) bound what the items hold:
 //
 //   - the stream (replication.Stream.Run), the only user of the replication
 //     connection; it sends to eventQueue (4096 events) and acquires each
