@@ -2,6 +2,7 @@ package cacheaside_test
 
 import (
 	"context"
+	"errors"
 	"strconv"
 	"testing"
 	"time"
@@ -27,8 +28,11 @@ func (e *env) assertStamp(t *testing.T, key string, notBefore, notAfter time.Tim
 		sttl = p.PTTL(ctx, keyspace.StampKey(key))
 		stamp = p.Get(ctx, keyspace.StampKey(key))
 		return nil
-	}); err != nil {
+	}); err != nil && !errors.Is(err, redis.Nil) {
 		t.Fatalf("read %s and its stamp: %v", key, err)
+	}
+	if errors.Is(stamp.Err(), redis.Nil) {
+		t.Fatalf("%s has no fill stamp (%s missing)", key, keyspace.StampKey(key))
 	}
 	ms, err := strconv.ParseInt(stamp.Val(), 10, 64)
 	if err != nil {
