@@ -36,6 +36,19 @@ func (s *source) load(context.Context) (user, error) {
 	return *s.row.Load(), nil
 }
 
+// filledVerifying is a client verifying every hit with window, and a
+// source whose row (u) the client has cached under user:1.
+func filledVerifying(t *testing.T, window time.Duration, u user) (*env, *cacheaside.Client, *source) {
+	t.Helper()
+	e := newEnv(t)
+	c := e.client(t, cacheaside.Options{VerifyHits: 1, VerifyWindow: window})
+	src := newSource(u)
+	if _, err := cacheaside.GetOrLoad(context.Background(), c, "user:1", src.load); err != nil {
+		t.Fatal(err)
+	}
+	return e, c, src
+}
+
 // awaitVerified waits until the client counted want verifications.
 func awaitVerified(t *testing.T, c *cacheaside.Client, consistent, stale uint64) {
 	t.Helper()
@@ -55,24 +68,15 @@ func TestVerifyHits(t *testing.T) {
 
 	t.Run("consistent", func(t *testing.T) {
 		t.Parallel()
-		e := newEnv(t)
-		c := e.client(t, cacheaside.Options{VerifyHits: 1, VerifyWindow: 100 * time.Millisecond})
-		src := newSource(oldRow)
-		for range 2 { // a fill, then a hit
-			if _, err := cacheaside.GetOrLoad(ctx, c, "user:1", src.load); err != nil {
-				t.Fatal(err)
-			}
+		_, c, src := filledVerifying(t, 100*time.Millisecond, oldRow)
+		if _, err := cacheaside.GetOrLoad(ctx, c, "user:1", src.load); err != nil {
+			t.Fatal(err)
 		}
 		awaitVerified(t, c, 1, 0)
 	})
 	t.Run("write bypassed the invalidation", func(t *testing.T) {
 		t.Parallel()
-		e := newEnv(t)
-		c := e.client(t, cacheaside.Options{VerifyHits: 1, VerifyWindow: 100 * time.Millisecond})
-		src := newSource(oldRow)
-		if _, err := cacheaside.GetOrLoad(ctx, c, "user:1", src.load); err != nil {
-			t.Fatal(err)
-		}
+		e, c, src := filledVerifying(t, 100*time.Millisecond, oldRow)
 		src.row.Store(&newRow) // changed, and nobody invalidates user:1
 		if got, err := cacheaside.GetOrLoad(ctx, c, "user:1", src.load); err != nil || got != oldRow {
 			t.Fatalf("hit got %+v, %v; want the cached %+v", got, err, oldRow)
@@ -88,13 +92,8 @@ func TestVerifyHits(t *testing.T) {
 	for _, refill := range []bool{false, true} {
 		t.Run(fmt.Sprintf("invalidated within the window/refilled=%v", refill), func(t *testing.T) {
 			t.Parallel()
-			e := newEnv(t)
 			// The window only has to outlast the few Redis calls below.
-			c := e.client(t, cacheaside.Options{VerifyHits: 1, VerifyWindow: 3 * time.Second})
-			src := newSource(oldRow)
-			if _, err := cacheaside.GetOrLoad(ctx, c, "user:1", src.load); err != nil {
-				t.Fatal(err)
-			}
+			e, c, src := filledVerifying(t, 3*time.Second, oldRow)
 			src.row.Store(&newRow) // the change is committed; its invalidation is on its way
 			src.armed.Store(true)
 			if _, err := cacheaside.GetOrLoad(ctx, c, "user:1", src.load); err != nil {
