@@ -146,8 +146,15 @@ func TestVerifyHits(t *testing.T) {
 			return loads.Load() == 4, fmt.Sprintf("%d loads", loads.Load())
 		})
 		close(release) // they find a value that differs and wait the hour-long window
-		if err := c.Close(); err != nil {
-			t.Fatal(err)
+		closed := make(chan error, 1)
+		go func() { closed <- c.Close() }()
+		select {
+		case err := <-closed:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("Close did not stop the verifications waiting their window within 10s")
 		}
 		if st := c.Stats(); st.VerifiedConsistent+st.VerifiedStale != 0 {
 			t.Errorf("verifications stopped by Close counted %+v", st)
