@@ -85,7 +85,31 @@ type Options struct {
 	// DisableFencing writes fills with a plain SET, without the fence. It
 	// exists to show the race the fence prevents; do not use it in production.
 	DisableFencing bool
-	// Codec encodes values (default JSON).
+	// NoFillStamps turns off the fill stamps. By default every write of a
+	// value (a fill, a background refresh, Set, WriteBehind) also writes
+	// keyspace.StampKey(key), the Unix milliseconds taken before the value
+	// was loaded (for Set and WriteBehind: the time of the call), in the same
+	// script and with the same TTL, which lets cachesync verify find values
+	// loaded from a row older than its last change. The cost is one more key
+	// per cached value, about 150 bytes of Redis memory with its TTL (Redis
+	// 7, keys of ~10 bytes), and no extra round trip.
+	NoFillStamps bool
+	// VerifyHits is the fraction of GetOrLoad's cache hits (0 to 1, default
+	// 0: none) that are checked in the background against the source: the
+	// loader runs again and, if its value differs from the cached one,
+	// again after VerifyWindow, and a cached value that still differs from
+	// the source then is counted as a stale read (Stats.VerifiedStale). It
+	// doubles the loader's cost for the sampled hits; at most a few
+	// verifications run at once, and a sampled hit that finds them all busy
+	// is dropped (Stats.VerifyDropped). The caller never waits for one.
+	VerifyHits float64
+	// VerifyWindow is W, how long a value may differ from the source
+	// before a verification counts it stale (default 5s): changes in flight
+	// to the cache are not stale reads.
+	VerifyWindow time.Duration
+	// Codec encodes values (default JSON). Hit verification compares the
+	// encoded bytes, so with VerifyHits the codec must encode equal values
+	// to equal bytes (JSON does; maps' keys are sorted).
 	Codec Codec
 	// Logger receives failures (Redis down, a value that does not decode), at
 	// most one line per ErrorLogInterval (default slog.Default(), 10s).
@@ -124,6 +148,15 @@ func (o *Options) defaults() error {
 	if o.RedisRetryAfter <= 0 {
 		o.RedisRetryAfter = time.Second
 	}
+	if !(o.VerifyHits >= 0 && o.VerifyHits <= 1) {
+		return fmt.Errorf("cacheaside: VerifyHits %g must be a fraction between 0 and 1", o.VerifyHits)
+	}
+	if o.VerifyWindow < 0 {
+		return fmt.Errorf("cacheaside: VerifyWindow %s must not be negative", o.VerifyWindow)
+	}
+	if o.VerifyWindow == 0 {
+		o.VerifyWindow = 5 * time.Second
+	}
 	if o.Codec == nil {
 		o.Codec = JSON{}
 	}
@@ -144,8 +177,10 @@ type Client struct {
 	flight singleflight.Group
 	// refreshing holds the keys with a background refresh running.
 	refreshing sync.Map
-	stats      counters
-	errLog     rateLog
+	// verifySlots bounds the hit verifications running at once.
+	verifySlots chan struct{}
+	stats       counters
+	errLog      rateLog
 	// downUntil (unix nanoseconds) is when Redis may be tried again after
 	// a failure; 0 while it works.
 	downUntil atomic.Int64
@@ -169,7 +204,7 @@ func New(rdb redis.UniversalClient, opts Options) (*Client, error) {
 	if err := opts.defaults(); err != nil {
 		return nil, err
 	}
-	c := &Client{rdb: rdb, opts: opts}
+	c := &Client{rdb: rdb, opts: opts, verifySlots: make(chan struct{}, maxVerifications)}
 	c.stop, c.cancel = context.WithCancelCause(context.Background())
 	c.errLog.every = opts.ErrorLogInterval
 	c.errLog.log = opts.Logger
@@ -288,9 +323,12 @@ func GetOrLoad[T any](ctx context.Context, c *Client, key string, load func(cont
 	case raw != nil:
 		v, err := decode[T](c, raw)
 		if err == nil || errors.Is(err, ErrNotFound) {
-			if err == nil && c.stale(f, pttl) {
+			switch {
+			case err == nil && c.stale(f, pttl):
 				c.stats.staleServed.Add(1)
 				refreshInBackground(c, key, f, load)
+			case err == nil && c.sampleHit():
+				verifyInBackground(c, key, raw, load)
 			}
 			return v, err
 		}
@@ -455,6 +493,7 @@ func (c *Client) waitForFill(ctx context.Context, key string) ([]byte, error) {
 func fillFromSource[T any](ctx context.Context, c *Client, key string, f fill, load func(context.Context) (T, error)) (any, error) {
 	token := newToken()
 	ticketed := c.ticket(ctx, key, token, f)
+	stamp := time.Now()
 	v, err := callLoad(ctx, c, load)
 	if !ticketed {
 		// Redis failed before the load: return what was loaded, uncached.
@@ -474,7 +513,7 @@ func fillFromSource[T any](ctx context.Context, c *Client, key string, f fill, l
 		c.release(key, token)
 		return v, err
 	}
-	c.write(ctx, key, token, value, ttl)
+	c.write(ctx, key, token, value, ttl, stamp)
 	return v, err
 }
 
@@ -518,15 +557,24 @@ func (c *Client) queueTags(ctx context.Context, p redis.Pipeliner, key string, f
 	}
 }
 
-// write stores value under key if no invalidation deleted the fill's token.
-func (c *Client) write(ctx context.Context, key, token string, value []byte, ttl time.Duration) {
+// write stores value under key, and its fill stamp, if no invalidation
+// deleted the fill's token.
+func (c *Client) write(ctx context.Context, key, token string, value []byte, ttl time.Duration, stamp time.Time) {
 	var written bool
 	err := c.runScripts(ctx, func(p redis.Pipeliner) {
 		if c.opts.DisableFencing {
+			// Not atomic: this mode only shows the race the fence prevents.
 			p.Set(ctx, key, value, ttl)
+			if !c.opts.NoFillStamps {
+				p.Set(ctx, keyspace.StampKey(key), stampValue(stamp), ttl)
+			}
 			return
 		}
-		c.scripts.fill.EvalSha(ctx, p, []string{key, keyspace.FenceKey(key)}, token, value, ttl.Milliseconds())
+		keys, args := []string{key, keyspace.FenceKey(key)}, []any{token, value, ttl.Milliseconds()}
+		if !c.opts.NoFillStamps {
+			keys, args = append(keys, keyspace.StampKey(key)), append(args, stampValue(stamp))
+		}
+		c.scripts.fill.EvalSha(ctx, p, keys, args...)
 	}, func(cmds []redis.Cmder) {
 		if c.opts.DisableFencing {
 			written = true
@@ -711,6 +759,7 @@ func Set[T any](ctx context.Context, c *Client, key string, value T, opts ...Fil
 	if err != nil {
 		return err
 	}
+	stamp := time.Now()
 	raw, err := c.opts.Codec.Marshal(value)
 	if err != nil {
 		return fmt.Errorf("cacheaside: encode the value of %s: %w", key, err)
@@ -721,9 +770,13 @@ func Set[T any](ctx context.Context, c *Client, key string, value T, opts ...Fil
 	if err := c.registerTags(ctx, key, f); err != nil {
 		return err
 	}
-	// The key and its fence share a cluster slot: one transaction.
+	// The key, its stamp and its fence share a cluster slot: one transaction.
+	ttl := c.jittered(f.ttl)
 	_, err = c.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
-		p.Set(ctx, key, raw, c.jittered(f.ttl))
+		p.Set(ctx, key, raw, ttl)
+		if !c.opts.NoFillStamps {
+			p.Set(ctx, keyspace.StampKey(key), stampValue(stamp), ttl)
+		}
 		if !c.opts.DisableFencing {
 			p.Unlink(ctx, keyspace.FenceKey(key))
 		}
@@ -781,14 +834,16 @@ func (c *Client) Version(ctx context.Context, ns string) (int64, error) {
 }
 
 // Invalidate deletes keys and refuses their fills in flight, as the daemon
-// does, for applications that change data the daemon does not see.
+// does, for applications that change data the daemon does not see. It
+// deletes the keys' fill stamps too (the daemon leaves them to expire: a
+// stamp without its value describes nothing).
 func (c *Client) Invalidate(ctx context.Context, keys ...string) error {
 	if c.closed.Load() {
 		return ErrClosed
 	}
 	_, err := c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for _, k := range keys {
-			p.Unlink(ctx, k, keyspace.FenceKey(k))
+			p.Unlink(ctx, k, keyspace.FenceKey(k), keyspace.StampKey(k))
 		}
 		return nil
 	})
@@ -869,6 +924,9 @@ func (c *Client) redisFailed(ctx context.Context, what string, err error) {
 	c.downUntil.Store(time.Now().Add(c.opts.RedisRetryAfter).UnixNano())
 	c.errLog.report("redis failed to "+what+"; serving from the source", err)
 }
+
+// stampValue is a fill stamp's value: Unix milliseconds, in decimal.
+func stampValue(t time.Time) string { return strconv.FormatInt(t.UnixMilli(), 10) }
 
 func newToken() string {
 	var b [12]byte

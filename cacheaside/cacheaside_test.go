@@ -572,6 +572,9 @@ func TestOptionsValidated(t *testing.T) {
 		{TTL: time.Minute, SoftTTL: time.Hour},
 		{Jitter: 1.5},
 		{TTL: time.Microsecond},
+		{VerifyHits: 1.5},
+		{VerifyHits: -0.1},
+		{VerifyWindow: -time.Second},
 	} {
 		if _, err := cacheaside.New(nil, o); err == nil {
 			t.Errorf("New(%+v) accepted invalid options", o)
@@ -613,6 +616,13 @@ func TestCluster(t *testing.T) {
 	}
 	if n := present(append(keys, "list:v0:page")...); n != 31 {
 		t.Fatalf("%d of 31 keys filled", n)
+	}
+	// The fill stamps live in their keys' slots, written by the same scripts.
+	if err := cacheaside.Set(ctx, c, "user:set", 1); err != nil {
+		t.Fatalf("Set on a cluster: %v", err)
+	}
+	if n := present(keyspace.StampKey(keys[0]), keyspace.StampKey("list:v0:page"), keyspace.StampKey("user:set")); n != 3 {
+		t.Errorf("%d of 3 fill stamps written on a cluster", n)
 	}
 	if err := c.InvalidateTags(ctx, "org:1"); err != nil {
 		t.Fatalf("InvalidateTags across slots: %v", err)

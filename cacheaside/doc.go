@@ -118,9 +118,35 @@
 // one), not an invalidate rule, which would delete the value just written.
 // See docs/rules.md, "Rules for a write_behind table".
 //
+// # Fill stamps
+//
+// Every write of a value (a fill, a background refresh, Set, WriteBehind)
+// also writes keyspace.StampKey(key): the Unix milliseconds taken before the
+// value was loaded (for Set and WriteBehind, the time of the call), in the
+// same script as the value and with its TTL. cachesync verify compares it
+// with the row's last change to find values loaded from an older row. A
+// refused fill writes neither; Invalidate and WriteBehindDelete delete the
+// stamp with the key. The cost is one more key per cached value (about 150
+// bytes of Redis memory); Options.NoFillStamps turns them off.
+//
+// # Verifying hits
+//
+// Options.VerifyHits checks a sampled fraction of GetOrLoad's hits against
+// the source in the background: the loader runs again and, if its value
+// encodes to other bytes than the cached ones, again after
+// Options.VerifyWindow, after the key is re-read. A key that still holds a
+// value differing from the source then is a stale read
+// (Stats.VerifiedStale); one invalidated or refilled within the window was
+// consistent within it (Stats.VerifiedConsistent). This catches staleness
+// from any cause, including writes that bypass PostgreSQL, at the price of
+// one more load per sampled hit (two when it differed). At most a few checks
+// run at once, a sampled hit that finds them busy is dropped
+// (Stats.VerifyDropped), the caller never waits, and Close stops them.
+//
 // # Redis Cluster
 //
-// Every script touches one cluster slot: the key with its fence or its lock.
+// Every script touches one cluster slot: the key with its fence and its
+// stamp, or its lock.
 // Tag sets live in their own slots; the daemon deletes a tag's members
 // atomically only when they share the tag's slot (a hash tag), see the
 // keyspace and keyspace/redisops packages.

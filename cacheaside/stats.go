@@ -18,11 +18,19 @@ type Stats struct {
 	DecodeErrors uint64 // cached values that did not decode (treated as misses)
 	RedisErrors  uint64 // Redis failures (each answered from the source)
 	Bypassed     uint64 // reads sent straight to the source after a Redis failure
+	// Hit verification (Options.VerifyHits): sampled hits found consistent
+	// within Options.VerifyWindow, found stale beyond it, and dropped
+	// because maxVerifications were running. A verification whose load or
+	// re-read failed counts in none.
+	VerifiedConsistent uint64
+	VerifiedStale      uint64
+	VerifyDropped      uint64
 }
 
 type counters struct {
 	hits, notFoundHits, misses, loads, loadErrors, lockWaits, lockTimeouts,
-	staleServed, refreshes, fills, fencedFills, decodeErrors, redisErrors, bypassed atomic.Uint64
+	staleServed, refreshes, fills, fencedFills, decodeErrors, redisErrors, bypassed,
+	verifiedConsistent, verifiedStale, verifyDropped atomic.Uint64
 }
 
 // Stats returns a snapshot of the counters.
@@ -34,5 +42,7 @@ func (c *Client) Stats() Stats {
 		LockTimeouts: s.lockTimeouts.Load(), StaleServed: s.staleServed.Load(),
 		Refreshes: s.refreshes.Load(), Fills: s.fills.Load(), FencedFills: s.fencedFills.Load(),
 		DecodeErrors: s.decodeErrors.Load(), RedisErrors: s.redisErrors.Load(), Bypassed: s.bypassed.Load(),
+		VerifiedConsistent: s.verifiedConsistent.Load(), VerifiedStale: s.verifiedStale.Load(),
+		VerifyDropped: s.verifyDropped.Load(),
 	}
 }

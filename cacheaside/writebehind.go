@@ -78,6 +78,7 @@ func (s *WriteBehindStream) Name() string { return s.name }
 // misses before the entry is applied loads the older row from the database.
 func WriteBehind[T any](ctx context.Context, s *WriteBehindStream, key string, value T, row any, opts ...FillOption) (string, error) {
 	c := s.c
+	stamp := time.Now()
 	f, err := c.fillOptions(key, opts)
 	if err != nil {
 		return "", err
@@ -99,7 +100,7 @@ func WriteBehind[T any](ctx context.Context, s *WriteBehindStream, key string, v
 	if err := c.registerTags(ctx, key, f); err != nil {
 		return "", err
 	}
-	return s.append(ctx, key, keyspace.WriteBehindOpUpsert, entryRow, "set", raw, c.jittered(f.ttl))
+	return s.append(ctx, key, keyspace.WriteBehindOpUpsert, entryRow, "set", raw, c.jittered(f.ttl), stamp)
 }
 
 // WriteBehindDelete deletes key from the cache and appends the row's
@@ -128,7 +129,7 @@ func WriteBehindDelete(ctx context.Context, s *WriteBehindStream, key string, ke
 	if err := s.check(key); err != nil {
 		return "", err
 	}
-	return s.append(ctx, key, keyspace.WriteBehindOpDelete, entryRow, "unset", nil, 0)
+	return s.append(ctx, key, keyspace.WriteBehindOpDelete, entryRow, "unset", nil, 0, time.Time{})
 }
 
 // check refuses what Redis would: no stream, or a key and stream in
@@ -149,13 +150,21 @@ func (s *WriteBehindStream) crossSlot(key string) error {
 }
 
 // append runs the write-behind script: the entry (op, row) and the cache
-// side (mode "set" with value and ttl, or "unset").
-func (s *WriteBehindStream) append(ctx context.Context, key, op string, row []byte, mode string, value []byte, ttl time.Duration) (string, error) {
+// side (mode "set" with value, ttl and the fill stamp, or "unset", which
+// deletes the stamp too).
+func (s *WriteBehindStream) append(ctx context.Context, key, op string, row []byte, mode string, value []byte, ttl time.Duration, stamp time.Time) (string, error) {
 	c := s.c
 	var id string
+	keys, stampArg := []string{key, keyspace.FenceKey(key), s.name}, ""
+	if !c.opts.NoFillStamps {
+		keys = append(keys, keyspace.StampKey(key))
+		if mode == "set" {
+			stampArg = stampValue(stamp)
+		}
+	}
 	err := c.runScripts(ctx, func(p redis.Pipeliner) {
-		c.scripts.writeBehind.EvalSha(ctx, p, []string{key, keyspace.FenceKey(key), s.name},
-			mode, value, ttl.Milliseconds(),
+		c.scripts.writeBehind.EvalSha(ctx, p, keys,
+			mode, value, ttl.Milliseconds(), stampArg,
 			keyspace.WriteBehindFieldOp, op, keyspace.WriteBehindFieldRow, row)
 	}, func(cmds []redis.Cmder) {
 		id, _ = cmds[0].(*redis.Cmd).Text()

@@ -135,6 +135,11 @@ func daemonMetrics(t *testing.T) map[string]bool {
 	m.GroupOperations.Observe(1)
 	m.BackfillStarted("product", time.Now(), 1)
 	m.WriteBehindObserver().Batch("counters", 1, 1, 0, 0, time.Millisecond)
+	c := m.Consistency()
+	c.Check("product", "consistent")
+	c.Nines("product", 9, true)
+	c.Dropped()
+	c.Pending(0)
 	m.Registry().MustRegister(metrics.WriteBehindCollector(testenv.Redis(t).Client(t), []*config.WriteBehind{{Name: "counters", Stream: "wb:counters"}}))
 	return gather(t, m.Registry())
 }

@@ -25,6 +25,32 @@ import (
 
 var binary string
 
+// faultBuild is the binary built with -tags faultinject, for the tests that
+// drop effects on purpose (faultBinary); built on first use only.
+var faultBuild struct {
+	once sync.Once
+	path string
+	err  error
+}
+
+// faultBinary returns a cachesync built with -tags faultinject: it drops one
+// in CACHESYNC_DROP_EFFECTS refresh sets/unsets and key deletes and lists
+// them in CACHESYNC_DROP_EFFECTS_LOG (writer/faultinject.go).
+func faultBinary(t *testing.T) string {
+	t.Helper()
+	faultBuild.once.Do(func() {
+		faultBuild.path = binary + "-faultinject"
+		out, err := exec.Command("go", "build", "-race", "-tags", "faultinject", "-o", faultBuild.path, "../cmd/cachesync").CombinedOutput()
+		if err != nil {
+			faultBuild.err = fmt.Errorf("building cachesync with -tags faultinject: %v\n%s", err, out)
+		}
+	})
+	if faultBuild.err != nil {
+		t.Fatal(faultBuild.err)
+	}
+	return faultBuild.path
+}
+
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "cachesync-e2e")
 	if err != nil {

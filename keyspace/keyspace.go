@@ -63,6 +63,7 @@ const (
 	guardPrefix   = "cachesync:lsn:"
 	fencePrefix   = "cachesync:fence:"
 	lockPrefix    = "cachesync:lock:"
+	stampPrefix   = "cachesync:stamp:"
 	tagDelPrefix  = "cachesync:tagdel:"
 )
 
@@ -112,6 +113,14 @@ func FenceKey(key string) string { return sameSlot(fencePrefix, key) }
 // while the others wait (cacheaside's stampede protection). It hashes to the
 // slot of key, named like GuardKey.
 func LockKey(key string) string { return sameSlot(lockPrefix, key) }
+
+// StampKey returns the fill stamp of key: when cacheaside loaded the value
+// key holds, as Unix milliseconds taken before the load began, written with
+// the value and living as long as it (redisops.FillScript). cachesync verify
+// compares it with the row's last change to find values filled from an older
+// row (docs/operations.md, Verifying). It hashes to the slot of key, named
+// like GuardKey.
+func StampKey(key string) string { return sameSlot(stampPrefix, key) }
 
 // HasHashTag reports whether key has a Redis Cluster hash tag: the part
 // between its first '{' and the next '}', when not empty, is all that is

@@ -319,6 +319,8 @@ func (w *Writer) Apply(ctx context.Context, batches []mapping.Batch) error {
 	if err != nil {
 		return err
 	}
+	// Test builds only (faultinject.go); a no-op otherwise.
+	ops = dropEffects(ops)
 	retry := 0 // consecutive failed attempts
 	for done := 0; done < len(ops); {
 		n, err := w.attempt(ctx, ops[done:])

@@ -45,6 +45,16 @@ cachesync_cacheaside_misses_total{cache="users"} 1
 		"cachesync_cacheaside_hits_total", "cachesync_cacheaside_loads_total", "cachesync_cacheaside_misses_total"); err != nil {
 		t.Error(err)
 	}
+	// The hit verifications are one metric, split by result.
+	verified := `
+# HELP cachesync_cacheaside_verified_hits_total Sampled cache hits checked against the source (Options.VerifyHits): consistent within the window, or stale beyond it.
+# TYPE cachesync_cacheaside_verified_hits_total counter
+cachesync_cacheaside_verified_hits_total{cache="users",result="consistent"} 0
+cachesync_cacheaside_verified_hits_total{cache="users",result="stale"} 0
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(verified), "cachesync_cacheaside_verified_hits_total"); err != nil {
+		t.Error(err)
+	}
 	if n, err := testutil.GatherAndCount(reg); err != nil || n != reflect.TypeFor[cacheaside.Stats]().NumField() {
 		t.Errorf("%d metrics (%v), want one per counter of cacheaside.Stats", n, err)
 	}

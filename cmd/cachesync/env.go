@@ -15,8 +15,10 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/cachesync/cachesync/config"
+	"github.com/cachesync/cachesync/internal/checker"
 	"github.com/cachesync/cachesync/internal/daemon"
 	"github.com/cachesync/cachesync/internal/metrics"
+	"github.com/cachesync/cachesync/internal/shadow"
 	"github.com/cachesync/cachesync/journal"
 	"github.com/cachesync/cachesync/mapping"
 	"github.com/cachesync/cachesync/writer"
@@ -94,9 +96,15 @@ type stack struct {
 	redis   redis.UniversalClient
 	writer  *writer.Writer
 	journal *journal.Journal
+	// shadow, for run --shadow, is the dry run's applier instead of JSON
+	// lines.
+	shadow *shadow.Shadow
 }
 
 func (s *stack) close() {
+	if s.shadow != nil {
+		s.shadow.Close()
+	}
 	if s.journal != nil {
 		s.journal.Close()
 	}
@@ -201,10 +209,17 @@ func (e *env) daemon(c *cli.Context, s *stack, dryRun bool, m *metrics.Metrics) 
 	}
 	if dryRun {
 		opts.Applier = &jsonLines{out: os.Stdout}
+		if s.shadow != nil {
+			opts.Applier, opts.DryRunLabel = s.shadow, "shadow"
+		}
 	} else {
 		opts.Applier, opts.Journal, opts.Cache = s.writer, s.journal, s.writer.Positions()
 		opts.Backfill = e.autoBackfill(c, s)
 		opts.WriteBehind = e.writeBehind(s, m)
+		if rate := c.Float64("verify-rate"); rate > 0 && m != nil {
+			opts.Checker = checker.New(checker.Options{Rate: rate, Window: c.Duration("verify-window"),
+				Redis: s.redis, Metrics: m.Consistency(), Logger: e.log})
+		}
 		opts.CheckCache = func(ctx context.Context, spaces []mapping.Keyspace) error {
 			err := writer.CheckAccess(ctx, s.redis, spaces)
 			if err == nil {

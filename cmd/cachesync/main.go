@@ -49,6 +49,7 @@ func newApp() *cli.App {
 			validateCommand(),
 			explainCommand(),
 			backfillCommand(),
+			verifyCommand(),
 			writeBehindCommand(),
 			setupCommand(),
 			statusCommand(),

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/cachesync/cachesync/internal/checker"
 	"github.com/cachesync/cachesync/internal/daemon"
 	"github.com/cachesync/cachesync/internal/metrics"
 	"github.com/cachesync/cachesync/mapping"
@@ -27,9 +29,10 @@ func runCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "run",
 		Usage: "set up the publication and slot if missing, then stream changes into Redis",
-		Flags: flags(append(journalFlags(),
+		Flags: flags(slices.Concat(append(journalFlags(),
 			databaseURLFlag(), redisURLFlag(), allowEvictionFlag(),
 			&cli.BoolFlag{Name: "dry-run", EnvVars: []string{"CACHESYNC_DRY_RUN"}, Usage: "print operations as JSON lines instead of applying them (streams from a temporary slot)"},
+		), shadowFlags(), []cli.Flag{
 			&cli.IntFlag{Name: "key-cap", Value: mapping.DefaultKeyCap, EnvVars: []string{"CACHESYNC_KEY_CAP"}, Usage: "distinct keys per rule and transaction above which the rule's key space is flushed instead"},
 			sizeFlag("max-queued-bytes", daemon.DefaultMaxQueuedBytes, "CACHESYNC_MAX_QUEUED_BYTES", "row data the pipeline may hold while Redis is slow (bytes, or a size with a unit: 256MiB, 1GB); reading from PostgreSQL waits beyond it, and a transaction's refresh values past a quarter of it delete their keys instead"),
 			&cli.DurationFlag{Name: "status-interval", Value: 10 * time.Second, EnvVars: []string{"CACHESYNC_STATUS_INTERVAL"}, Usage: "longest time between standby status updates"},
@@ -37,9 +40,14 @@ func runCommand() *cli.Command {
 			&cli.DurationFlag{Name: "drain-timeout", Value: 10 * time.Second, EnvVars: []string{"CACHESYNC_DRAIN_TIMEOUT"}, Usage: "on SIGTERM, how long to keep applying what was received"},
 			&cli.StringFlag{Name: "listen", Value: defaultListen, EnvVars: []string{"CACHESYNC_LISTEN"}, Usage: "serve /metrics, /healthz and /readyz (and /debug/pprof/ with --pprof) on this address (loopback by default; \"\" turns it off)"},
 			&cli.BoolFlag{Name: "pprof", EnvVars: []string{"CACHESYNC_PPROF"}, Usage: "also serve the Go runtime profiles under /debug/pprof/ on --listen (never the command line)"},
+			&cli.Float64Flag{Name: "verify-rate", Value: checker.DefaultRate, EnvVars: []string{"CACHESYNC_VERIFY_RATE"}, Usage: "fraction of the applied refreshes and invalidations re-checked in Redis after --verify-window (0: off); costs two Redis GETs per sample and no PostgreSQL query"},
+			&cli.DurationFlag{Name: "verify-window", Value: checker.DefaultWindow, EnvVars: []string{"CACHESYNC_VERIFY_WINDOW"}, Usage: "how long after its apply a sampled effect is re-checked; a mismatch is checked once more a window later before it counts as stale"},
 			&cli.DurationFlag{Name: "stuck-after", Value: metrics.DefaultStuckAfter, EnvVars: []string{"CACHESYNC_STUCK_AFTER"}, Usage: "/healthz answers 503 when nothing was confirmed for this long while WAL is pending and PostgreSQL and Redis answer (0: never); more than three --status-interval"},
-		)...),
+		})...),
 		Action: func(c *cli.Context) error {
+			if err := checkVerify(c.Float64("verify-rate"), c.Duration("verify-window")); err != nil {
+				return err
+			}
 			e, err := setupEnv(c, true)
 			if err != nil {
 				return err
@@ -50,12 +58,16 @@ func runCommand() *cli.Command {
 			}
 			s := &stack{}
 			m := metrics.New()
-			if !c.Bool("dry-run") {
-				if s, err = e.stack(c, true, m); err != nil {
-					return err
-				}
+			dryRun := c.Bool("dry-run") || c.Bool("shadow")
+			if c.Bool("shadow") {
+				err = startShadow(c, e, s, m)
+			} else if !dryRun {
+				s, err = e.stack(c, true, m)
 			}
 			defer s.close()
+			if err != nil {
+				return err
+			}
 			if s.writer != nil {
 				m.Registry().MustRegister(metrics.WriterCollector(s.writer.Stats))
 				if len(e.cfg.WriteBehinds) > 0 {
@@ -63,7 +75,7 @@ func runCommand() *cli.Command {
 				}
 				health.RedisUp = func() bool { return !s.writer.Stats().Failing }
 			}
-			d, err := e.daemon(c, s, c.Bool("dry-run"), m)
+			d, err := e.daemon(c, s, dryRun, m)
 			if err != nil {
 				return err
 			}
@@ -89,6 +101,18 @@ func runCommand() *cli.Command {
 			return nil
 		},
 	}
+}
+
+// checkVerify refuses a --verify-rate that is not a fraction and a
+// --verify-window that is not positive.
+func checkVerify(rate float64, window time.Duration) error {
+	if err := checker.CheckRate(rate); err != nil {
+		return &exitError{code: 2, msg: fmt.Sprintf("--verify-rate %v: %v", rate, err)}
+	}
+	if window <= 0 {
+		return &exitError{code: 2, msg: fmt.Sprintf("--verify-window %s: want a positive duration, like 5s", window)}
+	}
+	return nil
 }
 
 // checkStuckAfter refuses a --stuck-after that a PostgreSQL outage could

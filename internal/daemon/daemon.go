@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -68,6 +69,10 @@ type Options struct {
 	CheckCache func(ctx context.Context, spaces []mapping.Keyspace) error
 	// DryRun streams from a temporary slot and never touches the real one.
 	DryRun bool
+	// DryRunLabel names the dry run's temporary slot, <slot>_<label>_<n>,
+	// and its log line ("dryrun" when empty; "shadow" for run --shadow).
+	DryRunLabel string
+
 	KeyCap int
 	// MaxQueuedBytes bounds the row data the pipeline holds between the
 	// replication connection and the journal (default
@@ -121,10 +126,21 @@ type Options struct {
 	// FormatDiagnostics renders preflight findings (with source lines when
 	// the parser's files are at hand).
 	FormatDiagnostics func(hcl.Diagnostics) string
+	// Checker, when set, re-checks a sample of the applied effects after
+	// a window (internal/checker, run --verify-rate): the active session
+	// runs it, and hands it every group Redis acknowledged.
+	Checker Checker
 	// Metrics receive the pipeline's figures and state (default: a fresh
 	// set nobody scrapes).
 	Metrics *metrics.Metrics
 	Logger  zerolog.Logger
+}
+
+// Checker is the continuous consistency checker (internal/checker.Checker).
+// Applied must not block: it is called on the apply path.
+type Checker interface {
+	Applied(group []mapping.Batch)
+	Run(ctx context.Context) error
 }
 
 // WriteBehindFunc drains wb's stream into its table until ctx ends; fence
@@ -371,7 +387,7 @@ func (d *Daemon) prepareOnce(ctx context.Context, pgc config.Postgres) error {
 		return err
 	}
 	if pub == nil {
-		return fmt.Errorf("%w: publication %q does not exist: run cachesync setup first (a dry run changes nothing)", ErrConfig, pgc.Publication)
+		return fmt.Errorf("%w: publication %q does not exist: run cachesync setup first, which also creates the slot and flushes the rules' key spaces, or create it by hand (docs/operations.md, Shadow mode, gives the statement); a dry run changes nothing", ErrConfig, pgc.Publication)
 	}
 	return nil
 }
@@ -435,11 +451,12 @@ func (s *session) streamSession(ctx, hard context.Context) error {
 	var start wal.LSN
 	if s.opts.DryRun {
 		// A temporary slot of its own, within the 63-character limit.
-		slot = fmt.Sprintf("%s_dryrun_%d", pgc.Slot[:min(len(pgc.Slot), 48)], rand.N(1_000_000))
+		label := cmp.Or(s.opts.DryRunLabel, "dryrun")
+		slot = fmt.Sprintf("%s_%s_%d", pgc.Slot[:min(len(pgc.Slot), 48)], label[:min(len(label), 6)], rand.N(1_000_000))
 		if start, err = replication.CreateSlot(ctx, repl, slot, true); err != nil {
 			return err
 		}
-		s.log.Info().Str("slot", slot).Msg("dry run: streaming from a temporary slot; nothing is applied or confirmed on the real slot")
+		s.log.Info().Str("slot", slot).Str("mode", label).Msg("dry run: streaming from a temporary slot; nothing is applied or confirmed on the real slot")
 	} else {
 		if start, err = s.ensureSlot(ctx, conn, repl, conns.dbname); err != nil {
 			return err
@@ -542,6 +559,9 @@ func (s *session) pipeline(ctx, hardStop context.Context, start wal.LSN, conn ca
 		}
 		for _, wb := range s.opts.Config.WriteBehinds {
 			g.Go(func() error { return s.runWriteBehind(readCtx, wb) })
+		}
+		if s.opts.Checker != nil {
+			g.Go(func() error { return s.opts.Checker.Run(readCtx) })
 		}
 	}
 	err := g.Wait()
@@ -828,6 +848,9 @@ func (s *session) commitGroup(ctx context.Context, group []mapping.Batch, ops in
 			return err
 		}
 		s.metrics.ApplySeconds.Observe(time.Since(began).Seconds())
+		if s.opts.Checker != nil {
+			s.opts.Checker.Applied(group)
+		}
 	}
 	s.metrics.GroupTransactions.Observe(float64(len(group)))
 	s.metrics.GroupOperations.Observe(float64(ops))

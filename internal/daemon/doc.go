@@ -31,9 +31,11 @@
 //
 // # The pipeline's goroutines
 //
-// session.pipeline runs six goroutines (five without a backfill = true
-// rule) in one errgroup, joined by bounded channels; budgets (budget.go)
-// bound what the items hold:
+// session.pipeline runs the goroutines below (the stream, mapper, apply,
+// journal and monitor always; a backfill runner with a backfill = true
+// rule, a write-behind worker per write_behind block and the consistency
+// checker with --verify-rate > 0) in one errgroup, joined by bounded
+// channels; budgets (budget.go) bound what the items hold:
 //
 //   - the stream (replication.Stream.Run), the only user of the replication
 //     connection; it sends to eventQueue (4096 events) and acquires each
@@ -119,4 +121,8 @@
 // its consistent point, with no lock, no journal, no cache state, no
 // visibility gate and no monitor; the apply stage confirms (on that slot)
 // what the Applier printed. The publication must exist already.
+//
+// run --shadow is a dry run whose Applier is package shadow's (it reads
+// which keys exist and applies nothing) and whose slot is
+// <slot>_shadow_<n> (Options.DryRunLabel).
 package daemon

@@ -179,18 +179,29 @@ return 1
 //
 //	KEYS[1]  the cache key
 //	KEYS[2]  its fence (keyspace.FenceKey(KEYS[1]))
+//	KEYS[3]  optional: its fill stamp (keyspace.StampKey(KEYS[1]))
 //	ARGV[1]  the fill's token
 //	ARGV[2]  the value
 //	ARGV[3]  the value's TTL in milliseconds, "0" for no expiry
+//	ARGV[4]  with KEYS[3]: the stamp, Unix milliseconds taken before the load began
 //	returns  1 when written, 0 when refused (the fence no longer holds the token)
+//
+// The stamp is written with the value and the same TTL, or not at all, so
+// that it never outlives nor predates the value it describes.
 const FillScript = `
 if redis.call('SREM', KEYS[2], ARGV[1]) == 0 then
   return 0
 end
 if ARGV[3] == '0' then
   redis.call('SET', KEYS[1], ARGV[2])
+  if KEYS[3] ~= nil then
+    redis.call('SET', KEYS[3], ARGV[4])
+  end
 else
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  if KEYS[3] ~= nil then
+    redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[3])
+  end
 end
 return 1
 `

@@ -1,0 +1,142 @@
+package checker
+
+import (
+	"context"
+	"maps"
+	"math"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+
+	"github.com/cachesync/cachesync/internal/metrics"
+	"github.com/cachesync/cachesync/internal/testenv"
+	"github.com/cachesync/cachesync/keyspace"
+	"github.com/cachesync/cachesync/mapping"
+)
+
+func TestMain(m *testing.M) { testenv.Main(m) }
+
+func TestNines(t *testing.T) {
+	for _, c := range []struct {
+		checked, stale uint64
+		want           float64
+		ok             bool
+	}{
+		{0, 0, 0, false},   // nothing checked: no series
+		{1000, 0, 9, true}, // nothing stale: the cap
+		{1000, 1, 3, true}, // one in a thousand
+		{100, 10, 1, true}, // one in ten
+		{10, 10, 0, true},  // all stale
+		{2e9, 1, 9, true},  // beyond the cap
+	} {
+		got, ok := Nines(c.checked, c.stale)
+		if ok != c.ok || math.Abs(got-c.want) > 1e-9 {
+			t.Errorf("Nines(%d, %d) = %v, %v; want %v, %v", c.checked, c.stale, got, ok, c.want, c.ok)
+		}
+	}
+}
+
+// results reads cachesync_consistency_checks_total by rule/result.
+func results(t *testing.T, reg *prometheus.Registry) map[string]float64 {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]float64{}
+	for _, f := range families {
+		if f.GetName() != "cachesync_consistency_checks_total" {
+			continue
+		}
+		for _, m := range f.Metric {
+			var rule, result string
+			for _, l := range m.Label {
+				switch l.GetName() {
+				case "rule":
+					rule = l.GetValue()
+				case "result":
+					result = l.GetValue()
+				}
+			}
+			out[rule+"/"+result] = m.Counter.GetValue()
+		}
+	}
+	return out
+}
+
+// TestCheckOutcomes drives the checker on a real Redis with explicit
+// clocks: every outcome of a sampled effect, the re-check before a mismatch
+// counts, and a later effect re-targeting a sample.
+func TestCheckOutcomes(t *testing.T) {
+	rdb := testenv.Redis(t).Client(t)
+	ctx := context.Background()
+	p := t.Name() + ":"
+	m := metrics.New()
+	c := New(Options{Rate: 1, Window: time.Second, Redis: rdb, Metrics: m.Consistency(), Logger: zerolog.Nop()})
+	commit := time.Now().Add(-time.Minute)
+	set := func(k, v string) {
+		if err := rdb.Set(ctx, p+k, v, 0).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// What Redis holds after the effects below (some "lost").
+	set("set-ok", "v1")
+	set("set-wrong", "v0")   // the refresh was lost
+	set("del-refilled", "x") // filled again after the change
+	rdb.Set(ctx, keyspace.StampKey(p+"del-refilled"), commit.Add(time.Second).UnixMilli(), 0)
+	set("del-old", "x") // the delete was lost
+	rdb.Set(ctx, keyspace.StampKey(p+"del-old"), commit.Add(-time.Second).UnixMilli(), 0)
+	set("del-nostamp", "x")   // filled by someone without a stamp
+	set("unset-present", "x") // a refresh unset was lost
+	set("retarget", "v2")     // v1, then v2 applied
+	op := func(kind mapping.OpKind, rule, key, value string) mapping.Op {
+		return mapping.Op{Kind: kind, Rule: rule, Key: p + key, Value: []byte(value)}
+	}
+	c.Applied([]mapping.Batch{{CommitTime: commit, Ops: []mapping.Op{
+		op(mapping.OpSet, "r", "set-ok", "v1"),
+		op(mapping.OpSet, "r", "set-wrong", "v1"),
+		op(mapping.OpSet, "r", "set-missing", "v1"),
+		op(mapping.OpDelete, "i", "del-gone", ""),
+		op(mapping.OpDelete, "i", "del-refilled", ""),
+		op(mapping.OpDelete, "i", "del-old", ""),
+		op(mapping.OpDelete, "i", "del-nostamp", ""),
+		op(mapping.OpUnset, "r", "unset-present", ""),
+		op(mapping.OpSet, "r", "retarget", "v1"),
+		op(mapping.OpBumpVersion, "i", "ns", ""), // not sampled
+	}}})
+	c.Applied([]mapping.Batch{{CommitTime: commit, Ops: []mapping.Op{op(mapping.OpSet, "r", "retarget", "v2")}}})
+	if n := len(c.pending); n != 9 {
+		t.Fatalf("%d samples pending, want 9", n)
+	}
+	now := time.Now()
+	// Before the window: nothing is due.
+	if n, err := c.checkRound(ctx, now); err != nil || n != 0 {
+		t.Fatalf("checked %d (%v) before the window", n, err)
+	}
+	// One window later: the consistent ones count; the mismatches wait for
+	// their re-check.
+	if _, err := c.checkRound(ctx, now.Add(2*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	got := results(t, m.Registry())
+	want := map[string]float64{"r/consistent": 2, "i/consistent": 2, "i/unverifiable": 1}
+	if !maps.Equal(got, want) {
+		t.Fatalf("after one window: %v, want %v", got, want)
+	}
+	// The lost refresh is written meanwhile (a late writer): consistent.
+	set("set-wrong", "v1")
+	if _, err := c.checkRound(ctx, now.Add(4*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	got = results(t, m.Registry())
+	want = map[string]float64{"r/consistent": 3, "i/consistent": 2, "i/unverifiable": 1, "r/stale": 2, "i/stale": 1}
+	if !maps.Equal(got, want) {
+		t.Fatalf("after the re-check: %v, want %v", got, want)
+	}
+	if len(c.pending) != 0 {
+		t.Fatalf("%d samples still pending", len(c.pending))
+	}
+	c.publishNines(now.Add(4 * time.Second))
+}
