@@ -140,6 +140,7 @@ func daemonMetrics(t *testing.T) map[string]bool {
 	c.Nines("product", 9, true)
 	c.Dropped()
 	c.Pending(0)
+	m.ShadowObserver([]string{"product"}).Unchecked("product", "tracking_cap")
 	m.Registry().MustRegister(metrics.WriteBehindCollector(testenv.Redis(t).Client(t), []*config.WriteBehind{{Name: "counters", Stream: "wb:counters"}}))
 	return gather(t, m.Registry())
 }

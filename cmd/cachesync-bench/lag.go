@@ -34,6 +34,13 @@ type lagResult struct {
 	// timestamps each INSERT as it arrives: the walsender's delivery latency
 	// on this machine, below which no consumer's lag can go.
 	Floor lagSpread
+	// CPUPerTx is the daemon's CPU (user+system) per committed transaction
+	// during the load, in microseconds, with run's default --verify-rate;
+	// Unchecked and UncheckedCPUPerTx are the same load with --verify-rate
+	// 0: the continuous checker's overhead is the difference.
+	CPUPerTx          float64
+	Unchecked         lagSpread
+	UncheckedCPUPerTx float64
 }
 
 // lagSpread is a lag distribution in milliseconds.
@@ -81,6 +88,12 @@ func (b *bench) runLag(ctx context.Context, rate float64, dur time.Duration) (la
 	if err != nil {
 		return res, err
 	}
+	off, err := b.runLagCachesync(ctx, rate, dur, "CACHESYNC_VERIFY_RATE=0")
+	if err != nil {
+		return res, fmt.Errorf("with --verify-rate 0: %w", err)
+	}
+	res.Unchecked = lagSpread{P50: off.P50, P99: off.P99, Mx: off.Mx}
+	res.UncheckedCPUPerTx = off.CPUPerTx
 	floor, err := b.runLagFloor(ctx, rate, dur)
 	if err != nil {
 		return res, fmt.Errorf("delivery floor: %w", err)
@@ -91,8 +104,9 @@ func (b *bench) runLag(ctx context.Context, rate float64, dur time.Duration) (la
 
 // runLagCachesync offers the load with cachesync running and timestamps each
 // refreshed key's arrival in Redis with keyspace notifications. The refresh
-// rule writes every committed row to lag:<id>.
-func (b *bench) runLagCachesync(ctx context.Context, rate float64, dur time.Duration) (lagResult, error) {
+// rule writes every committed row to lag:<id>. env is added to the daemon's
+// environment.
+func (b *bench) runLagCachesync(ctx context.Context, rate float64, dur time.Duration, env ...string) (lagResult, error) {
 	res := lagResult{Offered: rate}
 	db, rules, dataDir, drop, err := b.preparedDatabase(ctx, lagTable, lagRule, false)
 	if err != nil {
@@ -112,7 +126,7 @@ func (b *bench) runLagCachesync(ctx context.Context, rate float64, dur time.Dura
 	}
 	defer conn.Close(context.Background())
 
-	obs, err := b.runObserved(ctx, conn, rc, rules, dataDir, db, rate)
+	obs, err := b.runObserved(ctx, conn, rc, rules, dataDir, db, rate, env...)
 	if err != nil {
 		return res, err
 	}
@@ -121,12 +135,16 @@ func (b *bench) runLagCachesync(ctx context.Context, rate float64, dur time.Dura
 
 	var hwm int64
 	stopHWM := watchHWM(obs.cs.Process.Pid, &hwm)
+	cpu0 := cpuSeconds(obs.cs.Process.Pid)
 	load, err := b.offerLoad(ctx, db, rate, dur, nil)
 	if err != nil {
 		stopHWM()
 		return res, err
 	}
 	load.waitFor(seen)
+	if load.total > 0 {
+		res.CPUPerTx = 1e6 * (cpuSeconds(obs.cs.Process.Pid) - cpu0) / float64(load.total)
+	}
 	stopHWM()
 	res.PeakRSSBytes = hwm
 	obs.stopObserving()
@@ -156,9 +174,11 @@ type observedRun struct {
 }
 
 // runObserved starts `cachesync run` on db, waits until its slot is active,
-// and starts the observer; rate sizes its buffer.
-func (b *bench) runObserved(ctx context.Context, conn *pgx.Conn, rc *redis.Client, rules, dataDir, db string, rate float64) (*observedRun, error) {
+// and starts the observer; rate sizes its buffer; env is added to the
+// daemon's environment.
+func (b *bench) runObserved(ctx context.Context, conn *pgx.Conn, rc *redis.Client, rules, dataDir, db string, rate float64, env ...string) (*observedRun, error) {
 	o := &observedRun{cs: b.cachesyncCmd("run", rules, dataDir, db, false), seen: newArrivals(), obsDone: make(chan struct{})}
+	o.cs.Env = append(o.cs.Env, env...)
 	var csOut bytes.Buffer
 	o.cs.Stdout, o.cs.Stderr = &csOut, &csOut
 	if err := o.cs.Start(); err != nil {

@@ -392,6 +392,14 @@ func figures(ws []workload, runs []runResult) []*figure {
 		func(r runResult) (float64, float64) { return r.Lag.P99, r.Lag.Floor.P99 })
 	add(&figure{Workload: lagName, Metric: "cachesync peak RSS", Unit: "MiB", Versus: "200 MiB budget"},
 		func(r runResult) (float64, float64) { return mib(r.Lag.PeakRSSBytes), 200 })
+	// The continuous checker (run --verify-rate, default on) against the same
+	// load with it off: its share of the daemon's CPU and of the lag.
+	add(&figure{Workload: lagName, Metric: "daemon CPU per tx, checker on (default rate)", Unit: "µs", Versus: "checker off"},
+		func(r runResult) (float64, float64) { return r.Lag.CPUPerTx, r.Lag.UncheckedCPUPerTx })
+	add(&figure{Workload: lagName, Metric: "daemon CPU per tx, checker off (--verify-rate 0)", Unit: "µs"},
+		func(r runResult) (float64, float64) { return r.Lag.UncheckedCPUPerTx, 0 })
+	add(&figure{Workload: lagName, Metric: "lag p99, checker off (--verify-rate 0)", Unit: "ms", Versus: "checker on"},
+		func(r runResult) (float64, float64) { return r.Lag.Unchecked.P99, r.Lag.P99 })
 	return figs
 }
 
