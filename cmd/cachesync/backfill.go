@@ -7,7 +7,6 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"sort"
 	"strings"
 	"sync"
 	"syscall"
@@ -149,11 +148,7 @@ func backfillRule(cfg *config.Config, name string) (*config.Rule, error) {
 			names = append(names, r.Name)
 		}
 	}
-	sort.Strings(names)
-	hint := ""
-	if s := config.Suggest(name, names); s != "" {
-		hint = fmt.Sprintf(" (did you mean %s?)", s)
-	}
+	hint := didYouMean(name, names)
 	if len(names) == 0 {
 		return nil, usageError("no rule %q%s: the rules file has no refresh rule to backfill", name, hint)
 	}

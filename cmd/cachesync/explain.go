@@ -213,12 +213,7 @@ func ruleTable(name string, tables []config.TableName) (config.TableName, error)
 		}
 		known[i] = rt.String()
 	}
-	sort.Strings(known)
-	hint := ""
-	if s := config.Suggest(t.String(), known); s != "" {
-		hint = fmt.Sprintf(" (did you mean %s?)", s)
-	}
-	return t, explainUsage("no rule reads table %s%s; the rules read %s", t, hint, strings.Join(known, ", "))
+	return t, explainUsage("no rule reads table %s%s; the rules read %s", t, didYouMean(t.String(), known), strings.Join(known, ", "))
 }
 
 // explainedChange is the change explain maps, built as pgoutput would send it.

@@ -3,7 +3,9 @@ package main
 import (
 	"fmt"
 	"regexp"
+	"sort"
 
+	"github.com/cachesync/cachesync/config"
 	"github.com/urfave/cli/v2"
 )
 
@@ -24,3 +26,13 @@ func onUsageError(_ *cli.Context, err error, _ bool) error {
 // dash ("flag provided but not defined: -bogus", "invalid value "x" for
 // flag -key-cap"), to write them as they are typed: --bogus.
 var longFlagNames = regexp.MustCompile(`(: |for |flag )-([a-z][a-z0-9-]+)`)
+
+// didYouMean sorts names (for the list the message goes on to give) and
+// returns " (did you mean X?)" for the one name is likely a typo of, or "".
+func didYouMean(name string, names []string) string {
+	sort.Strings(names)
+	if s := config.Suggest(name, names); s != "" {
+		return fmt.Sprintf(" (did you mean %s?)", s)
+	}
+	return ""
+}

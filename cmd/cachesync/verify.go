@@ -94,12 +94,7 @@ func verifyRules(cfg *config.Config, name string) ([]*config.Rule, error) {
 		}
 		names = append(names, r.Name)
 	}
-	sort.Strings(names)
-	hint := ""
-	if s := config.Suggest(name, names); s != "" {
-		hint = fmt.Sprintf(" (did you mean %s?)", s)
-	}
-	return nil, usageError("no rule %q%s; the rules are %s", name, hint, strings.Join(names, ", "))
+	return nil, usageError("no rule %q%s; the rules are %s", name, didYouMean(name, names), strings.Join(names, ", "))
 }
 
 func printVerify(w io.Writer, rep *verify.Report) {
