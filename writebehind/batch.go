@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"slices"
 	"sort"
 	"strconv"
@@ -75,7 +76,6 @@ func newTable(spec *config.WriteBehind, columns []column) *table {
 
 // entry is one parsed stream entry.
 type entry struct {
-	id  ID
 	msg redis.XMessage
 	op  string
 	// row holds the columns the entry writes (for delete, the key
@@ -101,11 +101,7 @@ func entryErrorf(format string, args ...any) error { return &errEntry{fmt.Sprint
 // parse checks one stream entry against the table: op, row, key columns,
 // columns.
 func (t *table) parse(msg redis.XMessage) (*entry, error) {
-	id, err := ParseID(msg.ID)
-	if err != nil {
-		return nil, entryErrorf("%v", err)
-	}
-	e := &entry{id: id, msg: msg}
+	e := &entry{msg: msg}
 	op, _ := msg.Values[FieldOp].(string)
 	rowText, ok := msg.Values[FieldRow].(string)
 	switch {
@@ -117,6 +113,7 @@ func (t *table) parse(msg redis.XMessage) (*entry, error) {
 		return nil, entryErrorf("op delete on write_behind %q, which has delete = false", t.spec.Name)
 	}
 	e.op = op
+	var err error
 	if e.row, err = scanObject([]byte(rowText)); err != nil {
 		return nil, entryErrorf("field row is not a JSON object: %v", err)
 	}
@@ -206,7 +203,7 @@ func merge(entries []*entry) merged {
 			continue
 		}
 		if w.raw != nil {
-			w.cols = maps(w.cols)
+			w.cols = maps.Clone(w.cols)
 			w.raw = nil
 		}
 		for c, v := range e.row {
@@ -216,20 +213,11 @@ func merge(entries []*entry) merged {
 	return m
 }
 
-func maps(m map[string]json.RawMessage) map[string]json.RawMessage {
-	out := make(map[string]json.RawMessage, len(m))
-	for k, v := range m {
-		out[k] = v
-	}
-	return out
-}
-
 // statement is one SQL statement of a batch with its one argument: a JSON
 // array of rows.
 type statement struct {
 	sql  string
 	rows []byte
-	n    int
 }
 
 // statements returns the batch's deletes, then its upserts grouped by
@@ -277,7 +265,7 @@ func (t *table) statements(m merged) []statement {
 	var out []statement
 	if nd > 0 {
 		dels.WriteByte(']')
-		out = append(out, statement{sql: t.deleteSQL(), rows: dels.Bytes(), n: nd})
+		out = append(out, statement{sql: t.deleteSQL(), rows: dels.Bytes()})
 	}
 	for _, g := range order {
 		b := groups[g]
@@ -287,7 +275,7 @@ func (t *table) statements(m merged) []statement {
 			sql = t.upsertSQL(strings.Split(g, "\x00"))
 			t.upserts[g] = sql
 		}
-		out = append(out, statement{sql: sql, rows: b.Bytes(), n: counts[g]})
+		out = append(out, statement{sql: sql, rows: b.Bytes()})
 	}
 	return out
 }
