@@ -47,6 +47,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 const (
@@ -89,6 +91,11 @@ const SpawnerFunction = "github.com/cachesync/cachesync/internal/testenv.startOn
 
 func run(m *testing.M) int {
 	mainActive.Store(true)
+	// go-redis prints every failed dial and sentinel switch to stderr. Tests
+	// that stop servers on purpose make hundreds of them, and in CI's log they
+	// bury the one line that names a failing test; each test asserts the
+	// outcome it cares about instead.
+	redis.SetLogger(quietRedis{})
 
 	signals := make(chan os.Signal, 1)
 	signal.Notify(signals, os.Interrupt, syscall.SIGTERM)
@@ -673,3 +680,8 @@ func fail(t testing.TB, err error) {
 func durationString(d time.Duration) string {
 	return d.Round(time.Millisecond).String()
 }
+
+// quietRedis drops go-redis's own log lines (see run).
+type quietRedis struct{}
+
+func (quietRedis) Printf(context.Context, string, ...any) {}
