@@ -247,8 +247,16 @@ func (c *Checker) checkRound(ctx context.Context, now time.Time) (int, error) {
 	for i, d := range batch {
 		result, reason := judge(d, values[i], stamps[i])
 		s := d.s
-		if c.pending[s.key] != s || s.gen != d.gen {
-			continue // re-targeted while Redis answered: checked later
+		if c.pending[s.key] != s {
+			continue // forgotten (flush) while Redis answered
+		}
+		if s.gen != d.gen {
+			// Re-targeted while Redis answered: back in line for its new
+			// due time. It left the order when it was taken for this round,
+			// and only the order leads back to a check.
+			s.queuedDue = s.due
+			c.order = append(c.order, s)
+			continue
 		}
 		if result == Stale && !d.mismatch {
 			// In flight, perhaps: once more a window later.

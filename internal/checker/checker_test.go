@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
 
 	"github.com/cachesync/cachesync/internal/metrics"
@@ -139,4 +140,61 @@ func TestCheckOutcomes(t *testing.T) {
 		t.Fatalf("%d samples still pending", len(c.pending))
 	}
 	c.publishNines(now.Add(4 * time.Second))
+}
+
+// retargetHook runs fn once, while the first pipeline it sees is in flight.
+type retargetHook struct{ fn func() }
+
+func (h *retargetHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *retargetHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return next
+}
+func (h *retargetHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		err := next(ctx, cmds)
+		if fn := h.fn; fn != nil {
+			h.fn = nil
+			fn()
+		}
+		return err
+	}
+}
+
+// TestRetargetedWhileChecking: an effect applied to a sampled key while the
+// sample's read is in flight re-targets it; the sample is checked against the
+// new effect a window later instead of being left pending for ever (which
+// held cachesync_consistency_samples_pending above 0 after a busy workload).
+func TestRetargetedWhileChecking(t *testing.T) {
+	rdb := testenv.Redis(t).Client(t)
+	ctx := context.Background()
+	key := t.Name() + ":k"
+	m := metrics.New()
+	c := New(Options{Rate: 1, Window: time.Second, Redis: rdb, Metrics: m.Consistency(), Logger: zerolog.Nop()})
+	commit := time.Now().Add(-time.Minute)
+	apply := func(v string) {
+		c.Applied([]mapping.Batch{{CommitTime: commit, Ops: []mapping.Op{{Kind: mapping.OpSet, Rule: "r", Key: key, Value: []byte(v)}}}})
+	}
+	if err := rdb.Set(ctx, key, "v2", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	apply("v1")
+	rdb.AddHook(&retargetHook{fn: func() { apply("v2") }})
+	// The check of v1 is due a window after it was applied; v2 is applied
+	// while Redis answers it.
+	if n, err := c.checkRound(ctx, time.Now().Add(2*time.Second)); err != nil || n != 1 {
+		t.Fatalf("checked %d (%v), want the one sample", n, err)
+	}
+	if got := results(t, m.Registry()); len(got) != 0 {
+		t.Fatalf("the re-targeted sample was judged against its old effect: %v", got)
+	}
+	// A window after v2 was applied: checked, and consistent.
+	if _, err := c.checkRound(ctx, time.Now().Add(2*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := results(t, m.Registry()), map[string]float64{"r/consistent": 1}; !maps.Equal(got, want) {
+		t.Fatalf("after the re-targeted sample's window: %v, want %v", got, want)
+	}
+	if len(c.pending) != 0 || len(c.order) != 0 {
+		t.Fatalf("%d samples pending, %d queued; want none", len(c.pending), len(c.order))
+	}
 }
