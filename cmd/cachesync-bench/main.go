@@ -26,6 +26,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -56,6 +57,7 @@ type options struct {
 	RedisOps        int           `json:"redis_ops"`
 	LagRate         float64       `json:"lag_rate"`
 	LagDuration     time.Duration `json:"lag_duration"`
+	LagPairs        int           `json:"lag_pairs,omitempty"`
 	Out             string        `json:"-"`
 	Chart           string        `json:"-"`
 
@@ -98,6 +100,12 @@ type report struct {
 	Raw      []runResult    `json:"raw"`
 	JSONPath string         `json:"-"`
 	PNGPath  string         `json:"-"`
+
+	// PairedLag is measured once, after the runs (-lag-pairs); nil in
+	// results from before it and with -backfill-only or -write-behind-only.
+	PairedLag *pairedLag `json:"paired_lag,omitempty"`
+	// previous is the -compare report, printed beside this one.
+	previous *report
 }
 
 type runResult struct {
@@ -130,12 +138,27 @@ func main() {
 	flag.StringVar(&o.WriteBehindProfile, "write-behind-cpuprofile", "", "write a CPU profile of the write-behind drain to this file")
 	flag.Float64Var(&o.LagRate, "lag-rate", 5000, "offered single-row transactions per second for the lag figure")
 	flag.DurationVar(&o.LagDuration, "lag-duration", 10*time.Second, "how long the steady load lasts")
+	flag.IntVar(&o.LagPairs, "lag-pairs", minLagPairs, "pairs of runs (floor, cachesync) of the paired lag measurement, at least 5")
 	flag.StringVar(&o.Out, "out", "bench/results", "results directory (JSON and PNG per invocation)")
 	flag.StringVar(&o.Chart, "chart", "", "also copy the chart PNG here (e.g. docs/benchmarks.png)")
 	render := flag.String("render", "", "print the table and draw the chart again from a results.json (no servers)")
+	compare := flag.String("compare", "", "a previous results.json whose figures are printed beside the new ones, with the ratio")
 	flag.Parse()
+	if err := checkLagPairs(o.LagPairs); err != nil {
+		fmt.Fprintln(os.Stderr, "cachesync-bench:", err)
+		flag.Usage()
+		os.Exit(2)
+	}
+	var prev *report
+	if *compare != "" {
+		var err error
+		if prev, err = loadReport(*compare); err != nil {
+			fmt.Fprintln(os.Stderr, "cachesync-bench: -compare:", err)
+			os.Exit(1)
+		}
+	}
 	if *render != "" {
-		if err := rerender(*render, o.Chart, os.Stdout); err != nil {
+		if err := rerender(*render, o.Chart, prev, os.Stdout); err != nil {
 			fmt.Fprintln(os.Stderr, "cachesync-bench:", err)
 			os.Exit(1)
 		}
@@ -143,7 +166,7 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	rep, err := run(ctx, o, os.Stdout, os.Stderr)
+	rep, err := run(ctx, o, prev, os.Stdout, os.Stderr)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "cachesync-bench:", err)
 		os.Exit(1)
@@ -151,12 +174,13 @@ func main() {
 	fmt.Printf("\nwrote %s and %s\n", rep.JSONPath, rep.PNGPath)
 }
 
-func run(ctx context.Context, o options, stdout, logw io.Writer) (*report, error) {
+// run measures; prev (nil: none) is printed beside the new figures.
+func run(ctx context.Context, o options, prev *report, stdout, logw io.Writer) (*report, error) {
 	logf := func(format string, args ...any) {
 		fmt.Fprintf(logw, "%s "+format+"\n", append([]any{time.Now().Format("15:04:05")}, args...)...)
 	}
-	if o.Runs < 1 || o.Rows < 1 {
-		return nil, fmt.Errorf("-runs and -rows must be positive")
+	if o.Runs < 1 || o.Rows < 1 || o.LagPairs < 1 {
+		return nil, fmt.Errorf("-runs, -rows and -lag-pairs must be positive")
 	}
 	bin, err := filepath.Abs(o.Cachesync)
 	if err != nil {
@@ -165,7 +189,7 @@ func run(ctx context.Context, o options, stdout, logw io.Writer) (*report, error
 	if _, err := os.Stat(bin); err != nil {
 		return nil, fmt.Errorf("cachesync binary: %w (make build)", err)
 	}
-	rep := &report{Started: time.Now(), Options: o, Machine: machine()}
+	rep := &report{Started: time.Now(), Options: o, Machine: machine(), previous: prev}
 	srv, err := startServers(logf)
 	if err != nil {
 		return nil, err
@@ -236,28 +260,53 @@ func run(ctx context.Context, o options, stdout, logw io.Writer) (*report, error
 			return nil, err
 		}
 	}
-	rep.Figures = figures(ws, rep.Raw)
+	if !o.BackfillOnly && !o.WriteBehindOnly {
+		logf("paired lag: %d pairs of %s at %.0f tx/s", o.LagPairs, o.LagDuration, o.LagRate)
+		if rep.PairedLag, err = b.runPairedLag(ctx, o.LagRate, o.LagDuration, o.LagPairs); err != nil {
+			return nil, fmt.Errorf("paired lag: %w", err)
+		}
+		logf("paired lag: median over %d pairs of cachesync − floor: p50 %+.2f ms, p99 %+.2f ms",
+			len(rep.PairedLag.Pairs), rep.PairedLag.MedianDiffP50, rep.PairedLag.MedianDiffP99)
+	}
+	rep.derive()
 	rep.Seconds = time.Since(rep.Started).Seconds()
 	return rep, writeReport(rep, filepath.Join(o.Out, rep.Started.Format("20060102-150405")), o.Chart, stdout)
 }
 
 // rerender derives the figures of a saved results.json again (after the table
-// or chart changed), prints the table and rewrites the chart beside it.
-func rerender(path, chartCopy string, stdout io.Writer) error {
-	js, err := os.ReadFile(path)
+// or chart changed), prints the table (prev beside it when set) and rewrites
+// the chart beside it.
+func rerender(path, chartCopy string, prev *report, stdout io.Writer) error {
+	rep, err := loadReport(path)
 	if err != nil {
 		return err
 	}
+	rep.previous = prev
+	return writeReport(rep, filepath.Dir(path), chartCopy, stdout)
+}
+
+// loadReport reads a results.json, of this version or an older one (fields
+// added since are zero or nil), and derives its figures again.
+func loadReport(path string) (*report, error) {
+	js, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
 	var rep report
 	if err := json.Unmarshal(js, &rep); err != nil {
-		return fmt.Errorf("%s: %w", path, err)
+		return nil, fmt.Errorf("%s: %w", path, err)
 	}
+	rep.derive()
+	return &rep, nil
+}
+
+// derive sets the table's lines from the raw measurements.
+func (rep *report) derive() {
 	ws := workloads(rep.Options.Full, rep.Options.Cluster)
 	if rep.Options.only() {
 		ws = nil
 	}
-	rep.Figures = figures(ws, rep.Raw)
-	return writeReport(&rep, filepath.Dir(path), chartCopy, stdout)
+	rep.Figures = append(figures(ws, rep.Raw), pairedFigures(rep.PairedLag)...)
 }
 
 // writeReport prints the table and writes results.json and chart.png to dir
@@ -417,10 +466,22 @@ func spread(v []float64) (lo, med, hi float64) {
 	return s[0], med, s[n-1]
 }
 
+// printTable prints the figures, then the paired lag and stage tables; with
+// a previous report, each with the previous median and new/previous beside.
 func printTable(w io.Writer, rep *report) {
 	fmt.Fprintf(w, "\ncachesync benchmark: %d run(s), %d rows per workload, %s\n\n", rep.Options.Runs, rep.Options.Rows, rep.Machine["cpu"])
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.Debug)
-	fmt.Fprintln(tw, "workload\tfigure\tunit\tmin\tmedian\tmax\tratio median [min–max]\tvs\ttarget\t")
+	tw := newTable(w)
+	var prev map[string]*figure
+	header := "workload\tfigure\tunit\tmin\tmedian\tmax\tratio median [min–max]\tvs\ttarget\t"
+	if rep.previous != nil {
+		fmt.Fprintf(w, "previous: %s (%s)\n\n", rep.previous.Started.UTC().Format("2006-01-02 15:04 UTC"), rep.previous.Machine["cpu"])
+		prev = map[string]*figure{}
+		for _, f := range rep.previous.Figures {
+			prev[f.Workload+"\x00"+f.Metric] = f
+		}
+		header += "previous median\tnew/previous\t"
+	}
+	fmt.Fprintln(tw, header)
 	for _, f := range rep.Figures {
 		ratio, target := "", f.Target
 		if f.Versus != "" {
@@ -433,17 +494,34 @@ func printTable(w io.Writer, rep *report) {
 				target += " MISSED"
 			}
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", f.Workload, f.Metric, f.Unit,
+		line := fmt.Sprintf("%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t", f.Workload, f.Metric, f.Unit,
 			num(f.Min), num(f.Median), num(f.Max), ratio, f.Versus, target)
+		if prev != nil {
+			if p, ok := prev[f.Workload+"\x00"+f.Metric]; ok && len(p.Values) > 0 {
+				line += fmt.Sprintf("%s\t%s\t", num(p.Median), ratioOf(f.Median, p.Median))
+			} else {
+				line += "\t\t"
+			}
+		}
+		fmt.Fprintln(tw, line)
 	}
 	tw.Flush()
+	var prevPairs *pairedLag
+	if rep.previous != nil {
+		prevPairs = rep.previous.PairedLag
+	}
+	printPairs(w, rep.PairedLag, prevPairs)
+}
+
+func newTable(w io.Writer) *tabwriter.Writer {
+	return tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.Debug)
 }
 
 func num(v float64) string {
-	switch {
-	case v >= 1000:
+	switch a := math.Abs(v); {
+	case a >= 1000:
 		return fmt.Sprintf("%.0f", v)
-	case v >= 10:
+	case a >= 10:
 		return fmt.Sprintf("%.1f", v)
 	default:
 		return fmt.Sprintf("%.2f", v)
