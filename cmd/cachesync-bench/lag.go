@@ -19,7 +19,6 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
-	dto "github.com/prometheus/client_model/go"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -106,8 +105,9 @@ func (b *bench) runLag(ctx context.Context, rate float64, dur time.Duration) (la
 // runLagCachesync offers the load with cachesync running and timestamps each
 // refreshed key's arrival in Redis with keyspace notifications. The refresh
 // rule writes every committed row to lag:<id>. env is added to the daemon's
-// environment. With stages set, the daemon's /metrics is scraped before and
-// after the load and its stage histograms' deltas added to stages.
+// environment. With stages set, the daemon's /metrics is scraped at the end
+// of the load's warm-up and once the load has drained (stageScrapes), and its
+// stage histograms' deltas are added to stages.
 func (b *bench) runLagCachesync(ctx context.Context, rate float64, dur time.Duration, stages map[string]*stageStat, env ...string) (lagResult, error) {
 	res := lagResult{Offered: rate}
 	db, rules, dataDir, drop, err := b.preparedDatabase(ctx, lagTable, lagRule, false)
@@ -144,13 +144,7 @@ func (b *bench) runLagCachesync(ctx context.Context, rate float64, dur time.Dura
 	defer obs.stop()
 	seen := obs.seen
 
-	var before map[string]*dto.Histogram
-	if metricsAddr != "" {
-		if before, err = scrapeStages(ctx, metricsAddr); err != nil {
-			b.logf("no stage breakdown: %v", err)
-			metricsAddr = ""
-		}
-	}
+	scrapes := stageScrapes(ctx, metricsAddr)
 	var hwm int64
 	stopHWM := watchHWM(obs.cs.Process.Pid, &hwm)
 	cpu0 := cpuSeconds(obs.cs.Process.Pid)
@@ -161,7 +155,7 @@ func (b *bench) runLagCachesync(ctx context.Context, rate float64, dur time.Dura
 	}
 	load.waitFor(seen)
 	if metricsAddr != "" {
-		if after, err := scrapeStages(ctx, metricsAddr); err != nil {
+		if before, after, err := scrapes(); err != nil {
 			b.logf("no stage breakdown: %v", err)
 		} else {
 			addStageDeltas(stages, before, after)

@@ -194,6 +194,54 @@ func scrapeStages(ctx context.Context, addr string) (map[string]*dto.Histogram, 
 	return parseStages(resp.Body)
 }
 
+// stageScrapes scrapes the stage histograms at addr ("": never) once the
+// load that starts now is past its warm-up, in the background; the function
+// it returns scrapes again, once the daemon's histograms stopped moving (the
+// last groups confirmed, at most 3 s), and returns both.
+func stageScrapes(ctx context.Context, addr string) func() (before, after map[string]*dto.Histogram, err error) {
+	if addr == "" {
+		return nil
+	}
+	var before map[string]*dto.Histogram
+	var beforeErr error
+	scraped := make(chan struct{})
+	go func() {
+		defer close(scraped)
+		select {
+		case <-time.After(warmUp):
+		case <-ctx.Done():
+		}
+		before, beforeErr = scrapeStages(ctx, addr)
+	}()
+	return func() (map[string]*dto.Histogram, map[string]*dto.Histogram, error) {
+		<-scraped
+		if beforeErr != nil {
+			return nil, nil, beforeErr
+		}
+		after, err := scrapeStages(ctx, addr)
+		for deadline := time.Now().Add(3 * time.Second); err == nil && time.Now().Before(deadline); {
+			time.Sleep(100 * time.Millisecond)
+			var again map[string]*dto.Histogram
+			if again, err = scrapeStages(ctx, addr); err == nil {
+				if observations(again) == observations(after) {
+					break
+				}
+				after = again
+			}
+		}
+		return before, after, err
+	}
+}
+
+// observations is the count of every stage's observations.
+func observations(hs map[string]*dto.Histogram) float64 {
+	var n float64
+	for _, h := range hs {
+		n += histCount(h)
+	}
+	return n
+}
+
 // parseStages picks the stage histograms out of a /metrics text.
 func parseStages(r io.Reader) (map[string]*dto.Histogram, error) {
 	p := expfmt.NewTextParser(model.UTF8Validation)
