@@ -60,6 +60,7 @@ type options struct {
 	LagPairs        int           `json:"lag_pairs,omitempty"`
 	Out             string        `json:"-"`
 	Chart           string        `json:"-"`
+	Compare         string        `json:"-"` // a previous results.json to print beside
 
 	// WriteBehindEntries is the write-behind workload's stream length, 0 for
 	// no write-behind workload; WriteBehindKeys the keys they write.
@@ -142,23 +143,15 @@ func main() {
 	flag.StringVar(&o.Out, "out", "bench/results", "results directory (JSON and PNG per invocation)")
 	flag.StringVar(&o.Chart, "chart", "", "also copy the chart PNG here (e.g. docs/benchmarks.png)")
 	render := flag.String("render", "", "print the table and draw the chart again from a results.json (no servers)")
-	compare := flag.String("compare", "", "a previous results.json whose figures are printed beside the new ones, with the ratio")
+	flag.StringVar(&o.Compare, "compare", "", "a previous results.json whose figures are printed beside the new ones, with the ratio")
 	flag.Parse()
 	if err := checkLagPairs(o.LagPairs); err != nil {
 		fmt.Fprintln(os.Stderr, "cachesync-bench:", err)
 		flag.Usage()
 		os.Exit(2)
 	}
-	var prev *report
-	if *compare != "" {
-		var err error
-		if prev, err = loadReport(*compare); err != nil {
-			fmt.Fprintln(os.Stderr, "cachesync-bench: -compare:", err)
-			os.Exit(1)
-		}
-	}
 	if *render != "" {
-		if err := rerender(*render, o.Chart, prev, os.Stdout); err != nil {
+		if err := rerender(*render, o.Chart, o.Compare, os.Stdout); err != nil {
 			fmt.Fprintln(os.Stderr, "cachesync-bench:", err)
 			os.Exit(1)
 		}
@@ -166,7 +159,7 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	rep, err := run(ctx, o, prev, os.Stdout, os.Stderr)
+	rep, err := run(ctx, o, os.Stdout, os.Stderr)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "cachesync-bench:", err)
 		os.Exit(1)
@@ -174,8 +167,7 @@ func main() {
 	fmt.Printf("\nwrote %s and %s\n", rep.JSONPath, rep.PNGPath)
 }
 
-// run measures; prev (nil: none) is printed beside the new figures.
-func run(ctx context.Context, o options, prev *report, stdout, logw io.Writer) (*report, error) {
+func run(ctx context.Context, o options, stdout, logw io.Writer) (*report, error) {
 	logf := func(format string, args ...any) {
 		fmt.Fprintf(logw, "%s "+format+"\n", append([]any{time.Now().Format("15:04:05")}, args...)...)
 	}
@@ -188,6 +180,10 @@ func run(ctx context.Context, o options, prev *report, stdout, logw io.Writer) (
 	}
 	if _, err := os.Stat(bin); err != nil {
 		return nil, fmt.Errorf("cachesync binary: %w (make build)", err)
+	}
+	prev, err := loadReport(o.Compare)
+	if err != nil {
+		return nil, fmt.Errorf("-compare: %w", err)
 	}
 	rep := &report{Started: time.Now(), Options: o, Machine: machine(), previous: prev}
 	srv, err := startServers(logf)
@@ -260,7 +256,7 @@ func run(ctx context.Context, o options, prev *report, stdout, logw io.Writer) (
 			return nil, err
 		}
 	}
-	if !o.BackfillOnly && !o.WriteBehindOnly {
+	if o.LagOnly || !o.only() {
 		logf("paired lag: %d pairs of %s at %.0f tx/s", o.LagPairs, o.LagDuration, o.LagRate)
 		if rep.PairedLag, err = b.runPairedLag(ctx, o.LagRate, o.LagDuration, o.LagPairs); err != nil {
 			return nil, fmt.Errorf("paired lag: %w", err)
@@ -268,26 +264,41 @@ func run(ctx context.Context, o options, prev *report, stdout, logw io.Writer) (
 		logf("paired lag: median over %d pairs of cachesync − floor: p50 %+.2f ms, p99 %+.2f ms",
 			len(rep.PairedLag.Pairs), rep.PairedLag.MedianDiffP50, rep.PairedLag.MedianDiffP99)
 	}
-	rep.derive()
+	rep.Figures = append(figures(ws, rep.Raw), pairedFigures(rep.PairedLag)...)
 	rep.Seconds = time.Since(rep.Started).Seconds()
 	return rep, writeReport(rep, filepath.Join(o.Out, rep.Started.Format("20060102-150405")), o.Chart, stdout)
 }
 
 // rerender derives the figures of a saved results.json again (after the table
-// or chart changed), prints the table (prev beside it when set) and rewrites
-// the chart beside it.
-func rerender(path, chartCopy string, prev *report, stdout io.Writer) error {
-	rep, err := loadReport(path)
+// or chart changed), prints the table (with the figures of the results.json
+// compare beside it, unless "") and rewrites the chart beside it.
+func rerender(path, chartCopy, compare string, stdout io.Writer) error {
+	js, err := os.ReadFile(path)
 	if err != nil {
 		return err
 	}
-	rep.previous = prev
-	return writeReport(rep, filepath.Dir(path), chartCopy, stdout)
+	var rep report
+	if err := json.Unmarshal(js, &rep); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	ws := workloads(rep.Options.Full, rep.Options.Cluster)
+	if rep.Options.only() {
+		ws = nil
+	}
+	rep.Figures = append(figures(ws, rep.Raw), pairedFigures(rep.PairedLag)...)
+	if rep.previous, err = loadReport(compare); err != nil {
+		return fmt.Errorf("-compare: %w", err)
+	}
+	return writeReport(&rep, filepath.Dir(path), chartCopy, stdout)
 }
 
-// loadReport reads a results.json, of this version or an older one (fields
-// added since are zero or nil), and derives its figures again.
+// loadReport reads the results.json at path ("": none, nil) for -compare,
+// with the figures it printed. An older file loads too: what it lacks (the
+// paired lag, figures added since) stays nil and is left blank.
 func loadReport(path string) (*report, error) {
+	if path == "" {
+		return nil, nil
+	}
 	js, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
@@ -296,17 +307,7 @@ func loadReport(path string) (*report, error) {
 	if err := json.Unmarshal(js, &rep); err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
-	rep.derive()
 	return &rep, nil
-}
-
-// derive sets the table's lines from the raw measurements.
-func (rep *report) derive() {
-	ws := workloads(rep.Options.Full, rep.Options.Cluster)
-	if rep.Options.only() {
-		ws = nil
-	}
-	rep.Figures = append(figures(ws, rep.Raw), pairedFigures(rep.PairedLag)...)
 }
 
 // writeReport prints the table and writes results.json and chart.png to dir

@@ -46,7 +46,7 @@ func TestSmoke(t *testing.T) {
 		// 5 s (a 2 s cluster start, one more 2k-row workload).
 		Cluster: true,
 	}
-	rep, err := run(ctx, o, nil, &stdout, &logs)
+	rep, err := run(ctx, o, &stdout, &logs)
 	if err != nil {
 		t.Fatalf("run: %v\n%s", err, logs.String())
 	}

@@ -147,7 +147,7 @@ func testPairs(diff50, diff99 float64) *pairedLag {
 func TestPairedTable(t *testing.T) {
 	rep := &report{Started: time.Date(2026, 12, 4, 8, 0, 0, 0, time.UTC), Options: options{Runs: 1, LagOnly: true, LagPairs: 5},
 		Machine: map[string]any{"cpu": "test"}, PairedLag: testPairs(0.4, 5)}
-	rep.derive()
+	derive(rep)
 	if pl := rep.PairedLag; !near(pl.MedianDiffP50, 0.4) || !near(pl.MedianDiffP99, 5) {
 		t.Fatalf("medians %v %v, want 0.4 and 5", pl.MedianDiffP50, pl.MedianDiffP99)
 	}
@@ -173,6 +173,7 @@ func TestPairedTable(t *testing.T) {
 		t.Errorf("%d targets met and %d missed, want 1 and 1 (p50 and p99 difference)", met, missed)
 	}
 	back, err := loadReport(filepath.Join(dir, "results.json"))
+	derive(back)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -185,7 +186,8 @@ func TestPairedTable(t *testing.T) {
 // the paired lag: it has neither options.lag_pairs nor paired_lag) and beside
 // a new one, through -render.
 func TestCompare(t *testing.T) {
-	old, err := loadReport("testdata/results-before-pairs.json")
+	const oldPath = "testdata/results-before-pairs.json"
+	old, err := loadReport(oldPath)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -196,13 +198,13 @@ func TestCompare(t *testing.T) {
 		Machine: map[string]any{"cpu": "test"}, PairedLag: testPairs(0.4, 5),
 		Raw: []runResult{{RedisCeiling: 1e6, Lag: lagResult{Offered: 5000, Achieved: 5000, P50: 1.075, P99: 7.6, Mx: 20,
 			Floor: lagSpread{P50: 0.04, P99: 0.5, Mx: 3}, CPUPerTx: 20, UncheckedCPUPerTx: 18}}}}
-	rep.derive()
+	derive(rep)
 	dir := t.TempDir()
 	if err := writeReport(rep, dir, "", new(bytes.Buffer)); err != nil {
 		t.Fatal(err)
 	}
 	var out bytes.Buffer
-	if err := rerender(filepath.Join(dir, "results.json"), "", old, &out); err != nil {
+	if err := rerender(filepath.Join(dir, "results.json"), "", oldPath, &out); err != nil {
 		t.Fatal(err)
 	}
 	s := out.String()
@@ -225,9 +227,13 @@ func TestCompare(t *testing.T) {
 	// Beside a report that has pairs and stages.
 	prev := &report{Started: time.Date(2026, 12, 4, 7, 0, 0, 0, time.UTC), Options: rep.Options, Machine: rep.Machine,
 		PairedLag: testPairs(2, 20), Raw: rep.Raw}
-	prev.derive()
+	derive(prev)
+	prevDir := t.TempDir()
+	if err := writeReport(prev, prevDir, "", new(bytes.Buffer)); err != nil {
+		t.Fatal(err)
+	}
 	out.Reset()
-	if err := rerender(filepath.Join(dir, "results.json"), "", prev, &out); err != nil {
+	if err := rerender(filepath.Join(dir, "results.json"), "", filepath.Join(prevDir, "results.json"), &out); err != nil {
 		t.Fatal(err)
 	}
 	s = out.String()
@@ -247,6 +253,11 @@ func TestCompare(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, "chart.png")); err != nil {
 		t.Error(err)
 	}
+}
+
+// derive sets a -lag-only report's figures as run and rerender do.
+func derive(rep *report) {
+	rep.Figures = append(figures(nil, rep.Raw), pairedFigures(rep.PairedLag)...)
 }
 
 func lineWith(s, sub string) string {
