@@ -14,8 +14,8 @@ import (
 	"github.com/prometheus/common/model"
 )
 
-// minLagPairs is the fewest pairs -lag-pairs accepts: the median of fewer
-// differences moves with one noisy pair.
+// minLagPairs is the fewest pairs -lag-pairs accepts: the median of 5
+// differences withstands two noisy pairs, that of 3 only one.
 const minLagPairs = 5
 
 // The targets of issue 18 on the median over pairs of cachesync − floor.
@@ -75,7 +75,7 @@ var stageOrder = []string{"received", "mapped", "visible", "applied", "positione
 // checkLagPairs is the usage check of -lag-pairs.
 func checkLagPairs(n int) error {
 	if n < minLagPairs {
-		return fmt.Errorf("-lag-pairs %d: at least %d pairs are needed (the median of fewer differences follows one noisy pair)", n, minLagPairs)
+		return fmt.Errorf("-lag-pairs %d: at least %d pairs are needed (the median of 5 differences withstands two noisy pairs, that of 3 only one)", n, minLagPairs)
 	}
 	return nil
 }
