@@ -7,6 +7,9 @@
 //   - cachesync's throughput on each workload, from the moment its slot becomes active
 //     until the slot's confirmed_flush_lsn reaches the end of the loaded WAL;
 //   - commit → Redis lag at a steady offered load (p50/p99/max);
+//   - the paired lag (-lag-pairs): cachesync and a bare pgoutput client
+//     alternated at the same load, each pair's difference and their median,
+//     with the daemon's per-stage breakdown when it exports one;
 //   - cachesync's peak RSS (VmHWM) on each workload;
 //   - with -cluster, the same as the first workload's with cachesync writing to a
 //     private Redis Cluster (3 masters, 3 replicas), its throughput also as a ratio to
@@ -15,7 +18,9 @@
 //     writebehind.Run, against the same batches sent by a plain pgx client.
 //
 // It prints one table (min/median/max over -runs, each figure as a ratio to its
-// ceiling or budget) and writes the same as JSON, plus a PNG chart, under -out.
+// ceiling or budget), then the paired lag's and the stages' tables, and writes
+// the same as JSON, plus a PNG chart, under -out; -compare FILE prints an
+// earlier results.json's figures beside them.
 //
 // Usage: go run ./cmd/cachesync-bench -cachesync bin/cachesync [-runs 3] [-rows 100000] [-full] [-cluster]
 package main
