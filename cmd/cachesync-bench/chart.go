@@ -40,7 +40,8 @@ func chart(rep *report) ([]byte, error) {
 		maxRatio = max(maxRatio, f.RatioMax*1.05)
 	}
 	maxRatio = min(maxRatio, 4)
-	xOf := func(r float64) int { return left + int(float64(right-left)*min(r, maxRatio)/maxRatio) }
+	// A ratio below 0 (a difference cachesync − floor can be negative) is drawn at 0.
+	xOf := func(r float64) int { return left + int(float64(right-left)*max(0, min(r, maxRatio))/maxRatio) }
 
 	text(img, 10, 10, scale, fmt.Sprintf("cachesync benchmark: ratio to ceiling or budget (median, whisker min-max of %d runs)", rep.Options.Runs), color.RGBA{0, 0, 0, 255})
 	text(img, 10, 34, scale, fmt.Sprintf("%v cpus, %v", rep.Machine["cpus"], rep.Machine["cpu"]), color.RGBA{90, 90, 90, 255})
@@ -118,7 +119,7 @@ func text(img *image.RGBA, x, y, scale int, s string, c color.RGBA) {
 // glyphs: 5 rows of 3 pixels each, '#' set.
 var glyphs = map[rune]string{
 	' ': "...............", '?': "##...#.#.....#.", '.': "............#..", ',': "..........#.#..",
-	'-': "......###......", ':': "....#.....#....", '/': "..#..#.#..#.#..", '%': "#.#..#.#..#.#.#",
+	'-': "......###......", '−': "......###......", ':': "....#.....#....", '/': "..#..#.#..#.#..", '%': "#.#..#.#..#.#.#",
 	'(': ".#.#..#..#...#.", ')': ".#...#..#..#.#.", '[': "##.#..#..#..##.", ']': ".##..#..#..#.##",
 	'<': "..#.#.#...#...#", '>': "#...#...#.#.#..", '=': "...###...###...", '+': "....#.###.#....",
 	'≥': "#...#.#.#..###.", '→': ".....####..#...", 'µ': "#.##.##.####...", '–': "......###......",

@@ -84,11 +84,11 @@ func (a *arrivals) count() int {
 // runLag measures the delivery floor and then cachesync under the same offered
 // load, each on a fresh database.
 func (b *bench) runLag(ctx context.Context, rate float64, dur time.Duration) (lagResult, error) {
-	res, err := b.runLagCachesync(ctx, rate, dur)
+	res, err := b.runLagCachesync(ctx, rate, dur, nil)
 	if err != nil {
 		return res, err
 	}
-	off, err := b.runLagCachesync(ctx, rate, dur, "CACHESYNC_VERIFY_RATE=0")
+	off, err := b.runLagCachesync(ctx, rate, dur, nil, "CACHESYNC_VERIFY_RATE=0")
 	if err != nil {
 		return res, fmt.Errorf("with --verify-rate 0: %w", err)
 	}
@@ -105,14 +105,25 @@ func (b *bench) runLag(ctx context.Context, rate float64, dur time.Duration) (la
 // runLagCachesync offers the load with cachesync running and timestamps each
 // refreshed key's arrival in Redis with keyspace notifications. The refresh
 // rule writes every committed row to lag:<id>. env is added to the daemon's
-// environment.
-func (b *bench) runLagCachesync(ctx context.Context, rate float64, dur time.Duration, env ...string) (lagResult, error) {
+// environment. With stages set, the daemon's /metrics is scraped at the end
+// of the load's warm-up and once the load has drained (stageScrapes), and its
+// stage histograms' deltas are added to stages.
+func (b *bench) runLagCachesync(ctx context.Context, rate float64, dur time.Duration, stages map[string]*stageStat, env ...string) (lagResult, error) {
 	res := lagResult{Offered: rate}
 	db, rules, dataDir, drop, err := b.preparedDatabase(ctx, lagTable, lagRule, false)
 	if err != nil {
 		return res, err
 	}
 	defer drop()
+	var metricsAddr string
+	if stages != nil {
+		port, err := freePort()
+		if err != nil {
+			return res, err
+		}
+		metricsAddr = fmt.Sprintf("127.0.0.1:%d", port)
+		env = append(env, "CACHESYNC_LISTEN="+metricsAddr) // the last value wins
+	}
 	rc := redisFromURL(b.srv.redisURL)
 	defer rc.Close()
 	if err := rc.ConfigSet(ctx, "notify-keyspace-events", "K$").Err(); err != nil {
@@ -133,6 +144,7 @@ func (b *bench) runLagCachesync(ctx context.Context, rate float64, dur time.Dura
 	defer obs.stop()
 	seen := obs.seen
 
+	scrapes := stageScrapes(ctx, metricsAddr)
 	var hwm int64
 	stopHWM := watchHWM(obs.cs.Process.Pid, &hwm)
 	cpu0 := cpuSeconds(obs.cs.Process.Pid)
@@ -142,6 +154,13 @@ func (b *bench) runLagCachesync(ctx context.Context, rate float64, dur time.Dura
 		return res, err
 	}
 	load.waitFor(seen)
+	if metricsAddr != "" {
+		if before, after, err := scrapes(); err != nil {
+			b.logf("no stage breakdown: %v", err)
+		} else {
+			addStageDeltas(stages, before, after)
+		}
+	}
 	if load.total > 0 {
 		res.CPUPerTx = 1e6 * (cpuSeconds(obs.cs.Process.Pid) - cpu0) / float64(load.total)
 	}

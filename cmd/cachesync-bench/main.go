@@ -7,6 +7,9 @@
 //   - cachesync's throughput on each workload, from the moment its slot becomes active
 //     until the slot's confirmed_flush_lsn reaches the end of the loaded WAL;
 //   - commit → Redis lag at a steady offered load (p50/p99/max);
+//   - the paired lag (-lag-pairs): cachesync and a bare pgoutput client
+//     alternated at the same load, each pair's difference and their median,
+//     with the daemon's per-stage breakdown when it exports one;
 //   - cachesync's peak RSS (VmHWM) on each workload;
 //   - with -cluster, the same as the first workload's with cachesync writing to a
 //     private Redis Cluster (3 masters, 3 replicas), its throughput also as a ratio to
@@ -15,7 +18,9 @@
 //     writebehind.Run, against the same batches sent by a plain pgx client.
 //
 // It prints one table (min/median/max over -runs, each figure as a ratio to its
-// ceiling or budget) and writes the same as JSON, plus a PNG chart, under -out.
+// ceiling or budget), then the paired lag's and the stages' tables, and writes
+// the same as JSON, plus a PNG chart, under -out; -compare FILE prints an
+// earlier results.json's figures beside them.
 //
 // Usage: go run ./cmd/cachesync-bench -cachesync bin/cachesync [-runs 3] [-rows 100000] [-full] [-cluster]
 package main
@@ -26,6 +31,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -56,8 +62,10 @@ type options struct {
 	RedisOps        int           `json:"redis_ops"`
 	LagRate         float64       `json:"lag_rate"`
 	LagDuration     time.Duration `json:"lag_duration"`
+	LagPairs        int           `json:"lag_pairs,omitempty"`
 	Out             string        `json:"-"`
 	Chart           string        `json:"-"`
+	Compare         string        `json:"-"` // a previous results.json to print beside
 
 	// WriteBehindEntries is the write-behind workload's stream length, 0 for
 	// no write-behind workload; WriteBehindKeys the keys they write.
@@ -98,6 +106,12 @@ type report struct {
 	Raw      []runResult    `json:"raw"`
 	JSONPath string         `json:"-"`
 	PNGPath  string         `json:"-"`
+
+	// PairedLag is measured once, after the runs (-lag-pairs); nil in
+	// results from before it and with -backfill-only or -write-behind-only.
+	PairedLag *pairedLag `json:"paired_lag,omitempty"`
+	// previous is the -compare report, printed beside this one.
+	previous *report
 }
 
 type runResult struct {
@@ -130,12 +144,19 @@ func main() {
 	flag.StringVar(&o.WriteBehindProfile, "write-behind-cpuprofile", "", "write a CPU profile of the write-behind drain to this file")
 	flag.Float64Var(&o.LagRate, "lag-rate", 5000, "offered single-row transactions per second for the lag figure")
 	flag.DurationVar(&o.LagDuration, "lag-duration", 10*time.Second, "how long the steady load lasts")
+	flag.IntVar(&o.LagPairs, "lag-pairs", minLagPairs, "pairs of runs (floor, cachesync) of the paired lag measurement, at least 5")
 	flag.StringVar(&o.Out, "out", "bench/results", "results directory (JSON and PNG per invocation)")
 	flag.StringVar(&o.Chart, "chart", "", "also copy the chart PNG here (e.g. docs/benchmarks.png)")
 	render := flag.String("render", "", "print the table and draw the chart again from a results.json (no servers)")
+	flag.StringVar(&o.Compare, "compare", "", "a previous results.json whose figures are printed beside the new ones, with the ratio")
 	flag.Parse()
+	if err := checkLagPairs(o.LagPairs); err != nil {
+		fmt.Fprintln(os.Stderr, "cachesync-bench:", err)
+		flag.Usage()
+		os.Exit(2)
+	}
 	if *render != "" {
-		if err := rerender(*render, o.Chart, os.Stdout); err != nil {
+		if err := rerender(*render, o.Chart, o.Compare, os.Stdout); err != nil {
 			fmt.Fprintln(os.Stderr, "cachesync-bench:", err)
 			os.Exit(1)
 		}
@@ -155,8 +176,8 @@ func run(ctx context.Context, o options, stdout, logw io.Writer) (*report, error
 	logf := func(format string, args ...any) {
 		fmt.Fprintf(logw, "%s "+format+"\n", append([]any{time.Now().Format("15:04:05")}, args...)...)
 	}
-	if o.Runs < 1 || o.Rows < 1 {
-		return nil, fmt.Errorf("-runs and -rows must be positive")
+	if o.Runs < 1 || o.Rows < 1 || o.LagPairs < 1 {
+		return nil, fmt.Errorf("-runs, -rows and -lag-pairs must be positive")
 	}
 	bin, err := filepath.Abs(o.Cachesync)
 	if err != nil {
@@ -165,7 +186,11 @@ func run(ctx context.Context, o options, stdout, logw io.Writer) (*report, error
 	if _, err := os.Stat(bin); err != nil {
 		return nil, fmt.Errorf("cachesync binary: %w (make build)", err)
 	}
-	rep := &report{Started: time.Now(), Options: o, Machine: machine()}
+	prev, err := loadReport(o.Compare)
+	if err != nil {
+		return nil, fmt.Errorf("-compare: %w", err)
+	}
+	rep := &report{Started: time.Now(), Options: o, Machine: machine(), previous: prev}
 	srv, err := startServers(logf)
 	if err != nil {
 		return nil, err
@@ -236,14 +261,23 @@ func run(ctx context.Context, o options, stdout, logw io.Writer) (*report, error
 			return nil, err
 		}
 	}
-	rep.Figures = figures(ws, rep.Raw)
+	if o.LagOnly || !o.only() {
+		logf("paired lag: %d pairs of %s at %.0f tx/s", o.LagPairs, o.LagDuration, o.LagRate)
+		if rep.PairedLag, err = b.runPairedLag(ctx, o.LagRate, o.LagDuration, o.LagPairs); err != nil {
+			return nil, fmt.Errorf("paired lag: %w", err)
+		}
+		logf("paired lag: median over %d pairs of cachesync − floor: p50 %+.2f ms, p99 %+.2f ms",
+			len(rep.PairedLag.Pairs), rep.PairedLag.MedianDiffP50, rep.PairedLag.MedianDiffP99)
+	}
+	rep.Figures = append(figures(ws, rep.Raw), pairedFigures(rep.PairedLag)...)
 	rep.Seconds = time.Since(rep.Started).Seconds()
 	return rep, writeReport(rep, filepath.Join(o.Out, rep.Started.Format("20060102-150405")), o.Chart, stdout)
 }
 
 // rerender derives the figures of a saved results.json again (after the table
-// or chart changed), prints the table and rewrites the chart beside it.
-func rerender(path, chartCopy string, stdout io.Writer) error {
+// or chart changed), prints the table (with the figures of the results.json
+// compare beside it, unless "") and rewrites the chart beside it.
+func rerender(path, chartCopy, compare string, stdout io.Writer) error {
 	js, err := os.ReadFile(path)
 	if err != nil {
 		return err
@@ -256,8 +290,29 @@ func rerender(path, chartCopy string, stdout io.Writer) error {
 	if rep.Options.only() {
 		ws = nil
 	}
-	rep.Figures = figures(ws, rep.Raw)
+	rep.Figures = append(figures(ws, rep.Raw), pairedFigures(rep.PairedLag)...)
+	if rep.previous, err = loadReport(compare); err != nil {
+		return fmt.Errorf("-compare: %w", err)
+	}
 	return writeReport(&rep, filepath.Dir(path), chartCopy, stdout)
+}
+
+// loadReport reads the results.json at path ("": none, nil) for -compare,
+// with the figures it printed. An older file loads too: what it lacks (the
+// paired lag, figures added since) stays nil and is left blank.
+func loadReport(path string) (*report, error) {
+	if path == "" {
+		return nil, nil
+	}
+	js, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var rep report
+	if err := json.Unmarshal(js, &rep); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return &rep, nil
 }
 
 // writeReport prints the table and writes results.json and chart.png to dir
@@ -417,10 +472,22 @@ func spread(v []float64) (lo, med, hi float64) {
 	return s[0], med, s[n-1]
 }
 
+// printTable prints the figures, then the paired lag and stage tables; with
+// a previous report, each with the previous median and new/previous beside.
 func printTable(w io.Writer, rep *report) {
 	fmt.Fprintf(w, "\ncachesync benchmark: %d run(s), %d rows per workload, %s\n\n", rep.Options.Runs, rep.Options.Rows, rep.Machine["cpu"])
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.Debug)
-	fmt.Fprintln(tw, "workload\tfigure\tunit\tmin\tmedian\tmax\tratio median [min–max]\tvs\ttarget\t")
+	tw := newTable(w)
+	var prev map[string]*figure
+	header := "workload\tfigure\tunit\tmin\tmedian\tmax\tratio median [min–max]\tvs\ttarget\t"
+	if rep.previous != nil {
+		fmt.Fprintf(w, "previous: %s (%s)\n\n", rep.previous.Started.UTC().Format("2006-01-02 15:04 UTC"), rep.previous.Machine["cpu"])
+		prev = map[string]*figure{}
+		for _, f := range rep.previous.Figures {
+			prev[f.Workload+"\x00"+f.Metric] = f
+		}
+		header += "previous median\tnew/previous\t"
+	}
+	fmt.Fprintln(tw, header)
 	for _, f := range rep.Figures {
 		ratio, target := "", f.Target
 		if f.Versus != "" {
@@ -433,17 +500,34 @@ func printTable(w io.Writer, rep *report) {
 				target += " MISSED"
 			}
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", f.Workload, f.Metric, f.Unit,
+		line := fmt.Sprintf("%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t", f.Workload, f.Metric, f.Unit,
 			num(f.Min), num(f.Median), num(f.Max), ratio, f.Versus, target)
+		if prev != nil {
+			if p, ok := prev[f.Workload+"\x00"+f.Metric]; ok && len(p.Values) > 0 {
+				line += fmt.Sprintf("%s\t%s\t", num(p.Median), ratioOf(f.Median, p.Median))
+			} else {
+				line += "\t\t"
+			}
+		}
+		fmt.Fprintln(tw, line)
 	}
 	tw.Flush()
+	var prevPairs *pairedLag
+	if rep.previous != nil {
+		prevPairs = rep.previous.PairedLag
+	}
+	printPairs(w, rep.PairedLag, prevPairs)
+}
+
+func newTable(w io.Writer) *tabwriter.Writer {
+	return tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.Debug)
 }
 
 func num(v float64) string {
-	switch {
-	case v >= 1000:
+	switch a := math.Abs(v); {
+	case a >= 1000:
 		return fmt.Sprintf("%.0f", v)
-	case v >= 10:
+	case a >= 10:
 		return fmt.Sprintf("%.1f", v)
 	default:
 		return fmt.Sprintf("%.2f", v)
