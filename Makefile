@@ -64,7 +64,7 @@ demo: ## start private PostgreSQL and Redis, run cachesync on a narrated workloa
 	bash scripts/demo.sh
 
 .PHONY: bench
-bench: build ## measure cachesync against its ceilings on private servers (~8 min; docs/benchmarks.md)
+bench: build ## measure cachesync against its ceilings on private servers (~12 min; docs/benchmarks.md)
 	go run ./cmd/cachesync-bench -cachesync $(BINARY) -runs 3 -full -cluster -out bench/results -chart docs/benchmarks.png
 
 .PHONY: clean
