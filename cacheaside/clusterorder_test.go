@@ -1,0 +1,167 @@
+package cacheaside_test
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/cachesync/cachesync/cacheaside"
+	"github.com/cachesync/cachesync/internal/testenv"
+	"github.com/cachesync/cachesync/keyspace"
+)
+
+// pipelineHook runs before on every pipeline a node client sends, and
+// after once it returned.
+type pipelineHook struct {
+	before, after func(cmds []redis.Cmder)
+}
+
+func (h pipelineHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h pipelineHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
+
+func (h pipelineHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		h.before(cmds)
+		err := next(ctx, cmds)
+		h.after(cmds)
+		return err
+	}
+}
+
+// touches reports whether one of cmds names key among its arguments.
+func touches(cmds []redis.Cmder, key string) bool {
+	return slices.ContainsFunc(cmds, func(c redis.Cmder) bool {
+		return slices.ContainsFunc(c.Args(), func(a any) bool { return a == key })
+	})
+}
+
+// TestClusterTicketBeforeTags: on a cluster, a fill takes its ticket before
+// it registers the key under its tags. A cluster client sends the commands
+// of each node of a pipeline concurrently, so when the ticket and the tag
+// registration shared one pipeline, the registration could run first; a tag
+// invalidation between the two then deleted the registration (and a fence
+// without the ticket yet), the fill was written, and the key escaped every
+// later invalidation of the tag. The test forces that interleaving when it
+// can: the ticket's node pipeline waits for the tag registration (at most
+// 300 ms, which it never sees when the ticket goes first), and the tag is
+// invalidated right after its registration.
+func TestClusterTicketBeforeTags(t *testing.T) {
+	t.Parallel()
+	cluster := testenv.StartRedisCluster(t, testenv.ClusterOptions{ReplicasPerMaster: -1})
+	ctx := context.Background()
+	const key = "user:1"
+	tag := ""
+	for i := 0; tag == ""; i++ {
+		if tk := fmt.Sprintf("org:%d", i); cluster.MasterOf(t, keyspace.TagKey(tk)).Addr != cluster.MasterOf(t, key).Addr {
+			tag = tk
+		}
+	}
+	quiet := slog.New(slog.NewTextHandler(&syncBuffer{}, nil))
+	// The daemon's side: another client that invalidates the tag.
+	daemon, err := cacheaside.New(cluster.Client(t), cacheaside.Options{Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer daemon.Close()
+
+	var (
+		once        sync.Once
+		invalidated = make(chan struct{})
+	)
+	hook := pipelineHook{
+		before: func(cmds []redis.Cmder) {
+			// The ticket's (the tag registration names the fence too).
+			if touches(cmds, keyspace.FenceKey(key)) && !touches(cmds, keyspace.TagKey(tag)) {
+				select {
+				case <-invalidated:
+				case <-time.After(300 * time.Millisecond):
+				}
+			}
+		},
+		after: func(cmds []redis.Cmder) {
+			// A registration that ran (not one refused with NOSCRIPT, which
+			// the client retries after it loads its scripts).
+			if touches(cmds, keyspace.TagKey(tag)) && cmds[0].Err() == nil {
+				once.Do(func() {
+					defer close(invalidated)
+					if err := daemon.InvalidateTags(ctx, tag); err != nil {
+						t.Errorf("invalidate %s: %v", tag, err)
+					}
+				})
+			}
+		},
+	}
+	rdb := cluster.Client(t)
+	rdb.OnNewNode(func(n *redis.Client) { n.AddHook(hook) }) // before any command
+	c, err := cacheaside.New(rdb, cacheaside.Options{Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+
+	if _, err := cacheaside.GetOrLoad(ctx, c, key, func(context.Context) (int, error) { return 1, nil }, cacheaside.Tags(tag)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-invalidated:
+	default:
+		t.Fatal("the tag was never registered: the test's premise")
+	}
+	// Whatever the fill did, the next invalidation of the tag must remove it.
+	if err := daemon.InvalidateTags(ctx, tag); err != nil {
+		t.Fatal(err)
+	}
+	if n := rdb.Exists(ctx, key).Val(); n != 0 {
+		v, _ := rdb.Get(ctx, key).Result()
+		t.Errorf("%s = %q escaped the invalidation of tag %s (stats %+v): its registration was lost to an invalidation before its ticket", key, v, tag, c.Stats())
+	}
+}
+
+// TestClusterRoundTrips: on a cluster, a miss costs the three round trips
+// it does on a standalone server, and one more with tags: their
+// registration waits for the ticket (TestClusterTicketBeforeTags).
+func TestClusterRoundTrips(t *testing.T) {
+	t.Parallel()
+	cluster := testenv.StartRedisCluster(t, testenv.ClusterOptions{ReplicasPerMaster: -1})
+	rdb := cluster.Client(t)
+	rt := &roundTrips{}
+	rdb.AddHook(rt)
+	c, err := cacheaside.New(rdb, cacheaside.Options{Logger: slog.New(slog.NewTextHandler(&syncBuffer{}, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx := context.Background()
+	get := func(key string, opts ...cacheaside.FillOption) func() error {
+		return func() error {
+			_, err := cacheaside.GetOrLoad(ctx, c, key, func(context.Context) (int, error) { return 1, nil }, opts...)
+			return err
+		}
+	}
+	roundTripsOf(t, rt, get("warm", cacheaside.Tags("org:1"))) // loads the scripts
+	for _, tc := range []struct {
+		key       string
+		opts      []cacheaside.FillOption
+		miss, hit int64
+	}{
+		{key: "user:1", miss: 3, hit: 1},
+		{key: "user:2", opts: []cacheaside.FillOption{cacheaside.Tags("org:1", "org:2")}, miss: 4, hit: 1},
+	} {
+		if n := roundTripsOf(t, rt, get(tc.key, tc.opts...)); n != tc.miss {
+			t.Errorf("%s: a miss took %d round trips, want %d", tc.key, n, tc.miss)
+		}
+		if n := roundTripsOf(t, rt, get(tc.key, tc.opts...)); n != tc.hit {
+			t.Errorf("%s: a hit took %d round trips, want %d", tc.key, n, tc.hit)
+		}
+	}
+	if st := c.Stats(); st.Fills != 3 || st.RedisErrors != 0 {
+		t.Errorf("stats %+v, want 3 fills and no Redis error", st)
+	}
+}
