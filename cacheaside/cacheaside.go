@@ -567,8 +567,8 @@ const (
 
 // open opens a fenced fill of key: with lock, it takes the key's lock (and,
 // with check, re-reads the key: LockTicketScript), then the fill's ticket,
-// and registers
-// the key (and its fence) under f's tags, all before the source is read.
+// and registers the key (and its fence) under f's tags, all before the
+// source is read.
 //
 // The ticket must be taken before the tags are registered: an invalidation
 // of a tag that falls between a registration and a later ticket would
@@ -841,9 +841,9 @@ func Get[T any](ctx context.Context, c *Client, key string) (T, error) {
 //     load began before Set and may have read an older row does not overwrite
 //     value afterwards (the fill is refused and counted in FencedFills).
 //   - The key (and its fence) is registered under the tags before the value
-//     is written, so every invalidation the daemon applies after Set, of the
-//     key, of a tag, of the namespace, or a flush, removes value, and nothing
-//     of the Set writes it back.
+//     is written and again after, so every invalidation the daemon applies
+//     after Set, of the key, of a tag, of the namespace, or a flush, removes
+//     value, and nothing of the Set writes it back.
 //
 // What it cannot know is when value was read: an invalidation applied between
 // the application's read of value and Set (another writer's change of the same
@@ -882,6 +882,11 @@ func Set[T any](ctx context.Context, c *Client, key string, value T, opts ...Fil
 	if err != nil {
 		return fmt.Errorf("cacheaside: write %s: %w", key, err)
 	}
+	// Again after the write: a tag invalidation between the first
+	// registration and the write deleted it.
+	if err := c.registerTags(ctx, key, f); err != nil {
+		return fmt.Errorf("cacheaside: %s was written, but: %w (a Set again is harmless)", key, err)
+	}
 	return nil
 }
 
@@ -898,8 +903,12 @@ func (c *Client) versionedKey(ctx context.Context, key string, f fill) (string, 
 	return keyspace.VersionedKey(f.version, v, key), nil
 }
 
-// registerTags registers key (and its fence) under f's tags before a write
-// of key, so that every invalidation of a tag after the write removes it.
+// registerTags registers key (and its fence) under f's tags, before a write
+// of key and again after it: every invalidation of a tag after the write
+// then removes it. Once before is not enough, since an invalidation of the
+// tag between the registration and the write deletes the registration and
+// leaves the value out of the tag; once after is not either, since an
+// invalidation between the write and the registration would miss it.
 func (c *Client) registerTags(ctx context.Context, key string, f fill) error {
 	if len(f.tags) == 0 {
 		return nil

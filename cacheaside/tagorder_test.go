@@ -165,3 +165,64 @@ func TestClusterRoundTrips(t *testing.T) {
 		t.Errorf("stats %+v, want 3 fills and no Redis error", st)
 	}
 }
+
+// TestWriteAfterTagInvalidation: Set and WriteBehind register the key under
+// its tags before the write and again after it. A tag invalidation that
+// lands between the first registration and the write deletes that
+// registration; without the second, the value written next escaped every
+// later invalidation of the tag. The hook applies the invalidation just
+// before the write's pipeline.
+func TestWriteAfterTagInvalidation(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	for _, write := range []struct {
+		name  string
+		write func(c *cacheaside.Client) error
+	}{
+		{"Set", func(c *cacheaside.Client) error {
+			return cacheaside.Set(ctx, c, "user:1", user{ID: 1}, cacheaside.Tags("org:1"))
+		}},
+		{"WriteBehind", func(c *cacheaside.Client) error {
+			_, err := cacheaside.WriteBehind(ctx, c.WriteBehindStream("wb:users"), "user:1", user{ID: 1}, map[string]int{"id": 1}, cacheaside.Tags("org:1"))
+			return err
+		}},
+	} {
+		t.Run(write.name, func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t)
+			daemon := e.client(t, cacheaside.Options{})
+			var once sync.Once
+			rdb := e.server.Client(t)
+			rdb.AddHook(pipelineHook{
+				before: func(cmds []redis.Cmder) {
+					// The write: the pipeline that names the stamp.
+					if touches(cmds, keyspace.StampKey("user:1")) {
+						once.Do(func() {
+							if err := daemon.InvalidateTags(ctx, "org:1"); err != nil {
+								t.Errorf("invalidate org:1: %v", err)
+							}
+						})
+					}
+				},
+				after: func([]redis.Cmder) {},
+			})
+			c, err := cacheaside.New(rdb, cacheaside.Options{Logger: slog.New(slog.NewTextHandler(e.logs, nil))})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			if err := write.write(c); err != nil {
+				t.Fatal(err)
+			}
+			if _, ok := e.get(t, "user:1"); !ok {
+				t.Fatal("user:1 not written: the test's premise")
+			}
+			if err := daemon.InvalidateTags(ctx, "org:1"); err != nil {
+				t.Fatal(err)
+			}
+			if v, ok := e.get(t, "user:1"); ok {
+				t.Errorf("user:1 = %q escaped the invalidation of org:1 that followed the write", v)
+			}
+		})
+	}
+}
