@@ -184,7 +184,12 @@ type Client struct {
 	// downUntil (unix nanoseconds) is when Redis may be tried again after
 	// a failure; 0 while it works.
 	downUntil atomic.Int64
-	scripts   struct{ ticket, fill, tagAdd, unlock, deleteTag, tagDetach, writeBehind *redis.Script }
+	scripts   struct {
+		lockTicket, ticket, fill, fillUnlock, tagAdd, unlock, deleteTag, tagDetach, writeBehind *redis.Script
+	}
+	// cluster: the client is a *redis.ClusterClient, whose pipelines run
+	// their commands of different nodes concurrently, in no order.
+	cluster bool
 
 	// Close cancels stop (with ErrClosed as its cause) and waits on running
 	// for every goroutine the client started: background refreshes and the
@@ -208,8 +213,11 @@ func New(rdb redis.UniversalClient, opts Options) (*Client, error) {
 	c.stop, c.cancel = context.WithCancelCause(context.Background())
 	c.errLog.every = opts.ErrorLogInterval
 	c.errLog.log = opts.Logger
+	_, c.cluster = rdb.(*redis.ClusterClient)
+	c.scripts.lockTicket = redis.NewScript(redisops.LockTicketScript)
 	c.scripts.ticket = redis.NewScript(redisops.TicketScript)
 	c.scripts.fill = redis.NewScript(redisops.FillScript)
+	c.scripts.fillUnlock = redis.NewScript(redisops.FillUnlockScript)
 	c.scripts.tagAdd = redis.NewScript(redisops.TagAddScript)
 	c.scripts.unlock = redis.NewScript(redisops.UnlockScript)
 	c.scripts.deleteTag = redis.NewScript(redisops.DeleteTagScript)
@@ -315,7 +323,7 @@ func GetOrLoad[T any](ctx context.Context, c *Client, key string, load func(cont
 		key = keyspace.VersionedKey(f.version, v, key)
 	}
 
-	raw, pttl, err := c.read(ctx, key)
+	raw, pttl, err := c.read(ctx, key, c.opts.SoftTTL > 0)
 	switch {
 	case err != nil:
 		c.redisFailed(ctx, "read "+key, err)
@@ -379,8 +387,17 @@ func (c *Client) fillOptions(key string, opts []FillOption) (fill, error) {
 	return f, nil
 }
 
-// read returns the cached bytes of key (nil on a miss) and its remaining TTL.
-func (c *Client) read(ctx context.Context, key string) ([]byte, time.Duration, error) {
+// read returns the cached bytes of key (nil on a miss) and, withTTL, its
+// remaining TTL. Without it, a read is one GET: nothing but a stale-while-
+// revalidate client needs the TTL of a hit.
+func (c *Client) read(ctx context.Context, key string, withTTL bool) ([]byte, time.Duration, error) {
+	if !withTTL {
+		b, err := c.rdb.Get(ctx, key).Bytes()
+		if errors.Is(err, redis.Nil) {
+			return nil, 0, nil
+		}
+		return b, 0, err
+	}
 	var get *redis.StringCmd
 	var pttl *redis.DurationCmd
 	_, err := c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
@@ -434,15 +451,23 @@ func (c *Client) stale(f fill, pttl time.Duration) bool {
 }
 
 // loadShared is the one load of key in this process: it takes the key's
-// lock, or waits for the holder's fill, and fills the key.
+// lock, or waits for the holder's fill, and fills the key. With the lock,
+// a miss costs three round trips in all: the read, the lock with the fill's
+// ticket (and the tags), and the fill with the unlock.
 func loadShared[T any](ctx context.Context, c *Client, key string, f fill, load func(context.Context) (T, error)) (any, error) {
 	token := newToken()
-	locked, err := c.rdb.SetNX(ctx, keyspace.LockKey(key), token, c.opts.LoadTimeout).Result()
-	if err != nil {
-		c.redisFailed(ctx, "lock "+key, err)
+	st, raw := c.open(ctx, key, token, f, true, true)
+	switch st {
+	case openFailed:
 		return callLoad(ctx, c, load)
-	}
-	if !locked {
+	case openCached:
+		// The previous holder filled the key between our miss and our lock.
+		if v, err := decodeQuiet[T](c, raw); err == nil || errors.Is(err, ErrNotFound) {
+			return v, err
+		}
+		// It does not decode: fill it again, without the lock (released).
+		return fillFromSource(ctx, c, key, f, load)
+	case openBusy:
 		c.stats.lockWaits.Add(1)
 		if raw, err := c.waitForFill(ctx, key); err == nil && raw != nil {
 			v, err := decodeQuiet[T](c, raw)
@@ -454,15 +479,7 @@ func loadShared[T any](ctx context.Context, c *Client, key string, f fill, load 
 		c.stats.lockTimeouts.Add(1)
 		return fillFromSource(ctx, c, key, f, load)
 	}
-	defer c.unlock(key, token)
-	// Double-check: the previous holder may have filled the key between our
-	// miss and our lock.
-	if raw, _, err := c.read(ctx, key); err == nil && raw != nil {
-		if v, err := decodeQuiet[T](c, raw); err == nil || errors.Is(err, ErrNotFound) {
-			return v, err
-		}
-	}
-	return fillFromSource(ctx, c, key, f, load)
+	return fillTicketed(ctx, c, key, token, f, load, true)
 }
 
 // waitForFill re-reads key until it is cached or Options.LockWait passed.
@@ -481,7 +498,7 @@ func (c *Client) waitForFill(ctx context.Context, key string) ([]byte, error) {
 			t.Stop()
 			return nil, ctx.Err()
 		}
-		raw, _, err := c.read(ctx, key)
+		raw, _, err := c.read(ctx, key, false)
 		if err != nil || raw != nil {
 			return raw, err
 		}
@@ -489,31 +506,37 @@ func (c *Client) waitForFill(ctx context.Context, key string) ([]byte, error) {
 	}
 }
 
-// fillFromSource is a fenced fill: ticket (and tags), load, conditional write.
+// fillFromSource is a fenced fill without the key's lock: ticket (and
+// tags), load, conditional write.
 func fillFromSource[T any](ctx context.Context, c *Client, key string, f fill, load func(context.Context) (T, error)) (any, error) {
 	token := newToken()
-	ticketed := c.ticket(ctx, key, token, f)
+	if st, _ := c.open(ctx, key, token, f, false, false); st == openFailed {
+		// Redis failed before the load: return what is loaded, uncached.
+		return callLoad(ctx, c, load)
+	}
+	return fillTicketed(ctx, c, key, token, f, load, false)
+}
+
+// fillTicketed loads and writes a fill whose ticket (and, if locked, the
+// key's lock) token holds: the write releases both.
+func fillTicketed[T any](ctx context.Context, c *Client, key, token string, f fill, load func(context.Context) (T, error), locked bool) (any, error) {
 	stamp := time.Now()
 	v, err := callLoad(ctx, c, load)
-	if !ticketed {
-		// Redis failed before the load: return what was loaded, uncached.
-		return v, err
-	}
 	var value []byte
 	ttl := c.jittered(f.ttl)
 	switch {
 	case err == nil:
 		if value, err = c.opts.Codec.Marshal(v); err != nil {
-			c.release(key, token)
+			c.release(key, token, locked)
 			return v, fmt.Errorf("cacheaside: encode the value of %s: %w", key, err)
 		}
 	case errors.Is(err, ErrNotFound) && c.opts.NotFoundTTL > 0:
 		value, ttl = []byte(notFound), c.opts.NotFoundTTL
 	default:
-		c.release(key, token)
+		c.release(key, token, locked)
 		return v, err
 	}
-	c.write(ctx, key, token, value, ttl, stamp)
+	c.write(ctx, key, token, value, ttl, stamp, locked)
 	return v, err
 }
 
@@ -526,25 +549,94 @@ func callLoad[T any](ctx context.Context, c *Client, load func(context.Context) 
 	return v, err
 }
 
-// ticket opens a fenced fill of key and registers key under f's tags, before
-// the source is read. It reports false when Redis failed (then nothing is
-// written).
-func (c *Client) ticket(ctx context.Context, key, token string, f fill) bool {
-	err := c.runScripts(ctx, func(p redis.Pipeliner) {
-		if !c.opts.DisableFencing {
-			c.scripts.ticket.EvalSha(ctx, p, []string{keyspace.FenceKey(key)}, token, (c.opts.LoadTimeout + 5*time.Second).Milliseconds())
+// openState is what open did.
+type openState int
+
+const (
+	// openFailed: Redis failed; nothing is held (cache nothing).
+	openFailed openState = iota
+	// openBusy: another token holds the key's lock; nothing is held.
+	openBusy
+	// openCached: the key was filled before the lock was taken; the lock
+	// is released, and open returns the cached bytes.
+	openCached
+	// openTicketed: the fill's ticket is taken (and, if asked, the key's
+	// lock), and the key is registered under the fill's tags.
+	openTicketed
+)
+
+// open opens a fenced fill of key: with lock, it takes the key's lock (and,
+// with check, re-reads the key: LockTicketScript), then the fill's ticket,
+// and registers the key (and its fence) under f's tags, all before the
+// source is read.
+//
+// The ticket must be taken before the tags are registered: an invalidation
+// of a tag that falls between a registration and a later ticket would
+// delete the tag's set, with the key, and leave the fence to the ticket
+// taken after it, so the fill would be written and escape every later
+// invalidation of that tag. Ticket first, such an invalidation deletes the
+// ticket (the fence is a member) or comes before the registration (then the
+// load reads after it). A standalone server runs a pipeline in order, so
+// the tags ride in the ticket's pipeline; a cluster client sends the
+// commands of each node concurrently, so there the tags take a round trip
+// of their own, after the ticket's.
+func (c *Client) open(ctx context.Context, key, token string, f fill, lock, check bool) (openState, []byte) {
+	fenceTTL := int64(0)
+	if !c.opts.DisableFencing {
+		fenceTTL = (c.opts.LoadTimeout + 5*time.Second).Milliseconds()
+	}
+	if !lock && fenceTTL == 0 && len(f.tags) == 0 {
+		return openTicketed, nil // nothing to take
+	}
+	var ticket *redis.Cmd
+	queueTicket := func(p redis.Pipeliner) {
+		if lock {
+			keys := []string{keyspace.LockKey(key), keyspace.FenceKey(key)}
+			if check {
+				keys = append(keys, key)
+			}
+			ticket = c.scripts.lockTicket.EvalSha(ctx, p, keys, token, c.opts.LoadTimeout.Milliseconds(), fenceTTL)
+		} else if fenceTTL > 0 {
+			ticket = c.scripts.ticket.EvalSha(ctx, p, []string{keyspace.FenceKey(key)}, token, fenceTTL)
 		}
-		c.queueTags(ctx, p, key, f)
+	}
+	tagsApart := c.cluster && len(f.tags) > 0 && (lock || fenceTTL > 0)
+	err := c.runScripts(ctx, func(p redis.Pipeliner) {
+		queueTicket(p)
+		if !tagsApart {
+			c.queueTags(ctx, p, key, f)
+		}
 	})
+	if err == nil && lock {
+		switch r := ticket.Val().(type) {
+		case string:
+			return openCached, []byte(r)
+		case int64:
+			if r == 0 {
+				return openBusy, nil
+			}
+		}
+	}
+	if err == nil && tagsApart {
+		err = c.runScripts(ctx, func(p redis.Pipeliner) { c.queueTags(ctx, p, key, f) })
+	}
 	if err != nil {
 		c.redisFailed(ctx, "open the fill of "+key, err)
-		return false
+		if ticket != nil && ticket.Err() == nil {
+			// The ticket (and lock) was taken, the tags failed: give
+			// them up (best effort: both expire).
+			c.release(key, token, lock)
+		}
+		return openFailed, nil
 	}
-	return true
+	return openTicketed, nil
 }
 
 // queueTags registers key, and its fence, under f's tags.
 func (c *Client) queueTags(ctx context.Context, p redis.Pipeliner, key string, f fill) {
+	if len(f.tags) == 0 {
+		return
+	}
 	members := []any{key}
 	if !c.opts.DisableFencing {
 		members = append(members, keyspace.FenceKey(key))
@@ -558,8 +650,9 @@ func (c *Client) queueTags(ctx context.Context, p redis.Pipeliner, key string, f
 }
 
 // write stores value under key, and its fill stamp, if no invalidation
-// deleted the fill's token.
-func (c *Client) write(ctx context.Context, key, token string, value []byte, ttl time.Duration, stamp time.Time) {
+// deleted the fill's token; locked, it releases the key's lock in the same
+// script.
+func (c *Client) write(ctx context.Context, key, token string, value []byte, ttl time.Duration, stamp time.Time, locked bool) {
 	var written bool
 	err := c.runScripts(ctx, func(p redis.Pipeliner) {
 		if c.opts.DisableFencing {
@@ -568,13 +661,20 @@ func (c *Client) write(ctx context.Context, key, token string, value []byte, ttl
 			if !c.opts.NoFillStamps {
 				p.Set(ctx, keyspace.StampKey(key), stampValue(stamp), ttl)
 			}
+			if locked {
+				c.scripts.unlock.EvalSha(ctx, p, []string{keyspace.LockKey(key)}, token)
+			}
 			return
 		}
 		keys, args := []string{key, keyspace.FenceKey(key)}, []any{token, value, ttl.Milliseconds()}
+		script := c.scripts.fill
+		if locked {
+			keys, script = append(keys, keyspace.LockKey(key)), c.scripts.fillUnlock
+		}
 		if !c.opts.NoFillStamps {
 			keys, args = append(keys, keyspace.StampKey(key)), append(args, stampValue(stamp))
 		}
-		c.scripts.fill.EvalSha(ctx, p, keys, args...)
+		script.EvalSha(ctx, p, keys, args...)
 	}, func(cmds []redis.Cmder) {
 		if c.opts.DisableFencing {
 			written = true
@@ -586,6 +686,9 @@ func (c *Client) write(ctx context.Context, key, token string, value []byte, ttl
 	switch {
 	case err != nil:
 		c.redisFailed(ctx, "fill "+key, err)
+		if locked {
+			c.release(key, token, locked)
+		}
 	case written:
 		c.stats.fills.Add(1)
 	default:
@@ -593,24 +696,24 @@ func (c *Client) write(ctx context.Context, key, token string, value []byte, ttl
 	}
 }
 
-// release gives up a ticket whose fill will not happen (best effort: the
-// fence expires anyway).
-func (c *Client) release(key, token string) {
-	if c.opts.DisableFencing {
+// release gives up a ticket whose fill will not happen, and the key's lock
+// if locked, in one round trip (best effort: both expire anyway).
+func (c *Client) release(key, token string, locked bool) {
+	if c.opts.DisableFencing && !locked {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(c.stop), time.Second)
 	defer cancel()
-	if err := c.rdb.SRem(ctx, keyspace.FenceKey(key), token).Err(); err != nil {
+	err := c.runScripts(ctx, func(p redis.Pipeliner) {
+		if !c.opts.DisableFencing {
+			p.SRem(ctx, keyspace.FenceKey(key), token)
+		}
+		if locked {
+			c.scripts.unlock.EvalSha(ctx, p, []string{keyspace.LockKey(key)}, token)
+		}
+	})
+	if err != nil {
 		c.redisFailed(ctx, "release the fill of "+key, err)
-	}
-}
-
-func (c *Client) unlock(key, token string) {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-	defer cancel()
-	if err := c.scripts.unlock.Run(ctx, c.rdb, []string{keyspace.LockKey(key)}, token).Err(); err != nil {
-		c.redisFailed(ctx, "unlock "+key, err)
 	}
 }
 
@@ -639,7 +742,7 @@ func (c *Client) runScripts(ctx context.Context, queue func(redis.Pipeliner), do
 }
 
 func (c *Client) loadScripts(ctx context.Context) error {
-	return redisops.LoadScripts(ctx, c.rdb, c.scripts.ticket, c.scripts.fill, c.scripts.tagAdd, c.scripts.unlock, c.scripts.deleteTag, c.scripts.tagDetach, c.scripts.writeBehind)
+	return redisops.LoadScripts(ctx, c.rdb, c.scripts.lockTicket, c.scripts.ticket, c.scripts.fill, c.scripts.fillUnlock, c.scripts.tagAdd, c.scripts.unlock, c.scripts.deleteTag, c.scripts.tagDetach, c.scripts.writeBehind)
 }
 
 // refreshInBackground reloads a soft-expired key with a fenced fill: one
@@ -661,17 +764,11 @@ func refreshInBackground[T any](c *Client, key string, f fill, load func(context
 		ctx, cancel := context.WithTimeout(c.stop, c.opts.LoadTimeout)
 		defer cancel()
 		token := newToken()
-		locked, err := c.rdb.SetNX(ctx, keyspace.LockKey(key), token, c.opts.LoadTimeout).Result()
-		if err != nil {
-			c.redisFailed(ctx, "lock "+key, err)
-			return
+		if st, _ := c.open(ctx, key, token, f, true, false); st != openTicketed {
+			return // Redis failed, or another process refreshes it
 		}
-		if !locked {
-			return // another process refreshes it
-		}
-		defer c.unlock(key, token)
 		c.stats.refreshes.Add(1)
-		_, _ = fillFromSource(ctx, c, key, f, load) // a failed load is counted; the stale value stays until its TTL
+		_, _ = fillTicketed(ctx, c, key, token, f, load, true) // a failed load is counted; the stale value stays until its TTL
 	}()
 }
 
@@ -744,9 +841,9 @@ func Get[T any](ctx context.Context, c *Client, key string) (T, error) {
 //     load began before Set and may have read an older row does not overwrite
 //     value afterwards (the fill is refused and counted in FencedFills).
 //   - The key (and its fence) is registered under the tags before the value
-//     is written, so every invalidation the daemon applies after Set, of the
-//     key, of a tag, of the namespace, or a flush, removes value, and nothing
-//     of the Set writes it back.
+//     is written and again after, so every invalidation the daemon applies
+//     after Set, of the key, of a tag, of the namespace, or a flush, removes
+//     value, and nothing of the Set writes it back.
 //
 // What it cannot know is when value was read: an invalidation applied between
 // the application's read of value and Set (another writer's change of the same
@@ -785,6 +882,11 @@ func Set[T any](ctx context.Context, c *Client, key string, value T, opts ...Fil
 	if err != nil {
 		return fmt.Errorf("cacheaside: write %s: %w", key, err)
 	}
+	// Again after the write: a tag invalidation between the first
+	// registration and the write deleted it.
+	if err := c.registerTags(ctx, key, f); err != nil {
+		return fmt.Errorf("cacheaside: %s was written, but: %w (a Set again is harmless)", key, err)
+	}
 	return nil
 }
 
@@ -801,8 +903,12 @@ func (c *Client) versionedKey(ctx context.Context, key string, f fill) (string, 
 	return keyspace.VersionedKey(f.version, v, key), nil
 }
 
-// registerTags registers key (and its fence) under f's tags before a write
-// of key, so that every invalidation of a tag after the write removes it.
+// registerTags registers key (and its fence) under f's tags, before a write
+// of key and again after it: every invalidation of a tag after the write
+// then removes it. Once before is not enough, since an invalidation of the
+// tag between the registration and the write deletes the registration and
+// leaves the value out of the tag; once after is not either, since an
+// invalidation between the write and the registration would miss it.
 func (c *Client) registerTags(ctx context.Context, key string, f fill) error {
 	if len(f.tags) == 0 {
 		return nil

@@ -37,10 +37,12 @@
 //
 // # What a read does
 //
-//   - A hit decodes the value (JSON by default, Options.Codec otherwise). A
+//   - A hit is one GET (with Options.SoftTTL, a PTTL in the same pipeline),
+//     and decodes the value (JSON by default, Options.Codec otherwise). A
 //     cached "not found" returns ErrNotFound.
 //   - A miss is loaded once per process (singleflight) and, across
-//     processes, by the holder of a short lock (SET NX PX on LockKey); the
+//     processes, by the holder of a short lock on LockKey, taken in the same
+//     script as the fill's ticket; a miss costs three round trips. The
 //     others re-read the key until it appears, for at most Options.LockWait,
 //     then load from the source themselves.
 //   - The value is written with a TTL of Options.TTL ± Options.Jitter; a
@@ -61,7 +63,9 @@
 //
 //  1. Before it reads the database, a fill adds a random token to the key's
 //     fence, a Redis set (keyspace.FenceKey, in the key's cluster slot), and
-//     registers the key and its fence under the key's tags.
+//     then registers the key and its fence under the key's tags (in that
+//     order: a tag invalidation between a registration and a later ticket
+//     would leave the fill written and out of the tag).
 //  2. It reads the database.
 //  3. It writes the value with one script that first removes its token from
 //     the fence and writes only if the token was still there.

@@ -76,7 +76,7 @@ func (c *Client) verifyHit(key string, cached []byte, load func(context.Context)
 		return
 	}
 	rctx, cancel := context.WithTimeout(ctx, c.opts.LoadTimeout)
-	now, _, err := c.read(rctx, key)
+	now, _, err := c.read(rctx, key, false)
 	cancel()
 	if err != nil {
 		return

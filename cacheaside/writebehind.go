@@ -61,7 +61,7 @@ func (s *WriteBehindStream) Name() string { return s.name }
 // write the new total; appending the same entry twice then does no harm.
 //
 // The cache side is Set's: the TTL ± jitter, Tags, TTL and Versioned apply,
-// the key is registered under its tags before the step, and the step is an
+// the key is registered under its tags before the step and after, and the step is an
 // invalidation for the fills of key in flight (a GetOrLoad whose load read
 // an older row does not overwrite value afterwards).
 //
@@ -100,7 +100,15 @@ func WriteBehind[T any](ctx context.Context, s *WriteBehindStream, key string, v
 	if err := c.registerTags(ctx, key, f); err != nil {
 		return "", err
 	}
-	return s.append(ctx, key, keyspace.WriteBehindOpUpsert, entryRow, "set", raw, c.jittered(f.ttl), stamp)
+	id, err := s.append(ctx, key, keyspace.WriteBehindOpUpsert, entryRow, "set", raw, c.jittered(f.ttl), stamp)
+	if err != nil {
+		return id, err
+	}
+	// Again after the write, as Set does (registerTags).
+	if err := c.registerTags(ctx, key, f); err != nil {
+		return id, fmt.Errorf("cacheaside: write-behind of %s to stream %s was written (entry %s), but: %w; writing it again is harmless", key, s.name, id, err)
+	}
+	return id, nil
 }
 
 // WriteBehindDelete deletes key from the cache and appends the row's

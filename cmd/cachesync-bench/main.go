@@ -137,6 +137,8 @@ func main() {
 	flag.IntVar(&o.BackfillRows, "backfill-rows", 1_000_000, "rows of the backfill workload's table (0: no backfill workload)")
 	flag.Float64Var(&o.BackfillLagRate, "backfill-lag-rate", 500, "single-row transactions per second that the daemon streams during the backfill")
 	flag.BoolVar(&o.BackfillOnly, "backfill-only", false, "measure only the backfill workload (and the Redis ceiling)")
+	flag.BoolVar(&clientOpts.Only, "client-only", false, "measure only the client, cacheaside: a hit against a raw GET, round trips per miss, a stampede across processes (client.go)")
+	flag.IntVar(&clientOpts.Callers, "client-callers", 1000, "concurrent callers of one cold key in the client's stampede, spread over 4 processes")
 	flag.IntVar(&o.WriteBehindEntries, "write-behind-entries", 1_000_000, "entries of the write-behind workload's stream (0: no write-behind workload)")
 	flag.IntVar(&o.WriteBehindKeys, "write-behind-keys", 100_000, "keys (rows) the write-behind entries write")
 	flag.IntVar(&o.WriteBehindBatchSize, "write-behind-batch-size", config.DefaultWriteBehindBatchSize, "the write_behind block's batch_size (config.DefaultWriteBehindBatchSize)")
@@ -160,6 +162,9 @@ func main() {
 			fmt.Fprintln(os.Stderr, "cachesync-bench:", err)
 			os.Exit(1)
 		}
+		return
+	}
+	if clientMain(o) { // -client-only, or a stampede process of it
 		return
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

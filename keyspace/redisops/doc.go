@@ -11,6 +11,6 @@
 // client.
 //
 // Every multi-key script touches only keys in one Redis Cluster hash slot
-// (keyspace.GuardKey(k), FenceKey(k) and StampKey(k) hash to the slot of
+// (keyspace.GuardKey(k), FenceKey(k), LockKey(k) and StampKey(k) hash to the slot of
 // k), except DeleteTagScript: see its documentation.
 package redisops
