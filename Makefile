@@ -66,6 +66,7 @@ demo: ## start private PostgreSQL and Redis, run cachesync on a narrated workloa
 .PHONY: bench
 bench: build ## measure cachesync against its ceilings on private servers (~12 min; docs/benchmarks.md)
 	go run ./cmd/cachesync-bench -cachesync $(BINARY) -runs 3 -full -cluster -out bench/results -chart docs/benchmarks.png
+	go run ./cmd/cachesync-bench -client-only -cluster -runs 3 -out bench/results
 
 .PHONY: clean
 clean: ## remove build output
