@@ -36,6 +36,7 @@ package mapping
 
 import (
 	"bytes"
+	"encoding/binary"
 	"fmt"
 	"slices"
 	"sort"
@@ -51,6 +52,11 @@ import (
 	"github.com/cachesync/cachesync/keyspace"
 	"github.com/cachesync/cachesync/wal"
 )
+
+// reuseOps is the bookkeeping of a transaction's operations (per op, its
+// rule and its index key) that the next transaction reuses; more is
+// dropped.
+const reuseOps = 4096
 
 // DefaultKeyCap bounds the distinct operations one rule may accumulate in one
 // transaction before its key space is flushed instead.
@@ -138,9 +144,10 @@ type Mapper struct {
 	stats    Stats
 	// cur is the change being mapped, with its images.
 	cur change
-	// keyBuf and valBuf are reused to build keys and refresh values, which
-	// are copied out once, at their final size.
-	keyBuf, valBuf []byte
+	// keyBuf, oldKeyBuf and valBuf are reused to build keys and refresh
+	// values, which are copied out once, at their final size; indexBuf to
+	// look keys up in the transaction's index.
+	keyBuf, oldKeyBuf, valBuf, indexBuf []byte
 
 	evalLogged map[string]*logGate
 }
@@ -210,18 +217,16 @@ type binding struct {
 	nameJSON [][]byte
 }
 
-type opKey struct {
-	rule int
-	kind OpKind
-	key  string
-}
-
 type txnState struct {
-	open      bool
-	begin     wal.Begin
-	ops       []Op
-	opRule    []int
-	index     map[opKey]int
+	open   bool
+	begin  wal.Begin
+	ops    []Op
+	opRule []int
+	// opIndex holds each op's key in index: its rule, its kind (OpUnset
+	// counts as OpSet) and its Key, which is the tail of that string, so
+	// that a new key costs one allocation and a repeated one none.
+	opIndex   []string
+	index     map[string]int
 	ruleCount []int
 	flushed   []bool
 	// valueBytes is what the values of ops hold.
@@ -280,7 +285,7 @@ func New(rules []*config.Rule, opts Options) (*Mapper, error) {
 	}
 	m.txn.ruleCount = make([]int, len(m.rules))
 	m.txn.flushed = make([]bool, len(m.rules))
-	m.txn.index = map[opKey]int{}
+	m.txn.index = map[string]int{}
 	return m, nil
 }
 
@@ -362,8 +367,14 @@ func (m *Mapper) Abandon() {
 
 func (m *Mapper) resetTxn() {
 	m.txn.open = false
-	m.txn.ops = nil
-	m.txn.opRule = nil
+	m.txn.ops = nil // the batch's now
+	// The bookkeeping is reused by the next transaction, unless it grew
+	// large.
+	clear(m.txn.opIndex)
+	m.txn.opRule, m.txn.opIndex = m.txn.opRule[:0], m.txn.opIndex[:0]
+	if cap(m.txn.opRule) > reuseOps {
+		m.txn.opRule, m.txn.opIndex = nil, nil
+	}
 	m.txn.valueBytes = 0
 	clear(m.txn.index)
 	clear(m.txn.ruleCount)
@@ -754,35 +765,35 @@ func (m *Mapper) invalidate(r *rule, kind wal.Kind) {
 // emitTemplate evaluates a key template and records the operation. It
 // returns false when the rule's key space was flushed instead.
 func (m *Mapper) emitTemplate(r *rule, t *config.Template, s side, kind OpKind) bool {
-	key, ok := m.evalKey(r, t, s)
+	key, ok := m.evalKey(r, t, s, m.keyBuf[:0])
+	m.keyBuf = key
 	if !ok {
 		return false
 	}
-	if key == "" {
+	if len(key) == 0 {
 		return true
 	}
-	return m.add(r, Op{Kind: kind, Key: key, Rule: r.cfg.Name})
+	return m.addKey(r, Op{Kind: kind, Rule: r.cfg.Name}, key)
 }
 
-// evalKey evaluates a key template. ok=false means the rule was flushed;
-// an empty key with ok=true means NULL (skip). The common shapes are
-// evaluated exactly (exact.go), the rest by HCL.
-func (m *Mapper) evalKey(r *rule, t *config.Template, at side) (string, bool) {
+// evalKey evaluates a key template and appends the key to buf. ok=false
+// means the rule was flushed; an empty key with ok=true means NULL (skip).
+// The common shapes are evaluated exactly (exact.go), the rest by HCL.
+func (m *Mapper) evalKey(r *rule, t *config.Template, at side, buf []byte) ([]byte, bool) {
 	if x := m.exact[t]; x != nil {
-		var res fastResult
-		m.keyBuf, res = x.appendStr(m.keyBuf[:0], m.imgs(at), m.dec)
+		key, res := x.appendStr(buf, m.imgs(at), m.dec)
 		switch res {
 		case fastOK:
-			if len(m.keyBuf) == 0 {
+			if len(key) == len(buf) {
 				m.stats.NullKeys++
 			}
-			return string(m.keyBuf), true
+			return key, true
 		case fastNull:
 			m.stats.NullKeys++
-			return "", true
+			return buf, true
 		case fastUnknown:
 			m.flush(r, ReasonNotSent)
-			return "", false
+			return buf, false
 		}
 	}
 	ctx := m.evalCtx(at)
@@ -790,31 +801,31 @@ func (m *Mapper) evalKey(r *rule, t *config.Template, at side) (string, bool) {
 	if diags.HasErrors() && readsNull(t.Expr, ctx) {
 		// "user:${lower(row.email)}" with a NULL email: no such key.
 		m.stats.NullKeys++
-		return "", true
+		return buf, true
 	}
 	if diags.HasErrors() {
 		m.evalError(r, "key", t.Expr, diags, effectFlush)
 		m.flush(r, ReasonEvalError)
-		return "", false
+		return buf, false
 	}
 	if !v.IsWhollyKnown() {
 		m.flush(r, ReasonNotSent)
-		return "", false
+		return buf, false
 	}
 	if v.IsNull() {
 		m.stats.NullKeys++
-		return "", true
+		return buf, true
 	}
 	s, err := convert.Convert(v, cty.String)
 	if err != nil || s.IsNull() {
 		m.evalError(r, "key", t.Expr, hcl.Diagnostics{{Severity: hcl.DiagError, Summary: "key template must give a string", Detail: "it gave " + v.Type().FriendlyName(), Subject: t.Range.Ptr()}}, effectFlush)
 		m.flush(r, ReasonEvalError)
-		return "", false
+		return buf, false
 	}
 	if s.AsString() == "" {
 		m.stats.NullKeys++
 	}
-	return s.AsString(), true
+	return append(buf, s.AsString()...), true
 }
 
 // readsNull reports whether the expression reads a NULL value, which makes
@@ -832,35 +843,37 @@ func readsNull(expr hcl.Expression, ctx *hcl.EvalContext) bool {
 func (m *Mapper) refresh(r *rule, kind wal.Kind) {
 	rf := r.cfg.Refresh
 	lsn := m.txn.begin.FinalLSN
-	var oldKey string
+	unset := Op{Kind: OpUnset, LSN: lsn, Rule: r.cfg.Name}
+	var oldKey []byte
 	if kind == wal.Update || kind == wal.Delete {
-		k, ok := m.evalKey(r, rf.Key, sideOld)
+		k, ok := m.evalKey(r, rf.Key, sideOld, m.oldKeyBuf[:0])
+		m.oldKeyBuf = k
 		if !ok {
 			return
 		}
 		oldKey = k
 	}
 	if kind == wal.Delete {
-		if oldKey != "" {
-			m.add(r, Op{Kind: OpUnset, Key: oldKey, LSN: lsn, Rule: r.cfg.Name})
+		if len(oldKey) > 0 {
+			m.addKey(r, unset, oldKey)
 		}
 		return
 	}
-	newKey, ok := m.evalKey(r, rf.Key, sideNew)
+	newKey, ok := m.evalKey(r, rf.Key, sideNew, m.keyBuf[:0])
+	m.keyBuf = newKey
 	if !ok {
 		return
 	}
-	if oldKey != "" && oldKey != newKey {
-		if !m.add(r, Op{Kind: OpUnset, Key: oldKey, LSN: lsn, Rule: r.cfg.Name}) {
+	if len(oldKey) > 0 && !bytes.Equal(oldKey, newKey) {
+		if !m.addKey(r, unset, oldKey) {
 			return
 		}
 	}
-	if newKey == "" {
+	if len(newKey) == 0 {
 		return
 	}
-	unset := Op{Kind: OpUnset, Key: newKey, LSN: lsn, Rule: r.cfg.Name}
 	if when, decided := m.evalWhen(r, sideNew); !when || !decided {
-		m.add(r, unset)
+		m.addKey(r, unset, newKey)
 		return
 	}
 	if x := r.value; x != nil {
@@ -869,41 +882,41 @@ func (m *Mapper) refresh(r *rule, kind wal.Kind) {
 		m.valBuf, res = x.appendStr(m.valBuf[:0], m.imgs(sideNew), m.dec)
 		switch {
 		case res == fastOK:
-			m.add(r, Op{Kind: OpSet, Key: newKey, Value: bytes.Clone(m.valBuf), TTL: rf.TTL, Jitter: rf.Jitter, LSN: lsn, Rule: r.cfg.Name})
+			m.addKey(r, Op{Kind: OpSet, Value: bytes.Clone(m.valBuf), TTL: rf.TTL, Jitter: rf.Jitter, LSN: lsn, Rule: r.cfg.Name}, newKey)
 			return
 		case res == fastUnknown:
 			m.stats.Incomplete++
-			m.add(r, unset)
+			m.addKey(r, unset, newKey)
 			return
 		case res == fastNull && x.kind == exColumn:
-			m.add(r, unset)
+			m.addKey(r, unset, newKey)
 			return
 		}
 	}
 	v, diags := rf.Value.Value(m.evalCtx(sideNew))
 	if diags.HasErrors() {
 		m.evalError(r, "value", rf.Value, diags, effectDeleteKey)
-		m.add(r, unset)
+		m.addKey(r, unset, newKey)
 		return
 	}
 	if !v.IsWhollyKnown() {
 		// A TOASTed column was not sent and is not known from the old row:
 		// never guess, drop the key instead.
 		m.stats.Incomplete++
-		m.add(r, unset)
+		m.addKey(r, unset, newKey)
 		return
 	}
 	if v.IsNull() {
-		m.add(r, unset)
+		m.addKey(r, unset, newKey)
 		return
 	}
 	s, err := convert.Convert(v, cty.String)
 	if err != nil {
 		m.evalError(r, "value", rf.Value, hcl.Diagnostics{{Severity: hcl.DiagError, Summary: "value must be a string: wrap it in jsonencode()", Detail: err.Error(), Subject: rf.Value.Range().Ptr()}}, effectDeleteKey)
-		m.add(r, unset)
+		m.addKey(r, unset, newKey)
 		return
 	}
-	m.add(r, Op{Kind: OpSet, Key: newKey, Value: []byte(s.AsString()), TTL: rf.TTL, Jitter: rf.Jitter, LSN: lsn, Rule: r.cfg.Name})
+	m.addKey(r, Op{Kind: OpSet, Value: []byte(s.AsString()), TTL: rf.TTL, Jitter: rf.Jitter, LSN: lsn, Rule: r.cfg.Name}, newKey)
 }
 
 // evalError counts a failed evaluation and logs it: once per rule and
@@ -968,18 +981,32 @@ func (g *logGate) pass(now time.Time) bool {
 	return true
 }
 
-// add records an operation, deduplicated per rule and key. Set and Unset of
+// addKey records an operation, deduplicated per rule and key. Set and Unset of
 // one key replace each other: the last change of the transaction wins. It
 // returns false when the operation pushed the rule over the key cap and the
 // rule's key space is flushed instead.
-func (m *Mapper) add(r *rule, op Op) bool {
+//
+// key is the operation's key (op.Key is set from it): looking it up costs
+// no allocation, and only a new key is copied, once.
+func (m *Mapper) addKey(r *rule, op Op, key []byte) bool {
 	t := &m.txn
 	kind := op.Kind
 	if kind == OpUnset {
 		kind = OpSet
 	}
-	k := opKey{rule: r.idx, kind: kind, key: op.Key}
-	i, ok := t.index[k]
+	ik := binary.AppendUvarint(m.indexBuf[:0], uint64(r.idx))
+	ik = append(ik, byte(kind))
+	header := len(ik)
+	ik = append(ik, key...)
+	m.indexBuf = ik
+	i, ok := t.index[string(ik)]
+	var index string
+	if ok {
+		op.Key = t.ops[i].Key
+	} else {
+		index = string(ik)
+		op.Key = index[header:]
+	}
 	if op.Kind == OpSet && m.valueCap > 0 {
 		held := t.valueBytes
 		if ok {
@@ -1000,10 +1027,11 @@ func (m *Mapper) add(r *rule, op Op) bool {
 		return false
 	}
 	t.ruleCount[r.idx]++
-	t.index[k] = len(t.ops)
+	t.index[index] = len(t.ops)
 	t.ops = append(t.ops, op)
 	t.valueBytes += int64(len(op.Value))
 	t.opRule = append(t.opRule, r.idx)
+	t.opIndex = append(t.opIndex, index)
 	return true
 }
 
@@ -1018,27 +1046,29 @@ func (m *Mapper) flush(r *rule, reason string) {
 	m.stats.Flushes[reason]++
 	kept := t.ops[:0]
 	keptRule := t.opRule[:0]
+	keptIndex := t.opIndex[:0]
 	for i, op := range t.ops {
 		if t.opRule[i] == r.idx {
 			continue
 		}
 		kept = append(kept, op)
 		keptRule = append(keptRule, t.opRule[i])
+		keptIndex = append(keptIndex, t.opIndex[i])
 	}
-	t.ops, t.opRule = kept, keptRule
+	clear(t.opIndex[len(keptIndex):])
+	t.ops, t.opRule, t.opIndex = kept, keptRule, keptIndex
 	clear(t.index)
 	t.valueBytes = 0
 	for i, op := range t.ops {
 		t.valueBytes += int64(len(op.Value))
-		kind := op.Kind
-		if kind == OpUnset {
-			kind = OpSet
+		if t.opIndex[i] != "" {
+			t.index[t.opIndex[i]] = i
 		}
-		t.index[opKey{rule: t.opRule[i], kind: kind, key: op.Key}] = i
 	}
 	ks := r.keyspace
 	t.ops = append(t.ops, Op{Kind: OpFlush, Keyspace: &ks, Rule: r.cfg.Name, Reason: reason})
 	t.opRule = append(t.opRule, r.idx)
+	t.opIndex = append(t.opIndex, "") // a flush is not looked up
 	t.ruleCount[r.idx] = 0
 }
 
