@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"reflect"
 	"strconv"
+	"strings"
 	"testing"
 	"unicode/utf8"
 
@@ -253,6 +254,16 @@ func FuzzRefreshValuesMatchHCL(f *testing.F) {
 	fast := newMapper(&testing.T{}, diffRules, 0)
 	general := generalOnly(newMapper(&testing.T{}, diffRules, 0))
 	f.Fuzz(func(t *testing.T, kind uint8, id int64, text string, fl float64, nulls uint16) {
+		// lower and upper change the case of the committed text (the exact
+		// path, docs/rules.md), HCL that of its NFC form: where the two
+		// orders differ ("h" + U+0331 is ẖ in NFC, which has no upper case,
+		// while upper of the committed text is "H" + U+0331), no NFC of the
+		// exact key gives HCL's. HCL never evaluates these shapes.
+		for _, change := range []func(string) string{strings.ToUpper, strings.ToLower} {
+			if norm.NFC.String(change(text)) != norm.NFC.String(change(norm.NFC.String(text))) {
+				t.Skip("case mapping and NFC do not commute on this text")
+			}
+		}
 		fs := pgFloat(fl)
 		if fs == "" {
 			// PostgreSQL prints 1e+20 and 1e-05, cty 100000000000000000000
