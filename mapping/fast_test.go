@@ -34,7 +34,9 @@ var diffRel = rel(21, "d", wal.IdentityDefault,
 )
 
 // diffRules use every shape the exact path evaluates, and a `when` on a
-// bool column and on a literal, the shapes it decides without HCL.
+// bool column and on a literal, the shapes it decides without HCL; rule
+// general needs HCL for its when and one key, beside rules that do not,
+// so that a change's objects are built midway.
 const diffRules = `
 rule "row" {
   table = "public.d"
@@ -68,6 +70,13 @@ rule "inv" {
   invalidate {
     keys = ["i:${row.id}", "e:${upper(row.email)}:${row.f}:${row.n}", "t:${row.ts}"]
     tags = ["f:${row.flag}"]
+  }
+}
+rule "general" {
+  table = "public.d"
+  when  = row.n != "0"
+  invalidate {
+    keys = ["g:${substr(row.email, 0, 2)}:${row.id}", "g:${row.id}"]
   }
 }
 rule "versions" {
