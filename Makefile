@@ -56,6 +56,8 @@ fuzz: ## fuzz the rules.hcl parser, the pgoutput decoder, the array parser and t
 	go test -run='^$$' -fuzz='^FuzzParse$$' -fuzztime=$(FUZZTIME) ./config
 	go test -run='^$$' -fuzz='^FuzzDecode$$' -fuzztime=$(FUZZTIME) ./replication
 	go test -run='^$$' -fuzz='^FuzzParseTextArray$$' -fuzztime=$(FUZZTIME) ./mapping
+	go test -run='^$$' -fuzz='^FuzzRefreshValuesMatchHCL$$' -fuzztime=$(FUZZTIME) ./mapping
+	go test -run='^$$' -fuzz='^FuzzAppendJSONString$$' -fuzztime=$(FUZZTIME) ./mapping
 	go test -run='^$$' -fuzz='^FuzzDecodeEntry$$' -fuzztime=$(FUZZTIME) ./journal
 	go test -run='^$$' -fuzz='^FuzzOpen$$' -fuzztime=$(FUZZTIME) ./journal
 

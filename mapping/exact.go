@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"sort"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/hclsyntax"
@@ -103,27 +104,28 @@ func (d *decoder) arrayElement(oid uint32) (uint32, bool) {
 	return t.elem, ok
 }
 
-// text renders a non-NULL value where HCL would convert it to a string
-// (keys, string templates, a refresh value): PostgreSQL's text, except
-// bool (true, false) and timestamps (RFC 3339 in UTC), which templates see
-// typed. JSON and arrays have no string form: HCL decides (an error).
-func (d *decoder) text(class valueClass, text string) (string, fastResult) {
+// appendText appends a non-NULL value where HCL would convert it to a
+// string (keys, string templates, a refresh value): PostgreSQL's text,
+// except bool (true, false) and timestamps (RFC 3339 in UTC), which
+// templates see typed. JSON and arrays have no string form: HCL decides
+// (an error).
+func (d *decoder) appendText(buf []byte, class valueClass, text string) ([]byte, fastResult) {
 	switch class {
 	case classBool:
 		switch text {
 		case "t", "true":
-			return "true", fastOK
+			return append(buf, "true"...), fastOK
 		case "f", "false":
-			return "false", fastOK
+			return append(buf, "false"...), fastOK
 		}
 	case classTimestamp:
 		if v, ok := decodeTimestamp(text); ok {
-			return v.AsString(), fastOK
+			return append(buf, v.AsString()...), fastOK
 		}
 	case classJSON, classArray:
-		return "", fastFallback
+		return buf, fastFallback
 	}
-	return text, fastOK
+	return append(buf, text...), fastOK
 }
 
 // appendJSON renders a non-NULL value as jsonencode does, keeping
@@ -207,13 +209,72 @@ func (d *decoder) appendJSONArray(buf []byte, oid uint32, text string) ([]byte, 
 	return nest(buf, arr.dims)
 }
 
-// appendJSONString writes s as a JSON string the way cty's jsonencode does
-// (encoding/json, which escapes <, > and &), without changing its bytes
-// otherwise.
-func appendJSONString(buf []byte, s string) []byte {
-	b, _ := json.Marshal(s)
-	return append(buf, b...)
+// appendJSONString writes s as a JSON string exactly as encoding/json
+// writes it, which is what cty's jsonencode uses: <, > and & escaped as
+// \u003c, \u003e and \u0026, control characters as \b, \f, \n, \r, \t
+// or \u00XX, U+2028 and U+2029 escaped, invalid UTF-8 replaced by \ufffd,
+// and every other byte kept (no NFC). FuzzAppendJSONString holds it to
+// json.Marshal. It appends to buf without allocating when buf has room.
+func appendJSONString[T string | []byte](buf []byte, s T) []byte {
+	buf = append(buf, '"')
+	start := 0
+	for i := 0; i < len(s); {
+		if c := s[i]; c < utf8.RuneSelf {
+			if jsonSafe[c] {
+				i++
+				continue
+			}
+			buf = append(buf, s[start:i]...)
+			switch c {
+			case '\\', '"':
+				buf = append(buf, '\\', c)
+			case '\b':
+				buf = append(buf, '\\', 'b')
+			case '\f':
+				buf = append(buf, '\\', 'f')
+			case '\n':
+				buf = append(buf, '\\', 'n')
+			case '\r':
+				buf = append(buf, '\\', 'r')
+			case '\t':
+				buf = append(buf, '\\', 't')
+			default:
+				buf = append(buf, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xF])
+			}
+			i++
+			start = i
+			continue
+		}
+		// A short conversion, which stays on the stack (as in encoding/json).
+		r, size := utf8.DecodeRuneInString(string(s[i:min(len(s), i+utf8.UTFMax)]))
+		switch {
+		case r == utf8.RuneError && size == 1:
+			buf = append(buf, s[start:i]...)
+			buf = append(buf, `\ufffd`...)
+		case r == '\u2028' || r == '\u2029':
+			buf = append(buf, s[start:i]...)
+			buf = append(buf, '\\', 'u', '2', '0', '2', hexDigits[r&0xF])
+		default:
+			i += size
+			continue
+		}
+		i += size
+		start = i
+	}
+	buf = append(buf, s[start:]...)
+	return append(buf, '"')
 }
+
+const hexDigits = "0123456789abcdef"
+
+// jsonSafe lists the ASCII bytes a JSON string keeps as they are
+// (encoding/json's htmlSafeSet).
+var jsonSafe = func() (set [utf8.RuneSelf]bool) {
+	for c := 0x20; c < utf8.RuneSelf; c++ {
+		set[c] = c != '"' && c != '\\' && c != '<' && c != '>' && c != '&'
+	}
+	return set
+}()
 
 // isJSONNumber reports whether s is a number in JSON's grammar.
 func isJSONNumber(s string) bool {
@@ -268,13 +329,38 @@ const (
 
 // exactExpr is a compiled expression of the exactly evaluated shapes.
 type exactExpr struct {
-	kind   exactKind
-	lit    cty.Value
-	root   string
-	column string
-	fn     func(string) string
-	args   []*exactExpr // template parts, the argument, object values, tuple elements
-	keys   []string     // object keys, sorted as jsonencode sorts them
+	kind exactKind
+	lit  cty.Value
+	// litStr is the literal as a string and litJSON as jsonencode writes
+	// it, computed once; nil when HCL decides (a NULL, or no such form).
+	litStr  *string
+	litJSON []byte
+	root    string
+	column  string
+	fn      func(string) string
+	upper   bool         // exCase: upper() rather than lower()
+	args    []*exactExpr // template parts, the argument, object values, tuple elements
+	keys    []string     // object keys, sorted as jsonencode sorts them
+	// keysJSON holds the keys as jsonencode writes them, each with its colon.
+	keysJSON [][]byte
+}
+
+// literal compiles a literal value: its string and JSON forms are the
+// same for every row.
+func literal(v cty.Value) *exactExpr {
+	x := &exactExpr{kind: exLiteral, lit: v}
+	if v.IsKnown() && !v.IsNull() {
+		if s, err := convert.Convert(v, cty.String); err == nil && !s.IsNull() {
+			str := s.AsString()
+			x.litStr = &str
+		}
+	}
+	if v.IsWhollyKnown() {
+		if b, err := ctyjson.Marshal(v, v.Type()); err == nil {
+			x.litJSON = b
+		}
+	}
+	return x
 }
 
 // compileExact returns nil when expr is not of a shape evaluated exactly.
@@ -283,7 +369,7 @@ func compileExact(expr hcl.Expression) *exactExpr {
 	case *hclsyntax.ParenthesesExpr:
 		return compileExact(e.Expression)
 	case *hclsyntax.LiteralValueExpr:
-		return &exactExpr{kind: exLiteral, lit: e.Val}
+		return literal(e.Val)
 	case *hclsyntax.TemplateWrapExpr:
 		return compileExact(e.Wrapped)
 	case *hclsyntax.TemplateExpr:
@@ -326,7 +412,7 @@ func compileExact(expr hcl.Expression) *exactExpr {
 		case "lower":
 			return &exactExpr{kind: exCase, fn: strings.ToLower, args: []*exactExpr{arg}}
 		case "upper":
-			return &exactExpr{kind: exCase, fn: strings.ToUpper, args: []*exactExpr{arg}}
+			return &exactExpr{kind: exCase, fn: strings.ToUpper, upper: true, args: []*exactExpr{arg}}
 		case "jsonencode":
 			return &exactExpr{kind: exJSON, args: []*exactExpr{arg}}
 		}
@@ -351,6 +437,7 @@ func compileExact(expr hcl.Expression) *exactExpr {
 		sort.Strings(x.keys)
 		for _, k := range x.keys {
 			x.args = append(x.args, values[k])
+			x.keysJSON = append(x.keysJSON, append(appendJSONString(nil, k), ':'))
 		}
 		return x
 	case *hclsyntax.TupleConsExpr:
@@ -388,81 +475,141 @@ func (x *exactExpr) lookup(imgs imageSet) (*rowImage, int, fastResult) {
 	return img, i, fastOK
 }
 
-// str evaluates x where a string is wanted. A NULL part makes the whole
-// template NULL (a key is then skipped), and wins over an unknown part, as
-// in the HCL path.
-func (x *exactExpr) str(imgs imageSet, d *decoder) (string, fastResult) {
+// truth evaluates a `when` of a compiled shape (a literal or a column) as
+// the general path does: NULL is false, a value not sent is undecided
+// (fastUnknown, with true: act on the row). Anything but a bool is left to
+// HCL (fastFallback), which converts it or reports the error.
+func (x *exactExpr) truth(imgs imageSet) (bool, fastResult) {
 	switch x.kind {
 	case exLiteral:
-		if x.lit.IsNull() || !x.lit.IsKnown() {
-			return "", fastFallback
+		switch {
+		case !x.lit.IsWhollyKnown():
+		case x.lit.IsNull():
+			return false, fastOK
+		case x.lit.Type() == cty.Bool:
+			return x.lit.True(), fastOK
 		}
-		s, err := convert.Convert(x.lit, cty.String)
-		if err != nil {
-			return "", fastFallback
+	case exColumn:
+		img, i, res := x.lookup(imgs)
+		switch res {
+		case fastNull:
+			return false, fastOK
+		case fastUnknown:
+			return true, fastUnknown
+		case fastOK:
+			if img.b.class[i] == classBool {
+				switch img.vals[i].Text {
+				case "t", "true":
+					return true, fastOK
+				case "f", "false":
+					return false, fastOK
+				}
+			}
 		}
-		return s.AsString(), fastOK
+	}
+	return false, fastFallback
+}
+
+// str evaluates x where a string is wanted (a test's helper: the mapper
+// appends to its own buffers with appendStr).
+func (x *exactExpr) str(imgs imageSet, d *decoder) (string, fastResult) {
+	b, res := x.appendStr(nil, imgs, d)
+	return string(b), res
+}
+
+// appendStr evaluates x where a string is wanted and appends the string to
+// buf. A NULL part makes the whole template NULL (a key is then skipped),
+// and wins over an unknown part, as in the HCL path. Whatever the outcome,
+// buf keeps its bytes; only fastOK appends.
+func (x *exactExpr) appendStr(buf []byte, imgs imageSet, d *decoder) ([]byte, fastResult) {
+	switch x.kind {
+	case exLiteral:
+		if x.litStr == nil {
+			return buf, fastFallback
+		}
+		return append(buf, *x.litStr...), fastOK
 	case exColumn:
 		img, i, res := x.lookup(imgs)
 		if res != fastOK {
-			return "", res
+			return buf, res
 		}
-		return d.text(img.b.class[i], img.vals[i].Text)
+		return d.appendText(buf, img.b.class[i], img.vals[i].Text)
 	case exTemplate:
-		if len(x.args) == 1 && x.args[0].kind == exLiteral {
-			return x.args[0].str(imgs, d)
-		}
-		var b strings.Builder
+		start := len(buf)
 		null, unknown := false, false
 		for _, p := range x.args {
-			s, res := p.str(imgs, d)
-			switch res {
+			var res fastResult
+			switch buf, res = p.appendStr(buf, imgs, d); res {
 			case fastOK:
-				b.WriteString(s)
 			case fastNull:
 				null = true
 			case fastUnknown:
 				unknown = true
 			default:
-				return "", fastFallback
+				return buf[:start], fastFallback
 			}
 		}
 		switch {
 		case null:
-			return "", fastNull
+			return buf[:start], fastNull
 		case unknown:
-			return "", fastUnknown
+			return buf[:start], fastUnknown
 		}
-		return b.String(), fastOK
+		return buf, fastOK
 	case exCase:
-		s, res := x.args[0].str(imgs, d)
+		start := len(buf)
+		buf, res := x.args[0].appendStr(buf, imgs, d)
 		if res != fastOK {
-			return "", res
+			return buf[:start], res
 		}
-		return x.fn(s), fastOK
+		if !changeASCIICase(buf[start:], x.upper) {
+			// Not ASCII: strings.ToLower or ToUpper, as before.
+			s := x.fn(string(buf[start:]))
+			buf = append(buf[:start], s...)
+		}
+		return buf, fastOK
 	case exJSON:
-		b, res := x.args[0].json(nil, imgs, d)
+		start := len(buf)
+		buf, res := x.args[0].json(buf, imgs, d)
 		if res != fastOK {
-			return "", res
+			return buf[:start], res
 		}
-		return string(b), fastOK
+		return buf, fastOK
 	}
-	return "", fastFallback
+	return buf, fastFallback
+}
+
+// changeASCIICase lowers (or uppers) b in place, as strings.ToLower (or
+// ToUpper) would, when b is all ASCII; it reports false, and leaves b as it
+// is, otherwise.
+func changeASCIICase(b []byte, upper bool) bool {
+	for _, c := range b {
+		if c >= utf8.RuneSelf {
+			return false
+		}
+	}
+	for i, c := range b {
+		switch {
+		case upper && 'a' <= c && c <= 'z':
+			b[i] = c - ('a' - 'A')
+		case !upper && 'A' <= c && c <= 'Z':
+			b[i] = c + ('a' - 'A')
+		}
+	}
+	return true
 }
 
 // json appends x as jsonencode renders it. An unknown value anywhere makes
 // the result unknown, unless HCL would fail on another part (fastFallback).
+// Whatever the outcome, buf keeps its bytes; only fastOK appends.
 func (x *exactExpr) json(buf []byte, imgs imageSet, d *decoder) ([]byte, fastResult) {
+	start := len(buf)
 	switch x.kind {
 	case exLiteral:
-		if !x.lit.IsWhollyKnown() {
+		if x.litJSON == nil {
 			return buf, fastFallback
 		}
-		b, err := ctyjson.Marshal(x.lit, x.lit.Type())
-		if err != nil {
-			return buf, fastFallback
-		}
-		return append(buf, b...), fastOK
+		return append(buf, x.litJSON...), fastOK
 	case exImage:
 		img := imgs.get(x.root)
 		if img == nil {
@@ -479,14 +626,20 @@ func (x *exactExpr) json(buf []byte, imgs imageSet, d *decoder) ([]byte, fastRes
 		}
 		return buf, res
 	case exTemplate, exCase, exJSON:
-		s, res := x.str(imgs, d)
+		// The string goes after buf, its JSON form after that, which then
+		// moves down over the string: no scratch buffer to share between
+		// nested calls.
+		buf, res := x.appendStr(buf, imgs, d)
 		switch res {
 		case fastOK:
-			return appendJSONString(buf, s), fastOK
+			mid := len(buf)
+			buf = appendJSONString(buf, buf[start:mid])
+			n := copy(buf[start:], buf[mid:])
+			return buf[:start+n], fastOK
 		case fastNull:
-			return buf, fastFallback // HCL: a NULL in a template or function is an error
+			return buf[:start], fastFallback // HCL: a NULL in a template or function is an error
 		}
-		return buf, res
+		return buf[:start], res
 	case exObject, exTuple:
 		open, closing := byte('['), byte(']')
 		if x.kind == exObject {
@@ -499,7 +652,7 @@ func (x *exactExpr) json(buf []byte, imgs imageSet, d *decoder) ([]byte, fastRes
 				buf = append(buf, ',')
 			}
 			if x.kind == exObject {
-				buf = append(appendJSONString(buf, x.keys[i]), ':')
+				buf = append(buf, x.keysJSON[i]...)
 			}
 			var res fastResult
 			switch buf, res = el.json(buf, imgs, d); res {
@@ -507,11 +660,11 @@ func (x *exactExpr) json(buf []byte, imgs imageSet, d *decoder) ([]byte, fastRes
 				unknown = true
 			case fastOK:
 			default:
-				return buf, res
+				return buf[:start], res
 			}
 		}
 		if unknown {
-			return buf, fastUnknown
+			return buf[:start], fastUnknown
 		}
 		return append(buf, closing), fastOK
 	}
@@ -521,14 +674,14 @@ func (x *exactExpr) json(buf []byte, imgs imageSet, d *decoder) ([]byte, fastRes
 // json renders a whole image as jsonencode renders an object: attributes
 // sorted by name.
 func (img *rowImage) json(buf []byte, d *decoder) ([]byte, fastResult) {
+	start := len(buf)
 	buf = append(buf, '{')
 	unknown := false
 	for n, i := range img.b.sorted {
 		if n > 0 {
 			buf = append(buf, ',')
 		}
-		col := img.b.rel.Columns[i]
-		buf = append(appendJSONString(buf, col.Name), ':')
+		buf = append(buf, img.b.nameJSON[i]...)
 		switch v := img.vals[i]; v.Kind {
 		case wal.Null:
 			buf = append(buf, "null"...)
@@ -536,13 +689,13 @@ func (img *rowImage) json(buf []byte, d *decoder) ([]byte, fastResult) {
 			unknown = true
 		default:
 			var res fastResult
-			if buf, res = d.appendJSON(buf, col.TypeOID, img.b.class[i], v.Text); res != fastOK {
-				return buf, res
+			if buf, res = d.appendJSON(buf, img.b.rel.Columns[i].TypeOID, img.b.class[i], v.Text); res != fastOK {
+				return buf[:start], res
 			}
 		}
 	}
 	if unknown {
-		return buf, fastUnknown
+		return buf[:start], fastUnknown
 	}
 	return append(buf, '}'), fastOK
 }

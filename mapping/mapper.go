@@ -27,10 +27,16 @@
 //
 // Keys and refresh values are the committed text byte for byte: the common
 // expression shapes are evaluated from PostgreSQL's text without cty, whose
-// strings are NFC and whose floats print in plain decimal (exact.go).
+// strings are NFC and whose floats print in plain decimal (exact.go). They
+// are appended to reused buffers straight from the decoded tuple, and so is
+// a `when` on a bool column or a literal; the cty objects of a change's
+// images are built only when an expression needs the general evaluator
+// (Mapper.objects), so that the common rules build none.
 package mapping
 
 import (
+	"bytes"
+	"encoding/binary"
 	"fmt"
 	"slices"
 	"sort"
@@ -46,6 +52,11 @@ import (
 	"github.com/cachesync/cachesync/keyspace"
 	"github.com/cachesync/cachesync/wal"
 )
+
+// reuseOps is the bookkeeping of a transaction's operations (per op, its
+// rule and its index key) that the next transaction reuses; more is
+// dropped.
+const reuseOps = 4096
 
 // DefaultKeyCap bounds the distinct operations one rule may accumulate in one
 // transaction before its key space is flushed instead.
@@ -131,6 +142,12 @@ type Mapper struct {
 	exact    map[*config.Template]*exactExpr
 	txn      txnState
 	stats    Stats
+	// cur is the change being mapped, with its images.
+	cur change
+	// keyBuf, oldKeyBuf and valBuf are reused to build keys and refresh
+	// values, which are copied out once, at their final size; indexBuf to
+	// look keys up in the transaction's index.
+	keyBuf, oldKeyBuf, valBuf, indexBuf []byte
 
 	evalLogged map[string]*logGate
 }
@@ -144,7 +161,45 @@ type rule struct {
 	all     bool
 	// value is the refresh value compiled for exact evaluation, or nil.
 	value *exactExpr
+	// when is the condition compiled for exact evaluation (a literal or a
+	// column), or nil.
+	when *exactExpr
 }
+
+// change is the change being mapped. Its row images are kept as
+// PostgreSQL sent them (old, new), which is all the exactly evaluated
+// shapes read; the cty objects the general evaluator needs are built from
+// them on first use only (objects), once per change.
+type change struct {
+	c        wal.Change
+	b        *binding
+	old, new *rowImage
+	// oldImg and newImg back old and new; their vals reuse a buffer.
+	oldImg, newImg rowImage
+	oldVals        []wal.Value
+	newVals        []wal.Value
+	// built says oldObj and newObj are built; ctx holds the evaluation
+	// contexts by side, built on first use too.
+	built          bool
+	oldObj, newObj cty.Value
+	ctx            [2]*hcl.EvalContext
+}
+
+// release drops the change's references (its tuples' text, its objects),
+// keeping the buffers, so that a mapper at rest pins no WAL data.
+func (cur *change) release() {
+	clear(cur.oldVals)
+	clear(cur.newVals)
+	*cur = change{oldVals: cur.oldVals[:0], newVals: cur.newVals[:0]}
+}
+
+// side names the image a template is evaluated against (bound to row).
+type side uint8
+
+const (
+	sideOld side = iota
+	sideNew
+)
 
 // binding caches what a relation's changes need: which columns to decode.
 // It is rebuilt when a new Relation message replaces the relation.
@@ -157,20 +212,21 @@ type binding struct {
 	index  map[string]int
 	class  []valueClass
 	sorted []int
-}
-
-type opKey struct {
-	rule int
-	kind OpKind
-	key  string
+	// nameJSON holds each column's name as jsonencode writes it, with its
+	// colon.
+	nameJSON [][]byte
 }
 
 type txnState struct {
-	open      bool
-	begin     wal.Begin
-	ops       []Op
-	opRule    []int
-	index     map[opKey]int
+	open   bool
+	begin  wal.Begin
+	ops    []Op
+	opRule []int
+	// opIndex holds each op's key in index: its rule, its kind (OpUnset
+	// counts as OpSet) and its Key, which is the tail of that string, so
+	// that a new key costs one allocation and a repeated one none.
+	opIndex   []string
+	index     map[string]int
 	ruleCount []int
 	flushed   []bool
 	// valueBytes is what the values of ops hold.
@@ -210,6 +266,11 @@ func New(rules []*config.Rule, opts Options) (*Mapper, error) {
 		if rc.Refresh != nil && rc.Refresh.Value != nil {
 			r.value = compileExact(rc.Refresh.Value)
 		}
+		if rc.When != nil {
+			if x := compileExact(rc.When); x != nil && (x.kind == exLiteral || x.kind == exColumn) {
+				r.when = x
+			}
+		}
 		refs := append(append(rc.KeyColumns(), rc.WhenColumns()...), rc.ValueColumns()...)
 		for _, ref := range refs {
 			if ref.Column == "" {
@@ -224,7 +285,7 @@ func New(rules []*config.Rule, opts Options) (*Mapper, error) {
 	}
 	m.txn.ruleCount = make([]int, len(m.rules))
 	m.txn.flushed = make([]bool, len(m.rules))
-	m.txn.index = map[opKey]int{}
+	m.txn.index = map[string]int{}
 	return m, nil
 }
 
@@ -306,8 +367,14 @@ func (m *Mapper) Abandon() {
 
 func (m *Mapper) resetTxn() {
 	m.txn.open = false
-	m.txn.ops = nil
-	m.txn.opRule = nil
+	m.txn.ops = nil // the batch's now
+	// The bookkeeping is reused by the next transaction, unless it grew
+	// large.
+	clear(m.txn.opIndex)
+	m.txn.opRule, m.txn.opIndex = m.txn.opRule[:0], m.txn.opIndex[:0]
+	if cap(m.txn.opRule) > reuseOps {
+		m.txn.opRule, m.txn.opIndex = nil, nil
+	}
 	m.txn.valueBytes = 0
 	clear(m.txn.index)
 	clear(m.txn.ruleCount)
@@ -390,19 +457,19 @@ func (m *Mapper) Change(c wal.Change) error {
 	if err := checkTuples(c); err != nil {
 		return err
 	}
-	oldObj, newObj := m.images(c, b)
-	oldImg, newImg := rawImages(c, b)
+	m.setChange(c, b)
 	for _, r := range b.rules {
 		if m.txn.flushed[r.idx] {
 			continue
 		}
 		switch r.cfg.Action {
 		case config.ActionRefresh:
-			m.refresh(r, c.Kind, oldObj, newObj, oldImg, newImg)
+			m.refresh(r, c.Kind)
 		default:
-			m.invalidate(r, c.Kind, oldObj, newObj, oldImg, newImg)
+			m.invalidate(r, c.Kind)
 		}
 	}
+	m.cur.release()
 	return nil
 }
 
@@ -432,9 +499,11 @@ func (m *Mapper) bind(rel *wal.Relation) *binding {
 		return b
 	}
 	b := &binding{rel: rel, rules: m.byTable[rel.QualifiedName()], decode: make([]bool, len(rel.Columns)),
-		index: make(map[string]int, len(rel.Columns)), class: make([]valueClass, len(rel.Columns)), sorted: make([]int, len(rel.Columns))}
+		index: make(map[string]int, len(rel.Columns)), class: make([]valueClass, len(rel.Columns)), sorted: make([]int, len(rel.Columns)),
+		nameJSON: make([][]byte, len(rel.Columns))}
 	for i, col := range rel.Columns {
 		b.index[col.Name] = i
+		b.nameJSON[i] = append(appendJSONString(nil, col.Name), ':')
 		b.class[i] = m.dec.class(col.TypeOID)
 		b.sorted[i] = i
 	}
@@ -472,6 +541,47 @@ func (m *Mapper) checkIdentity(r *rule, rel *wal.Relation) {
 			return
 		}
 	}
+}
+
+// objects returns the old and new row objects of the current change, for
+// the general evaluator, building them on the first call. Missing images
+// are null objects; values that were not sent are unknown.
+func (m *Mapper) objects() (oldObj, newObj cty.Value) {
+	cur := &m.cur
+	if !cur.built {
+		cur.oldObj, cur.newObj = m.images(cur.c, cur.b)
+		cur.built = true
+	}
+	return cur.oldObj, cur.newObj
+}
+
+// evalCtx returns the evaluation context of the current change with row
+// bound to the image of side s.
+func (m *Mapper) evalCtx(s side) *hcl.EvalContext {
+	if ctx := m.cur.ctx[s]; ctx != nil {
+		return ctx
+	}
+	oldObj, newObj := m.objects()
+	row := newObj
+	if s == sideOld {
+		row = oldObj
+	}
+	ctx := &hcl.EvalContext{
+		Variables: map[string]cty.Value{"row": row, "old": oldObj, "new": newObj},
+		Functions: m.funcs,
+	}
+	m.cur.ctx[s] = ctx
+	return ctx
+}
+
+// imgs returns the images of the current change with row bound to the
+// image of side s.
+func (m *Mapper) imgs(s side) imageSet {
+	row := m.cur.new
+	if s == sideOld {
+		row = m.cur.old
+	}
+	return imageSet{row: row, old: m.cur.old, new: m.cur.new}
 }
 
 // images builds the old and new row objects of a change. Missing images are
@@ -522,40 +632,52 @@ func (m *Mapper) images(c wal.Change, b *binding) (oldObj, newObj cty.Value) {
 	return oldObj, newObj
 }
 
-// rawImages builds the old and new images of a change as PostgreSQL sent
-// them, for exact evaluation, by the rules images follows: nil where an image
-// is absent, NotSent where a value is unknown.
-func rawImages(c wal.Change, b *binding) (oldImg, newImg *rowImage) {
+// setChange makes c the current change: its old and new images as
+// PostgreSQL sent them, for exact evaluation, by the rules images follows
+// (nil where an image is absent, NotSent where a value is unknown), and no
+// cty object yet.
+func (m *Mapper) setChange(c wal.Change, b *binding) {
+	cur := &m.cur
+	cur.c, cur.b = c, b
 	cols := c.Relation.Columns
 	if c.Kind == wal.Update || c.Kind == wal.Delete {
-		vals := make([]wal.Value, len(cols))
-		for i, col := range cols {
-			switch {
-			case c.OldKind == wal.OldNone:
-				if col.Key && c.New != nil {
-					vals[i] = c.New[i]
+		vals := c.Old
+		if c.OldKind != wal.OldFull || vals == nil {
+			vals = slices.Grow(cur.oldVals[:0], len(cols))[:len(cols)]
+			for i, col := range cols {
+				switch {
+				case c.OldKind == wal.OldNone:
+					if col.Key && c.New != nil {
+						vals[i] = c.New[i]
+					} else {
+						vals[i] = wal.Value{}
+					}
+				case c.OldKind == wal.OldKey && !col.Key:
+					vals[i] = wal.Value{}
+				default:
+					vals[i] = c.Old[i]
 				}
-			case c.OldKind == wal.OldKey && !col.Key:
-			default:
-				vals[i] = c.Old[i]
 			}
+			cur.oldVals = vals
 		}
-		oldImg = &rowImage{b: b, vals: vals}
+		cur.oldImg = rowImage{b: b, vals: vals}
+		cur.old = &cur.oldImg
 	}
 	if c.Kind == wal.Insert || c.Kind == wal.Update {
 		vals, copied := c.New, false
 		for i, v := range c.New {
-			if v.Kind == wal.NotSent && oldImg != nil && oldImg.vals[i].Kind != wal.NotSent {
+			if v.Kind == wal.NotSent && cur.old != nil && cur.old.vals[i].Kind != wal.NotSent {
 				// Unchanged TOAST: equal to the old value when that is known.
 				if !copied {
-					vals, copied = slices.Clone(c.New), true
+					vals, copied = append(cur.newVals[:0], c.New...), true
+					cur.newVals = vals
 				}
-				vals[i] = oldImg.vals[i]
+				vals[i] = cur.old.vals[i]
 			}
 		}
-		newImg = &rowImage{b: b, vals: vals}
+		cur.newImg = rowImage{b: b, vals: vals}
+		cur.new = &cur.newImg
 	}
-	return oldImg, newImg
 }
 
 func (m *Mapper) value(col wal.Column, v wal.Value) cty.Value {
@@ -568,35 +690,33 @@ func (m *Mapper) value(col wal.Column, v wal.Value) cty.Value {
 	return cty.DynamicVal
 }
 
-func (m *Mapper) evalCtx(row, oldObj, newObj cty.Value) *hcl.EvalContext {
-	return &hcl.EvalContext{
-		Variables: map[string]cty.Value{"row": row, "old": oldObj, "new": newObj},
-		Functions: m.funcs,
-	}
-}
-
-// rowImages lists the images a change's keys are computed from.
-func rowImages(kind wal.Kind, oldObj, newObj cty.Value) []cty.Value {
+// rowSides lists the images a change's keys are computed from.
+func rowSides(kind wal.Kind) []side {
 	switch kind {
 	case wal.Insert:
-		return []cty.Value{newObj}
+		return []side{sideNew}
 	case wal.Delete:
-		return []cty.Value{oldObj}
+		return []side{sideOld}
 	}
-	return []cty.Value{oldObj, newObj}
+	return []side{sideOld, sideNew}
 }
 
 // evalWhen reports whether a `when` condition holds; an undecidable
 // condition (unknown or failing) counts as true, so that nothing is missed.
-func (m *Mapper) evalWhen(r *rule, ctx *hcl.EvalContext) (ok, decided bool) {
+func (m *Mapper) evalWhen(r *rule, s side) (ok, decided bool) {
 	if r.cfg.When == nil {
 		return true, true
+	}
+	if r.when != nil {
+		if ok, res := r.when.truth(m.imgs(s)); res != fastFallback {
+			return ok, res != fastUnknown
+		}
 	}
 	effect := effectWhenIsTrue
 	if r.cfg.Action == config.ActionRefresh {
 		effect = effectDeleteKey
 	}
-	v, diags := r.cfg.When.Value(ctx)
+	v, diags := r.cfg.When.Value(m.evalCtx(s))
 	if diags.HasErrors() {
 		m.evalError(r, "when", r.cfg.When, diags, effect)
 		return true, false
@@ -615,35 +735,26 @@ func (m *Mapper) evalWhen(r *rule, ctx *hcl.EvalContext) (ok, decided bool) {
 	return v.True(), true
 }
 
-func (m *Mapper) invalidate(r *rule, kind wal.Kind, oldObj, newObj cty.Value, oldImg, newImg *rowImage) {
-	raws := []*rowImage{oldImg, newImg}
-	switch kind {
-	case wal.Insert:
-		raws = raws[1:]
-	case wal.Delete:
-		raws = raws[:1]
-	}
-	for i, img := range rowImages(kind, oldObj, newObj) {
-		ctx := m.evalCtx(img, oldObj, newObj)
-		imgs := imageSet{row: raws[i], old: oldImg, new: newImg}
-		if ok, _ := m.evalWhen(r, ctx); !ok {
+func (m *Mapper) invalidate(r *rule, kind wal.Kind) {
+	for _, s := range rowSides(kind) {
+		if ok, _ := m.evalWhen(r, s); !ok {
 			continue
 		}
 		if r.cfg.Invalidate != nil {
 			for _, t := range r.cfg.Invalidate.Keys {
-				if !m.emitTemplate(r, t, ctx, imgs, OpDelete) {
+				if !m.emitTemplate(r, t, s, OpDelete) {
 					return
 				}
 			}
 			for _, t := range r.cfg.Invalidate.Tags {
-				if !m.emitTemplate(r, t, ctx, imgs, OpDeleteTag) {
+				if !m.emitTemplate(r, t, s, OpDeleteTag) {
 					return
 				}
 			}
 		}
 		if r.cfg.BumpVersion != nil {
 			for _, t := range r.cfg.BumpVersion.Namespaces {
-				if !m.emitTemplate(r, t, ctx, imgs, OpBumpVersion) {
+				if !m.emitTemplate(r, t, s, OpBumpVersion) {
 					return
 				}
 			}
@@ -653,65 +764,68 @@ func (m *Mapper) invalidate(r *rule, kind wal.Kind, oldObj, newObj cty.Value, ol
 
 // emitTemplate evaluates a key template and records the operation. It
 // returns false when the rule's key space was flushed instead.
-func (m *Mapper) emitTemplate(r *rule, t *config.Template, ctx *hcl.EvalContext, imgs imageSet, kind OpKind) bool {
-	key, ok := m.evalKey(r, t, ctx, imgs)
+func (m *Mapper) emitTemplate(r *rule, t *config.Template, s side, kind OpKind) bool {
+	key, ok := m.evalKey(r, t, s, m.keyBuf[:0])
+	m.keyBuf = key
 	if !ok {
 		return false
 	}
-	if key == "" {
+	if len(key) == 0 {
 		return true
 	}
-	return m.add(r, Op{Kind: kind, Key: key, Rule: r.cfg.Name})
+	return m.addKey(r, Op{Kind: kind, Rule: r.cfg.Name}, key)
 }
 
-// evalKey evaluates a key template. ok=false means the rule was flushed;
-// an empty key with ok=true means NULL (skip). The common shapes are
-// evaluated exactly (exact.go), the rest by HCL.
-func (m *Mapper) evalKey(r *rule, t *config.Template, ctx *hcl.EvalContext, imgs imageSet) (string, bool) {
+// evalKey evaluates a key template and appends the key to buf. ok=false
+// means the rule was flushed; an empty key with ok=true means NULL (skip).
+// The common shapes are evaluated exactly (exact.go), the rest by HCL.
+func (m *Mapper) evalKey(r *rule, t *config.Template, at side, buf []byte) ([]byte, bool) {
 	if x := m.exact[t]; x != nil {
-		switch key, res := x.str(imgs, m.dec); res {
+		key, res := x.appendStr(buf, m.imgs(at), m.dec)
+		switch res {
 		case fastOK:
-			if key == "" {
+			if len(key) == len(buf) {
 				m.stats.NullKeys++
 			}
 			return key, true
 		case fastNull:
 			m.stats.NullKeys++
-			return "", true
+			return buf, true
 		case fastUnknown:
 			m.flush(r, ReasonNotSent)
-			return "", false
+			return buf, false
 		}
 	}
+	ctx := m.evalCtx(at)
 	v, diags := t.Expr.Value(ctx)
 	if diags.HasErrors() && readsNull(t.Expr, ctx) {
 		// "user:${lower(row.email)}" with a NULL email: no such key.
 		m.stats.NullKeys++
-		return "", true
+		return buf, true
 	}
 	if diags.HasErrors() {
 		m.evalError(r, "key", t.Expr, diags, effectFlush)
 		m.flush(r, ReasonEvalError)
-		return "", false
+		return buf, false
 	}
 	if !v.IsWhollyKnown() {
 		m.flush(r, ReasonNotSent)
-		return "", false
+		return buf, false
 	}
 	if v.IsNull() {
 		m.stats.NullKeys++
-		return "", true
+		return buf, true
 	}
 	s, err := convert.Convert(v, cty.String)
 	if err != nil || s.IsNull() {
 		m.evalError(r, "key", t.Expr, hcl.Diagnostics{{Severity: hcl.DiagError, Summary: "key template must give a string", Detail: "it gave " + v.Type().FriendlyName(), Subject: t.Range.Ptr()}}, effectFlush)
 		m.flush(r, ReasonEvalError)
-		return "", false
+		return buf, false
 	}
 	if s.AsString() == "" {
 		m.stats.NullKeys++
 	}
-	return s.AsString(), true
+	return append(buf, s.AsString()...), true
 }
 
 // readsNull reports whether the expression reads a NULL value, which makes
@@ -726,81 +840,83 @@ func readsNull(expr hcl.Expression, ctx *hcl.EvalContext) bool {
 	return false
 }
 
-func (m *Mapper) refresh(r *rule, kind wal.Kind, oldObj, newObj cty.Value, oldImg, newImg *rowImage) {
+func (m *Mapper) refresh(r *rule, kind wal.Kind) {
 	rf := r.cfg.Refresh
 	lsn := m.txn.begin.FinalLSN
-	var oldKey string
+	unset := Op{Kind: OpUnset, LSN: lsn, Rule: r.cfg.Name}
+	var oldKey []byte
 	if kind == wal.Update || kind == wal.Delete {
-		k, ok := m.evalKey(r, rf.Key, m.evalCtx(oldObj, oldObj, newObj), imageSet{row: oldImg, old: oldImg, new: newImg})
+		k, ok := m.evalKey(r, rf.Key, sideOld, m.oldKeyBuf[:0])
+		m.oldKeyBuf = k
 		if !ok {
 			return
 		}
 		oldKey = k
 	}
 	if kind == wal.Delete {
-		if oldKey != "" {
-			m.add(r, Op{Kind: OpUnset, Key: oldKey, LSN: lsn, Rule: r.cfg.Name})
+		if len(oldKey) > 0 {
+			m.addKey(r, unset, oldKey)
 		}
 		return
 	}
-	ctx := m.evalCtx(newObj, oldObj, newObj)
-	imgs := imageSet{row: newImg, old: oldImg, new: newImg}
-	newKey, ok := m.evalKey(r, rf.Key, ctx, imgs)
+	newKey, ok := m.evalKey(r, rf.Key, sideNew, m.keyBuf[:0])
+	m.keyBuf = newKey
 	if !ok {
 		return
 	}
-	if oldKey != "" && oldKey != newKey {
-		if !m.add(r, Op{Kind: OpUnset, Key: oldKey, LSN: lsn, Rule: r.cfg.Name}) {
+	if len(oldKey) > 0 && !bytes.Equal(oldKey, newKey) {
+		if !m.addKey(r, unset, oldKey) {
 			return
 		}
 	}
-	if newKey == "" {
+	if len(newKey) == 0 {
 		return
 	}
-	unset := Op{Kind: OpUnset, Key: newKey, LSN: lsn, Rule: r.cfg.Name}
-	if when, decided := m.evalWhen(r, ctx); !when || !decided {
-		m.add(r, unset)
+	if when, decided := m.evalWhen(r, sideNew); !when || !decided {
+		m.addKey(r, unset, newKey)
 		return
 	}
 	if x := r.value; x != nil {
 		// The committed bytes, not HCL's NFC strings and plain-decimal floats.
-		switch s, res := x.str(imgs, m.dec); {
+		var res fastResult
+		m.valBuf, res = x.appendStr(m.valBuf[:0], m.imgs(sideNew), m.dec)
+		switch {
 		case res == fastOK:
-			m.add(r, Op{Kind: OpSet, Key: newKey, Value: []byte(s), TTL: rf.TTL, Jitter: rf.Jitter, LSN: lsn, Rule: r.cfg.Name})
+			m.addKey(r, Op{Kind: OpSet, Value: bytes.Clone(m.valBuf), TTL: rf.TTL, Jitter: rf.Jitter, LSN: lsn, Rule: r.cfg.Name}, newKey)
 			return
 		case res == fastUnknown:
 			m.stats.Incomplete++
-			m.add(r, unset)
+			m.addKey(r, unset, newKey)
 			return
 		case res == fastNull && x.kind == exColumn:
-			m.add(r, unset)
+			m.addKey(r, unset, newKey)
 			return
 		}
 	}
-	v, diags := rf.Value.Value(ctx)
+	v, diags := rf.Value.Value(m.evalCtx(sideNew))
 	if diags.HasErrors() {
 		m.evalError(r, "value", rf.Value, diags, effectDeleteKey)
-		m.add(r, unset)
+		m.addKey(r, unset, newKey)
 		return
 	}
 	if !v.IsWhollyKnown() {
 		// A TOASTed column was not sent and is not known from the old row:
 		// never guess, drop the key instead.
 		m.stats.Incomplete++
-		m.add(r, unset)
+		m.addKey(r, unset, newKey)
 		return
 	}
 	if v.IsNull() {
-		m.add(r, unset)
+		m.addKey(r, unset, newKey)
 		return
 	}
 	s, err := convert.Convert(v, cty.String)
 	if err != nil {
 		m.evalError(r, "value", rf.Value, hcl.Diagnostics{{Severity: hcl.DiagError, Summary: "value must be a string: wrap it in jsonencode()", Detail: err.Error(), Subject: rf.Value.Range().Ptr()}}, effectDeleteKey)
-		m.add(r, unset)
+		m.addKey(r, unset, newKey)
 		return
 	}
-	m.add(r, Op{Kind: OpSet, Key: newKey, Value: []byte(s.AsString()), TTL: rf.TTL, Jitter: rf.Jitter, LSN: lsn, Rule: r.cfg.Name})
+	m.addKey(r, Op{Kind: OpSet, Value: []byte(s.AsString()), TTL: rf.TTL, Jitter: rf.Jitter, LSN: lsn, Rule: r.cfg.Name}, newKey)
 }
 
 // evalError counts a failed evaluation and logs it: once per rule and
@@ -865,18 +981,32 @@ func (g *logGate) pass(now time.Time) bool {
 	return true
 }
 
-// add records an operation, deduplicated per rule and key. Set and Unset of
+// addKey records an operation, deduplicated per rule and key. Set and Unset of
 // one key replace each other: the last change of the transaction wins. It
 // returns false when the operation pushed the rule over the key cap and the
 // rule's key space is flushed instead.
-func (m *Mapper) add(r *rule, op Op) bool {
+//
+// key is the operation's key (op.Key is set from it): looking it up costs
+// no allocation, and only a new key is copied, once.
+func (m *Mapper) addKey(r *rule, op Op, key []byte) bool {
 	t := &m.txn
 	kind := op.Kind
 	if kind == OpUnset {
 		kind = OpSet
 	}
-	k := opKey{rule: r.idx, kind: kind, key: op.Key}
-	i, ok := t.index[k]
+	ik := binary.AppendUvarint(m.indexBuf[:0], uint64(r.idx))
+	ik = append(ik, byte(kind))
+	header := len(ik)
+	ik = append(ik, key...)
+	m.indexBuf = ik
+	i, ok := t.index[string(ik)]
+	var index string
+	if ok {
+		op.Key = t.ops[i].Key
+	} else {
+		index = string(ik)
+		op.Key = index[header:]
+	}
 	if op.Kind == OpSet && m.valueCap > 0 {
 		held := t.valueBytes
 		if ok {
@@ -897,10 +1027,11 @@ func (m *Mapper) add(r *rule, op Op) bool {
 		return false
 	}
 	t.ruleCount[r.idx]++
-	t.index[k] = len(t.ops)
+	t.index[index] = len(t.ops)
 	t.ops = append(t.ops, op)
 	t.valueBytes += int64(len(op.Value))
 	t.opRule = append(t.opRule, r.idx)
+	t.opIndex = append(t.opIndex, index)
 	return true
 }
 
@@ -915,27 +1046,29 @@ func (m *Mapper) flush(r *rule, reason string) {
 	m.stats.Flushes[reason]++
 	kept := t.ops[:0]
 	keptRule := t.opRule[:0]
+	keptIndex := t.opIndex[:0]
 	for i, op := range t.ops {
 		if t.opRule[i] == r.idx {
 			continue
 		}
 		kept = append(kept, op)
 		keptRule = append(keptRule, t.opRule[i])
+		keptIndex = append(keptIndex, t.opIndex[i])
 	}
-	t.ops, t.opRule = kept, keptRule
+	clear(t.opIndex[len(keptIndex):])
+	t.ops, t.opRule, t.opIndex = kept, keptRule, keptIndex
 	clear(t.index)
 	t.valueBytes = 0
 	for i, op := range t.ops {
 		t.valueBytes += int64(len(op.Value))
-		kind := op.Kind
-		if kind == OpUnset {
-			kind = OpSet
+		if t.opIndex[i] != "" {
+			t.index[t.opIndex[i]] = i
 		}
-		t.index[opKey{rule: t.opRule[i], kind: kind, key: op.Key}] = i
 	}
 	ks := r.keyspace
 	t.ops = append(t.ops, Op{Kind: OpFlush, Keyspace: &ks, Rule: r.cfg.Name, Reason: reason})
 	t.opRule = append(t.opRule, r.idx)
+	t.opIndex = append(t.opIndex, "") // a flush is not looked up
 	t.ruleCount[r.idx] = 0
 }
 

@@ -273,6 +273,40 @@ func TestKeyCapFlushesAndBoundsMemory(t *testing.T) {
 	}
 }
 
+// TestOpsIndexAfterFlushAndAcrossTransactions: the index that deduplicates
+// a transaction's operations still finds an operation after another rule's
+// flush compacted them, and starts empty in the next transaction, whose
+// bookkeeping reuses the last one's.
+func TestOpsIndexAfterFlushAndAcrossTransactions(t *testing.T) {
+	m := newMapper(t, testRules, 2)
+	b, err := m.Map(wal.Txn{XID: 1, CommitLSN: 10, EndLSN: 11, Changes: []wal.Change{
+		{Relation: products, Kind: wal.Insert, New: tup("7", "Pen", "1.00", "t", "x")},
+		{Relation: users, Kind: wal.Insert, New: tup("1", "a@x", "1", "n")}, // three keys: past the cap of 2
+		{Relation: products, Kind: wal.Update, New: tup("7", "Pen", "1.00", "f", "x")},
+		{Relation: products, Kind: wal.Insert, New: tup("8", "Cap", "2.00", "t", "y")},
+		{Relation: products, Kind: wal.Update, New: tup("8", "Cap", "3.00", "t", "y")},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"unset product:7", "flush user key_cap keys=[user:* user:email:*] tags=[org:*] versions=[]",
+		`set product:8 {"description":"y","id":8,"name":"Cap","price":"3.00","published":true}`}
+	if got := describe(b.Ops); !slices.Equal(got, want) {
+		t.Errorf("first transaction:\n got %q\nwant %q", got, want)
+	}
+	b, err = m.Map(wal.Txn{XID: 2, CommitLSN: 20, EndLSN: 21, Changes: []wal.Change{
+		{Relation: products, Kind: wal.Insert, New: tup("8", "Cap", "4.00", "t", "y")},
+		{Relation: users, Kind: wal.Insert, New: tup("1", "a@x", null, "n")},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want = []string{`set product:8 {"description":"y","id":8,"name":"Cap","price":"4.00","published":true}`, "delete user:1", "delete user:email:a@x"}
+	if got := describe(b.Ops); !slices.Equal(got, want) {
+		t.Errorf("second transaction:\n got %q\nwant %q", got, want)
+	}
+}
+
 func TestProtocolOrder(t *testing.T) {
 	m := newMapper(t, testRules, 0)
 	if err := m.Change(wal.Change{Relation: users, Kind: wal.Insert, New: tup("1", "a", "1", "n")}); err == nil {
