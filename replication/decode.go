@@ -82,6 +82,11 @@ func (d *Decoder) Decode(data []byte, emit func(Event) error) error {
 		return protocolErr("empty message")
 	}
 	r := &reader{buf: data[1:]}
+	if typ := data[0]; (typ == 'I' || typ == 'U' || typ == 'D') && len(data) <= sharedTextMax {
+		// One allocation for every text value of the message: they are
+		// sliced from a copy of it.
+		r.shared = string(r.buf)
+	}
 	switch typ := data[0]; typ {
 	case 'R':
 		rel := &wal.Relation{ID: r.u32(), Namespace: r.str(), Name: r.str(), ReplicaIdentity: r.u8()}
@@ -166,6 +171,8 @@ func (d *Decoder) Decode(data []byte, emit func(Event) error) error {
 		c := wal.Change{Relation: rel, Kind: wal.Update}
 		t := r.u8()
 		if t == 'K' || t == 'O' {
+			// One allocation for both tuples' values.
+			r.values = make([]wal.Value, 2*len(rel.Columns))
 			c.OldKind, c.Old = oldKind(t), tuple(r, rel, t)
 			t = r.u8()
 		}
@@ -220,6 +227,12 @@ func (d *Decoder) Decode(data []byte, emit func(Event) error) error {
 	}
 }
 
+// sharedTextMax is the size of the largest change message whose text values
+// share one allocation (a copy of the message). A value kept longer than its
+// event (a key the mapper used as is) keeps the whole copy alive, so larger
+// messages get one allocation per value.
+const sharedTextMax = 512
+
 func (d *Decoder) change(kind string, relID uint32) (*wal.Relation, error) {
 	if !d.inTxn {
 		return nil, protocolErr("%s outside a transaction", kind)
@@ -249,7 +262,7 @@ func tuple(r *reader, rel *wal.Relation, typ byte) wal.Tuple {
 		r.err = protocolErr("tuple of %s has %d columns, relation has %d", rel.QualifiedName(), n, len(rel.Columns))
 		return nil
 	}
-	out := make(wal.Tuple, n)
+	out := r.tuple(n)
 	for i := range out {
 		switch kind := r.u8(); kind {
 		case 'n':
@@ -261,7 +274,7 @@ func tuple(r *reader, rel *wal.Relation, typ byte) wal.Tuple {
 		case 'u':
 			out[i] = wal.Value{Kind: wal.NotSent}
 		case 't':
-			out[i] = wal.Value{Kind: wal.Text, Text: string(r.bytes(r.u32()))}
+			out[i] = wal.Value{Kind: wal.Text, Text: r.text(r.u32())}
 		default:
 			if r.err == nil {
 				r.err = protocolErr("column %s of %s: value kind %q (binary output was not requested)", rel.Columns[i].Name, rel.QualifiedName(), kind)

@@ -3,7 +3,9 @@ package replication
 import (
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/cachesync/cachesync/wal"
@@ -225,6 +227,8 @@ func FuzzDecode(f *testing.F) {
 		if _, err := decodeAll(t, d, relationMsg(1, "public", "t", 'd', col{"id", 20, true}, col{"v", 25, false}), beginMsg(1, 1)); err != nil {
 			t.Fatal(err)
 		}
+		var changes []wal.Change
+		var texts [][]string // each change's values, copied when emitted
 		_ = d.Decode(data, func(ev Event) error {
 			if ev.Kind == EventChange && ev.Change.Kind != wal.Truncate {
 				for _, tup := range []wal.Tuple{ev.Change.Old, ev.Change.New} {
@@ -232,10 +236,70 @@ func FuzzDecode(f *testing.F) {
 						t.Fatalf("tuple of %d values for a relation of %d columns", len(tup), len(ev.Change.Relation.Columns))
 					}
 				}
+				changes, texts = append(changes, ev.Change), append(texts, tupleTexts(ev.Change))
 			}
 			return nil
 		})
+		// data is the connection's read buffer, reused for the next
+		// message: what was emitted must not refer to it.
+		for i := range data {
+			data[i] ^= 0xFF
+		}
+		for i, c := range changes {
+			if got := tupleTexts(c); !slices.Equal(got, texts[i]) {
+				t.Fatalf("values changed with the input buffer: %q, then %q", texts[i], got)
+			}
+		}
 	})
+}
+
+// tupleTexts copies the texts of a change's old and new values.
+func tupleTexts(c wal.Change) []string {
+	var out []string
+	for _, v := range append(slices.Clip(c.Old), c.New...) {
+		out = append(out, strings.Clone(v.Text))
+	}
+	return out
+}
+
+// TestDecodeValuesOwnTheirText: the values of small messages share one copy
+// of the message, larger ones get a copy each; either way they outlive the
+// read buffer, and the old and new tuples of an update do not overlap.
+func TestDecodeValuesOwnTheirText(t *testing.T) {
+	wide := strings.Repeat("w", sharedTextMax)
+	for _, tt := range []struct {
+		name     string
+		old, new []string
+	}{
+		{"small", []string{"1", "a@x", ""}, []string{"2", "b@x", `\x00ff`}},
+		{"large", []string{"1", wide, `\x00`}, []string{"2", "", wide + "!"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			d := NewDecoder("")
+			rel := relationMsg(1, "public", "t", 'f', col{"id", 20, true}, col{"email", 25, true}, col{"bio", 25, true})
+			msgs := [][]byte{rel, beginMsg(1, 1), insertMsg(1, tt.new...), updateMsg(1, 'O', tt.old, tt.new...), deleteMsg(1, 'O', tt.old...)}
+			events, err := decodeAll(t, d, msgs...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, m := range msgs {
+				clear(m)
+			}
+			ins, upd, del := events[1].Change, events[2].Change, events[3].Change
+			upd.Old = append(upd.Old, wal.Value{Kind: wal.Text, Text: "appended"}) // must not write over upd.New
+			for _, c := range []struct {
+				name string
+				tup  wal.Tuple
+				want []string
+			}{{"insert", ins.New, tt.new}, {"update old", upd.Old[:3], tt.old}, {"update new", upd.New, tt.new}, {"delete", del.Old, tt.old}} {
+				for i, v := range c.tup {
+					if v.Kind != wal.Text || v.Text != c.want[i] {
+						t.Errorf("%s value %d: %v %q, want text %q", c.name, i, v.Kind, v.Text, c.want[i])
+					}
+				}
+			}
+		})
+	}
 }
 
 func TestEventSize(t *testing.T) {
@@ -257,4 +321,56 @@ func TestEventSize(t *testing.T) {
 			t.Errorf("%s: Size() = %d, want %d", tt.name, got, tt.want)
 		}
 	}
+}
+
+// benchDecode decodes msgs over and over after rel and a begin, as the
+// stream does: each emitted event is handed on, nothing retained.
+func benchDecode(b *testing.B, rel []byte, msgs ...[]byte) {
+	d := NewDecoder("cachesync")
+	if err := d.Decode(rel, func(Event) error { return nil }); err != nil {
+		b.Fatal(err)
+	}
+	begin, commit := beginMsg(1, 1), commitMsg(1, 2)
+	var sink Event
+	emit := func(ev Event) error { sink = ev; return nil }
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := d.Decode(begin, emit); err != nil {
+			b.Fatal(err)
+		}
+		for _, m := range msgs {
+			if err := d.Decode(m, emit); err != nil {
+				b.Fatal(err)
+			}
+		}
+		if err := d.Decode(commit, emit); err != nil {
+			b.Fatal(err)
+		}
+	}
+	_ = sink
+}
+
+// The 1-row workload of cachesync-bench: a single-row transaction inserting
+// into a table of three columns (REPLICA IDENTITY FULL).
+func BenchmarkDecodeInsert1Row(b *testing.B) {
+	rel := relationMsg(1, "public", "w", 'f', col{"id", 23, true}, col{"email", 25, true}, col{"org_id", 23, true})
+	benchDecode(b, rel, insertMsg(1, "12345", "User12345@Example.com", "45"))
+}
+
+// An update carrying the full old row, as under REPLICA IDENTITY FULL.
+func BenchmarkDecodeUpdateFull(b *testing.B) {
+	rel := relationMsg(1, "public", "w", 'f', col{"id", 23, true}, col{"email", 25, true}, col{"org_id", 23, true})
+	benchDecode(b, rel, updateMsg(1, 'O', []string{"12345", "User12345@Example.com", "45"}, "12345", "user12345@example.com", "46"))
+}
+
+// A wide row: 20 columns, some NULL, one value of 2 KiB.
+func BenchmarkDecodeInsertWide(b *testing.B) {
+	cols := make([]col, 20)
+	vals := make([]string, 20)
+	for i := range cols {
+		cols[i] = col{name: fmt.Sprintf("c%d", i), oid: 25}
+		vals[i] = fmt.Sprintf("value %d", i)
+	}
+	vals[3], vals[7] = "\x00", strings.Repeat("x", 2048)
+	benchDecode(b, relationMsg(1, "public", "w", 'd', cols...), insertMsg(1, vals...))
 }

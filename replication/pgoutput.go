@@ -3,6 +3,8 @@ package replication
 import (
 	"encoding/binary"
 	"time"
+
+	"github.com/cachesync/cachesync/wal"
 )
 
 // reader decodes the fields of one pgoutput message with bounds checks on
@@ -12,6 +14,11 @@ import (
 type reader struct {
 	buf []byte
 	err error
+	// shared, when set, is a copy of what buf held at the start: text
+	// returns slices of it instead of a copy per value.
+	shared string
+	// values, when set, is where tuple takes its values from.
+	values []wal.Value
 }
 
 func (r *reader) fail() {
@@ -70,6 +77,26 @@ func (r *reader) bytes(n uint32) []byte {
 	v := r.buf[:n]
 	r.buf = r.buf[n:]
 	return v
+}
+
+// text returns n bytes as a string: a slice of shared when set, else a copy.
+func (r *reader) text(n uint32) string {
+	at := len(r.shared) - len(r.buf)
+	b := r.bytes(n)
+	if r.shared == "" || b == nil {
+		return string(b)
+	}
+	return r.shared[at : at+len(b)]
+}
+
+// tuple returns a tuple of n values, from values while it has room.
+func (r *reader) tuple(n int) wal.Tuple {
+	if n > len(r.values) {
+		return make(wal.Tuple, n)
+	}
+	t := r.values[:n:n]
+	r.values = r.values[n:]
+	return t
 }
 
 // str reads a NUL-terminated string (copied).

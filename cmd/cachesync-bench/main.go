@@ -36,6 +36,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"slices"
 	"strings"
@@ -53,6 +54,7 @@ type options struct {
 	Full      bool   `json:"full"`
 	Cluster   bool   `json:"cluster"`
 	LagOnly   bool   `json:"lag_only,omitempty"`
+	Workloads string `json:"workloads,omitempty"` // regexp selecting throughput workloads by name
 	// BackfillRows is the backfill workload's table size, 0 for no backfill
 	// workload; BackfillLagRate the stream's steady load meanwhile.
 	BackfillRows    int           `json:"backfill_rows"`
@@ -131,6 +133,7 @@ func main() {
 	// Off by default so that a bare `go run` stays as it was; `make bench` and the
 	// smoke test turn it on.
 	flag.BoolVar(&o.Cluster, "cluster", false, "start a Redis Cluster (3 masters, 3 replicas) and add the cluster workload")
+	flag.Func("workloads", "run only the throughput workloads whose name matches this regexp (e.g. '1-row')", func(s string) error { _, err := regexp.Compile(s); o.Workloads = s; return err })
 	flag.BoolVar(&o.LagOnly, "lag-only", false, "measure only the lag at a steady load (and the Redis ceiling)")
 	flag.IntVar(&o.BigRows, "big-rows", 1_000_000, "rows of the single big transaction (with -full)")
 	flag.IntVar(&o.RedisOps, "redis-ops", 500_000, "DELs for the Redis ceiling")
@@ -201,7 +204,7 @@ func run(ctx context.Context, o options, stdout, logw io.Writer) (*report, error
 		return nil, err
 	}
 	defer srv.stop()
-	ws := workloads(o.Full, o.Cluster)
+	ws := selectWorkloads(workloads(o.Full, o.Cluster), o.Workloads)
 	if o.only() {
 		ws = nil
 	}
@@ -291,7 +294,7 @@ func rerender(path, chartCopy, compare string, stdout io.Writer) error {
 	if err := json.Unmarshal(js, &rep); err != nil {
 		return fmt.Errorf("%s: %w", path, err)
 	}
-	ws := workloads(rep.Options.Full, rep.Options.Cluster)
+	ws := selectWorkloads(workloads(rep.Options.Full, rep.Options.Cluster), rep.Options.Workloads)
 	if rep.Options.only() {
 		ws = nil
 	}

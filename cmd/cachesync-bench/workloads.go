@@ -7,6 +7,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -65,6 +67,16 @@ func workloads(full, cluster bool) []workload {
 		ws = append(ws, workload{Name: "invalidate, 1M-row tx", Rule: invRule, Table: invTable, TxRows: 0})
 	}
 	return ws
+}
+
+// selectWorkloads keeps the workloads whose name matches expr (-workloads;
+// the flag checked it compiles), all of them when expr is empty.
+func selectWorkloads(ws []workload, expr string) []workload {
+	if expr == "" {
+		return ws
+	}
+	re := regexp.MustCompile(expr)
+	return slices.DeleteFunc(ws, func(w workload) bool { return !re.MatchString(w.Name) })
 }
 
 // throughput is what one run of one workload measured.

@@ -44,7 +44,11 @@ type Metrics struct {
 	// map lookup rather than a label hash. Only the goroutine that calls
 	// Change touches it. Keyed by name, not by *wal.Relation: a relation
 	// is announced again after every schema invalidation.
-	changeCache  map[relKey]*[wal.Truncate + 1]prometheus.Counter
+	changeCache map[relKey]*[wal.Truncate + 1]prometheus.Counter
+	// lastRel and lastCounters are the relation Change last counted and
+	// its counters: a stream of changes to one table skips the map too.
+	lastRel      *wal.Relation
+	lastCounters *[wal.Truncate + 1]prometheus.Counter
 	Transactions prometheus.Counter
 
 	GroupTransactions prometheus.Histogram
@@ -167,6 +171,10 @@ func (m *Metrics) Change(rel *wal.Relation, kind wal.Kind) {
 	if rel == nil || kind < wal.Insert || kind > wal.Truncate {
 		return
 	}
+	if rel == m.lastRel {
+		m.lastCounters[kind].Inc()
+		return
+	}
 	k := relKey{rel.Namespace, rel.Name}
 	cs := m.changeCache[k]
 	if cs == nil {
@@ -179,6 +187,7 @@ func (m *Metrics) Change(rel *wal.Relation, kind wal.Kind) {
 		}
 		m.changeCache[k] = cs
 	}
+	m.lastRel, m.lastCounters = rel, cs
 	cs[kind].Inc()
 }
 
