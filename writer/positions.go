@@ -191,11 +191,8 @@ func NewPositions(client redis.UniversalClient) *Positions {
 // writer's client. The outcome of every command is recorded as an attempt
 // of the writer's (Failing, Retries and the outage's log lines), so that an
 // idle pipeline whose only traffic is bookkeeping still reports Redis down.
-func (w *Writer) Positions() *Positions {
-	p := NewPositions(w.client)
-	p.writer = w
-	return p
-}
+// Every call returns the same Positions, the one ApplyAdvance uses.
+func (w *Writer) Positions() *Positions { return w.positions }
 
 // report records the outcome of a command with the writer's outage
 // tracker, if any. A command cut short by ctx says nothing about Redis.
@@ -430,16 +427,29 @@ func (r *Positions) Applied(ctx context.Context, slot string) (_ Position, err e
 func (r *Positions) Advance(ctx context.Context, slot string, from Position, to wal.LSN) (_ bool, _ Position, err error) {
 	defer func() { r.report(ctx, err) }()
 	keys := r.keys(ctx, slot)
-	cmds, err := r.evalMarkers(ctx, advanceScript, keys, func(k string) []any {
+	cmds, err := r.evalMarkers(ctx, advanceScript, keys, advanceArgs(from, to))
+	if err != nil {
+		return false, Position{}, fmt.Errorf("advance the applied position in Redis: %w", err)
+	}
+	return r.advanced(keys, cmds)
+}
+
+// advanceArgs are advanceScript's arguments for each marker key: swap from
+// what from read there, on the same server, to to; a key from does not
+// know is written whatever it holds.
+func advanceArgs(from Position, to wal.LSN) func(k string) []any {
+	return func(k string) []any {
 		m, ok := from.markers[k]
 		if !ok {
 			return []any{"*", to.String(), ""}
 		}
 		return []any{m.value, to.String(), m.server}
-	})
-	if err != nil {
-		return false, Position{}, fmt.Errorf("advance the applied position in Redis: %w", err)
 	}
+}
+
+// advanced reads the replies of advanceScript on keys: whether every marker
+// swapped, and the markers as they are now.
+func (r *Positions) advanced(keys []string, cmds []redis.Cmder) (bool, Position, error) {
 	swapped := true
 	markers := make(map[string]marker, len(keys))
 	for i, c := range cmds {
