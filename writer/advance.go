@@ -42,7 +42,10 @@ var ErrNotAdvanced = errors.New("effects applied, applied position not advanced"
 // denies, a fallback's WRONGTYPE) is visible until the undo lands, and
 // stays if the process dies in between; the group is then not confirmed,
 // so it is delivered and applied again, as after a crash between an
-// advance and its confirm.
+// advance and its confirm. Likewise, while slots migrate, an effect that a
+// server redirects (MOVED, ASK) is sent again by go-redis after the first
+// pass, so within that one Exec it may land after its new master's marker;
+// if it then fails, the undo applies.
 //
 // The results are Positions.Advance's: swapped is false when a marker did
 // not hold what from read (cur is what it holds: heal, as after Advance).

@@ -252,3 +252,9 @@ func TestApplyAdvanceUndo(t *testing.T) {
 		}
 	}
 }
+
+func init() {
+	applyAdvance = func(ctx context.Context, w *writer.Writer, batches []mapping.Batch, slot string, from writer.Position, to wal.LSN) (bool, writer.Position, error) {
+		return w.ApplyAdvance(ctx, batches, slot, from, to)
+	}
+}
