@@ -174,6 +174,7 @@ type Positions struct {
 
 	mu        sync.Mutex
 	placement []int // marker slots (cluster)
+	masters   int   // the masters that own slots, as last read (cluster)
 	refreshed time.Time
 }
 
@@ -298,8 +299,8 @@ func (r *Positions) keys(ctx context.Context, slot string) []string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.placement == nil || time.Since(r.refreshed) >= topologyRefresh {
-		if placement, err := r.readPlacement(ctx); err == nil {
-			r.placement, r.refreshed = placement, time.Now()
+		if placement, masters, err := r.readPlacement(ctx); err == nil {
+			r.placement, r.masters, r.refreshed = placement, masters, time.Now()
 		} else if r.placement == nil {
 			// The commands that follow fail too, or the cluster came
 			// back: keep to the fixed slots until the next read.
@@ -314,12 +315,12 @@ func (r *Positions) keys(ctx context.Context, slot string) []string {
 }
 
 // readPlacement reads the masters' ranges (CLUSTER SLOTS) and places the
-// markers on them.
-func (r *Positions) readPlacement(ctx context.Context) ([]int, error) {
+// markers on them; it also returns how many masters own slots.
+func (r *Positions) readPlacement(ctx context.Context) ([]int, int, error) {
 	//lint:ignore SA1019 go-redis's cluster client learns the topology from CLUSTER SLOTS too (and cachesync's ACL grants it)
 	ranges, err := r.cluster.ClusterSlots(ctx).Result()
 	if err != nil {
-		return nil, fmt.Errorf("read the cluster's slots: %w", err)
+		return nil, 0, fmt.Errorf("read the cluster's slots: %w", err)
 	}
 	byMaster := map[string][][2]int{}
 	for _, cs := range ranges {
@@ -336,7 +337,15 @@ func (r *Positions) readPlacement(ctx context.Context) ([]int, error) {
 	for _, rs := range byMaster {
 		masters = append(masters, rs)
 	}
-	return MarkerSlots(masters), nil
+	return MarkerSlots(masters), len(masters), nil
+}
+
+// masterCount is how many masters own slots, as the last topology read
+// found (at least 1; 1 before any read and off a cluster).
+func (r *Positions) masterCount() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return max(r.masters, 1)
 }
 
 // topologyChanged makes the next call read the cluster's topology again.

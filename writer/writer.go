@@ -1,7 +1,7 @@
 // Package writer applies the operations of committed transactions
 // (mapping.Batch) to Redis: pipelined (at most Options.MaxPipeline commands,
-// 1000, and Options.MaxPipelineBytes, 8 MiB, of keys and values per round
-// trip), through the keyspace/redisops scripts, retried until Redis
+// 1000, per server, and Options.MaxPipelineBytes, 8 MiB, of keys and values
+// per round trip), through the keyspace/redisops scripts, retried until Redis
 // acknowledges them.
 //
 // Apply returns nil only when Redis acknowledged every operation, so the
@@ -179,7 +179,10 @@ type Options struct {
 	// error (defaults 50ms and 5s). The wait doubles per attempt, with full
 	// jitter.
 	MinBackoff, MaxBackoff time.Duration
-	// MaxPipeline is the number of commands per pipeline round trip (default 1000).
+	// MaxPipeline is the number of commands per pipeline round trip (default
+	// 1000). On a cluster an Apply pipeline holds MaxPipeline times the
+	// number of masters (as the applied position's last topology read
+	// found), since go-redis splits it into one pipeline per master.
 	MaxPipeline int
 	// MaxPipelineBytes bounds the bytes of keys and values per round trip
 	// (default 8 MiB). A single larger operation goes alone.
@@ -427,7 +430,13 @@ func (w *Writer) attempt(ctx context.Context, ops []*mapping.Op, tail *advanceTa
 		w.counters.applied[mapping.OpFlush].Add(1)
 		return 1, nil
 	}
-	n := pipelineLen(ops, w.opts.MaxPipeline, w.opts.MaxPipelineBytes)
+	// On a cluster go-redis splits a pipeline by master, sent in
+	// parallel: MaxPipeline commands per master, about, in one round trip.
+	maxOps := w.opts.MaxPipeline
+	if w.cluster != nil {
+		maxOps *= w.positions.masterCount()
+	}
+	n := pipelineLen(ops, maxOps, w.opts.MaxPipelineBytes)
 	if n < len(ops) {
 		tail = nil
 	}
