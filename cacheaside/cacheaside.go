@@ -530,12 +530,26 @@ func callLoad[T any](ctx context.Context, c *Client, load func(context.Context) 
 // the source is read. It reports false when Redis failed (then nothing is
 // written).
 func (c *Client) ticket(ctx context.Context, key, token string, f fill) bool {
+	// On Redis Cluster the fence and the tag sets live on different
+	// servers, and one pipeline reaches them in parallel: a tag deletion
+	// could take the key's registration before the token reached the
+	// fence, then delete the fence without it, and the fill would land
+	// unregistered, never to be invalidated by that tag again. So there
+	// the fence goes first, acknowledged, then the tags. On one server the
+	// pipeline keeps that order by itself.
+	_, cluster := c.rdb.(*redis.ClusterClient)
+	apart := cluster && len(f.tags) > 0 && !c.opts.DisableFencing
 	err := c.runScripts(ctx, func(p redis.Pipeliner) {
 		if !c.opts.DisableFencing {
 			c.scripts.ticket.EvalSha(ctx, p, []string{keyspace.FenceKey(key)}, token, (c.opts.LoadTimeout + 5*time.Second).Milliseconds())
 		}
-		c.queueTags(ctx, p, key, f)
+		if !apart {
+			c.queueTags(ctx, p, key, f)
+		}
 	})
+	if err == nil && apart {
+		err = c.runScripts(ctx, func(p redis.Pipeliner) { c.queueTags(ctx, p, key, f) })
+	}
 	if err != nil {
 		c.redisFailed(ctx, "open the fill of "+key, err)
 		return false
