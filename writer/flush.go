@@ -108,18 +108,13 @@ func (w *Writer) unlinkPage(ctx context.Context, keys []string) error {
 }
 
 // deleteTagsPage runs DeleteTagScript on tag sets found by a flush; on a
-// cluster, members may live in other slots, so each tag goes in steps
-// (deleteTagAcross).
+// cluster, members may live in other slots, so the page's tags go in steps,
+// all of them together (deleteTagsAcross).
 func (w *Writer) deleteTagsPage(ctx context.Context, tagKeys []string) error {
 	if w.cluster != nil {
-		for _, key := range tagKeys {
-			n, err := w.deleteTagAcross(ctx, key, false)
-			if err != nil {
-				return err
-			}
-			w.counters.flushKeysDeleted.Add(uint64(n))
-		}
-		return nil
+		n, err := w.deleteTagsAcross(ctx, tagKeys, false)
+		w.counters.flushKeysDeleted.Add(uint64(n))
+		return err
 	}
 	return w.perKey(ctx, tagKeys, func(pipe redis.Pipeliner, key string) {
 		pipe.EvalSha(ctx, w.scripts.deleteTag.Hash(), []string{key})

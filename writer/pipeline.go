@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/redis/go-redis/v9"
@@ -17,23 +18,40 @@ import (
 // returns how many of them, from the first, Redis acknowledged. When a
 // command fails with NOSCRIPT (Redis restarted, or SCRIPT FLUSH), it loads the
 // scripts and sends the unacknowledged remainder once more at once.
-func (w *Writer) applyPipeline(ctx context.Context, ops []*mapping.Op) (int, error) {
+func (w *Writer) applyPipeline(ctx context.Context, ops []*mapping.Op, tail *advanceTail) (int, error) {
 	acked := 0
 	reloaded := false
 	for {
 		rest := ops[acked:]
+		// The position's compare-and-set follows the effects on each
+		// server. A tag deleted in steps has effects after this
+		// round trip: then the swap goes in its last one.
+		withTail := tail != nil && !tail.off && !slices.ContainsFunc(rest, w.detaches)
+		var tailCmds []redis.Cmder
 		cmds, err := w.execPipeline(ctx, func(pipe redis.Pipeliner) {
 			for _, op := range rest {
 				w.queue(ctx, pipe, op)
 			}
+			if withTail {
+				tail.queue(ctx, pipe)
+			}
 		})
+		if withTail {
+			cmds, tailCmds = cmds[:len(rest)], cmds[len(rest):]
+			err = effectsError(err, len(rest))
+			tail.answer(ctx, tailCmds, err == nil)
+		}
 		n := len(rest)
 		if err != nil {
 			n = acknowledged(err)
 		}
+		var last *advanceTail // the swap goes after the tags' last step
+		if tail != nil && !tail.off && !withTail && err == nil {
+			last = tail
+		}
 		// Tags detached from their set (cluster) count as applied only
 		// once their members are gone too.
-		if done, derr := w.finishDetached(ctx, rest[:n], cmds[:n]); derr != nil {
+		if done, derr := w.finishDetached(ctx, rest[:n], cmds[:n], last); derr != nil {
 			n, err = done, derr
 		}
 		w.record(rest[:n], cmds[:n])
@@ -242,7 +260,7 @@ func (w *Writer) execPipeline(ctx context.Context, fill func(redis.Pipeliner)) (
 // every master of a cluster).
 func (w *Writer) loadScripts(ctx context.Context) error {
 	return redisops.LoadScripts(ctx, w.client, w.scripts.deleteTag, w.scripts.guardedSet, w.scripts.guardedUnset, w.scripts.tagDetach,
-		w.scripts.backfillSet, w.scripts.backfillUndo, w.scripts.countFlush)
+		w.scripts.backfillSet, w.scripts.backfillUndo, w.scripts.countFlush, advanceScript, appliedScript)
 }
 
 // needsScripts reports whether err, or a later failure in its pipeline, is
@@ -272,12 +290,16 @@ func (w *Writer) detaches(op *mapping.Op) bool {
 	return w.cluster != nil && op.Kind == mapping.OpDeleteTag && !keyspace.HasHashTag(keyspace.TagKey(op.Key))
 }
 
-// finishDetached deletes, in order, the members of every tag of ops that
-// TagDetachScript detached in this pipeline (grouped by slot), then its
-// pending set, and counts them. On an error it returns how many ops, from
-// the first, are complete: the failed tag is detached again when retried,
-// which merges into its pending set.
-func (w *Writer) finishDetached(ctx context.Context, ops []*mapping.Op, cmds []redis.Cmder) (int, error) {
+// finishDetached deletes the members of every tag of ops that
+// TagDetachScript detached in this pipeline, then their pending sets, in two
+// round trips for all of them (redisops.DeleteDetachedTags), and counts
+// them. tail, when not nil, goes in the last of those round trips. On an
+// error it returns how many ops, from the first, are complete: a tag not
+// finished is detached again when retried, which merges into its pending
+// set.
+func (w *Writer) finishDetached(ctx context.Context, ops []*mapping.Op, cmds []redis.Cmder, tail *advanceTail) (int, error) {
+	var tags []redisops.DetachedTag
+	var at []int // the index in ops of each of tags
 	for i, op := range ops {
 		if !w.detaches(op) {
 			continue
@@ -286,11 +308,25 @@ func (w *Writer) finishDetached(ctx context.Context, ops []*mapping.Op, cmds []r
 		if err != nil {
 			return i, fmt.Errorf("%s %q (rule %q): %w", op.Kind, op.Key, op.Rule, err)
 		}
-		deleted, err := redisops.DeleteDetachedTag(ctx, w.client, keyspace.TagKey(op.Key), members)
-		if err != nil {
-			return i, fmt.Errorf("%s %q (rule %q): %w", op.Kind, op.Key, op.Rule, err)
-		}
-		w.counters.tagKeysDeleted.Add(uint64(deleted))
+		tags = append(tags, redisops.DetachedTag{Key: keyspace.TagKey(op.Key), Members: members})
+		at = append(at, i)
+	}
+	if len(tags) == 0 {
+		return len(ops), nil
+	}
+	var tailCmds []redis.Cmder
+	var queue func(redis.Pipeliner)
+	if tail != nil {
+		queue = func(pipe redis.Pipeliner) { tailCmds = tail.queue(ctx, pipe) }
+	}
+	deleted, done, err := redisops.DeleteDetachedTags(ctx, w.client, tags, queue)
+	w.counters.tagKeysDeleted.Add(uint64(deleted))
+	if tailCmds != nil {
+		tail.answer(ctx, tailCmds, err == nil)
+	}
+	if err != nil {
+		op := ops[at[done]]
+		return at[done], fmt.Errorf("%s %q (rule %q): %w", op.Kind, op.Key, op.Rule, err)
 	}
 	return len(ops), nil
 }
@@ -323,14 +359,49 @@ func isCrossSlot(err error) bool {
 // returns how many member keys existed. strict refuses a tag key of another
 // type (WRONGTYPE) rather than deleting it.
 func (w *Writer) deleteTagAcross(ctx context.Context, tagKey string, strict bool) (int64, error) {
-	pending := keyspace.TagPendingKey(tagKey)
+	n, err := w.deleteTagsAcross(ctx, []string{tagKey}, strict)
+	return n, err
+}
+
+// deleteTagsAcross deletes tags whose members span cluster slots, in three
+// round trips whatever their number: TagDetachScript on every tag, then
+// redisops.DeleteDetachedTags. It returns how many member keys existed.
+func (w *Writer) deleteTagsAcross(ctx context.Context, tagKeys []string, strict bool) (int64, error) {
 	var args []any
 	if strict {
 		args = append(args, "strict")
 	}
-	members, err := w.scripts.tagDetach.Run(ctx, w.client, []string{tagKey, pending}, args...).StringSlice()
+	cmds, err := w.pipelined(ctx, func(pipe redis.Pipeliner) {
+		for _, k := range tagKeys {
+			pipe.EvalSha(ctx, w.scripts.tagDetach.Hash(), []string{k, keyspace.TagPendingKey(k)}, args...)
+		}
+	})
 	if err != nil {
-		return 0, fmt.Errorf("detach the members of %s: %w", tagKey, err)
+		var cmdErr *commandError
+		if errors.As(err, &cmdErr) {
+			return 0, fmt.Errorf("detach the members of %s: %w", tagKeys[cmdErr.index], cmdErr.err)
+		}
+		return 0, fmt.Errorf("detach the members of %d tags: %w", len(tagKeys), err)
 	}
-	return redisops.DeleteDetachedTag(ctx, w.client, tagKey, members)
+	tags := make([]redisops.DetachedTag, len(tagKeys))
+	for i, k := range tagKeys {
+		members, err := cmds[i].(*redis.Cmd).StringSlice()
+		if err != nil {
+			return 0, fmt.Errorf("detach the members of %s: %w", k, err)
+		}
+		tags[i] = redisops.DetachedTag{Key: k, Members: members}
+	}
+	deleted, _, err := redisops.DeleteDetachedTags(ctx, w.client, tags, nil)
+	return deleted, err
+}
+
+// effectsError is the error of a pipeline of n effects followed by other
+// commands (the position's swap) as far as the effects go: nil when only
+// the commands after them failed.
+func effectsError(err error, n int) error {
+	var cmdErr *commandError
+	if errors.As(err, &cmdErr) && cmdErr.index >= n {
+		return nil
+	}
+	return err
 }

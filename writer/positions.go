@@ -174,6 +174,7 @@ type Positions struct {
 
 	mu        sync.Mutex
 	placement []int // marker slots (cluster)
+	masters   int   // the masters that own slots, as last read (cluster)
 	refreshed time.Time
 }
 
@@ -191,11 +192,8 @@ func NewPositions(client redis.UniversalClient) *Positions {
 // writer's client. The outcome of every command is recorded as an attempt
 // of the writer's (Failing, Retries and the outage's log lines), so that an
 // idle pipeline whose only traffic is bookkeeping still reports Redis down.
-func (w *Writer) Positions() *Positions {
-	p := NewPositions(w.client)
-	p.writer = w
-	return p
-}
+// Every call returns the same Positions, the one ApplyAdvance uses.
+func (w *Writer) Positions() *Positions { return w.positions }
 
 // report records the outcome of a command with the writer's outage
 // tracker, if any. A command cut short by ctx says nothing about Redis.
@@ -301,8 +299,8 @@ func (r *Positions) keys(ctx context.Context, slot string) []string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.placement == nil || time.Since(r.refreshed) >= topologyRefresh {
-		if placement, err := r.readPlacement(ctx); err == nil {
-			r.placement, r.refreshed = placement, time.Now()
+		if placement, masters, err := r.readPlacement(ctx); err == nil {
+			r.placement, r.masters, r.refreshed = placement, masters, time.Now()
 		} else if r.placement == nil {
 			// The commands that follow fail too, or the cluster came
 			// back: keep to the fixed slots until the next read.
@@ -317,12 +315,12 @@ func (r *Positions) keys(ctx context.Context, slot string) []string {
 }
 
 // readPlacement reads the masters' ranges (CLUSTER SLOTS) and places the
-// markers on them.
-func (r *Positions) readPlacement(ctx context.Context) ([]int, error) {
+// markers on them; it also returns how many masters own slots.
+func (r *Positions) readPlacement(ctx context.Context) ([]int, int, error) {
 	//lint:ignore SA1019 go-redis's cluster client learns the topology from CLUSTER SLOTS too (and cachesync's ACL grants it)
 	ranges, err := r.cluster.ClusterSlots(ctx).Result()
 	if err != nil {
-		return nil, fmt.Errorf("read the cluster's slots: %w", err)
+		return nil, 0, fmt.Errorf("read the cluster's slots: %w", err)
 	}
 	byMaster := map[string][][2]int{}
 	for _, cs := range ranges {
@@ -339,7 +337,15 @@ func (r *Positions) readPlacement(ctx context.Context) ([]int, error) {
 	for _, rs := range byMaster {
 		masters = append(masters, rs)
 	}
-	return MarkerSlots(masters), nil
+	return MarkerSlots(masters), len(masters), nil
+}
+
+// masterCount is how many masters own slots, as the last topology read
+// found (at least 1; 1 before any read and off a cluster).
+func (r *Positions) masterCount() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return max(r.masters, 1)
 }
 
 // topologyChanged makes the next call read the cluster's topology again.
@@ -430,16 +436,29 @@ func (r *Positions) Applied(ctx context.Context, slot string) (_ Position, err e
 func (r *Positions) Advance(ctx context.Context, slot string, from Position, to wal.LSN) (_ bool, _ Position, err error) {
 	defer func() { r.report(ctx, err) }()
 	keys := r.keys(ctx, slot)
-	cmds, err := r.evalMarkers(ctx, advanceScript, keys, func(k string) []any {
+	cmds, err := r.evalMarkers(ctx, advanceScript, keys, advanceArgs(from, to))
+	if err != nil {
+		return false, Position{}, fmt.Errorf("advance the applied position in Redis: %w", err)
+	}
+	return r.advanced(keys, cmds)
+}
+
+// advanceArgs are advanceScript's arguments for each marker key: swap from
+// what from read there, on the same server, to to; a key from does not
+// know is written whatever it holds.
+func advanceArgs(from Position, to wal.LSN) func(k string) []any {
+	return func(k string) []any {
 		m, ok := from.markers[k]
 		if !ok {
 			return []any{"*", to.String(), ""}
 		}
 		return []any{m.value, to.String(), m.server}
-	})
-	if err != nil {
-		return false, Position{}, fmt.Errorf("advance the applied position in Redis: %w", err)
 	}
+}
+
+// advanced reads the replies of advanceScript on keys: whether every marker
+// swapped, and the markers as they are now.
+func (r *Positions) advanced(keys []string, cmds []redis.Cmder) (bool, Position, error) {
 	swapped := true
 	markers := make(map[string]marker, len(keys))
 	for i, c := range cmds {

@@ -1,7 +1,7 @@
 // Package writer applies the operations of committed transactions
 // (mapping.Batch) to Redis: pipelined (at most Options.MaxPipeline commands,
-// 1000, and Options.MaxPipelineBytes, 8 MiB, of keys and values per round
-// trip), through the keyspace/redisops scripts, retried until Redis
+// 1000, per server, and Options.MaxPipelineBytes, 8 MiB, of keys and values
+// per round trip), through the keyspace/redisops scripts, retried until Redis
 // acknowledges them.
 //
 // Apply returns nil only when Redis acknowledged every operation, so the
@@ -14,7 +14,9 @@
 //	OpDelete       UNLINK key and its fill fence (keyspace.FenceKey)
 //	OpDeleteTag    DeleteTagScript on keyspace.TagKey(key): the members and the set, atomically;
 //	               on a cluster where the members live in other slots, TagDetachScript,
-//	               then UNLINK of the members grouped by slot, then the pending set
+//	               then UNLINK of the members grouped by slot, then the pending set:
+//	               for all such tags of a pipeline together, two round trips after it
+//	               whatever their number (none when no tag had members)
 //	OpBumpVersion  INCR keyspace.VersionKey(key)
 //	OpSet          GuardedSetScript: SET key (TTL ± jitter, at least 1s) unless the guard holds the same or a later LSN
 //	OpUnset        GuardedUnsetScript: DEL key and leave the LSN in the guard for Options.TombstoneTTL
@@ -117,7 +119,10 @@
 // Redis, on the same client: the applied position (one marker key, or one
 // per master on a cluster), the rules and partition trees in force, and the
 // slots streamed into the cache. Its commands count with Apply's in Stats
-// and the outage's log lines.
+// and the outage's log lines. ApplyAdvance applies a group and advances the
+// applied position in one round trip fewer than Apply then
+// Positions.Advance: the compare-and-set goes at the end of the group's last
+// pipeline, each marker after its server's effects.
 package writer
 
 import (
@@ -174,7 +179,10 @@ type Options struct {
 	// error (defaults 50ms and 5s). The wait doubles per attempt, with full
 	// jitter.
 	MinBackoff, MaxBackoff time.Duration
-	// MaxPipeline is the number of commands per pipeline round trip (default 1000).
+	// MaxPipeline is the number of commands per pipeline round trip (default
+	// 1000). On a cluster an Apply pipeline holds MaxPipeline times the
+	// number of masters (as the applied position's last topology read
+	// found), since go-redis splits it into one pipeline per master.
 	MaxPipeline int
 	// MaxPipelineBytes bounds the bytes of keys and values per round trip
 	// (default 8 MiB). A single larger operation goes alone.
@@ -200,6 +208,10 @@ type Options struct {
 	Keyspaces map[string]mapping.Keyspace
 	// OnFallback, when set, is called after each fallback (for metrics).
 	OnFallback func(Fallback)
+	// AdvanceApart makes ApplyAdvance send the position's compare-and-set
+	// in a round trip of its own after the effects, as Apply then
+	// Positions.Advance would (tests, failpoints, a comparison).
+	AdvanceApart bool
 }
 
 func (o Options) withDefaults() Options {
@@ -258,6 +270,10 @@ type Writer struct {
 	history atomic.Pointer[string]
 	// maxBulk is the server's proto-max-bulk-len, as last read.
 	maxBulk atomic.Int64
+	// positions is the bookkeeping on the writer's client (Positions),
+	// shared so that the cluster's marker placement is read once a second
+	// at most, whoever asks.
+	positions *Positions
 }
 
 // scripts are the keyspace scripts with their SHA1 digests.
@@ -285,6 +301,8 @@ func New(client redis.UniversalClient, opts Options) *Writer {
 		},
 	}
 	w.cluster, _ = client.(*redis.ClusterClient)
+	w.positions = NewPositions(client)
+	w.positions.writer = w
 	w.scriptsMayBeMissing.Store(true) // a fresh or restarted Redis has none
 	w.maxBulk.Store(defaultMaxBulk)
 	return w
@@ -315,6 +333,12 @@ func (w *Writer) guardValue(lsn uint64) string {
 //
 // An invalid operation (ErrInvalidOp) is reported before anything is applied.
 func (w *Writer) Apply(ctx context.Context, batches []mapping.Batch) error {
+	return w.apply(ctx, batches, nil)
+}
+
+// apply is Apply; tail, when not nil, goes at the end of the last pipeline
+// of effects (ApplyAdvance).
+func (w *Writer) apply(ctx context.Context, batches []mapping.Batch, tail *advanceTail) error {
 	ops, err := collectOps(batches)
 	if err != nil {
 		return err
@@ -323,7 +347,7 @@ func (w *Writer) Apply(ctx context.Context, batches []mapping.Batch) error {
 	ops = dropEffects(ops)
 	retry := 0 // consecutive failed attempts
 	for done := 0; done < len(ops); {
-		n, err := w.attempt(ctx, ops[done:])
+		n, err := w.attempt(ctx, ops[done:], tail)
 		done += n
 		if err == nil {
 			retry = 0
@@ -337,6 +361,9 @@ func (w *Writer) Apply(ctx context.Context, batches []mapping.Batch) error {
 		// the scripts: load them before the next attempt rather than
 		// meet NOSCRIPT halfway through a pipeline.
 		w.scriptsMayBeMissing.Store(true)
+		if tail != nil {
+			tail.off = true // the position's swap goes apart now
+		}
 		w.failed(err, retry)
 		if !backoff.Sleep(ctx, w.backoff(retry)) {
 			return w.stopped(ctx, len(ops)-done, len(ops))
@@ -385,8 +412,9 @@ func collectOps(batches []mapping.Batch) ([]*mapping.Op, error) {
 
 // attempt applies the first round of ops, a flush or a pipeline of other
 // operations (pipelineLen), and returns how many operations, from the first,
-// Redis acknowledged: all of the round's when err is nil.
-func (w *Writer) attempt(ctx context.Context, ops []*mapping.Op) (int, error) {
+// Redis acknowledged: all of the round's when err is nil. tail, if any, goes
+// with the round only when it is the last.
+func (w *Writer) attempt(ctx context.Context, ops []*mapping.Op, tail *advanceTail) (int, error) {
 	if w.scriptsMayBeMissing.Load() {
 		if err := w.loadScripts(ctx); err != nil {
 			return 0, err
@@ -402,7 +430,17 @@ func (w *Writer) attempt(ctx context.Context, ops []*mapping.Op) (int, error) {
 		w.counters.applied[mapping.OpFlush].Add(1)
 		return 1, nil
 	}
-	return w.applyPipeline(ctx, ops[:pipelineLen(ops, w.opts.MaxPipeline, w.opts.MaxPipelineBytes)])
+	// On a cluster go-redis splits a pipeline by master, sent in
+	// parallel: MaxPipeline commands per master, about, in one round trip.
+	maxOps := w.opts.MaxPipeline
+	if w.cluster != nil {
+		maxOps *= w.positions.masterCount()
+	}
+	n := pipelineLen(ops, maxOps, w.opts.MaxPipelineBytes)
+	if n < len(ops) {
+		tail = nil
+	}
+	return w.applyPipeline(ctx, ops[:n], tail)
 }
 
 // pipelineLen is how many of ops, from the first, go in one round trip: up

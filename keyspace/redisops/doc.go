@@ -2,8 +2,8 @@
 // daemon (writer) and the application-side client (cacheaside) share: the
 // Lua scripts that change several keys atomically, loading them on every
 // server that runs them (LoadScripts, OnMasters, IsNoScript), and the
-// stepwise deletion of a tag across cluster slots (TagDetachScript, then
-// DeleteDetachedTag).
+// stepwise deletion of tags across cluster slots (TagDetachScript, then
+// DeleteDetachedTags, or DeleteDetachedTag for one).
 //
 // The names of the keys these scripts touch, and the encoding of their LSN
 // arguments, are in package keyspace, which depends on nothing but the
