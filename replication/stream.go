@@ -64,7 +64,11 @@ type StreamOptions struct {
 	// consumed: Run acquires each event's Size before sending it, and the
 	// consumer releases it once done with the event.
 	Budget Budget
-	Logger zerolog.Logger
+	// OnStatus, when set, is called (on Run's goroutine, which it must not
+	// hold up) after each standby status update is sent, with the flush
+	// position it confirmed and when it was sent.
+	OnStatus func(flush wal.LSN, at time.Time)
+	Logger   zerolog.Logger
 }
 
 // Budget bounds what the events in flight hold. Acquire waits until n bytes
@@ -247,6 +251,9 @@ func (s *Stream) handleCopyData(ctx context.Context, data []byte, events chan<- 
 // emit hands an event to the pipeline. While the pipeline is full (Redis is
 // slow or down) it keeps the session alive with status updates.
 func (s *Stream) emit(ctx context.Context, events chan<- Event, ev Event) error {
+	if ev.Kind == EventCommit {
+		ev.Received = s.lastMsg // when its message was read
+	}
 	if err := s.reserve(ctx, ev.Size()); err != nil {
 		return err
 	}
@@ -345,6 +352,9 @@ func (s *Stream) sendStatus(ctx context.Context, replyRequested bool) error {
 		s.opts.Logger.Debug().Stringer("flush_lsn", flush).Msg("confirmed")
 	}
 	s.lastStatus, s.lastFlush = time.Now(), flush
+	if s.opts.OnStatus != nil {
+		s.opts.OnStatus(flush, s.lastStatus)
+	}
 	return nil
 }
 

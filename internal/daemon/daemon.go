@@ -184,6 +184,9 @@ type session struct {
 	// journalQ feeds the journal stage of the session's pipeline (nil
 	// before it runs).
 	journalQ chan<- journalItem
+	// confirms times the confirmed stage: journaled groups until a
+	// standby status update carries them.
+	confirms *confirmWatch
 }
 
 // ErrConfig marks failures that retrying cannot fix: the rules do not fit the
@@ -470,9 +473,11 @@ func (s *session) streamSession(ctx, hard context.Context) error {
 	}
 
 	s.newBudgets()
+	s.confirms = &confirmWatch{metrics: s.metrics}
 	s.stream = replication.NewStream(repl, replication.StreamOptions{
 		Slot: slot, Publication: pgc.Publication, StatusInterval: s.opts.StatusInterval,
 		MessagePrefix: "cachesync", Budget: s.eventBudget, Logger: s.log,
+		OnStatus: s.confirms.sent,
 	})
 	s.mapper.Abandon()
 	if s.passive {
@@ -534,7 +539,7 @@ func (s *session) pipeline(ctx, hardStop context.Context, start wal.LSN, conn ca
 	defer stopOnSignal()
 
 	events := make(chan replication.Event, eventQueue)
-	batches := make(chan mapping.Batch, batchQueue)
+	batches := make(chan queued, batchQueue)
 	g.Go(func() error {
 		defer close(events)
 		return s.stream.Run(readCtx, start, events)
@@ -711,8 +716,17 @@ func (d *Daemon) heartbeatReceived(m wal.Message) {
 	}
 }
 
-func (s *session) mapEvents(ctx context.Context, events <-chan replication.Event, batches chan<- mapping.Batch) error {
-	send := func(b mapping.Batch) error {
+// queued is a mapped batch on its way to the writer, with the times its
+// stages are measured from.
+type queued struct {
+	mapping.Batch
+	// received is when its commit was read from the replication
+	// connection, mapped when it was queued (zero for barriers).
+	received, mapped time.Time
+}
+
+func (s *session) mapEvents(ctx context.Context, events <-chan replication.Event, batches chan<- queued) error {
+	send := func(b queued) error {
 		// Bound the operations and bytes waiting for the writer and the
 		// journal, not just the batches: 256 queued transactions near the
 		// key cap would hold millions of keys, or of wide rows gigabytes.
@@ -721,6 +735,10 @@ func (s *session) mapEvents(ctx context.Context, events <-chan replication.Event
 		}
 		if err := s.batchBudget.Acquire(ctx, b.Size()); err != nil {
 			return err
+		}
+		if !b.received.IsZero() {
+			b.mapped = time.Now()
+			s.metrics.StageDone(metrics.StageMapped, b.received, b.mapped)
 		}
 		select {
 		case batches <- b:
@@ -744,16 +762,17 @@ func (s *session) mapEvents(ctx context.Context, events <-chan replication.Event
 			err = s.mapper.Message(ev.Message)
 		case replication.EventCommit:
 			s.metrics.Transactions.Inc()
+			s.metrics.StageDone(metrics.StageReceived, ev.Commit.CommitTime, ev.Received)
 			var b mapping.Batch
 			if b, err = s.mapper.Commit(ev.Commit); err == nil {
-				err = send(b)
+				err = send(queued{Batch: b, received: ev.Received})
 			}
 			if now := time.Now(); now.Sub(lastStats) >= time.Second {
 				lastStats = now
 				s.metrics.MapperStats(s.mapper.Stats())
 			}
 		case replication.EventBarrier:
-			err = send(mapping.Batch{EndLSN: ev.Barrier})
+			err = send(queued{Batch: mapping.Batch{EndLSN: ev.Barrier}})
 		}
 		// The event is mapped: what the open transaction keeps of its
 		// values is bounded by mapping.Options.TxnValueBytes.
@@ -765,13 +784,15 @@ func (s *session) mapEvents(ctx context.Context, events <-chan replication.Event
 	return nil
 }
 
-func (s *session) applyBatches(ctx context.Context, batches <-chan mapping.Batch) error {
+func (s *session) applyBatches(ctx context.Context, batches <-chan queued) error {
 	group := make([]mapping.Batch, 0, groupMaxTxn)
+	mapped := make([]time.Time, 0, groupMaxTxn) // group[i]'s
+
 	check := time.NewTicker(s.opts.CacheCheckInterval)
 	defer check.Stop()
 	for {
-		group = group[:0]
-		var b mapping.Batch
+		group, mapped = group[:0], mapped[:0]
+		var b queued
 		var ok bool
 		select {
 		case b, ok = <-batches:
@@ -788,7 +809,7 @@ func (s *session) applyBatches(ctx context.Context, batches <-chan mapping.Batch
 		if !ok {
 			return nil
 		}
-		group = append(group, b)
+		group, mapped = append(group, b.Batch), append(mapped, b.mapped)
 		ops := len(b.Ops)
 		closed := false
 	fill:
@@ -799,13 +820,13 @@ func (s *session) applyBatches(ctx context.Context, batches <-chan mapping.Batch
 					closed = true
 					break fill
 				}
-				group = append(group, b)
+				group, mapped = append(group, b.Batch), append(mapped, b.mapped)
 				ops += len(b.Ops)
 			default:
 				break fill
 			}
 		}
-		if err := s.commitGroup(ctx, group, ops); err != nil {
+		if err := s.commitGroup(ctx, group, mapped, ops); err != nil {
 			return err
 		}
 		for _, b := range group {
@@ -821,10 +842,12 @@ func (s *session) applyBatches(ctx context.Context, batches <-chan mapping.Batch
 }
 
 // commitGroup applies a group of transactions, records it, and only then
-// confirms its end: apply → cache position → journal → confirm.
-func (s *session) commitGroup(ctx context.Context, group []mapping.Batch, ops int) error {
+// confirms its end: apply → cache position → journal → confirm. mapped[i]
+// is when group[i] was queued (zero for barriers).
+func (s *session) commitGroup(ctx context.Context, group []mapping.Batch, mapped []time.Time, ops int) error {
 	end := group[len(group)-1].EndLSN
 	if s.opts.DryRun {
+		s.clearedStage(mapped, time.Now())
 		if err := s.opts.Applier.Apply(ctx, group); err != nil {
 			return err
 		}
@@ -832,12 +855,15 @@ func (s *session) commitGroup(ctx context.Context, group []mapping.Batch, ops in
 		s.metrics.Confirmed(end, time.Now())
 		return nil
 	}
+	cleared := time.Now()
+	applied := cleared // for a group without effects
 	if ops > 0 {
-		waitBegan := time.Now()
+		waitBegan := cleared
 		if err := s.gate.wait(ctx, group); err != nil {
 			return err
 		}
-		s.metrics.VisibilitySeconds.Observe(time.Since(waitBegan).Seconds())
+		cleared = time.Now()
+		s.metrics.VisibilitySeconds.Observe(cleared.Sub(waitBegan).Seconds())
 		s.failpoint("before-apply")
 		if err := s.fence(); err != nil {
 			return err
@@ -847,11 +873,14 @@ func (s *session) commitGroup(ctx context.Context, group []mapping.Batch, ops in
 		if err := s.opts.Applier.Apply(ctx, group); err != nil {
 			return err
 		}
-		s.metrics.ApplySeconds.Observe(time.Since(began).Seconds())
+		applied = time.Now()
+		s.metrics.ApplySeconds.Observe(applied.Sub(began).Seconds())
+		s.metrics.StageDone(metrics.StageApplied, cleared, applied)
 		if s.opts.Checker != nil {
 			s.opts.Checker.Applied(group)
 		}
 	}
+	s.clearedStage(mapped, cleared)
 	s.metrics.GroupTransactions.Observe(float64(len(group)))
 	s.metrics.GroupOperations.Observe(float64(ops))
 	if ops > 0 {
@@ -860,6 +889,8 @@ func (s *session) commitGroup(ctx context.Context, group []mapping.Batch, ops in
 	if err := s.advance(ctx, end, group); err != nil {
 		return err
 	}
+	positioned := time.Now()
+	s.metrics.StageDone(metrics.StagePositioned, applied, positioned)
 	var oldest, newest time.Time
 	for _, b := range group {
 		if !b.CommitTime.IsZero() {
@@ -869,14 +900,14 @@ func (s *session) commitGroup(ctx context.Context, group []mapping.Batch, ops in
 			newest = b.CommitTime
 		}
 	}
-	s.metrics.Applied(end, oldest, newest, time.Now())
+	s.metrics.Applied(end, oldest, newest, positioned)
 	if ops > 0 {
 		s.failpoint("after-apply")
 	}
 	// The journal's fsync runs beside the next group's apply; the group
 	// is confirmed only once it is journaled, in order.
 	select {
-	case s.journalQ <- journalItem{group: slices.Clone(group), ops: ops}:
+	case s.journalQ <- journalItem{group: slices.Clone(group), ops: ops, positioned: positioned}:
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
@@ -901,7 +932,9 @@ func (d *Daemon) noteFlushes(group []mapping.Batch) {
 type journalItem struct {
 	group []mapping.Batch
 	ops   int
-	done  chan struct{}
+	// positioned is when the cache's applied position moved past it.
+	positioned time.Time
+	done       chan struct{}
 }
 
 // journalQueue bounds the applied groups waiting for the journal.
@@ -912,6 +945,8 @@ const journalQueue = 16
 // during an fsync are written together with one fsync.
 func (s *session) journalGroups(ctx context.Context, items <-chan journalItem) error {
 	var pending []mapping.Batch
+	var positioned []time.Time // of each group pending, with its end
+	var ends []wal.LSN
 	var waiting []chan struct{}
 	ops := 0
 	flush := func() error {
@@ -925,6 +960,11 @@ func (s *session) journalGroups(ctx context.Context, items <-chan journalItem) e
 				// which a restart does (cutting the torn tail). Nothing of
 				// these groups is confirmed.
 				return fmt.Errorf("%w: journal: %w", ErrFatal, err)
+			}
+			journaled := time.Now()
+			for i, at := range positioned {
+				s.metrics.StageDone(metrics.StageJournaled, at, journaled)
+				s.confirms.journaled(ends[i], journaled)
 			}
 			if ops > 0 {
 				s.failpoint("after-journal")
@@ -944,6 +984,7 @@ func (s *session) journalGroups(ctx context.Context, items <-chan journalItem) e
 			close(w)
 		}
 		pending, waiting, ops = pending[:0], waiting[:0], 0
+		positioned, ends = positioned[:0], ends[:0]
 		return nil
 	}
 	for it := range items {
@@ -953,6 +994,8 @@ func (s *session) journalGroups(ctx context.Context, items <-chan journalItem) e
 			} else {
 				pending = append(pending, it.group...)
 				ops += it.ops
+				positioned = append(positioned, it.positioned)
+				ends = append(ends, it.group[len(it.group)-1].EndLSN)
 			}
 			select {
 			case it, more = <-items:
