@@ -469,7 +469,7 @@ func (s *session) streamSession(ctx, hard context.Context) error {
 			return err
 		}
 		defer gateConn.Close(context.WithoutCancel(ctx))
-		s.gate = &visibilityGate{snapshots: gateConn, log: s.log, waiting: func() { s.metrics.WaitingForPostgres(time.Now()) }}
+		s.gate = newVisibilityGate(gateConn, s.log, func() { s.metrics.WaitingForPostgres(time.Now()) })
 	}
 
 	s.newBudgets()
@@ -550,8 +550,16 @@ func (s *session) pipeline(ctx, hardStop context.Context, start wal.LSN, conn ca
 	})
 	applied := make(chan journalItem, journalQueue)
 	s.journalQ = applied
+	// The visibility gate's queries run beside the apply stage, and stop
+	// with it.
+	gateCtx, stopGate := context.WithCancel(gctx)
+	defer stopGate()
+	if s.gate != nil {
+		g.Go(func() error { return s.gate.run(gateCtx) })
+	}
 	g.Go(func() error {
 		defer close(applied)
+		defer stopGate()
 		return s.applyBatches(gctx, batches)
 	})
 	g.Go(func() error {
@@ -723,10 +731,16 @@ type queued struct {
 	// received is when its commit was read from the replication
 	// connection, mapped when it was queued (zero for barriers).
 	received, mapped time.Time
+	// seen is visibilityGate.note's number for it (0: it needs no
+	// snapshot).
+	seen uint64
 }
 
 func (s *session) mapEvents(ctx context.Context, events <-chan replication.Event, batches chan<- queued) error {
 	send := func(b queued) error {
+		if s.gate != nil && len(b.Ops) > 0 && b.XID != 0 {
+			b.seen = s.gate.note() // the snapshot query goes out now
+		}
 		// Bound the operations and bytes waiting for the writer and the
 		// journal, not just the batches: 256 queued transactions near the
 		// key cap would hold millions of keys, or of wide rows gigabytes.
@@ -792,6 +806,7 @@ func (s *session) applyBatches(ctx context.Context, batches <-chan queued) error
 	defer check.Stop()
 	for {
 		group, mapped = group[:0], mapped[:0]
+		var seen uint64 // the group's last commit noted by the gate
 		var b queued
 		var ok bool
 		select {
@@ -810,6 +825,7 @@ func (s *session) applyBatches(ctx context.Context, batches <-chan queued) error
 			return nil
 		}
 		group, mapped = append(group, b.Batch), append(mapped, b.mapped)
+		seen = max(seen, b.seen)
 		ops := len(b.Ops)
 		closed := false
 	fill:
@@ -821,12 +837,13 @@ func (s *session) applyBatches(ctx context.Context, batches <-chan queued) error
 					break fill
 				}
 				group, mapped = append(group, b.Batch), append(mapped, b.mapped)
+				seen = max(seen, b.seen)
 				ops += len(b.Ops)
 			default:
 				break fill
 			}
 		}
-		if err := s.commitGroup(ctx, group, mapped, ops); err != nil {
+		if err := s.commitGroup(ctx, group, mapped, seen, ops); err != nil {
 			return err
 		}
 		for _, b := range group {
@@ -843,8 +860,9 @@ func (s *session) applyBatches(ctx context.Context, batches <-chan queued) error
 
 // commitGroup applies a group of transactions, records it, and only then
 // confirms its end: apply → cache position → journal → confirm. mapped[i]
-// is when group[i] was queued (zero for barriers).
-func (s *session) commitGroup(ctx context.Context, group []mapping.Batch, mapped []time.Time, ops int) error {
+// is when group[i] was queued (zero for barriers); seen is the gate's number
+// of its last commit with effects.
+func (s *session) commitGroup(ctx context.Context, group []mapping.Batch, mapped []time.Time, seen uint64, ops int) error {
 	end := group[len(group)-1].EndLSN
 	if s.opts.DryRun {
 		s.clearedStage(mapped, time.Now())
@@ -859,7 +877,7 @@ func (s *session) commitGroup(ctx context.Context, group []mapping.Batch, mapped
 	applied := cleared // for a group without effects
 	if ops > 0 {
 		waitBegan := cleared
-		if err := s.gate.wait(ctx, group); err != nil {
+		if err := s.gate.wait(ctx, group, seen); err != nil {
 			return err
 		}
 		cleared = time.Now()

@@ -47,7 +47,12 @@
 //     (queuedOps, 64K, released after apply) and their bytes (the batch
 //     budget, half of Options.MaxQueuedBytes, released once journaled); the
 //     transaction being mapped holds its refresh values in the remaining
-//     quarter (mapping.Options.TxnValueBytes);
+//     quarter (mapping.Options.TxnValueBytes); it notes each commit with
+//     effects to the visibility gate as it queues it;
+//   - the visibility gate (visibilityGate.run, not in dry runs), which sends
+//     pg_current_snapshot() on a connection of its own as soon as a commit
+//     is noted, one query at a time, each answer serving every commit noted
+//     before the query went out; it stops with the apply stage;
 //   - the apply stage (session.applyBatches), which takes whatever batches
 //     are waiting, up to groupMaxTxn (512) transactions or groupMaxOps (8192)
 //     operations, and commits each group (session.commitGroup): the
