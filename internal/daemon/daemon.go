@@ -137,7 +137,8 @@ type Options struct {
 }
 
 // Checker is the continuous consistency checker (internal/checker.Checker).
-// Applied must not block: it is called on the apply path.
+// Applied must not block: it is called on the pipeline's journal stage,
+// once the group's applied position moved.
 type Checker interface {
 	Applied(group []mapping.Batch)
 	Run(ctx context.Context) error
@@ -893,14 +894,7 @@ func (s *session) commitGroup(ctx context.Context, group []mapping.Batch, mapped
 		}
 		applied = time.Now()
 		s.metrics.ApplySeconds.Observe(applied.Sub(began).Seconds())
-		s.metrics.StageDone(metrics.StageApplied, cleared, applied)
-		if s.opts.Checker != nil {
-			s.opts.Checker.Applied(group)
-		}
 	}
-	s.clearedStage(mapped, cleared)
-	s.metrics.GroupTransactions.Observe(float64(len(group)))
-	s.metrics.GroupOperations.Observe(float64(ops))
 	if ops > 0 {
 		s.failpoint("before-advance")
 	}
@@ -908,9 +902,38 @@ func (s *session) commitGroup(ctx context.Context, group []mapping.Batch, mapped
 		return err
 	}
 	positioned := time.Now()
-	s.metrics.StageDone(metrics.StagePositioned, applied, positioned)
+	if ops > 0 {
+		s.failpoint("after-apply")
+	}
+	// The journal's fsync, and the group's bookkeeping (metrics, the
+	// checker's sample, the debug log), run beside the next group's
+	// apply; the group is confirmed only once it is journaled, in order.
+	it := journalItem{group: slices.Clone(group), ops: ops, mapped: slices.Clone(mapped),
+		cleared: cleared, applied: applied, positioned: positioned}
+	select {
+	case s.journalQ <- it:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// groupApplied does an applied group's bookkeeping, on the journal stage:
+// the stage timings up to its position, the group and lag metrics, and the
+// checker's sample.
+func (s *session) groupApplied(it journalItem) {
+	s.clearedStage(it.mapped, it.cleared)
+	if it.ops > 0 {
+		s.metrics.StageDone(metrics.StageApplied, it.cleared, it.applied)
+		if s.opts.Checker != nil {
+			s.opts.Checker.Applied(it.group)
+		}
+	}
+	s.metrics.StageDone(metrics.StagePositioned, it.applied, it.positioned)
+	s.metrics.GroupTransactions.Observe(float64(len(it.group)))
+	s.metrics.GroupOperations.Observe(float64(it.ops))
 	var oldest, newest time.Time
-	for _, b := range group {
+	for _, b := range it.group {
 		if !b.CommitTime.IsZero() {
 			if oldest.IsZero() {
 				oldest = b.CommitTime
@@ -918,18 +941,7 @@ func (s *session) commitGroup(ctx context.Context, group []mapping.Batch, mapped
 			newest = b.CommitTime
 		}
 	}
-	s.metrics.Applied(end, oldest, newest, positioned)
-	if ops > 0 {
-		s.failpoint("after-apply")
-	}
-	// The journal's fsync runs beside the next group's apply; the group
-	// is confirmed only once it is journaled, in order.
-	select {
-	case s.journalQ <- journalItem{group: slices.Clone(group), ops: ops, positioned: positioned}:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	s.metrics.Applied(it.group[len(it.group)-1].EndLSN, oldest, newest, it.positioned)
 }
 
 // noteFlushes logs and counts the key-space flushes of a group (truncate,
@@ -950,9 +962,12 @@ func (d *Daemon) noteFlushes(group []mapping.Batch) {
 type journalItem struct {
 	group []mapping.Batch
 	ops   int
-	// positioned is when the cache's applied position moved past it.
-	positioned time.Time
-	done       chan struct{}
+	// mapped[i] is when group[i] was queued (zero for barriers); cleared
+	// when the group was cleared to apply, applied when Redis acknowledged
+	// it, positioned when the cache's applied position moved past it.
+	mapped                       []time.Time
+	cleared, applied, positioned time.Time
+	done                         chan struct{}
 }
 
 // journalQueue bounds the applied groups waiting for the journal.
@@ -1010,6 +1025,7 @@ func (s *session) journalGroups(ctx context.Context, items <-chan journalItem) e
 			if it.done != nil {
 				waiting = append(waiting, it.done)
 			} else {
+				s.groupApplied(it)
 				pending = append(pending, it.group...)
 				ops += it.ops
 				positioned = append(positioned, it.positioned)

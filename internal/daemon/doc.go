@@ -60,9 +60,11 @@
 //     hands the group to journalQueue (16 groups) and, between groups,
 //     compares the cache's position with the one last written
 //     (session.verifyCache, every Options.CacheCheckInterval);
-//   - the journal stage (session.journalGroups), which appends and fsyncs
-//     every group queued meanwhile, checks the fence, and only then calls
-//     Stream.Confirm with the last end LSN;
+//   - the journal stage (session.journalGroups), which does each applied
+//     group's bookkeeping (session.groupApplied: metrics, the checker's
+//     sample) off the apply path, appends and fsyncs every group queued
+//     meanwhile, checks the fence, and only then calls Stream.Confirm with
+//     the last end LSN;
 //   - the monitor (session.monitor, not in dry runs), which owns the
 //     catalog connection while streaming: heartbeats every
 //     Options.HeartbeatInterval, slot and journal figures every
