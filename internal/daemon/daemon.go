@@ -29,6 +29,24 @@ type Applier interface {
 	Apply(ctx context.Context, batches []mapping.Batch) error
 }
 
+// applyAdvancer is an Applier that sends the cache's applied position's
+// compare-and-set (CacheState.Advance from `from` to `to`) in the same
+// round trip as the group's last effects, after them
+// (writer.Writer.ApplyAdvance): one round trip fewer per group. Its results
+// are CacheState.Advance's once every effect is applied. An error is
+// Apply's (nothing advanced), unless appliedNotAdvanced says every effect
+// was applied and only the position is to be advanced apart.
+type applyAdvancer interface {
+	ApplyAdvance(ctx context.Context, batches []mapping.Batch, slot string, from writer.Position, to wal.LSN) (swapped bool, cur writer.Position, err error)
+}
+
+// appliedNotAdvanced reports whether an error of ApplyAdvance says the
+// effects were all applied and only the position's swap failed
+// (writer.ErrNotAdvanced, once the writer has it): the position is then
+// advanced apart. Any other error ends the session, which is safe (the
+// group is not confirmed, and is delivered again) if slower.
+var appliedNotAdvanced = func(error) bool { return false }
+
 // HistoryRecorder is an Applier that records the WAL history of what it
 // applies (writer.Writer, in its write-through guards). ensureSlot tells it
 // the server's history before anything is applied: positions of another
@@ -123,6 +141,12 @@ type Options struct {
 	// (journaled, not confirmed), "partitions-changed" (a partition tree
 	// change seen, its flush not yet written to the WAL).
 	Failpoint func(name string)
+	// AdvanceApart applies each group and then advances the cache's
+	// applied position in a round trip of its own, even when the Applier
+	// can send the position's compare-and-set with the group's effects
+	// (applyAdvancer). A Failpoint implies it, so that "before-advance"
+	// exists.
+	AdvanceApart bool
 	// FormatDiagnostics renders preflight findings (with source lines when
 	// the parser's files are at hand).
 	FormatDiagnostics func(hcl.Diagnostics) string
@@ -227,6 +251,9 @@ func New(opts Options) (*Daemon, error) {
 	}
 	if opts.Metrics == nil {
 		opts.Metrics = metrics.New()
+	}
+	if opts.Failpoint != nil {
+		opts.AdvanceApart = true
 	}
 	if opts.MaxQueuedBytes <= 0 {
 		opts.MaxQueuedBytes = DefaultMaxQueuedBytes
@@ -888,34 +915,74 @@ func (s *session) commitGroup(ctx context.Context, group []mapping.Batch, mapped
 			return err
 		}
 		s.noteFlushes(group)
-		began := time.Now()
-		if err := s.opts.Applier.Apply(ctx, group); err != nil {
-			return err
-		}
-		applied = time.Now()
-		s.metrics.ApplySeconds.Observe(applied.Sub(began).Seconds())
 	}
-	if ops > 0 {
-		s.failpoint("before-advance")
-	}
-	if err := s.advance(ctx, end, group); err != nil {
+	t, err := s.applyAdvance(ctx, group, ops, end)
+	if err != nil {
 		return err
 	}
-	positioned := time.Now()
 	if ops > 0 {
+		applied = t.applied
 		s.failpoint("after-apply")
 	}
 	// The journal's fsync, and the group's bookkeeping (metrics, the
 	// checker's sample, the debug log), run beside the next group's
 	// apply; the group is confirmed only once it is journaled, in order.
 	it := journalItem{group: slices.Clone(group), ops: ops, mapped: slices.Clone(mapped),
-		cleared: cleared, applied: applied, positioned: positioned}
+		cleared: cleared, applied: applied, positioned: t.positioned}
 	select {
 	case s.journalQ <- it:
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// applyTimes are when a group's effects were acknowledged and when the
+// cache's applied position moved past it.
+type applyTimes struct{ applied, positioned time.Time }
+
+// applyAdvance applies a group's effects (if any) and advances the cache's
+// applied position to end: in one round trip when the Applier can
+// (applyAdvancer, unless Options.AdvanceApart), else Apply then advance.
+func (s *session) applyAdvance(ctx context.Context, group []mapping.Batch, ops int, end wal.LSN) (applyTimes, error) {
+	var t applyTimes
+	if ops == 0 {
+		err := s.advance(ctx, end, group)
+		t.positioned = time.Now()
+		return t, err
+	}
+	began := time.Now()
+	if aa, ok := s.opts.Applier.(applyAdvancer); ok && !s.opts.AdvanceApart {
+		swapped, cur, err := aa.ApplyAdvance(ctx, group, s.opts.Config.Postgres.Slot, s.mark, end)
+		t.applied = time.Now()
+		s.metrics.ApplySeconds.Observe(t.applied.Sub(began).Seconds())
+		switch {
+		case err != nil && appliedNotAdvanced(err) && ctx.Err() == nil:
+			err = s.advance(ctx, end, group)
+		case err != nil:
+		case swapped:
+			s.mark = cur
+		default:
+			// The cache does not hold the position last written: heal it,
+			// as advance does.
+			if err = s.fence(); err == nil {
+				if err = s.cacheReset(ctx, cur, group); err == nil {
+					err = s.settle(ctx, cur, end, group)
+				}
+			}
+		}
+		t.positioned = time.Now()
+		return t, err
+	}
+	if err := s.opts.Applier.Apply(ctx, group); err != nil {
+		return t, err
+	}
+	t.applied = time.Now()
+	s.metrics.ApplySeconds.Observe(t.applied.Sub(began).Seconds())
+	s.failpoint("before-advance")
+	err := s.advance(ctx, end, group)
+	t.positioned = time.Now()
+	return t, err
 }
 
 // groupApplied does an applied group's bookkeeping, on the journal stage:

@@ -88,7 +88,11 @@
 //
 // After Apply, session.advance swaps the cache's applied position
 // (CacheState.Advance, compare-and-set with the servers that answered) from
-// the mark last written to the group's end. When the cache holds something
+// the mark last written to the group's end. An Applier that can send that
+// swap in the same round trip as the group's last effects, after them
+// (applyAdvancer: writer.Writer.ApplyAdvance), does both at once
+// (session.applyAdvance) unless Options.AdvanceApart, which any failpoint
+// sets so that fault tests can stop between the two. When the cache holds something
 // else, session.settle heals it (session.cacheReset: a flush, or per
 // on_redis_reset a replay of the journal once the groups on their way to it
 // are in it, session.journalSync), applies the group in flight again, and
