@@ -31,14 +31,14 @@ type journaledGroup struct {
 }
 
 // confirmWatchMax bounds the groups waiting for a status update: should
-// the stream stop sending them, the oldest are dropped (unobserved).
+// the stream stop sending them, the oldest half is dropped (unobserved).
 const confirmWatchMax = 4096
 
 // journaled records that the group ending at end was journaled at `at`.
 func (c *confirmWatch) journaled(end wal.LSN, at time.Time) {
 	c.mu.Lock()
 	if len(c.groups) >= confirmWatchMax {
-		c.groups = append(c.groups[:0], c.groups[1:]...)
+		c.groups = c.groups[:copy(c.groups, c.groups[confirmWatchMax/2:])]
 	}
 	c.groups = append(c.groups, journaledGroup{end, at})
 	c.mu.Unlock()
