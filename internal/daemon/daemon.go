@@ -826,50 +826,70 @@ func (s *session) mapEvents(ctx context.Context, events <-chan replication.Event
 	return nil
 }
 
+// applyBatches forms groups of the batches waiting and commits them in
+// order. A group is the longest run of waiting batches whose commits the
+// visibility gate's latest answer covers (waiting, when none is, for one
+// that covers the first): the batches behind it, noted while that query was
+// out, go in the next group rather than holding this one for another round
+// trip.
 func (s *session) applyBatches(ctx context.Context, batches <-chan queued) error {
+	pend := make([]queued, 0, groupMaxTxn) // taken from batches, not applied yet
 	group := make([]mapping.Batch, 0, groupMaxTxn)
 	mapped := make([]time.Time, 0, groupMaxTxn) // group[i]'s
-
 	check := time.NewTicker(s.opts.CacheCheckInterval)
 	defer check.Stop()
+	closed := false
 	for {
-		group, mapped = group[:0], mapped[:0]
-		var seen uint64 // the group's last commit noted by the gate
-		var b queued
-		var ok bool
-		select {
-		case b, ok = <-batches:
-		case <-check.C:
-			if !s.opts.DryRun {
-				if err := s.verifyCache(ctx); err != nil {
-					return err
-				}
+		if len(pend) == 0 {
+			if closed {
+				return nil
 			}
-			continue
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-		if !ok {
-			return nil
-		}
-		group, mapped = append(group, b.Batch), append(mapped, b.mapped)
-		seen = max(seen, b.seen)
-		ops := len(b.Ops)
-		closed := false
-	fill:
-		for len(group) < groupMaxTxn && ops < groupMaxOps {
 			select {
-			case b, ok = <-batches:
+			case b, ok := <-batches:
+				if !ok {
+					return nil
+				}
+				pend = append(pend, b)
+			case <-check.C:
+				if !s.opts.DryRun {
+					if err := s.verifyCache(ctx); err != nil {
+						return err
+					}
+				}
+				continue
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		ops := 0
+		for _, b := range pend {
+			ops += len(b.Ops)
+		}
+	fill:
+		for !closed && len(pend) < groupMaxTxn && ops < groupMaxOps {
+			select {
+			case b, ok := <-batches:
 				if !ok {
 					closed = true
 					break fill
 				}
-				group, mapped = append(group, b.Batch), append(mapped, b.mapped)
-				seen = max(seen, b.seen)
+				pend = append(pend, b)
 				ops += len(b.Ops)
 			default:
 				break fill
 			}
+		}
+		n, err := s.clearedRun(ctx, pend)
+		if err != nil {
+			return err
+		}
+		group, mapped = group[:0], mapped[:0]
+		var seen uint64 // the group's last commit noted by the gate
+		ops = 0
+		for _, b := range pend[:n] {
+			group, mapped = append(group, b.Batch), append(mapped, b.mapped)
+			seen = max(seen, b.seen)
+			ops += len(b.Ops)
 		}
 		if err := s.commitGroup(ctx, group, mapped, seen, ops); err != nil {
 			return err
@@ -880,10 +900,27 @@ func (s *session) applyBatches(ctx context.Context, batches <-chan queued) error
 				s.batchBudget.Release(b.Size()) // no journal stage after this
 			}
 		}
-		if closed {
-			return nil
-		}
+		clear(pend[copy(pend, pend[n:]):])
+		pend = pend[:len(pend)-n]
 	}
+}
+
+// clearedRun returns how many of the batches waiting, from the first, the
+// visibility gate's latest answer covers (at least one: it waits for an
+// answer covering the first). All of them in dry runs, which have no gate.
+func (s *session) clearedRun(ctx context.Context, pend []queued) (int, error) {
+	if s.gate == nil {
+		return len(pend), nil
+	}
+	covers, err := s.gate.covering(ctx, pend[0].seen)
+	if err != nil {
+		return 0, err
+	}
+	n := 1
+	for n < len(pend) && pend[n].seen <= covers {
+		n++
+	}
+	return n, nil
 }
 
 // commitGroup applies a group of transactions, records it, and only then

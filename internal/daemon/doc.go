@@ -55,7 +55,9 @@
 //     before the query went out; it stops with the apply stage;
 //   - the apply stage (session.applyBatches), which takes whatever batches
 //     are waiting, up to groupMaxTxn (512) transactions or groupMaxOps (8192)
-//     operations, and commits each group (session.commitGroup): the
+//     operations, groups the run of them that the visibility gate's latest
+//     answer covers (session.clearedRun), and commits each group
+//     (session.commitGroup): the
 //     visibility gate, the fence, Applier.Apply, then session.advance; it
 //     hands the group to journalQueue (16 groups) and, between groups,
 //     compares the cache's position with the one last written

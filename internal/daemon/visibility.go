@@ -129,6 +129,24 @@ func (g *visibilityGate) run(ctx context.Context) error {
 	}
 }
 
+// covering waits until the latest answer covers the commit numbered need
+// (at once when need is 0) and returns the last commit it covers.
+func (g *visibilityGate) covering(ctx context.Context, need uint64) (uint64, error) {
+	for {
+		g.mu.Lock()
+		a, changed := g.answer, g.changed
+		g.mu.Unlock()
+		if a.covers >= need {
+			return a.covers, nil
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
+	}
+}
+
 // wait returns once every transaction of the group with effects is visible to
 // new snapshots, or with ctx's error. need is the number note gave the
 // group's last commit with effects: only an answer covering it counts.

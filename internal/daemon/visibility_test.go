@@ -188,3 +188,36 @@ type failingSnapshots struct{ err error }
 func (f failingSnapshots) Snapshot(context.Context) (replication.Snapshot, error) {
 	return replication.Snapshot{}, f.err
 }
+
+// TestClearedRunTakesWhatTheLatestAnswerCovers: a group is the run of
+// waiting batches, from the first, whose commits the latest answer covers;
+// the batches noted after its query went out wait for the next group
+// instead of holding this one for another round trip.
+func TestClearedRunTakesWhatTheLatestAnswerCovers(t *testing.T) {
+	snaps := newScriptedSnapshots()
+	g := startGate(t, snaps)
+	s := &session{gate: g}
+	ctx := context.Background()
+	g.note()
+	snaps.expect(t, "the first commit")
+	g.note()
+	g.note() // commits 2 and 3 arrive while the query for 1 is out
+	snaps.answer(t, "10:10:")
+	pend := []queued{{seen: 1}, {seen: 0}, {seen: 2}, {seen: 3}}
+	if n, err := s.clearedRun(ctx, pend); err != nil || n != 2 {
+		t.Fatalf("cleared %d (%v), want 2: commit 1 and the barrier after it", n, err)
+	}
+	done := make(chan int, 1)
+	go func() {
+		n, err := s.clearedRun(ctx, pend[2:])
+		if err != nil {
+			t.Error(err)
+		}
+		done <- n
+	}()
+	snaps.expect(t, "commits 2 and 3")
+	snaps.answer(t, "10:10:")
+	if n := <-done; n != 2 {
+		t.Fatalf("cleared %d, want both commits the second answer covers", n)
+	}
+}
