@@ -879,6 +879,7 @@ func (s *session) applyBatches(ctx context.Context, batches <-chan queued) error
 				break fill
 			}
 		}
+		waitBegan := time.Now()
 		n, err := s.clearedRun(ctx, pend)
 		if err != nil {
 			return err
@@ -891,7 +892,7 @@ func (s *session) applyBatches(ctx context.Context, batches <-chan queued) error
 			seen = max(seen, b.seen)
 			ops += len(b.Ops)
 		}
-		if err := s.commitGroup(ctx, group, mapped, seen, ops); err != nil {
+		if err := s.commitGroup(ctx, group, mapped, seen, ops, waitBegan); err != nil {
 			return err
 		}
 		for _, b := range group {
@@ -926,8 +927,9 @@ func (s *session) clearedRun(ctx context.Context, pend []queued) (int, error) {
 // commitGroup applies a group of transactions, records it, and only then
 // confirms its end: apply → cache position → journal → confirm. mapped[i]
 // is when group[i] was queued (zero for barriers); seen is the gate's number
-// of its last commit with effects.
-func (s *session) commitGroup(ctx context.Context, group []mapping.Batch, mapped []time.Time, seen uint64, ops int) error {
+// of its last commit with effects; waitBegan is when the wait for its
+// visibility began (clearedRun).
+func (s *session) commitGroup(ctx context.Context, group []mapping.Batch, mapped []time.Time, seen uint64, ops int, waitBegan time.Time) error {
 	end := group[len(group)-1].EndLSN
 	if s.opts.DryRun {
 		s.clearedStage(mapped, time.Now())
@@ -941,7 +943,6 @@ func (s *session) commitGroup(ctx context.Context, group []mapping.Batch, mapped
 	cleared := time.Now()
 	applied := cleared // for a group without effects
 	if ops > 0 {
-		waitBegan := cleared
 		if err := s.gate.wait(ctx, group, seen); err != nil {
 			return err
 		}
