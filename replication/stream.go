@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -161,10 +162,23 @@ func (s *Stream) Run(ctx context.Context, start wal.LSN, events chan<- Event) er
 	// to the past, which ends the read at once. pgconn keeps the
 	// connection, and a message half read, across a timeout.
 	nc := s.conn.Conn()
-	stopWatch := context.AfterFunc(ctx, func() { _ = nc.SetReadDeadline(time.Unix(1, 0)) })
+	var deadlineMu sync.Mutex
+	returned := false
+	stopWatch := context.AfterFunc(ctx, func() {
+		deadlineMu.Lock()
+		defer deadlineMu.Unlock()
+		if !returned {
+			_ = nc.SetReadDeadline(time.Unix(1, 0))
+		}
+	})
 	defer func() {
 		stopWatch()
-		_ = nc.SetReadDeadline(time.Time{}) // Finish still uses the connection
+		// Finish still reads from the connection: no deadline, and none
+		// set by a late AfterFunc either.
+		deadlineMu.Lock()
+		returned = true
+		_ = nc.SetReadDeadline(time.Time{})
+		deadlineMu.Unlock()
 	}()
 	var windowEnd time.Time
 	for {
