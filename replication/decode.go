@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"strings"
+	"time"
 
 	"github.com/cachesync/cachesync/wal"
 )
@@ -32,6 +33,10 @@ type Event struct {
 	Message wal.Message
 	Commit  wal.Commit
 	Barrier wal.LSN
+	// Received is when a commit's message was read from the replication
+	// connection (Stream sets it on EventCommit only): the pipeline's
+	// stage timings start there.
+	Received time.Time
 }
 
 // Size estimates the memory an event holds, in bytes: its values' text and a

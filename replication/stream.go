@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -64,13 +65,20 @@ type StreamOptions struct {
 	// consumed: Run acquires each event's Size before sending it, and the
 	// consumer releases it once done with the event.
 	Budget Budget
-	Logger zerolog.Logger
+	// OnStatus, when set, is called (on Run's goroutine, which it must not
+	// hold up) after each standby status update is sent, with the flush
+	// position it confirmed and when it was sent.
+	OnStatus func(flush wal.LSN, at time.Time)
+	Logger   zerolog.Logger
 }
 
 // Budget bounds what the events in flight hold. Acquire waits until n bytes
-// fit (an event larger than the whole budget passes alone), or ctx is done.
+// fit (an event larger than the whole budget passes alone), or ctx is done;
+// TryAcquire takes them only if they fit now, without waiting (the stream's
+// fast path: no timer per event).
 type Budget interface {
 	Acquire(ctx context.Context, n int64) error
+	TryAcquire(n int64) bool
 }
 
 // Stream owns one replication connection: it reads pgoutput, answers
@@ -146,33 +154,60 @@ func (s *Stream) Run(ctx context.Context, start wal.LSN, events chan<- Event) er
 	s.opts.Logger.Info().Str("slot", s.opts.Slot).Stringer("start_lsn", start).Msg("streaming")
 	s.lastMsg = time.Now()
 	s.lastStatus = time.Now()
-	// Reads share a 100 ms window: a short timeout lets a freshly applied
-	// position reach the server promptly even when nothing else arrives,
-	// and one context per window (not per message) keeps a busy stream
-	// from spending its time creating timers.
-	var rctx context.Context
-	cancelRead := func() {}
-	defer func() { cancelRead() }()
+	// Reads share a 100 ms window, a read deadline on the connection: a
+	// short timeout lets a freshly applied position reach the server
+	// promptly even when nothing else arrives. A deadline set once per
+	// window, and reads without a context, spare a busy stream a timer per
+	// window and a context watch per message; ctx's end moves the deadline
+	// to the past, which ends the read at once. pgconn keeps the
+	// connection, and a message half read, across a timeout.
+	nc := s.conn.Conn()
+	var deadlineMu sync.Mutex
+	returned := false
+	stopWatch := context.AfterFunc(ctx, func() {
+		deadlineMu.Lock()
+		defer deadlineMu.Unlock()
+		if !returned {
+			_ = nc.SetReadDeadline(time.Unix(1, 0))
+		}
+	})
+	defer func() {
+		stopWatch()
+		// Finish still reads from the connection: no deadline, and none
+		// set by a late AfterFunc either.
+		deadlineMu.Lock()
+		returned = true
+		_ = nc.SetReadDeadline(time.Time{})
+		deadlineMu.Unlock()
+	}()
+	var windowEnd time.Time
 	for {
 		if ctx.Err() != nil {
 			return nil
 		}
-		if err := s.maybeSendStatus(ctx); err != nil {
+		now := time.Now()
+		if err := s.maybeSendStatus(ctx, now); err != nil {
 			return err
 		}
-		if err := s.checkSilence(ctx); err != nil {
+		if err := s.checkSilence(ctx, now); err != nil {
 			return err
 		}
-		if rctx == nil || rctx.Err() != nil {
-			cancelRead()
-			rctx, cancelRead = readWindow(ctx)
+		if !now.Before(windowEnd) {
+			windowEnd = now.Add(readWindow)
+			if err := nc.SetReadDeadline(windowEnd); err != nil {
+				return fmt.Errorf("receive from slot %q: %w", s.opts.Slot, err)
+			}
+			if ctx.Err() != nil { // ended before the new deadline was set
+				return nil
+			}
 		}
-		raw, err := s.conn.ReceiveMessage(rctx)
+		raw, err := s.conn.ReceiveMessage(context.Background())
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
 			if pgconn.Timeout(err) {
+				windowEnd = time.Time{}
 				continue
 			}
 			return classify(fmt.Errorf("receive from slot %q: %w", s.opts.Slot, err))
@@ -198,11 +233,9 @@ func (s *Stream) Run(ctx context.Context, start wal.LSN, events chan<- Event) er
 	}
 }
 
-// readWindow is the context of the reads of one 100 ms window; Run cancels
-// it when the window ends or Run returns.
-func readWindow(ctx context.Context) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(ctx, 100*time.Millisecond)
-}
+// readWindow is how long reads wait for a message before Run looks again
+// at what it has to send.
+const readWindow = 100 * time.Millisecond
 
 func (s *Stream) handleCopyData(ctx context.Context, data []byte, events chan<- Event) error {
 	if len(data) == 0 {
@@ -247,6 +280,9 @@ func (s *Stream) handleCopyData(ctx context.Context, data []byte, events chan<- 
 // emit hands an event to the pipeline. While the pipeline is full (Redis is
 // slow or down) it keeps the session alive with status updates.
 func (s *Stream) emit(ctx context.Context, events chan<- Event, ev Event) error {
+	if ev.Kind == EventCommit {
+		ev.Received = s.lastMsg // when its message was read
+	}
 	if err := s.reserve(ctx, ev.Size()); err != nil {
 		return err
 	}
@@ -276,7 +312,7 @@ func (s *Stream) emit(ctx context.Context, events chan<- Event, ev Event) error 
 // while it waits: the budget is full while Redis is slow or down, and the
 // session must stay alive meanwhile. Reading stops instead of memory growing.
 func (s *Stream) reserve(ctx context.Context, n int64) error {
-	if s.opts.Budget == nil {
+	if s.opts.Budget == nil || s.opts.Budget.TryAcquire(n) {
 		return nil
 	}
 	for waited := false; ; waited = true {
@@ -301,8 +337,8 @@ func (s *Stream) reserve(ctx context.Context, n int64) error {
 
 // maybeSendStatus sends an update when one is due, or soon after the applied
 // position moved so that the slot (and retained WAL) follows promptly.
-func (s *Stream) maybeSendStatus(ctx context.Context) error {
-	since := time.Since(s.lastStatus)
+func (s *Stream) maybeSendStatus(ctx context.Context, now time.Time) error {
+	since := now.Sub(s.lastStatus)
 	if since >= s.opts.StatusInterval || (s.Applied() != s.lastFlush && since >= 100*time.Millisecond) {
 		return s.sendStatus(ctx, false)
 	}
@@ -311,8 +347,8 @@ func (s *Stream) maybeSendStatus(ctx context.Context) error {
 
 // checkSilence asks the server for a reply when nothing arrived for two status
 // intervals, and gives up on the connection after three.
-func (s *Stream) checkSilence(ctx context.Context) error {
-	silent := time.Since(s.lastMsg)
+func (s *Stream) checkSilence(ctx context.Context, now time.Time) error {
+	silent := now.Sub(s.lastMsg)
 	switch {
 	case silent > 3*s.opts.StatusInterval:
 		return fmt.Errorf("slot %q: nothing received from the server for %s; reconnecting", s.opts.Slot, silent.Round(time.Second))
@@ -345,6 +381,9 @@ func (s *Stream) sendStatus(ctx context.Context, replyRequested bool) error {
 		s.opts.Logger.Debug().Stringer("flush_lsn", flush).Msg("confirmed")
 	}
 	s.lastStatus, s.lastFlush = time.Now(), flush
+	if s.opts.OnStatus != nil {
+		s.opts.OnStatus(flush, s.lastStatus)
+	}
 	return nil
 }
 

@@ -3,6 +3,7 @@ package replication
 import (
 	"context"
 	"fmt"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -26,6 +27,12 @@ type streamBundle struct {
 // setupStream creates a table in the publication, a table outside it, the
 // slot, and runs a Stream whose events the test consumes.
 func setupStream(t *testing.T) *streamBundle {
+	t.Helper()
+	return setupStreamWith(t, func(*StreamOptions) {})
+}
+
+// setupStreamWith is setupStream with options of the test's.
+func setupStreamWith(t *testing.T, opt func(*StreamOptions)) *streamBundle {
 	t.Helper()
 	t.Parallel()
 	ctx := context.Background()
@@ -52,7 +59,9 @@ func setupStream(t *testing.T) *streamBundle {
 		t.Fatal(err)
 	}
 	b := &streamBundle{conn: conn, events: make(chan Event, 64), errc: make(chan error, 1), start: start}
-	b.stream = NewStream(repl, StreamOptions{Slot: slot, Publication: "pub", StatusInterval: time.Second, MessagePrefix: "cachesync"})
+	opts := StreamOptions{Slot: slot, Publication: "pub", StatusInterval: time.Second, MessagePrefix: "cachesync"}
+	opt(&opts)
+	b.stream = NewStream(repl, opts)
 	runCtx, cancel := context.WithCancel(ctx)
 	go func() { b.errc <- b.stream.Run(runCtx, start, b.events) }()
 	t.Cleanup(func() {
@@ -154,5 +163,49 @@ func TestStreamBarrierAdvancesPastUnrelatedWAL(t *testing.T) {
 	testenv.Eventually(t, 30*time.Second, "slot follows the barrier", func() (bool, string) {
 		got := b.confirmed(t)
 		return got >= written, fmt.Sprintf("confirmed %s, want %s", got, written)
+	})
+}
+
+// countingBudget is a Budget with room for everything that counts how it is
+// asked.
+type countingBudget struct{ tries, waits atomic.Int64 }
+
+func (c *countingBudget) Acquire(context.Context, int64) error { c.waits.Add(1); return nil }
+func (c *countingBudget) TryAcquire(int64) bool                { c.tries.Add(1); return true }
+
+// The stream reads on across many idle read windows (each a read deadline
+// that expires), stamps a commit with when it was read, takes its budget
+// without waiting while there is room, and reports each status update it
+// sends with the position it confirmed.
+func TestStreamReadsAcrossWindowsAndReportsStatus(t *testing.T) {
+	budget := &countingBudget{}
+	var statuses atomic.Int64
+	var flushed atomic.Uint64
+	b := setupStreamWith(t, func(o *StreamOptions) {
+		o.Budget = budget
+		o.OnStatus = func(flush wal.LSN, at time.Time) {
+			statuses.Add(1)
+			flushed.Store(uint64(flush))
+		}
+	})
+	ctx := context.Background()
+	// Two status updates are a second apart: ten read windows expired.
+	testenv.Eventually(t, 30*time.Second, "two status updates", func() (bool, string) {
+		return statuses.Load() >= 2, fmt.Sprintf("%d status updates", statuses.Load())
+	})
+	before := time.Now()
+	if _, err := b.conn.Exec(ctx, `INSERT INTO watched VALUES (1, 'a')`); err != nil {
+		t.Fatal(err)
+	}
+	ev := b.next(t, EventCommit)
+	if ev.Received.Before(before) || time.Since(ev.Received) > 30*time.Second {
+		t.Errorf("commit stamped received at %v, the insert began at %v", ev.Received, before)
+	}
+	if budget.tries.Load() == 0 || budget.waits.Load() != 0 {
+		t.Errorf("budget asked %d times without waiting and %d times waiting; want only the former", budget.tries.Load(), budget.waits.Load())
+	}
+	b.stream.Confirm(ev.Commit.EndLSN)
+	testenv.Eventually(t, 30*time.Second, "a status update confirming the commit", func() (bool, string) {
+		return wal.LSN(flushed.Load()) >= ev.Commit.EndLSN, fmt.Sprintf("last status confirmed %s, want %s", wal.LSN(flushed.Load()), ev.Commit.EndLSN)
 	})
 }

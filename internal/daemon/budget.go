@@ -42,6 +42,16 @@ func (b *budget) Acquire(ctx context.Context, n int64) error {
 	return nil
 }
 
+// TryAcquire takes what Acquire(n) would if it fits now, without waiting.
+func (b *budget) TryAcquire(n int64) bool {
+	w := b.weight(n)
+	if !b.sem.TryAcquire(w) {
+		return false
+	}
+	b.held.Add(w)
+	return true
+}
+
 // Release gives back what Acquire(n) took.
 func (b *budget) Release(n int64) {
 	w := b.weight(n)

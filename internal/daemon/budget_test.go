@@ -28,6 +28,13 @@ func TestBudgetAccounting(t *testing.T) {
 	if b.sem.TryAcquire(b.weight(40)) {
 		t.Fatal("an item of 40 fit beside 61 in a budget of 100")
 	}
+	if b.TryAcquire(40) {
+		t.Fatal("TryAcquire: an item of 40 fit beside 61 in a budget of 100")
+	}
+	if !b.TryAcquire(39) || b.Held() != 100 {
+		t.Fatalf("TryAcquire: an item of 39 beside 61 did not fit (held %d)", b.Held())
+	}
+	b.Release(39)
 	b.Release(0)
 	if err := b.Acquire(ctx, 40); err != nil {
 		t.Fatalf("an item of 40 beside 60: %v", err)

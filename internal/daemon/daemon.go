@@ -29,6 +29,24 @@ type Applier interface {
 	Apply(ctx context.Context, batches []mapping.Batch) error
 }
 
+// applyAdvancer is an Applier that sends the cache's applied position's
+// compare-and-set (CacheState.Advance from `from` to `to`) in the same
+// round trip as the group's last effects, after them
+// (writer.Writer.ApplyAdvance): one round trip fewer per group. Its results
+// are CacheState.Advance's once every effect is applied. An error is
+// Apply's (nothing advanced), unless appliedNotAdvanced says every effect
+// was applied and only the position is to be advanced apart.
+type applyAdvancer interface {
+	ApplyAdvance(ctx context.Context, batches []mapping.Batch, slot string, from writer.Position, to wal.LSN) (swapped bool, cur writer.Position, err error)
+}
+
+// appliedNotAdvanced reports whether an error of ApplyAdvance says the
+// effects were all applied and only the position's swap failed
+// (writer.ErrNotAdvanced, once the writer has it): the position is then
+// advanced apart. Any other error ends the session, which is safe (the
+// group is not confirmed, and is delivered again) if slower.
+var appliedNotAdvanced = func(error) bool { return false }
+
 // HistoryRecorder is an Applier that records the WAL history of what it
 // applies (writer.Writer, in its write-through guards). ensureSlot tells it
 // the server's history before anything is applied: positions of another
@@ -123,6 +141,12 @@ type Options struct {
 	// (journaled, not confirmed), "partitions-changed" (a partition tree
 	// change seen, its flush not yet written to the WAL).
 	Failpoint func(name string)
+	// AdvanceApart applies each group and then advances the cache's
+	// applied position in a round trip of its own, even when the Applier
+	// can send the position's compare-and-set with the group's effects
+	// (applyAdvancer). A Failpoint implies it, so that "before-advance"
+	// exists.
+	AdvanceApart bool
 	// FormatDiagnostics renders preflight findings (with source lines when
 	// the parser's files are at hand).
 	FormatDiagnostics func(hcl.Diagnostics) string
@@ -137,7 +161,8 @@ type Options struct {
 }
 
 // Checker is the continuous consistency checker (internal/checker.Checker).
-// Applied must not block: it is called on the apply path.
+// Applied must not block: it is called on the pipeline's journal stage,
+// once the group's applied position moved.
 type Checker interface {
 	Applied(group []mapping.Batch)
 	Run(ctx context.Context) error
@@ -184,6 +209,9 @@ type session struct {
 	// journalQ feeds the journal stage of the session's pipeline (nil
 	// before it runs).
 	journalQ chan<- journalItem
+	// confirms times the confirmed stage: journaled groups until a
+	// standby status update carries them.
+	confirms *confirmWatch
 }
 
 // ErrConfig marks failures that retrying cannot fix: the rules do not fit the
@@ -223,6 +251,9 @@ func New(opts Options) (*Daemon, error) {
 	}
 	if opts.Metrics == nil {
 		opts.Metrics = metrics.New()
+	}
+	if opts.Failpoint != nil {
+		opts.AdvanceApart = true
 	}
 	if opts.MaxQueuedBytes <= 0 {
 		opts.MaxQueuedBytes = DefaultMaxQueuedBytes
@@ -466,13 +497,15 @@ func (s *session) streamSession(ctx, hard context.Context) error {
 			return err
 		}
 		defer gateConn.Close(context.WithoutCancel(ctx))
-		s.gate = &visibilityGate{snapshots: gateConn, log: s.log, waiting: func() { s.metrics.WaitingForPostgres(time.Now()) }}
+		s.gate = newVisibilityGate(gateConn, s.log, func() { s.metrics.WaitingForPostgres(time.Now()) })
 	}
 
 	s.newBudgets()
+	s.confirms = &confirmWatch{metrics: s.metrics}
 	s.stream = replication.NewStream(repl, replication.StreamOptions{
 		Slot: slot, Publication: pgc.Publication, StatusInterval: s.opts.StatusInterval,
 		MessagePrefix: "cachesync", Budget: s.eventBudget, Logger: s.log,
+		OnStatus: s.confirms.sent,
 	})
 	s.mapper.Abandon()
 	if s.passive {
@@ -534,7 +567,7 @@ func (s *session) pipeline(ctx, hardStop context.Context, start wal.LSN, conn ca
 	defer stopOnSignal()
 
 	events := make(chan replication.Event, eventQueue)
-	batches := make(chan mapping.Batch, batchQueue)
+	batches := make(chan queued, batchQueue)
 	g.Go(func() error {
 		defer close(events)
 		return s.stream.Run(readCtx, start, events)
@@ -545,8 +578,16 @@ func (s *session) pipeline(ctx, hardStop context.Context, start wal.LSN, conn ca
 	})
 	applied := make(chan journalItem, journalQueue)
 	s.journalQ = applied
+	// The visibility gate's queries run beside the apply stage, and stop
+	// with it.
+	gateCtx, stopGate := context.WithCancel(gctx)
+	defer stopGate()
+	if s.gate != nil {
+		g.Go(func() error { return s.gate.run(gateCtx) })
+	}
 	g.Go(func() error {
 		defer close(applied)
+		defer stopGate()
 		return s.applyBatches(gctx, batches)
 	})
 	g.Go(func() error {
@@ -711,8 +752,23 @@ func (d *Daemon) heartbeatReceived(m wal.Message) {
 	}
 }
 
-func (s *session) mapEvents(ctx context.Context, events <-chan replication.Event, batches chan<- mapping.Batch) error {
-	send := func(b mapping.Batch) error {
+// queued is a mapped batch on its way to the writer, with the times its
+// stages are measured from.
+type queued struct {
+	mapping.Batch
+	// received is when its commit was read from the replication
+	// connection, mapped when it was queued (zero for barriers).
+	received, mapped time.Time
+	// seen is visibilityGate.note's number for it (0: it needs no
+	// snapshot).
+	seen uint64
+}
+
+func (s *session) mapEvents(ctx context.Context, events <-chan replication.Event, batches chan<- queued) error {
+	send := func(b queued) error {
+		if s.gate != nil && len(b.Ops) > 0 && b.XID != 0 {
+			b.seen = s.gate.note() // the snapshot query goes out now
+		}
 		// Bound the operations and bytes waiting for the writer and the
 		// journal, not just the batches: 256 queued transactions near the
 		// key cap would hold millions of keys, or of wide rows gigabytes.
@@ -721,6 +777,10 @@ func (s *session) mapEvents(ctx context.Context, events <-chan replication.Event
 		}
 		if err := s.batchBudget.Acquire(ctx, b.Size()); err != nil {
 			return err
+		}
+		if !b.received.IsZero() {
+			b.mapped = time.Now()
+			s.metrics.StageDone(metrics.StageMapped, b.received, b.mapped)
 		}
 		select {
 		case batches <- b:
@@ -744,16 +804,17 @@ func (s *session) mapEvents(ctx context.Context, events <-chan replication.Event
 			err = s.mapper.Message(ev.Message)
 		case replication.EventCommit:
 			s.metrics.Transactions.Inc()
+			s.metrics.StageDone(metrics.StageReceived, ev.Commit.CommitTime, ev.Received)
 			var b mapping.Batch
 			if b, err = s.mapper.Commit(ev.Commit); err == nil {
-				err = send(b)
+				err = send(queued{Batch: b, received: ev.Received})
 			}
 			if now := time.Now(); now.Sub(lastStats) >= time.Second {
 				lastStats = now
 				s.metrics.MapperStats(s.mapper.Stats())
 			}
 		case replication.EventBarrier:
-			err = send(mapping.Batch{EndLSN: ev.Barrier})
+			err = send(queued{Batch: mapping.Batch{EndLSN: ev.Barrier}})
 		}
 		// The event is mapped: what the open transaction keeps of its
 		// values is bounded by mapping.Options.TxnValueBytes.
@@ -765,47 +826,73 @@ func (s *session) mapEvents(ctx context.Context, events <-chan replication.Event
 	return nil
 }
 
-func (s *session) applyBatches(ctx context.Context, batches <-chan mapping.Batch) error {
+// applyBatches forms groups of the batches waiting and commits them in
+// order. A group is the longest run of waiting batches whose commits the
+// visibility gate's latest answer covers (waiting, when none is, for one
+// that covers the first): the batches behind it, noted while that query was
+// out, go in the next group rather than holding this one for another round
+// trip.
+func (s *session) applyBatches(ctx context.Context, batches <-chan queued) error {
+	pend := make([]queued, 0, groupMaxTxn) // taken from batches, not applied yet
 	group := make([]mapping.Batch, 0, groupMaxTxn)
+	mapped := make([]time.Time, 0, groupMaxTxn) // group[i]'s
 	check := time.NewTicker(s.opts.CacheCheckInterval)
 	defer check.Stop()
+	closed := false
 	for {
-		group = group[:0]
-		var b mapping.Batch
-		var ok bool
-		select {
-		case b, ok = <-batches:
-		case <-check.C:
-			if !s.opts.DryRun {
-				if err := s.verifyCache(ctx); err != nil {
-					return err
-				}
+		if len(pend) == 0 {
+			if closed {
+				return nil
 			}
-			continue
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-		if !ok {
-			return nil
-		}
-		group = append(group, b)
-		ops := len(b.Ops)
-		closed := false
-	fill:
-		for len(group) < groupMaxTxn && ops < groupMaxOps {
 			select {
-			case b, ok = <-batches:
+			case b, ok := <-batches:
+				if !ok {
+					return nil
+				}
+				pend = append(pend, b)
+			case <-check.C:
+				if !s.opts.DryRun {
+					if err := s.verifyCache(ctx); err != nil {
+						return err
+					}
+				}
+				continue
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		ops := 0
+		for _, b := range pend {
+			ops += len(b.Ops)
+		}
+	fill:
+		for !closed && len(pend) < groupMaxTxn && ops < groupMaxOps {
+			select {
+			case b, ok := <-batches:
 				if !ok {
 					closed = true
 					break fill
 				}
-				group = append(group, b)
+				pend = append(pend, b)
 				ops += len(b.Ops)
 			default:
 				break fill
 			}
 		}
-		if err := s.commitGroup(ctx, group, ops); err != nil {
+		waitBegan := time.Now()
+		n, err := s.clearedRun(ctx, pend)
+		if err != nil {
+			return err
+		}
+		group, mapped = group[:0], mapped[:0]
+		var seen uint64 // the group's last commit noted by the gate
+		ops = 0
+		for _, b := range pend[:n] {
+			group, mapped = append(group, b.Batch), append(mapped, b.mapped)
+			seen = max(seen, b.seen)
+			ops += len(b.Ops)
+		}
+		if err := s.commitGroup(ctx, group, mapped, seen, ops, waitBegan); err != nil {
 			return err
 		}
 		for _, b := range group {
@@ -814,17 +901,38 @@ func (s *session) applyBatches(ctx context.Context, batches <-chan mapping.Batch
 				s.batchBudget.Release(b.Size()) // no journal stage after this
 			}
 		}
-		if closed {
-			return nil
-		}
+		clear(pend[copy(pend, pend[n:]):])
+		pend = pend[:len(pend)-n]
 	}
 }
 
+// clearedRun returns how many of the batches waiting, from the first, the
+// visibility gate's latest answer covers (at least one: it waits for an
+// answer covering the first). All of them in dry runs, which have no gate.
+func (s *session) clearedRun(ctx context.Context, pend []queued) (int, error) {
+	if s.gate == nil {
+		return len(pend), nil
+	}
+	covers, err := s.gate.covering(ctx, pend[0].seen)
+	if err != nil {
+		return 0, err
+	}
+	n := 1
+	for n < len(pend) && pend[n].seen <= covers {
+		n++
+	}
+	return n, nil
+}
+
 // commitGroup applies a group of transactions, records it, and only then
-// confirms its end: apply → cache position → journal → confirm.
-func (s *session) commitGroup(ctx context.Context, group []mapping.Batch, ops int) error {
+// confirms its end: apply → cache position → journal → confirm. mapped[i]
+// is when group[i] was queued (zero for barriers); seen is the gate's number
+// of its last commit with effects; waitBegan is when the wait for its
+// visibility began (clearedRun).
+func (s *session) commitGroup(ctx context.Context, group []mapping.Batch, mapped []time.Time, seen uint64, ops int, waitBegan time.Time) error {
 	end := group[len(group)-1].EndLSN
 	if s.opts.DryRun {
+		s.clearedStage(mapped, time.Now())
 		if err := s.opts.Applier.Apply(ctx, group); err != nil {
 			return err
 		}
@@ -832,36 +940,105 @@ func (s *session) commitGroup(ctx context.Context, group []mapping.Batch, ops in
 		s.metrics.Confirmed(end, time.Now())
 		return nil
 	}
+	cleared := time.Now()
+	applied := cleared // for a group without effects
 	if ops > 0 {
-		waitBegan := time.Now()
-		if err := s.gate.wait(ctx, group); err != nil {
+		if err := s.gate.wait(ctx, group, seen); err != nil {
 			return err
 		}
-		s.metrics.VisibilitySeconds.Observe(time.Since(waitBegan).Seconds())
+		cleared = time.Now()
+		s.metrics.VisibilitySeconds.Observe(cleared.Sub(waitBegan).Seconds())
 		s.failpoint("before-apply")
 		if err := s.fence(); err != nil {
 			return err
 		}
 		s.noteFlushes(group)
-		began := time.Now()
-		if err := s.opts.Applier.Apply(ctx, group); err != nil {
-			return err
-		}
-		s.metrics.ApplySeconds.Observe(time.Since(began).Seconds())
-		if s.opts.Checker != nil {
-			s.opts.Checker.Applied(group)
-		}
 	}
-	s.metrics.GroupTransactions.Observe(float64(len(group)))
-	s.metrics.GroupOperations.Observe(float64(ops))
-	if ops > 0 {
-		s.failpoint("before-advance")
-	}
-	if err := s.advance(ctx, end, group); err != nil {
+	t, err := s.applyAdvance(ctx, group, ops, end)
+	if err != nil {
 		return err
 	}
+	if ops > 0 {
+		applied = t.applied
+		s.failpoint("after-apply")
+	}
+	// The journal's fsync, and the group's bookkeeping (metrics, the
+	// checker's sample, the debug log), run beside the next group's
+	// apply; the group is confirmed only once it is journaled, in order.
+	it := journalItem{group: slices.Clone(group), ops: ops, mapped: slices.Clone(mapped),
+		cleared: cleared, applied: applied, positioned: t.positioned}
+	select {
+	case s.journalQ <- it:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// applyTimes are when a group's effects were acknowledged and when the
+// cache's applied position moved past it.
+type applyTimes struct{ applied, positioned time.Time }
+
+// applyAdvance applies a group's effects (if any) and advances the cache's
+// applied position to end: in one round trip when the Applier can
+// (applyAdvancer, unless Options.AdvanceApart), else Apply then advance.
+func (s *session) applyAdvance(ctx context.Context, group []mapping.Batch, ops int, end wal.LSN) (applyTimes, error) {
+	var t applyTimes
+	if ops == 0 {
+		err := s.advance(ctx, end, group)
+		t.positioned = time.Now()
+		return t, err
+	}
+	began := time.Now()
+	if aa, ok := s.opts.Applier.(applyAdvancer); ok && !s.opts.AdvanceApart {
+		swapped, cur, err := aa.ApplyAdvance(ctx, group, s.opts.Config.Postgres.Slot, s.mark, end)
+		t.applied = time.Now()
+		s.metrics.ApplySeconds.Observe(t.applied.Sub(began).Seconds())
+		switch {
+		case err != nil && appliedNotAdvanced(err) && ctx.Err() == nil:
+			err = s.advance(ctx, end, group)
+		case err != nil:
+		case swapped:
+			s.mark = cur
+		default:
+			// The cache does not hold the position last written: heal it,
+			// as advance does.
+			if err = s.fence(); err == nil {
+				if err = s.cacheReset(ctx, cur, group); err == nil {
+					err = s.settle(ctx, cur, end, group)
+				}
+			}
+		}
+		t.positioned = time.Now()
+		return t, err
+	}
+	if err := s.opts.Applier.Apply(ctx, group); err != nil {
+		return t, err
+	}
+	t.applied = time.Now()
+	s.metrics.ApplySeconds.Observe(t.applied.Sub(began).Seconds())
+	s.failpoint("before-advance")
+	err := s.advance(ctx, end, group)
+	t.positioned = time.Now()
+	return t, err
+}
+
+// groupApplied does an applied group's bookkeeping, on the journal stage:
+// the stage timings up to its position, the group and lag metrics, and the
+// checker's sample.
+func (s *session) groupApplied(it journalItem) {
+	s.clearedStage(it.mapped, it.cleared)
+	if it.ops > 0 {
+		s.metrics.StageDone(metrics.StageApplied, it.cleared, it.applied)
+		if s.opts.Checker != nil {
+			s.opts.Checker.Applied(it.group)
+		}
+	}
+	s.metrics.StageDone(metrics.StagePositioned, it.applied, it.positioned)
+	s.metrics.GroupTransactions.Observe(float64(len(it.group)))
+	s.metrics.GroupOperations.Observe(float64(it.ops))
 	var oldest, newest time.Time
-	for _, b := range group {
+	for _, b := range it.group {
 		if !b.CommitTime.IsZero() {
 			if oldest.IsZero() {
 				oldest = b.CommitTime
@@ -869,18 +1046,7 @@ func (s *session) commitGroup(ctx context.Context, group []mapping.Batch, ops in
 			newest = b.CommitTime
 		}
 	}
-	s.metrics.Applied(end, oldest, newest, time.Now())
-	if ops > 0 {
-		s.failpoint("after-apply")
-	}
-	// The journal's fsync runs beside the next group's apply; the group
-	// is confirmed only once it is journaled, in order.
-	select {
-	case s.journalQ <- journalItem{group: slices.Clone(group), ops: ops}:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	s.metrics.Applied(it.group[len(it.group)-1].EndLSN, oldest, newest, it.positioned)
 }
 
 // noteFlushes logs and counts the key-space flushes of a group (truncate,
@@ -901,7 +1067,12 @@ func (d *Daemon) noteFlushes(group []mapping.Batch) {
 type journalItem struct {
 	group []mapping.Batch
 	ops   int
-	done  chan struct{}
+	// mapped[i] is when group[i] was queued (zero for barriers); cleared
+	// when the group was cleared to apply, applied when Redis acknowledged
+	// it, positioned when the cache's applied position moved past it.
+	mapped                       []time.Time
+	cleared, applied, positioned time.Time
+	done                         chan struct{}
 }
 
 // journalQueue bounds the applied groups waiting for the journal.
@@ -912,6 +1083,8 @@ const journalQueue = 16
 // during an fsync are written together with one fsync.
 func (s *session) journalGroups(ctx context.Context, items <-chan journalItem) error {
 	var pending []mapping.Batch
+	var positioned []time.Time // of each group pending, with its end
+	var ends []wal.LSN
 	var waiting []chan struct{}
 	ops := 0
 	flush := func() error {
@@ -925,6 +1098,11 @@ func (s *session) journalGroups(ctx context.Context, items <-chan journalItem) e
 				// which a restart does (cutting the torn tail). Nothing of
 				// these groups is confirmed.
 				return fmt.Errorf("%w: journal: %w", ErrFatal, err)
+			}
+			journaled := time.Now()
+			for i, at := range positioned {
+				s.metrics.StageDone(metrics.StageJournaled, at, journaled)
+				s.confirms.journaled(ends[i], journaled)
 			}
 			if ops > 0 {
 				s.failpoint("after-journal")
@@ -944,6 +1122,7 @@ func (s *session) journalGroups(ctx context.Context, items <-chan journalItem) e
 			close(w)
 		}
 		pending, waiting, ops = pending[:0], waiting[:0], 0
+		positioned, ends = positioned[:0], ends[:0]
 		return nil
 	}
 	for it := range items {
@@ -951,8 +1130,11 @@ func (s *session) journalGroups(ctx context.Context, items <-chan journalItem) e
 			if it.done != nil {
 				waiting = append(waiting, it.done)
 			} else {
+				s.groupApplied(it)
 				pending = append(pending, it.group...)
 				ops += it.ops
+				positioned = append(positioned, it.positioned)
+				ends = append(ends, it.group[len(it.group)-1].EndLSN)
 			}
 			select {
 			case it, more = <-items:

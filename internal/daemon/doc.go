@@ -47,17 +47,26 @@
 //     (queuedOps, 64K, released after apply) and their bytes (the batch
 //     budget, half of Options.MaxQueuedBytes, released once journaled); the
 //     transaction being mapped holds its refresh values in the remaining
-//     quarter (mapping.Options.TxnValueBytes);
+//     quarter (mapping.Options.TxnValueBytes); it notes each commit with
+//     effects to the visibility gate as it queues it;
+//   - the visibility gate (visibilityGate.run, not in dry runs), which sends
+//     pg_current_snapshot() on a connection of its own as soon as a commit
+//     is noted, one query at a time, each answer serving every commit noted
+//     before the query went out; it stops with the apply stage;
 //   - the apply stage (session.applyBatches), which takes whatever batches
 //     are waiting, up to groupMaxTxn (512) transactions or groupMaxOps (8192)
-//     operations, and commits each group (session.commitGroup): the
+//     operations, groups the run of them that the visibility gate's latest
+//     answer covers (session.clearedRun), and commits each group
+//     (session.commitGroup): the
 //     visibility gate, the fence, Applier.Apply, then session.advance; it
 //     hands the group to journalQueue (16 groups) and, between groups,
 //     compares the cache's position with the one last written
 //     (session.verifyCache, every Options.CacheCheckInterval);
-//   - the journal stage (session.journalGroups), which appends and fsyncs
-//     every group queued meanwhile, checks the fence, and only then calls
-//     Stream.Confirm with the last end LSN;
+//   - the journal stage (session.journalGroups), which does each applied
+//     group's bookkeeping (session.groupApplied: metrics, the checker's
+//     sample) off the apply path, appends and fsyncs every group queued
+//     meanwhile, checks the fence, and only then calls Stream.Confirm with
+//     the last end LSN;
 //   - the monitor (session.monitor, not in dry runs), which owns the
 //     catalog connection while streaming: heartbeats every
 //     Options.HeartbeatInterval, slot and journal figures every
@@ -81,7 +90,11 @@
 //
 // After Apply, session.advance swaps the cache's applied position
 // (CacheState.Advance, compare-and-set with the servers that answered) from
-// the mark last written to the group's end. When the cache holds something
+// the mark last written to the group's end. An Applier that can send that
+// swap in the same round trip as the group's last effects, after them
+// (applyAdvancer: writer.Writer.ApplyAdvance), does both at once
+// (session.applyAdvance) unless Options.AdvanceApart, which any failpoint
+// sets so that fault tests can stop between the two. When the cache holds something
 // else, session.settle heals it (session.cacheReset: a flush, or per
 // on_redis_reset a replay of the journal once the groups on their way to it
 // are in it, session.journalSync), applies the group in flight again, and

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"sync"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -23,6 +24,15 @@ import (
 // check runs; with synchronous replication the wait is the standby's round
 // trip. The xids are the batches' (mapping.Batch.XID), from pgoutput's Begin
 // messages.
+//
+// The check is off the apply path: the mapper notes each commit with effects
+// as it maps it (note), and the gate's own goroutine (run) sends the snapshot
+// query at once, while the commit waits in the queue or the group before it
+// is applied. One answer serves every commit noted before its query was
+// sent; commits noted while a query is out wait for the next one, which
+// follows at once. A group is never applied on an answer to a query sent
+// before one of its commits was received: wait only takes answers that
+// cover its latest note.
 type visibilityGate struct {
 	snapshots snapshotReader
 	log       zerolog.Logger
@@ -30,7 +40,38 @@ type visibilityGate struct {
 	// holds the pipeline, which a restart would not cure (the liveness
 	// check does not count the time).
 	waiting func()
-	xids    []uint32 // reused
+
+	// kick asks run for a query (capacity 1: requests made while one is
+	// pending are the same request).
+	kick chan struct{}
+
+	mu sync.Mutex
+	// noted numbers the commits noted, the last one's.
+	noted uint64
+	// answer is the latest snapshot; changed is closed and replaced when
+	// it changes.
+	answer  gateAnswer
+	changed chan struct{}
+
+	xids []uint32 // reused by wait (the apply stage only)
+	// blocked, when set (by tests), is called each time wait starts
+	// waiting for an answer.
+	blocked func()
+}
+
+// gateAnswer is one answer of pg_current_snapshot().
+type gateAnswer struct {
+	snap replication.Snapshot
+	// covers is the last commit noted before the query was sent: every
+	// commit up to it was received before the snapshot was taken.
+	covers uint64
+	// gen numbers the answers, from 1.
+	gen uint64
+}
+
+func newVisibilityGate(snapshots snapshotReader, log zerolog.Logger, waiting func()) *visibilityGate {
+	return &visibilityGate{snapshots: snapshots, log: log, waiting: waiting,
+		kick: make(chan struct{}, 1), changed: make(chan struct{})}
 }
 
 // snapshotReader reads pg_current_snapshot() on a connection of the
@@ -43,9 +84,80 @@ type snapshotReader interface {
 // level.
 const visibilityWarnAfter = time.Second
 
+// note records that a commit with effects was received and asks for a
+// query; it returns the commit's number, for wait. Called by the mapper.
+func (g *visibilityGate) note() uint64 {
+	g.mu.Lock()
+	g.noted++
+	seq := g.noted
+	g.mu.Unlock()
+	g.ask()
+	return seq
+}
+
+func (g *visibilityGate) ask() {
+	select {
+	case g.kick <- struct{}{}:
+	default:
+	}
+}
+
+// run sends the snapshot queries asked for, one at a time, until ctx ends
+// (nil) or a query fails (its error: the session ends, and wait with it).
+func (g *visibilityGate) run(ctx context.Context) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-g.kick:
+		}
+		g.mu.Lock()
+		covers := g.noted
+		g.mu.Unlock()
+		snap, err := g.snapshots.Snapshot(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		g.mu.Lock()
+		g.answer = gateAnswer{snap: snap, covers: covers, gen: g.answer.gen + 1}
+		close(g.changed)
+		g.changed = make(chan struct{})
+		g.mu.Unlock()
+	}
+}
+
+// covering waits until the latest answer covers the commit numbered need
+// (at once when need is 0) and returns the last commit it covers.
+func (g *visibilityGate) covering(ctx context.Context, need uint64) (uint64, error) {
+	for {
+		g.mu.Lock()
+		a, changed := g.answer, g.changed
+		g.mu.Unlock()
+		if a.covers >= need {
+			return a.covers, nil
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
+	}
+}
+
 // wait returns once every transaction of the group with effects is visible to
-// new snapshots, or with ctx's error, or with the query's.
-func (g *visibilityGate) wait(ctx context.Context, group []mapping.Batch) error {
+// new snapshots, or with ctx's error. need is the number note gave the
+// group's last commit with effects: only an answer covering it counts.
+func (g *visibilityGate) wait(ctx context.Context, group []mapping.Batch, need uint64) error {
+	_, err := g.waitAnswer(ctx, group, need)
+	return err
+}
+
+// waitAnswer is wait, returning the number of the answer it let the group
+// pass on (0 when no transaction needed one).
+func (g *visibilityGate) waitAnswer(ctx context.Context, group []mapping.Batch, need uint64) (uint64, error) {
 	g.xids = g.xids[:0]
 	for _, b := range group {
 		if len(b.Ops) > 0 && b.XID != 0 {
@@ -53,29 +165,40 @@ func (g *visibilityGate) wait(ctx context.Context, group []mapping.Batch) error 
 		}
 	}
 	if len(g.xids) == 0 {
-		return nil
+		return 0, nil
 	}
-	began := time.Now()
+	var began time.Time
 	warned := false
-	for attempt := 0; ; attempt++ {
-		snap, err := g.snapshots.Snapshot(ctx)
-		if err != nil {
-			return err
+	minGen := uint64(1)
+	for attempt := 0; ; {
+		g.mu.Lock()
+		a, changed := g.answer, g.changed
+		g.mu.Unlock()
+		if a.covers < need || a.gen < minGen {
+			if g.blocked != nil {
+				g.blocked()
+			}
+			select {
+			case <-changed:
+				continue
+			case <-ctx.Done():
+				return 0, ctx.Err()
+			}
 		}
-		running := snap.Running(g.xids)
-		if running == 0 {
+		if a.snap.Running(g.xids) == 0 {
 			if warned {
 				g.log.Info().Dur("waited", time.Since(began)).Msg("the held transactions are visible; applying them")
 			}
-			return nil
+			return a.gen, nil
 		}
+		// Committed, not visible yet: ask again, backing off.
 		if g.waiting != nil {
 			g.waiting()
 		}
-		switch waited := time.Since(began); {
-		case attempt == 0:
+		if attempt == 0 {
+			began = time.Now()
 			g.log.Debug().Uints32("xids", g.xids).Msg("committed transactions not visible yet; holding their effects")
-		case !warned && waited >= visibilityWarnAfter:
+		} else if waited := time.Since(began); !warned && waited >= visibilityWarnAfter {
 			warned = true
 			g.log.Warn().Uints32("xids", g.xids).Dur("waited", waited).
 				Msg("committed transactions not visible yet (a synchronous standby not answering?); holding their effects, and confirming nothing, until they are")
@@ -84,8 +207,11 @@ func (g *visibilityGate) wait(ctx context.Context, group []mapping.Batch) error 
 		select {
 		case <-ctx.Done():
 			pause.Stop()
-			return ctx.Err()
+			return 0, ctx.Err()
 		case <-pause.C:
 		}
+		attempt++
+		minGen = a.gen + 1
+		g.ask()
 	}
 }

@@ -56,6 +56,9 @@ type Metrics struct {
 	ApplySeconds      prometheus.Histogram
 	VisibilitySeconds prometheus.Histogram
 	CommitToApplied   prometheus.Histogram
+	// stageSeconds is cachesync_stage_seconds, one observer per stage
+	// (stages.go).
+	stageSeconds [stages]prometheus.Observer
 
 	AppliedLSN   prometheus.Gauge
 	ConfirmedLSN prometheus.Gauge
@@ -119,6 +122,7 @@ func New() *Metrics {
 	m.ApplySeconds = f.histogram("apply_duration_seconds", "Time to apply a group to Redis, retries included.", prometheus.ExponentialBuckets(0.0001, 4, 10))
 	m.VisibilitySeconds = f.histogram("visibility_wait_seconds", "Time a group with effects waited, before its apply, for PostgreSQL to show its transactions to new snapshots (one snapshot query when they already are; a synchronous standby's round trip when it is set).", prometheus.ExponentialBuckets(0.0001, 4, 10))
 	m.CommitToApplied = f.histogram("commit_to_applied_seconds", "From the commit of a group's oldest transaction in PostgreSQL to its effects acknowledged by Redis.", prometheus.ExponentialBuckets(0.0005, 2.5, 14))
+	m.stageSeconds = newStageSeconds(f)
 	m.AppliedLSN = f.gauge("applied_lsn", "WAL position (bytes) up to which every effect is applied to Redis.")
 	m.ConfirmedLSN = f.gauge("confirmed_lsn", "WAL position (bytes) confirmed to PostgreSQL: applied and journaled.")
 	m.HeartbeatRTT = f.gauge("heartbeat_rtt_seconds", "From writing the last heartbeat message to the WAL to receiving it back on the replication stream.")
