@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -75,17 +76,20 @@ func TestApplyAdvanceInOneRoundTrip(t *testing.T) {
 		oneTrip  bool
 		apart    bool
 		applyErr error
+		swapErr  error // from ApplyAdvance, once its effects are applied
 		want     string
 	}{
 		{name: "one round trip", oneTrip: true, want: "[apply+advance]"},
 		{name: "apart", oneTrip: true, apart: true, want: "[apply advance]"},
 		{name: "plain applier", want: "[apply advance]"},
 		{name: "failed apply", oneTrip: true, applyErr: errors.New("refused"), want: "[apply+advance]"},
+		// Every effect applied, only the swap failed: advance apart.
+		{name: "applied, not advanced", oneTrip: true, swapErr: fmt.Errorf("%w: %w", writer.ErrNotAdvanced, errors.New("i/o timeout")), want: "[apply+advance advance]"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var c calls
 			var a Applier = plainApplier{&c}
-			one := &oneTripApplier{plainApplier: plainApplier{&c}, err: tc.applyErr}
+			one := &oneTripApplier{plainApplier: plainApplier{&c}, err: cmp.Or(tc.applyErr, tc.swapErr)}
 			if tc.oneTrip {
 				a = one
 			}

@@ -42,10 +42,10 @@ type applyAdvancer interface {
 
 // appliedNotAdvanced reports whether an error of ApplyAdvance says the
 // effects were all applied and only the position's swap failed
-// (writer.ErrNotAdvanced, once the writer has it): the position is then
-// advanced apart. Any other error ends the session, which is safe (the
-// group is not confirmed, and is delivered again) if slower.
-var appliedNotAdvanced = func(error) bool { return false }
+// (writer.ErrNotAdvanced): the position is then advanced apart. Any other
+// error ends the session, which is safe (the group is not confirmed, and is
+// delivered again) if slower.
+func appliedNotAdvanced(err error) bool { return errors.Is(err, writer.ErrNotAdvanced) }
 
 // HistoryRecorder is an Applier that records the WAL history of what it
 // applies (writer.Writer, in its write-through guards). ensureSlot tells it
