@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -16,43 +15,22 @@ import (
 	"github.com/cachesync/cachesync/internal/testenv"
 )
 
-// roundTrips counts what a go-redis client sends: one per command outside a
-// pipeline, one per pipeline (a cluster client's pipeline reaches its nodes
-// concurrently: one round trip's wait).
-type roundTrips struct{ n atomic.Int64 }
-
-func (h *roundTrips) DialHook(next redis.DialHook) redis.DialHook { return next }
-
-func (h *roundTrips) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error {
-		h.n.Add(1)
-		return next(ctx, cmd)
-	}
-}
-
-func (h *roundTrips) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return func(ctx context.Context, cmds []redis.Cmder) error {
-		h.n.Add(1)
-		return next(ctx, cmds)
-	}
-}
-
 // counted is a Redis client of server whose round trips rt counts.
-func counted(t testing.TB, server *testenv.RedisServer) (*redis.Client, *roundTrips) {
+func counted(t testing.TB, server *testenv.RedisServer) (*redis.Client, *testenv.RoundTrips) {
 	rdb := server.Client(t)
-	rt := &roundTrips{}
+	rt := &testenv.RoundTrips{}
 	rdb.AddHook(rt)
 	return rdb, rt
 }
 
 // roundTripsOf runs op and returns the round trips it sent.
-func roundTripsOf(t testing.TB, rt *roundTrips, op func() error) int64 {
+func roundTripsOf(t testing.TB, rt *testenv.RoundTrips, op func() error) int64 {
 	t.Helper()
-	before := rt.n.Load()
+	before := rt.Load()
 	if err := op(); err != nil {
 		t.Fatal(err)
 	}
-	return rt.n.Load() - before
+	return rt.Load() - before
 }
 
 // TestRoundTrips: what each GetOrLoad costs in round trips, as
@@ -126,11 +104,11 @@ func BenchmarkHit(b *testing.B) {
 		b.Fatal(err)
 	}
 	report := func(b *testing.B, before int64) {
-		b.ReportMetric(float64(rt.n.Load()-before)/float64(b.N), "roundtrips/op")
+		b.ReportMetric(float64(rt.Load()-before)/float64(b.N), "roundtrips/op")
 	}
 	b.Run("raw-GET", func(b *testing.B) {
 		b.ReportAllocs()
-		before := rt.n.Load()
+		before := rt.Load()
 		for b.Loop() {
 			if _, err := rdb.Get(ctx, "user:42").Bytes(); err != nil {
 				b.Fatal(err)
@@ -140,7 +118,7 @@ func BenchmarkHit(b *testing.B) {
 	})
 	b.Run("raw-GET+decode", func(b *testing.B) {
 		b.ReportAllocs()
-		before := rt.n.Load()
+		before := rt.Load()
 		for b.Loop() {
 			raw, err := rdb.Get(ctx, "user:42").Bytes()
 			if err != nil {
@@ -155,7 +133,7 @@ func BenchmarkHit(b *testing.B) {
 	})
 	b.Run("GetOrLoad", func(b *testing.B) {
 		b.ReportAllocs()
-		before := rt.n.Load()
+		before := rt.Load()
 		for b.Loop() {
 			if _, err := cacheaside.GetOrLoad(ctx, c, "user:42", load); err != nil {
 				b.Fatal(err)
@@ -212,14 +190,14 @@ func BenchmarkMiss(b *testing.B) {
 				b.Fatal(err)
 			}
 			b.ReportAllocs()
-			before, i := rt.n.Load(), 0
+			before, i := rt.Load(), 0
 			for b.Loop() {
 				i++
 				if _, err := cacheaside.GetOrLoad(ctx, c, fmt.Sprintf("miss:%s:%d", bc.name, i), load, bc.fill...); err != nil {
 					b.Fatal(err)
 				}
 			}
-			b.ReportMetric(float64(rt.n.Load()-before)/float64(b.N), "roundtrips/op")
+			b.ReportMetric(float64(rt.Load()-before)/float64(b.N), "roundtrips/op")
 			b.StopTimer()
 			if err := rdb.FlushAll(ctx).Err(); err != nil {
 				b.Fatal(err)

@@ -131,7 +131,7 @@ func TestClusterRoundTrips(t *testing.T) {
 	t.Parallel()
 	cluster := testenv.StartRedisCluster(t, testenv.ClusterOptions{ReplicasPerMaster: -1})
 	rdb := cluster.Client(t)
-	rt := &roundTrips{}
+	rt := &testenv.RoundTrips{}
 	rdb.AddHook(rt)
 	c, err := cacheaside.New(rdb, cacheaside.Options{Logger: slog.New(slog.NewTextHandler(&syncBuffer{}, nil))})
 	if err != nil {

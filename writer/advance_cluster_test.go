@@ -86,7 +86,7 @@ func TestClusterApplyAdvance(t *testing.T) {
 	client := redis.NewClusterClient(&redis.ClusterOptions{Addrs: cluster.Addrs()})
 	client.OnNewNode(func(node *redis.Client) { node.AddHook(order.hook(node.Options().Addr)) })
 	t.Cleanup(func() { _ = client.Close() })
-	trips := &roundTrips{}
+	trips := &testenv.RoundTrips{}
 	client.AddHook(trips)
 	w := writer.New(client, writer.Options{Logger: zerolog.New(zerolog.NewTestWriter(t))})
 	pos := w.Positions()
@@ -116,7 +116,7 @@ func TestClusterApplyAdvance(t *testing.T) {
 		order.reset()
 		var swapped bool
 		var cur writer.Position
-		n := trips.count(func() { swapped, cur, err = w.ApplyAdvance(ctx, batch(to, ops...), slot, from, to) })
+		n := trips.Count(func() { swapped, cur, err = w.ApplyAdvance(ctx, batch(to, ops...), slot, from, to) })
 		if err != nil || !swapped || cur.LSN != to {
 			t.Fatalf("%s: ApplyAdvance: swapped %v, %s, %v; want %s", what, swapped, cur.LSN, err, to)
 		}
@@ -130,7 +130,7 @@ func TestClusterApplyAdvance(t *testing.T) {
 	applyThenAdvance := func(ops ...mapping.Op) int64 {
 		t.Helper()
 		to += 0x100
-		return trips.count(func() {
+		return trips.Count(func() {
 			if err := w.Apply(ctx, batch(to, ops...)); err != nil {
 				t.Fatal(err)
 			}

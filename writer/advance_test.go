@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -19,34 +18,6 @@ import (
 	"github.com/cachesync/cachesync/wal"
 	"github.com/cachesync/cachesync/writer"
 )
-
-// roundTrips counts a client's round trips as its callers see them: one
-// per command and one per pipeline, whatever servers a cluster pipeline
-// fans out to. Topology reads (CLUSTER …) do not count.
-type roundTrips struct{ n atomic.Int64 }
-
-func (c *roundTrips) DialHook(next redis.DialHook) redis.DialHook { return next }
-func (c *roundTrips) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error {
-		if cmd.Name() != "cluster" {
-			c.n.Add(1)
-		}
-		return next(ctx, cmd)
-	}
-}
-func (c *roundTrips) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return func(ctx context.Context, cmds []redis.Cmder) error {
-		c.n.Add(1)
-		return next(ctx, cmds)
-	}
-}
-
-// count returns how many round trips fn made.
-func (c *roundTrips) count(fn func()) int64 {
-	before := c.n.Load()
-	fn()
-	return c.n.Load() - before
-}
 
 // isMarker reports whether cmd swaps or reads a position marker.
 func isMarker(cmd redis.Cmder) bool {
@@ -71,7 +42,7 @@ func TestApplyAdvance(t *testing.T) {
 	}
 	client := redis.NewClient(&redis.Options{Addr: server.Addr(), Username: "limited", Password: "pw"})
 	t.Cleanup(func() { _ = client.Close() })
-	trips := &roundTrips{}
+	trips := &testenv.RoundTrips{}
 	client.AddHook(trips)
 	w := writer.New(client, writer.Options{Logger: zerolog.New(zerolog.NewTestWriter(t)), MinBackoff: time.Millisecond, MaxBackoff: 10 * time.Millisecond})
 	pos := w.Positions()
@@ -109,7 +80,7 @@ func TestApplyAdvance(t *testing.T) {
 	// One round trip: the effects and the swap.
 	var swapped bool
 	var cur writer.Position
-	if n := trips.count(func() { swapped, cur, err = w.ApplyAdvance(ctx, group(0x200, "ok:1", "ok:2"), slot, from, 0x200) }); n != 1 || err != nil || !swapped || cur.LSN != 0x200 {
+	if n := trips.Count(func() { swapped, cur, err = w.ApplyAdvance(ctx, group(0x200, "ok:1", "ok:2"), slot, from, 0x200) }); n != 1 || err != nil || !swapped || cur.LSN != 0x200 {
 		t.Fatalf("ApplyAdvance: %d round trips, swapped %v, %s, %v; want 1, true, 0/200", n, swapped, cur.LSN, err)
 	}
 	if n, _ := admin.Exists(ctx, "ok:1", "ok:2").Result(); n != 0 {
@@ -120,7 +91,7 @@ func TestApplyAdvance(t *testing.T) {
 	}
 	// The old path, for comparison: two.
 	from = cur
-	if n := trips.count(func() {
+	if n := trips.Count(func() {
 		if err := w.Apply(ctx, group(0x300, "ok:1")); err != nil {
 			t.Fatal(err)
 		}
@@ -193,7 +164,7 @@ func TestApplyAdvance(t *testing.T) {
 		t.Fatal(err)
 	}
 	from = cur
-	if n := trips.count(func() { swapped, cur, err = apart.ApplyAdvance(ctx, group(0x800, "ok:1"), slot, from, 0x800) }); n != 2 || !swapped || err != nil {
+	if n := trips.Count(func() { swapped, cur, err = apart.ApplyAdvance(ctx, group(0x800, "ok:1"), slot, from, 0x800) }); n != 2 || !swapped || err != nil {
 		t.Fatalf("AdvanceApart: %d round trips, swapped %v, %v; want 2", n, swapped, err)
 	}
 }

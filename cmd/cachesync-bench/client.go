@@ -25,7 +25,6 @@ import (
 	"slices"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -261,7 +260,7 @@ func clientOnce(ctx context.Context, url string, cluster *testenv.RedisCluster, 
 	}
 	rdb := redis.NewClient(opts)
 	defer rdb.Close()
-	rt := &roundTripCounter{}
+	rt := &testenv.RoundTrips{}
 	rdb.AddHook(rt)
 	c, err := cacheaside.New(rdb, cacheaside.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
@@ -300,12 +299,12 @@ func clientOnce(ctx context.Context, url string, cluster *testenv.RedisCluster, 
 		}
 		decoded = append(decoded, time.Since(td))
 		t1 := time.Now()
-		before := rt.n.Load()
+		before := rt.Load()
 		if _, err := cacheaside.GetOrLoad(ctx, c, hot, load); err != nil {
 			return r, fmt.Errorf("hit: %w", err)
 		}
 		hit = append(hit, time.Since(t1))
-		hitRTs += rt.n.Load() - before
+		hitRTs += rt.Load() - before
 		raw = append(raw, td.Sub(t0))
 	}
 	r.RawGETMicros, r.HitMicros = micros(medianDuration(raw)), micros(medianDuration(hit))
@@ -317,7 +316,7 @@ func clientOnce(ctx context.Context, url string, cluster *testenv.RedisCluster, 
 
 	// Misses: fresh keys, plain and with a tag.
 	miss := make([]time.Duration, 0, missOps)
-	before := rt.n.Load()
+	before := rt.Load()
 	for i := range missOps {
 		t0 := time.Now()
 		if _, err := cacheaside.GetOrLoad(ctx, c, prefix+"miss:"+strconv.Itoa(i), load); err != nil {
@@ -326,14 +325,14 @@ func clientOnce(ctx context.Context, url string, cluster *testenv.RedisCluster, 
 		miss = append(miss, time.Since(t0))
 	}
 	r.MissMicros = micros(medianDuration(miss))
-	r.MissRoundTrips = float64(rt.n.Load()-before) / missOps
-	before = rt.n.Load()
+	r.MissRoundTrips = float64(rt.Load()-before) / missOps
+	before = rt.Load()
 	for i := range missOps / 10 {
 		if _, err := cacheaside.GetOrLoad(ctx, c, prefix+"tagged:"+strconv.Itoa(i), load, cacheaside.Tags("org:1")); err != nil {
 			return r, fmt.Errorf("miss with a tag: %w", err)
 		}
 	}
-	r.MissTagsRTs = float64(rt.n.Load()-before) / (missOps / 10)
+	r.MissTagsRTs = float64(rt.Load()-before) / (missOps / 10)
 	if cluster != nil {
 		if r.ClusterMissRTs, r.ClusterTagsRTs, err = clusterMisses(ctx, cluster, prefix); err != nil {
 			return r, fmt.Errorf("cluster: %w", err)
@@ -354,7 +353,7 @@ func clientOnce(ctx context.Context, url string, cluster *testenv.RedisCluster, 
 func clusterMisses(ctx context.Context, cluster *testenv.RedisCluster, prefix string) (plain, tagged float64, err error) {
 	rdb := redis.NewClusterClient(&redis.ClusterOptions{Addrs: cluster.Addrs()})
 	defer rdb.Close()
-	rt := &roundTripCounter{}
+	rt := &testenv.RoundTrips{}
 	rdb.AddHook(rt)
 	c, err := cacheaside.New(rdb, cacheaside.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
@@ -367,39 +366,19 @@ func clusterMisses(ctx context.Context, cluster *testenv.RedisCluster, prefix st
 	}
 	const n = 200
 	count := func(tags ...string) (float64, error) {
-		before := rt.n.Load()
+		before := rt.Load()
 		for i := range n {
 			if _, err := cacheaside.GetOrLoad(ctx, c, fmt.Sprintf("%scluster:%d:%d", prefix, len(tags), i), load, cacheaside.Tags(tags...)); err != nil {
 				return 0, err
 			}
 		}
-		return float64(rt.n.Load()-before) / n, nil
+		return float64(rt.Load()-before) / n, nil
 	}
 	if plain, err = count(); err != nil {
 		return 0, 0, err
 	}
 	tagged, err = count("org:1")
 	return plain, tagged, err
-}
-
-// roundTripCounter counts a go-redis client's round trips: a command alone,
-// or a pipeline.
-type roundTripCounter struct{ n atomic.Int64 }
-
-func (h *roundTripCounter) DialHook(next redis.DialHook) redis.DialHook { return next }
-
-func (h *roundTripCounter) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error {
-		h.n.Add(1)
-		return next(ctx, cmd)
-	}
-}
-
-func (h *roundTripCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return func(ctx context.Context, cmds []redis.Cmder) error {
-		h.n.Add(1)
-		return next(ctx, cmds)
-	}
 }
 
 // stampedeSpec is what a stampede process is told, in clientHelperEnv.
