@@ -72,7 +72,15 @@ func TestSmoke(t *testing.T) {
 		if len(f.Values) != want {
 			t.Errorf("%s / %s: %d values, want %d", f.Workload, f.Metric, len(f.Values), want)
 		}
-		if !(f.Min > 0 && f.Median > 0 && f.Max > 0) {
+		switch {
+		case strings.Contains(f.Metric, "floor p50"):
+			// The bare client can see a row before the generator sees its
+			// commit acknowledged: the lag is clipped to 0, and on a quiet
+			// machine the median is often that.
+			if !(f.Min >= 0 && f.Median >= 0 && f.Max >= 0) {
+				t.Errorf("%s / %s: negative: %v", f.Workload, f.Metric, f.Values)
+			}
+		case !(f.Min > 0 && f.Median > 0 && f.Max > 0):
 			t.Errorf("%s / %s: not positive: %v", f.Workload, f.Metric, f.Values)
 		}
 		if f.Versus != "" && !(f.RatioMed > 0) {
