@@ -25,6 +25,19 @@ func isMarker(cmd redis.Cmder) bool {
 	return len(args) > 3 && strings.HasPrefix(fmt.Sprint(args[3]), "cachesync:slot:")
 }
 
+// limitedClient is a client of server for a user who may touch only
+// cachesync:* and ok:*: its effects on other keys (denied:*) fail with
+// NOPERM on every retry, while the position markers stay writable.
+func limitedClient(ctx context.Context, t *testing.T, server *testenv.RedisServer, admin *redis.Client) *redis.Client {
+	t.Helper()
+	if err := admin.Do(ctx, aclSetUser("limited", "+@all", "~cachesync:*", "~ok:*")...).Err(); err != nil {
+		t.Fatal(err)
+	}
+	client := redis.NewClient(&redis.Options{Addr: server.Addr(), Username: "limited", Password: "pw"})
+	t.Cleanup(func() { _ = client.Close() })
+	return client
+}
+
 // TestApplyAdvance: on one server the position's swap travels with the
 // effects (one round trip for a group), a swap after a failed effect does
 // not count (the position stays where it was until every effect is
@@ -35,13 +48,7 @@ func TestApplyAdvance(t *testing.T) {
 	admin := server.Client(t)
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancel()
-	// A user who may not touch denied:*: its deletes fail (NOPERM) on
-	// every retry, while the markers are writable.
-	if err := admin.Do(ctx, aclSetUser("limited", "+@all", "~cachesync:*", "~ok:*")...).Err(); err != nil {
-		t.Fatal(err)
-	}
-	client := redis.NewClient(&redis.Options{Addr: server.Addr(), Username: "limited", Password: "pw"})
-	t.Cleanup(func() { _ = client.Close() })
+	client := limitedClient(ctx, t, server, admin)
 	trips := &testenv.RoundTrips{}
 	client.AddHook(trips)
 	w := writer.New(client, writer.Options{Logger: zerolog.New(zerolog.NewTestWriter(t)), MinBackoff: time.Millisecond, MaxBackoff: 10 * time.Millisecond})
@@ -179,11 +186,7 @@ func TestApplyAdvanceUndo(t *testing.T) {
 	admin := server.Client(t)
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancel()
-	if err := admin.Do(ctx, aclSetUser("limited", "+@all", "~cachesync:*", "~ok:*")...).Err(); err != nil {
-		t.Fatal(err)
-	}
-	client := redis.NewClient(&redis.Options{Addr: server.Addr(), Username: "limited", Password: "pw"})
-	t.Cleanup(func() { _ = client.Close() })
+	client := limitedClient(ctx, t, server, admin)
 	// Between attempts, read the marker: the backoff is long enough to
 	// see what an attempt left.
 	var mu sync.Mutex
