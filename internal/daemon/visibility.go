@@ -132,17 +132,28 @@ func (g *visibilityGate) run(ctx context.Context) error {
 // covering waits until the latest answer covers the commit numbered need
 // (at once when need is 0) and returns the last commit it covers.
 func (g *visibilityGate) covering(ctx context.Context, need uint64) (uint64, error) {
+	a, err := g.await(ctx, need, 0, nil)
+	return a.covers, err
+}
+
+// await returns the latest answer once it covers the commit numbered need
+// and is at least the minGen-th, calling blocked (when not nil) each time it
+// starts waiting for a newer one.
+func (g *visibilityGate) await(ctx context.Context, need, minGen uint64, blocked func()) (gateAnswer, error) {
 	for {
 		g.mu.Lock()
 		a, changed := g.answer, g.changed
 		g.mu.Unlock()
-		if a.covers >= need {
-			return a.covers, nil
+		if a.covers >= need && a.gen >= minGen {
+			return a, nil
+		}
+		if blocked != nil {
+			blocked()
 		}
 		select {
 		case <-changed:
 		case <-ctx.Done():
-			return 0, ctx.Err()
+			return gateAnswer{}, ctx.Err()
 		}
 	}
 }
@@ -171,19 +182,9 @@ func (g *visibilityGate) waitAnswer(ctx context.Context, group []mapping.Batch, 
 	warned := false
 	minGen := uint64(1)
 	for attempt := 0; ; {
-		g.mu.Lock()
-		a, changed := g.answer, g.changed
-		g.mu.Unlock()
-		if a.covers < need || a.gen < minGen {
-			if g.blocked != nil {
-				g.blocked()
-			}
-			select {
-			case <-changed:
-				continue
-			case <-ctx.Done():
-				return 0, ctx.Err()
-			}
+		a, err := g.await(ctx, need, minGen, g.blocked)
+		if err != nil {
+			return 0, err
 		}
 		if a.snap.Running(g.xids) == 0 {
 			if warned {
