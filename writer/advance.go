@@ -55,10 +55,11 @@ var ErrNotAdvanced = errors.New("effects applied, applied position not advanced"
 // none read yet) makes the swap go apart after the effects, since a swap
 // that did not count could not set it back.
 //
-// Options.AdvanceApart sends the swap apart always: Apply, then Advance.
+// A caller that wants the swap apart (a failpoint between the two) calls
+// Apply, then Positions.Advance.
 func (w *Writer) ApplyAdvance(ctx context.Context, batches []mapping.Batch, slot string, from Position, to wal.LSN) (swapped bool, cur Position, err error) {
 	var tail *advanceTail
-	if !w.opts.AdvanceApart && !w.counters.failing.Load() {
+	if !w.counters.failing.Load() {
 		tail = w.newTail(ctx, slot, from, to)
 	}
 	if err := w.apply(ctx, batches, tail); err != nil {

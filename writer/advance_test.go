@@ -165,15 +165,6 @@ func TestApplyAdvance(t *testing.T) {
 		t.Error("the effects were not applied")
 	}
 
-	// AdvanceApart: the old path behind the same method.
-	apart := writer.New(client, writer.Options{AdvanceApart: true})
-	if err := apart.Apply(ctx, group(0x100, "ok:0")); err != nil { // loads the scripts
-		t.Fatal(err)
-	}
-	from = cur
-	if n := trips.Count(func() { swapped, cur, err = apart.ApplyAdvance(ctx, group(0x800, "ok:1"), slot, from, 0x800) }); n != 2 || !swapped || err != nil {
-		t.Fatalf("AdvanceApart: %d round trips, swapped %v, %v; want 2", n, swapped, err)
-	}
 }
 
 // TestApplyAdvanceUndo: a swap sent after an effect that failed is set back

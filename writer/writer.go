@@ -208,10 +208,6 @@ type Options struct {
 	Keyspaces map[string]mapping.Keyspace
 	// OnFallback, when set, is called after each fallback (for metrics).
 	OnFallback func(Fallback)
-	// AdvanceApart makes ApplyAdvance send the position's compare-and-set
-	// in a round trip of its own after the effects, as Apply then
-	// Positions.Advance would (tests, failpoints, a comparison).
-	AdvanceApart bool
 }
 
 func (o Options) withDefaults() Options {
